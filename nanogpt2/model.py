@@ -1,0 +1,352 @@
+"""
+The GPT-2 language model, written out in full.
+
+One file, read top to bottom: the config dataclass and the named presets, a KV cache for incremental
+decoding, the attention mask, causal self-attention (fused `F.scaled_dot_product_attention` or an explicit
+reference path), the MLP, the pre-LayerNorm block, and the `GPT` module with its init, forward, parameter
+counts and FLOPs per token.
+
+References:
+  - Radford et al. 2019, "Language Models are Unsupervised Multitask Learners" (GPT-2), and OpenAI's
+    `gpt-2/src/model.py`;
+  - Karpathy's nanoGPT `model.py`, whose module names this file keeps (they match HF's GPT-2 names, so
+    checkpoints convert by renaming alone; see `nanogpt2/convert.py`).
+
+Run it:
+    from nanogpt2.model import GPT, GPTConfig
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=64, block_size=128))
+    logits, loss = model(idx, targets)              # (B, T, vocab), scalar
+    model = GPT.from_pretrained("gpt2")             # HF weights, no `transformers` needed
+
+The model knows nothing of tokenizers, data, training or PEFT.
+"""
+
+import math
+from dataclasses import dataclass, fields
+from typing import Optional
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+# ----------------------------------------------------------------------------------------------------
+# Config and presets
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024  # context length (HF: n_positions)
+    vocab_size: int = 50257  # GPT-2's 50,000 merges + 256 bytes + <|endoftext|>
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    n_inner: Optional[int] = None  # MLP hidden width; None means 4 * n_embd
+    dropout: float = 0.0  # on embeddings, attention probabilities and residual branches (0 when fine-tuning)
+    bias: bool = True  # biases in Linear layers and LayerNorms, as in GPT-2
+    layer_norm_epsilon: float = 1e-5
+    activation: str = "gelu_new"  # GPT-2's GELU with the tanh approximation; see ACTIVATIONS
+    scale_attn_weights: bool = True  # divide attention scores by sqrt(head size)
+    scale_attn_by_inverse_layer_idx: bool = False  # also divide by (layer index + 1) (HF option)
+    tie_word_embeddings: bool = True  # lm_head shares its weight with wte
+    attn_impl: str = "sdpa"  # "sdpa" (fused kernels) or "reference" (matmul, mask, softmax, matmul)
+
+    def __post_init__(self):
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation {self.activation!r} is not supported; choose one of {sorted(ACTIVATIONS)}")
+        if self.attn_impl not in ("sdpa", "reference"):
+            raise ValueError(f"attn_impl must be 'sdpa' or 'reference', not {self.attn_impl!r}")
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "GPTConfig":
+        if name not in PRESETS:
+            raise ValueError(f"unknown model preset {name!r}; known presets: {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+# The released GPT-2 family (all with vocab 50257, block 1024). Parameter counts, tied head counted once:
+# gpt2 124,439,808; gpt2-medium 354,823,168; gpt2-large 774,030,080; gpt2-xl 1,557,611,200;
+# distilgpt2 81,912,576.
+PRESETS = {
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768),
+    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),
+    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),
+    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),
+    "distilgpt2": dict(n_layer=6, n_head=12, n_embd=768),
+}
+
+# HF's `activation_function` names that we implement exactly. "gelu_new", "gelu_fast" and
+# "gelu_pytorch_tanh" are the same tanh approximation written three ways.
+ACTIVATIONS = {
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_fast": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu": F.gelu,
+    "relu": F.relu,
+    "silu": F.silu,
+    "swish": F.silu,
+    "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
+    "tanh": torch.tanh,
+}
+
+# ----------------------------------------------------------------------------------------------------
+# KV cache
+
+
+class KVCache:
+    """Keys and values of the positions already processed, preallocated for `max_len` positions.
+
+    The model writes each layer's new keys/values into slots [length, length + T) and attends over
+    [0, length + T); after the forward pass it advances `length` by T. Storage is allocated on first use
+    with the dtype of the keys (so it follows autocast).
+    """
+
+    def __init__(self, n_layer: int, max_len: int):
+        self.max_len = max_len
+        self.length = 0  # positions already in the cache
+        self.k: list = [None] * n_layer
+        self.v: list = [None] * n_layer
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        """Append k, v (B, nh, T, hs) for `layer`; return all keys/values so far (B, nh, length + T, hs)."""
+        B, nh, T, hs = k.shape
+        end = self.length + T
+        if end > self.max_len:
+            raise ValueError(f"KV cache is full: {self.length} + {T} positions > max_len {self.max_len}")
+        if self.k[layer] is None:
+            self.k[layer] = k.new_empty(B, nh, self.max_len, hs)
+            self.v[layer] = v.new_empty(B, nh, self.max_len, hs)
+        self.k[layer][:, :, self.length:end] = k
+        self.v[layer][:, :, self.length:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+    def reorder(self, index: torch.Tensor):
+        """Keep only the batch rows in `index` (e.g. drop finished sequences)."""
+        self.k = [None if k is None else k[index] for k in self.k]
+        self.v = [None if v is None else v[index] for v in self.v]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Attention mask
+
+
+def build_attention_bias(attention_mask: Optional[torch.Tensor], T: int, past: int, dtype, device):
+    """Additive attention bias (B or 1, 1, T, past + T): 0 where a query may attend, dtype-min elsewhere.
+
+    Query i (absolute position past + i) sees key j when j <= past + i (causal) and attention_mask[b, j]
+    is 1 (not padding). A fully masked row (a padding query) becomes a uniform average, never NaN, as in
+    HF's GPT-2; its output is meaningless and ignored.
+    """
+    S = past + T
+    q_pos = torch.arange(past, S, device=device)[:, None]  # (T, 1)
+    k_pos = torch.arange(S, device=device)[None, :]  # (1, S)
+    allowed = (k_pos <= q_pos)[None, None]  # (1, 1, T, S)
+    if attention_mask is not None:
+        if attention_mask.shape[-1] != S:
+            raise ValueError(f"attention_mask covers {attention_mask.shape[-1]} positions, expected {S} (cache + input)")
+        allowed = allowed & attention_mask.bool()[:, None, None, :]  # (B, 1, T, S)
+    bias = torch.zeros(allowed.shape, dtype=dtype, device=device)
+    return bias.masked_fill_(~allowed, torch.finfo(dtype).min)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Transformer block
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig, layer_idx: int):
+        super().__init__()
+        self.config = config  # shared with the model, so `attn_impl` can be switched on a live model
+        self.n_head = config.n_head
+        self.layer_idx = layer_idx
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v in one matmul
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.attn_dropout = nn.Dropout(config.dropout)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        head_size = config.n_embd // config.n_head
+        self.scale = 1.0 / math.sqrt(head_size) if config.scale_attn_weights else 1.0
+        if config.scale_attn_by_inverse_layer_idx:
+            self.scale /= float(layer_idx + 1)
+
+    def forward(self, x, attn_bias=None, kv_cache: Optional[KVCache] = None):
+        B, T, C = x.size()  # (B, T, C)
+        q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        if kv_cache is not None:
+            k, v = kv_cache.update(self.layer_idx, k, v)  # (B, nh, S, hs), S = cache length + T
+        dropout_p = self.attn_dropout.p if self.training else 0.0
+        if attn_bias is not None:
+            attn_bias = attn_bias.to(q.dtype)
+
+        if self.config.attn_impl == "sdpa":
+            # Flash / memory-efficient kernels when they apply; is_causal only when no explicit bias is needed.
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=attn_bias, dropout_p=dropout_p,
+                is_causal=attn_bias is None and k.size(2) == T and T > 1, scale=self.scale,
+            )  # (B, nh, T, hs)
+        else:
+            att = (q @ k.transpose(-2, -1)) * self.scale  # (B, nh, T, S)
+            if attn_bias is not None:
+                att = att + attn_bias
+            elif k.size(2) == T and T > 1:
+                causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+                att = att.masked_fill(~causal, float("-inf"))
+            att = F.softmax(att.float(), dim=-1).to(q.dtype)  # softmax in fp32 under autocast
+            att = self.attn_dropout(att)
+            y = att @ v  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): heads side by side again
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        hidden = config.n_inner or 4 * config.n_embd
+        self.c_fc = nn.Linear(config.n_embd, hidden, bias=config.bias)
+        self.act = ACTIVATIONS[config.activation]
+        self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(self.act(self.c_fc(x))))  # (B, T, C)
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+
+    def __init__(self, config: GPTConfig, layer_idx: int):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
+        self.attn = CausalSelfAttention(config, layer_idx)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, attn_bias=None, kv_cache=None):
+        x = x + self.attn(self.ln_1(x), attn_bias, kv_cache)
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+# ----------------------------------------------------------------------------------------------------
+# The model
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),  # token embeddings
+            wpe=nn.Embedding(config.block_size, config.n_embd),  # learned absolute positions
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
+            ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.transformer.wte.weight = self.lm_head.weight  # one matrix: input embedding and output head
+
+        # GPT-2 init: N(0, 0.02) everywhere, residual projections scaled by 1/sqrt(2 * n_layer)
+        # (two residual branches per block add up variance along the depth).
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def _init_weights(self, module):
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    # --- forward ---------------------------------------------------------------------------------------
+
+    def forward(self, idx, targets=None, attention_mask=None, position_ids=None, kv_cache: Optional[KVCache] = None):
+        """
+        idx: (B, T) token ids. targets: (B, T) ids aligned with the logits (the next token for each
+        position, nanoGPT convention), -100 where no loss is wanted. attention_mask: (B, past + T) with
+        1 for real tokens and 0 for padding (left or right). position_ids: (B, T), default
+        past..past+T-1. kv_cache: a KVCache to read from and append to (incremental decoding).
+        Returns (logits (B, T, vocab), loss or None).
+        """
+        B, T = idx.size()
+        past = kv_cache.length if kv_cache is not None else 0
+        if past + T > self.config.block_size:
+            raise ValueError(f"cannot forward {past + T} positions: block_size is {self.config.block_size}")
+        if position_ids is None:
+            position_ids = torch.arange(past, past + T, dtype=torch.long, device=idx.device)[None]  # (1, T)
+
+        tok_emb = self.transformer.wte(idx)  # (B, T, C)
+        pos_emb = self.transformer.wpe(position_ids)  # (1 or B, T, C)
+        x = self.transformer.drop(tok_emb + pos_emb)  # (B, T, C)
+
+        # The causal mask is implicit (is_causal) unless padding or a cache offset needs an explicit one.
+        attn_bias = None
+        if attention_mask is not None or (past > 0 and T > 1):
+            attn_bias = build_attention_bias(attention_mask, T, past, x.dtype, x.device)  # (B|1, 1, T, S)
+
+        for block in self.transformer.h:
+            x = block(x, attn_bias, kv_cache)
+        x = self.transformer.ln_f(x)  # (B, T, C)
+        logits = self.lm_head(x)  # (B, T, vocab)
+        if kv_cache is not None:
+            kv_cache.length += T
+
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-100)
+        return logits, loss
+
+    def new_kv_cache(self, max_len: Optional[int] = None) -> KVCache:
+        """An empty cache for up to `max_len` positions (default: block_size)."""
+        return KVCache(self.config.n_layer, max_len or self.config.block_size)
+
+    def set_attn_impl(self, impl: str):
+        """Switch every layer between "sdpa" and "reference" attention."""
+        if impl not in ("sdpa", "reference"):
+            raise ValueError(f"attn_impl must be 'sdpa' or 'reference', not {impl!r}")
+        self.config.attn_impl = impl
+
+    # --- sizes and FLOPs -------------------------------------------------------------------------------
+
+    def param_counts(self) -> dict:
+        """Parameter counts: total (a tied head counted once), trainable, embeddings (wte + wpe)."""
+        params = list(self.parameters())  # .parameters() yields a shared tensor once
+        return dict(
+            total=sum(p.numel() for p in params),
+            trainable=sum(p.numel() for p in params if p.requires_grad),
+            embeddings=self.transformer.wte.weight.numel() + self.transformer.wpe.weight.numel(),
+        )
+
+    def flops_per_token(self, seq_len: Optional[int] = None) -> int:
+        """Training FLOPs per token (forward + backward), the PaLM-appendix form used for MFU:
+        6 * N for the weight matmuls (2 forward, 4 backward per parameter; N excludes the position
+        table, which is a lookup) plus 12 * n_layer * seq_len * n_embd for attention scores and mixing."""
+        T = seq_len or self.config.block_size
+        n = self.param_counts()["total"] - self.transformer.wpe.weight.numel()
+        return 6 * n + 12 * self.config.n_layer * T * self.config.n_embd
+
+    # --- entry points implemented elsewhere ----------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, name_or_dir: str, **overrides) -> "GPT":
+        """GPT-2 weights by name ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2") or from a
+        local HF-layout folder; `overrides` may set dropout or attn_impl. See nanogpt2/convert.py."""
+        from nanogpt2.convert import load_pretrained
+
+        return load_pretrained(name_or_dir, **overrides)
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, **kwargs):
+        """Sample continuations with a KV cache; see nanogpt2/generate.py for the options."""
+        from nanogpt2.generate import generate
+
+        return generate(self, idx, max_new_tokens, **kwargs)
