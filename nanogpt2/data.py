@@ -50,6 +50,7 @@ import numpy as np
 import regex
 import torch
 
+from nanogpt2.download import FileLock
 from nanogpt2.errors import NanoGPT2Error
 
 __all__ = [
@@ -703,43 +704,6 @@ def _fingerprint(files, previous=None):
     return h.hexdigest(), records
 
 
-class _Lock:
-    """Exclusive lock on a file (fcntl.flock; nothing where unavailable): concurrent DDP ranks build a cache once."""
-
-    def __init__(self, path: Path):
-        self.path, self.fd = path, None
-
-    def __enter__(self):
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - Windows: no inter-process lock
-            return self
-        while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            except OSError:  # a filesystem without locks: go on unlocked
-                os.close(fd)
-                return self
-            try:
-                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                self.fd = fd
-                return self
-            os.close(fd)  # the holder removed the file while we waited: lock the new one
-
-    def __exit__(self, *exc):
-        if self.fd is not None:
-            try:
-                os.unlink(self.path)
-            except OSError:
-                pass
-            os.close(self.fd)
-            self.fd = None
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # The prepared dataset
 # ---------------------------------------------------------------------------------------------------------------
@@ -890,7 +854,7 @@ def prepare_dataset(name_or_path="shakespeare", tokenizer=None, data_path=None, 
     except OSError as e:
         raise NanoGPT2Error(f"cannot create the data cache {cache_root}: {e}. Set NANOGPT2_CACHE (or cache_root=) "
                             f"to a writable folder") from None
-    with _Lock(cache_root / f".{d.name}.lock"):
+    with FileLock(cache_root / f".{d.name}.lock"):
         for stale in cache_root.glob(f".tmp-{d.name}.*"):  # left by a killed build (we hold the lock)
             shutil.rmtree(stale, ignore_errors=True)
         meta = _read_meta(d)

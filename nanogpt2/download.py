@@ -171,14 +171,15 @@ class _Progress:
             self.drawn = False
 
 
-class _Lock:
-    """An exclusive lock on `<dest>.lock` (fcntl.flock; no-op where unavailable), removed on release.
+class FileLock:
+    """An exclusive lock on a lock file (fcntl.flock; a no-op where unavailable), removed on release.
 
-    Waiters re-check after acquiring that the lock file is still the one on disk (the holder unlinks it),
-    the standard race-free pattern for removable lock files."""
+    Used so that concurrent processes (e.g. every rank of a torchrun job) download a file or build a data
+    cache once. Waiters re-check after acquiring that the lock file is still the one on disk (the holder
+    unlinks it), the standard race-free pattern for removable lock files."""
 
     def __init__(self, path: Path):
-        self.path, self.fd = path, None
+        self.path, self.fd = Path(path), None
 
     def __enter__(self):
         try:
@@ -187,7 +188,11 @@ class _Lock:
             return self
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError:  # a filesystem without locks: go on unlocked
+                os.close(fd)
+                return self
             try:
                 same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
             except FileNotFoundError:
@@ -195,7 +200,7 @@ class _Lock:
             if same:
                 self.fd = fd
                 return self
-            os.close(fd)
+            os.close(fd)  # the holder removed the file while we waited: lock the new one
 
     def __exit__(self, *exc):
         if self.fd is not None:
@@ -203,7 +208,7 @@ class _Lock:
                 os.unlink(self.path)
             except OSError:
                 pass
-            os.close(self.fd)  # closing releases the flock
+            os.close(self.fd)
             self.fd = None
 
 
@@ -262,7 +267,7 @@ def download(url: str, dest, *, sha256: str | None = None, size: int | None = No
                             f"Set NANOGPT2_CACHE to a writable folder.") from None
 
     try:
-        with _Lock(dest.with_name(dest.name + ".lock")):
+        with FileLock(dest.with_name(dest.name + ".lock")):
             ok, why = _cached_ok(dest, size, sha256)  # another process may have finished it while we waited
             if ok:
                 return dest
