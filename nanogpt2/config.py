@@ -1,0 +1,407 @@
+"""
+Run settings: every knob of a training run, its one default, and how config files and the command line
+override it.
+
+A run is configured in three layers, later ones winning (nanoGPT's "configurator" style):
+
+1. the defaults below (`RunConfig`, one documented default per setting);
+2. config files (`configs/*.py`): plain Python assignments of the settings they change, e.g.
+   `learning_rate = 3e-4`; they are run in a fresh namespace and every public name they leave behind must
+   be a run setting (modules, functions and `_private` names are ignored);
+3. command-line overrides, `--key=value` or `--key value` (a bool may stand alone: `--compile`).
+
+Values are type-checked against the setting's type: an int is accepted for a float, `true/false`
+(also `1/0`, `yes/no`, `on/off`) for a bool, and `none`/`auto` for the settings whose default is None.
+An unknown name is rejected with the closest valid names. Every failure is a `NanoGPT2Error` (one line,
+exit status 2 from the scripts).
+
+    from nanogpt2.config import load_config
+    cfg = load_config(["configs/tiny.py", "--max_iters=50", "--dtype", "float32"])
+    cfg.learning_rate, cfg.to_dict()
+
+`python -m nanogpt2.config` prints the settings table (docs/training.md is generated from it).
+"""
+
+import difflib
+import json
+import types
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Optional
+
+from nanogpt2.errors import NanoGPT2Error
+
+# ----------------------------------------------------------------------------------------------------
+# The settings
+
+
+def setting(default, help: str, group: str):
+    """A run setting: its default, a one-line description and the group it is documented under."""
+    return field(default=default, metadata={"help": help, "group": group})
+
+
+@dataclass
+class RunConfig:
+    # --- output, checkpoints, resume ---
+    out_dir: str = setting("out", "folder for checkpoints, metrics.jsonl, config.json, plots, TensorBoard events", "output")
+    init_from: str = setting(
+        "scratch",
+        "scratch | gpt2 | gpt2-medium | gpt2-large | gpt2-xl | distilgpt2 | a local HF folder | a training "
+        "checkpoint (.pt file or run folder; weights only) | resume (= resume_from auto, but a checkpoint must exist)",
+        "output")
+    resume_from: str = setting(
+        "", "'' (start fresh), 'auto' (latest checkpoint in out_dir if there is one) or a checkpoint path: "
+        "restores model, optimizer, scaler, step, sampler and RNG states", "output")
+    checkpoint_interval: int = setting(1000, "save checkpoint_step_N.pt every this many steps (0: never)", "output")
+    keep_last: int = setting(3, "keep only the newest this many step (and epoch) checkpoints (0: keep all)", "output")
+    save_best: bool = setting(True, "save checkpoint_best.pt whenever the validation loss reaches a new best", "output")
+    max_training_hours: float = setting(
+        12.0, "wall-clock budget of this process: stop before exceeding it, save checkpoint_time_limit.pt, exit 0 (0: none)",
+        "output")
+
+    # --- evaluation, logging, samples ---
+    eval_interval: int = setting(500, "evaluate every this many steps, also at each epoch end and at the end (0: only those)", "logging")
+    eval_iters: int = setting(200, "validation batches per evaluation (0: the whole validation split)", "logging")
+    eval_only: bool = setting(False, "evaluate once and exit (no training)", "logging")
+    log_interval: int = setting(10, "print a progress line and append to metrics.jsonl every this many steps", "logging")
+    tensorboard: bool = setting(True, "write TensorBoard event files to out_dir/tensorboard when tensorboard is installed", "logging")
+    plot: bool = setting(True, "at the end, plot loss/perplexity/lr to out_dir/training_curves.png when matplotlib is installed", "logging")
+    sample_interval: int = setting(500, "print (and append to out_dir/samples.txt) a generated sample every this many steps (0: never)", "logging")
+    sample_tokens: int = setting(100, "tokens per generated sample", "logging")
+    sample_prompt: str = setting("", "prompt of the samples ('': the end-of-text token, or a newline for the char tokenizer)", "logging")
+    sample_temperature: float = setting(0.8, "sampling temperature of the samples", "logging")
+    sample_top_k: int = setting(200, "top-k of the samples (0: off)", "logging")
+
+    # --- data ---
+    dataset: str = setting("shakespeare", "dataset name (see nanogpt2.data.DATASETS) or a path to a text file/folder", "data")
+    tokenizer: str = setting("auto", "auto (the dataset's own: char for shakespeare_char, else gpt2) | gpt2 | char", "data")
+    data_path: str = setting("", "local copy of the dataset's raw text (skips the download)", "data")
+    val_fraction: Optional[float] = setting(
+        None, "share held out for validation by datasets without a validation split (none: the dataset's default, "
+        "0.1 for shakespeare, else 0.005)", "data")
+    batch_size: int = setting(12, "sequences per micro-step on each process", "data")
+    block_size: int = setting(1024, "sequence length (context) in tokens", "data")
+    gradient_accumulation_steps: int = setting(
+        1, "GLOBAL micro-steps per optimizer step (nanoGPT semantics): each of N processes runs this / N", "data")
+    tokens_per_step: int = setting(
+        0, "if > 0: tokens per optimizer step; sets gradient_accumulation_steps = this / (batch_size * block_size), "
+        "which must divide evenly", "data")
+
+    # --- model (used with init_from=scratch; dropout also for pretrained weights) ---
+    n_layer: int = setting(12, "transformer blocks", "model")
+    n_head: int = setting(12, "attention heads", "model")
+    n_embd: int = setting(768, "embedding width", "model")
+    dropout: float = setting(0.0, "dropout probability (embeddings, attention, residuals)", "model")
+    bias: bool = setting(True, "biases in Linear layers and LayerNorms (GPT-2: true)", "model")
+    vocab_size: Optional[int] = setting(None, "vocabulary size (none: the tokenizer's; may be padded up, e.g. 50304)", "model")
+
+    # --- optimizer and schedule ---
+    learning_rate: float = setting(6e-4, "peak learning rate", "optimizer")
+    max_iters: int = setting(5000, "optimizer steps to train for (0: set by max_epochs alone)", "optimizer")
+    max_epochs: int = setting(0, "if > 0: stop after this many epochs (1 epoch = train tokens / tokens per step steps)", "optimizer")
+    lr_schedule: str = setting("cosine", "cosine | linear | constant, after the linear warmup", "optimizer")
+    warmup_iters: int = setting(100, "linear warmup steps", "optimizer")
+    warmup_ratio: float = setting(0.0, "if > 0: warmup steps = round(warmup_ratio * lr_decay_iters), overriding warmup_iters", "optimizer")
+    lr_decay_iters: int = setting(0, "step where the decay reaches min_lr (0: the total number of steps)", "optimizer")
+    min_lr: float = setting(6e-5, "learning-rate floor of the decay", "optimizer")
+    weight_decay: float = setting(0.1, "AdamW weight decay of the matrices (never biases or LayerNorm weights)", "optimizer")
+    decay_pos_emb: bool = setting(True, "apply weight decay to the positional embedding table too", "optimizer")
+    beta1: float = setting(0.9, "AdamW beta1", "optimizer")
+    beta2: float = setting(0.95, "AdamW beta2", "optimizer")
+    eps: float = setting(1e-8, "AdamW epsilon", "optimizer")
+    grad_clip: float = setting(1.0, "clip the global gradient norm to this (0: no clipping; the norm is logged anyway)", "optimizer")
+    max_bad_steps: int = setting(5, "stop the run after this many non-finite losses in a row (each is skipped)", "optimizer")
+
+    # --- system ---
+    device: str = setting("auto", "auto (cuda if available, else cpu) | cpu | cuda | cuda:N | mps", "system")
+    dtype: str = setting("auto", "auto (bfloat16 on CUDA if supported, else float16; float32 elsewhere) | float32 | bfloat16 | float16", "system")
+    compile: Optional[bool] = setting(None, "torch.compile the model (none: on for CUDA, off elsewhere)", "system")
+    seed: int = setting(1337, "random seed (model init, data order, dropout)", "system")
+    backend: str = setting("", "DDP backend ('': nccl on CUDA, gloo on CPU)", "system")
+
+    # --- conversions ---
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "config") -> "RunConfig":
+        """A config from a dict of settings (unknown keys and bad types rejected); missing keys keep defaults."""
+        cfg = cls()
+        for key, value in d.items():
+            set_setting(cfg, key, value, where)
+        validate(cfg)
+        return cfg
+
+    def replace(self, **changes) -> "RunConfig":
+        """A copy with some settings changed (type-checked)."""
+        return RunConfig.from_dict({**self.to_dict(), **changes}, where="replace()")
+
+
+GROUPS = {
+    "output": "Output, checkpoints, resume",
+    "logging": "Evaluation, logging, samples",
+    "data": "Data and batch",
+    "model": "Model (init_from=scratch)",
+    "optimizer": "Optimizer and learning-rate schedule",
+    "system": "System",
+}
+
+CHOICES = {
+    "tokenizer": ("auto", "gpt2", "char"),
+    "lr_schedule": ("cosine", "linear", "constant"),
+    "dtype": ("auto", "float32", "bfloat16", "float16"),
+}
+
+FIELDS = {f.name: f for f in fields(RunConfig)}
+_HINTS = typing.get_type_hints(RunConfig)
+
+
+def setting_type(name: str):
+    """(base type, optional) of a setting: e.g. (int, True) for Optional[int]."""
+    hint = _HINTS[name]
+    args = typing.get_args(hint)
+    if args and type(None) in args:
+        return next(a for a in args if a is not type(None)), True
+    return hint, False
+
+
+# ----------------------------------------------------------------------------------------------------
+# Type checking
+
+
+def unknown_key_message(key: str, where: str) -> str:
+    close = difflib.get_close_matches(key, list(FIELDS), n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(close)}?" if close else "; run `python train.py --help` for the list"
+    return f"{where}: unknown setting {key!r}{hint}"
+
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+def parse_value(key: str, text: str, where: str = "command line"):
+    """Turn the command-line string of setting `key` into a value of its type."""
+    typ, optional = setting_type(key)
+    low = text.strip().lower()
+    if optional and low in ("none", "null", "auto"):
+        return None
+    try:
+        if typ is bool:
+            if low in _TRUE:
+                return True
+            if low in _FALSE:
+                return False
+            raise ValueError
+        if typ is int:
+            return int(low.replace("_", ""))
+        if typ is float:
+            return float(low.replace("_", ""))
+    except ValueError:
+        pass
+    else:
+        return text
+    kind = {bool: "true or false", int: "an integer", float: "a number"}[typ]
+    raise NanoGPT2Error(f"{where}: --{key} must be {kind}{' or none' if optional else ''}, not {text!r}")
+
+
+def check_value(key: str, value, where: str = "config"):
+    """Check a Python value for setting `key` (from a config file or code); ints are accepted for floats."""
+    typ, optional = setting_type(key)
+    if value is None and optional:
+        return None
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, typ) and not (typ is int and isinstance(value, bool)):
+        return value
+    want = {bool: "a bool (True/False)", int: "an int", float: "a float", str: "a string"}[typ]
+    raise NanoGPT2Error(f"{where}: {key} must be {want}{' or None' if optional else ''}, not {value!r} ({type(value).__name__})")
+
+
+def set_setting(cfg: RunConfig, key: str, value, where: str):
+    if key not in FIELDS:
+        raise NanoGPT2Error(unknown_key_message(key, where))
+    setattr(cfg, key, check_value(key, value, where))
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """Range and choice checks that need no runtime information (the trainer checks the rest)."""
+    for key, choices in CHOICES.items():
+        if getattr(cfg, key) not in choices:
+            raise NanoGPT2Error(unknown_choice(key, getattr(cfg, key), choices))
+    positive = ["batch_size", "block_size", "gradient_accumulation_steps", "n_layer", "n_head", "n_embd", "max_bad_steps"]
+    for key in positive:
+        if getattr(cfg, key) < 1:
+            raise NanoGPT2Error(f"{key} must be >= 1, not {getattr(cfg, key)}")
+    non_negative = ["max_iters", "max_epochs", "warmup_iters", "warmup_ratio", "lr_decay_iters", "min_lr", "weight_decay",
+                    "grad_clip", "eval_interval", "eval_iters", "checkpoint_interval", "keep_last", "sample_interval",
+                    "sample_tokens", "sample_top_k", "tokens_per_step", "max_training_hours", "learning_rate"]
+    for key in non_negative:
+        if getattr(cfg, key) < 0:
+            raise NanoGPT2Error(f"{key} must be >= 0, not {getattr(cfg, key)}")
+    if cfg.log_interval < 1:
+        raise NanoGPT2Error(f"log_interval must be >= 1, not {cfg.log_interval}")
+    if not 0.0 <= cfg.dropout < 1.0:
+        raise NanoGPT2Error(f"dropout must be in [0, 1), not {cfg.dropout}")
+    if cfg.warmup_ratio >= 1.0:
+        raise NanoGPT2Error(f"warmup_ratio must be < 1, not {cfg.warmup_ratio}")
+    if cfg.n_embd % cfg.n_head:
+        raise NanoGPT2Error(f"n_embd ({cfg.n_embd}) must be divisible by n_head ({cfg.n_head})")
+    if cfg.max_iters == 0 and cfg.max_epochs == 0 and not cfg.eval_only:
+        raise NanoGPT2Error("set max_iters or max_epochs (both are 0, so the run has no length)")
+    if not cfg.init_from:
+        raise NanoGPT2Error("init_from must not be empty; use scratch, a GPT-2 name, a folder or resume")
+    return cfg
+
+
+def unknown_choice(key, value, choices) -> str:
+    close = difflib.get_close_matches(str(value), choices, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return f"{key} must be one of {', '.join(choices)}, not {value!r}{hint}"
+
+
+# ----------------------------------------------------------------------------------------------------
+# Config files and the command line
+
+
+def read_config_file(path) -> dict:
+    """The settings a config file assigns, type-checked; unknown names rejected."""
+    path = Path(path)
+    if not path.is_file():
+        raise NanoGPT2Error(f"config file {path} does not exist; pass a path such as configs/shakespeare.py")
+    source = path.read_text(encoding="utf-8")
+    namespace = {"__file__": str(path), "__name__": "__nanogpt2_config__"}
+    try:
+        exec(compile(source, str(path), "exec"), namespace)
+    except NanoGPT2Error:
+        raise
+    except Exception as e:  # the user's file: show where it failed, in one line
+        line = getattr(e, "lineno", None)
+        if line is None and e.__traceback__ is not None:
+            tb = e.__traceback__
+            while tb.tb_next is not None:
+                tb = tb.tb_next
+            line = tb.tb_lineno
+        raise NanoGPT2Error(f"{path}:{line}: {type(e).__name__}: {e}") from None
+    values = {}
+    for key, value in namespace.items():
+        if key.startswith("_") or isinstance(value, (types.ModuleType, types.FunctionType, type)):
+            continue
+        if key not in FIELDS:
+            raise NanoGPT2Error(unknown_key_message(key, str(path)))
+        values[key] = check_value(key, value, str(path))
+    return values
+
+
+def parse_argv(argv) -> tuple:
+    """Split argv into (config files, {key: string value}). Both `--key=value` and `--key value`."""
+    files, overrides = [], {}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        i += 1
+        if not arg.startswith("--"):
+            if arg.startswith("-") and arg not in ("-",):
+                raise NanoGPT2Error(f"unknown option {arg!r}; settings are written --key=value or --key value")
+            files.append(arg)
+            continue
+        key, eq, value = arg[2:].partition("=")
+        key = key.replace("-", "_")
+        if key not in FIELDS:
+            raise NanoGPT2Error(unknown_key_message(key, "command line"))
+        if not eq:
+            typ, _ = setting_type(key)
+            nxt = argv[i] if i < len(argv) else None
+            if typ is bool and (nxt is None or nxt.startswith("--") or nxt.lower() not in _TRUE | _FALSE):
+                value = "true"  # a bare boolean flag: --compile
+            elif nxt is None or nxt.startswith("--"):
+                raise NanoGPT2Error(f"command line: --{key} needs a value (--{key}=VALUE or --{key} VALUE)")
+            else:
+                value = nxt
+                i += 1
+        overrides[key] = value
+    return files, overrides
+
+
+def load_config(argv, default_config_file=None) -> RunConfig:
+    """The effective config of `python train.py [config.py ...] [--key=value | --key value]...`.
+
+    When argv names no config file, `default_config_file` (if given) is applied instead.
+    """
+    files, overrides = parse_argv(list(argv))
+    if not files and default_config_file is not None:
+        files = [str(default_config_file)]
+    cfg = RunConfig()
+    for f in files:
+        for key, value in read_config_file(f).items():
+            setattr(cfg, key, value)
+    for key, text in overrides.items():
+        setattr(cfg, key, parse_value(key, text))
+    validate(cfg)
+    cfg._sources = files  # noqa: not a setting; shown by format_config
+    return cfg
+
+
+def wants_help(argv) -> bool:
+    return any(a in ("-h", "--help") for a in argv)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Showing settings
+
+
+def format_config(cfg: RunConfig, width: int = 110) -> str:
+    """The effective config as `key=value` items wrapped at `width` columns; changed settings marked '*'."""
+    defaults = RunConfig()
+    sources = getattr(cfg, "_sources", None)
+    lines = [f"effective config (config files: {', '.join(sources) if sources else 'none'}; * = not the default):"]
+    line = " "
+    for name in FIELDS:
+        value = getattr(cfg, name)
+        item = f" {'*' if value != getattr(defaults, name) else ''}{name}={value!r}"
+        if len(line) + len(item) > width:
+            lines.append(line)
+            line = " "
+        line += item
+    lines.append(line)
+    return "\n".join(lines)
+
+
+def save_config(cfg: RunConfig, path) -> None:
+    Path(path).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+
+def _type_name(name: str) -> str:
+    typ, optional = setting_type(name)
+    return typ.__name__ + (" or none" if optional else "")
+
+
+def settings_markdown() -> str:
+    """Markdown tables of every setting with type, default and description (used in docs/training.md)."""
+    out = []
+    for group, title in GROUPS.items():
+        out.append(f"### {title}\n\n| setting | type | default | meaning |\n|---|---|---|---|")
+        for f in fields(RunConfig):
+            if f.metadata["group"] == group:
+                default = f.default if f.default is not MISSING else None
+                help_text = f.metadata["help"].replace("|", "\\|")
+                out.append(f"| `{f.name}` | {_type_name(f.name)} | `{default!r}` | {help_text} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def settings_text() -> str:
+    """Plain-text list of the settings (for --help)."""
+    out = ["usage: python train.py [config.py ...] [--key=value | --key value]...", ""]
+    for group, title in GROUPS.items():
+        out.append(f"{title}:")
+        for f in fields(RunConfig):
+            if f.metadata["group"] == group:
+                out.append(f"  --{f.name} ({_type_name(f.name)}, default {f.default!r})\n      {f.metadata['help']}")
+        out.append("")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    print(settings_markdown())

@@ -1,0 +1,958 @@
+"""
+The training loop: one loop for pretraining (train.py) and fine-tuning (finetune.py).
+
+What one optimizer step does, in order (`Trainer._train_step`):
+
+1. set the learning rate from the schedule, a pure function of the step (`get_lr`);
+2. take this process's rows of the step's global batch from the sampler (one call per step), split
+   them into micro-batches, and for each: forward under autocast, loss / accumulation steps, backward
+   (through the GradScaler when float16); under DDP the gradients are all-reduced on the last
+   micro-step only (`no_sync` on the others);
+3. unscale, clip the global gradient norm at `grad_clip`, AdamW step (skipped by the GradScaler on an
+   inf/NaN gradient, and by us on a non-finite loss), zero the gradients.
+
+Around the steps: evaluation every `eval_interval` steps and at each epoch end (val loss, perplexity,
+`checkpoint_best.pt`), periodic and epoch checkpoints pruned to `keep_last`, progress lines with
+tokens/s and MFU, `metrics.jsonl`, TensorBoard, samples, a plot at the end; SIGTERM/SIGINT, the
+wall-clock budget and non-finite losses stop the run cleanly (see docs/training.md).
+
+Accumulation and DDP semantics (nanoGPT's): `gradient_accumulation_steps` is the global number of
+micro-batches per optimizer step; with N processes (torchrun) each runs gradient_accumulation_steps / N
+of them. Each step draws the same global set of windows whatever N is (the sampler hands each rank
+its slice), so a step's gradient does not depend on the number of processes.
+
+References: Karpathy's nanoGPT `train.py` (loop, schedule, DDP, MFU); PyTorch AMP recipe (GradScaler,
+unscale before clipping); Loshchilov & Hutter, "Decoupled Weight Decay Regularization" (AdamW).
+
+Run:
+    python train.py configs/shakespeare.py --max_iters=200
+    torchrun --nproc_per_node=4 train.py configs/wikitext2.py
+
+Reuse (fine-tuning):
+    trainer = Trainer(cfg, model=model, tokenizer=tok, make_sampler=lambda t: MySampler(t.rows_per_step, ...),
+                      eval_fn=my_eval, loss_fn=my_loss)
+    trainer.train()
+"""
+
+import contextlib
+import json
+import math
+import os
+import random
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from nanogpt2 import checkpoint as ckpt_io
+from nanogpt2.config import RunConfig, format_config, load_config, save_config, settings_text, wants_help
+from nanogpt2.errors import NanoGPT2Error
+from nanogpt2.generate import generate
+from nanogpt2.model import GPT, GPTConfig, PRESETS
+from nanogpt2.perf import mfu, peak_flops
+
+PTDTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+# ----------------------------------------------------------------------------------------------------
+# Learning-rate schedule (pure functions of the step)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A learning-rate schedule, resolved: `lr_at(step)` is the rate used by optimizer step `step` (0-based)."""
+
+    kind: str  # "cosine" | "linear" | "constant"
+    learning_rate: float
+    min_lr: float
+    warmup_iters: int
+    lr_decay_iters: int
+
+    def lr_at(self, step: int) -> float:
+        return get_lr(step, self.kind, self.learning_rate, self.min_lr, self.warmup_iters, self.lr_decay_iters)
+
+
+def get_lr(step, kind, learning_rate, min_lr, warmup_iters, lr_decay_iters) -> float:
+    """nanoGPT's schedule. Warmup: learning_rate * (step + 1) / (warmup_iters + 1) for step < warmup_iters.
+    Then, until lr_decay_iters, from learning_rate down to min_lr:
+      cosine:   min_lr + 0.5 * (1 + cos(pi * r)) * (learning_rate - min_lr)
+      linear:   min_lr + (1 - r) * (learning_rate - min_lr)
+      constant: learning_rate
+    with r = (step - warmup_iters) / (lr_decay_iters - warmup_iters); min_lr from lr_decay_iters on
+    (constant: learning_rate throughout)."""
+    if step < warmup_iters:
+        return learning_rate * (step + 1) / (warmup_iters + 1)
+    if kind == "constant":
+        return learning_rate
+    if step >= lr_decay_iters:
+        return min_lr
+    r = (step - warmup_iters) / (lr_decay_iters - warmup_iters)
+    if kind == "cosine":
+        coeff = 0.5 * (1.0 + math.cos(math.pi * r))
+    elif kind == "linear":
+        coeff = 1.0 - r
+    else:
+        raise ValueError(f"unknown lr schedule {kind!r}")
+    return min_lr + coeff * (learning_rate - min_lr)
+
+
+def resolve_schedule(cfg: RunConfig, total_steps: int) -> Schedule:
+    """lr_decay_iters 0 means the run's length; warmup_ratio > 0 sets the warmup from lr_decay_iters."""
+    decay = cfg.lr_decay_iters or total_steps
+    warmup = round(cfg.warmup_ratio * decay) if cfg.warmup_ratio > 0 else cfg.warmup_iters
+    return Schedule(cfg.lr_schedule, cfg.learning_rate, cfg.min_lr, warmup, decay)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Optimizer
+
+
+def param_groups(model: nn.Module, weight_decay: float, decay_pos_emb: bool = True) -> list:
+    """Two AdamW groups: weight decay for matrices (embeddings included), none for biases and LayerNorm
+    weights (every tensor of dim < 2), nor for the positional table when `decay_pos_emb` is false.
+    Frozen parameters (requires_grad False) are left out."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.dim() < 2 or (not decay_pos_emb and name.endswith("wpe.weight")):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def make_optimizer(model, cfg: RunConfig, device_type: str) -> torch.optim.AdamW:
+    groups = param_groups(model, cfg.weight_decay, cfg.decay_pos_emb)
+    extra = {"fused": True} if device_type == "cuda" else {}
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, **extra)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Distributed setup
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    enabled: bool = False
+
+    @property
+    def master(self) -> bool:
+        return self.rank == 0
+
+
+def dist_from_env() -> Dist:
+    """torchrun sets RANK, LOCAL_RANK and WORLD_SIZE; without them this is a single process."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ:
+        return Dist(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0")), int(os.environ["WORLD_SIZE"]), True)
+    return Dist()
+
+
+def resolve_device(spec: str, dist: Dist) -> torch.device:
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise NanoGPT2Error(f"device={spec} but CUDA is not available; use --device=cpu")
+        if dist.enabled:
+            return torch.device("cuda", dist.local_rank)  # one GPU per process
+        return torch.device(spec)
+    if spec == "mps" and not torch.backends.mps.is_available():
+        raise NanoGPT2Error("device=mps but MPS is not available; use --device=cpu")
+    if spec not in ("cpu", "mps"):
+        raise NanoGPT2Error(f"unknown device {spec!r}; use auto, cpu, cuda, cuda:N or mps")
+    return torch.device(spec)
+
+
+def resolve_dtype(spec: str, device: torch.device) -> str:
+    if spec != "auto":
+        return spec
+    if device.type == "cuda":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return "float32"
+
+
+# ----------------------------------------------------------------------------------------------------
+# Small helpers
+
+
+def split_batch(batch, n: int) -> list:
+    """Split a batch (a tensor, a tuple/list of tensors or a dict of tensors) into n equal micro-batches."""
+    if isinstance(batch, torch.Tensor):
+        if batch.size(0) % n:
+            raise NanoGPT2Error(f"the sampler returned {batch.size(0)} rows, not a multiple of {n} micro-steps")
+        return list(batch.chunk(n))
+    if isinstance(batch, dict):
+        parts = {k: split_batch(v, n) for k, v in batch.items()}
+        return [{k: parts[k][i] for k in parts} for i in range(n)]
+    parts = [split_batch(v, n) for v in batch]
+    return [type(batch)(p[i] for p in parts) for i in range(n)]
+
+
+def default_loss_fn(model, batch):
+    x, y = batch
+    return model(x, y)[1]
+
+
+def _fmt_hours(seconds: float) -> str:
+    return f"{seconds / 3600:.2f}h"
+
+
+# ----------------------------------------------------------------------------------------------------
+# The trainer
+
+
+class Trainer:
+    """One training run. `Trainer(cfg).train()` is all train.py does.
+
+    Optional parts (for finetune.py and tests); each defaults to the pretraining behaviour:
+      model         an nn.Module whose forward fits `loss_fn` (default: built from cfg.init_from)
+      tokenizer     for samples and checkpoints (default: the dataset's)
+      make_sampler  f(trainer) -> sampler with next_batch(device) returning this process's rows of one
+                    optimizer step (trainer.rows_per_step rows), state_dict() and load_state_dict()
+                    (default: RandomWindowSampler over cfg.dataset's train split)
+      eval_fn       f(trainer) -> {"val_loss": float, ...} (default: loss over the validation split)
+      loss_fn       f(model, micro_batch) -> scalar loss (default: model(x, y)[1])
+      steps_per_epoch  optimizer steps per epoch (default: train tokens / tokens per step)
+      hooks         callables hook(trainer, event), event in "step_end", "eval_end", "train_end"
+    """
+
+    def __init__(self, cfg: RunConfig, *, model: Optional[nn.Module] = None, tokenizer=None,
+                 make_sampler: Optional[Callable] = None, eval_fn: Optional[Callable] = None,
+                 loss_fn: Optional[Callable] = None, steps_per_epoch: Optional[int] = None, hooks=()):
+        self.cfg = cfg
+        self.t_start = time.time()
+        self.hooks = list(hooks)
+        self.loss_fn = loss_fn or default_loss_fn
+        self.eval_fn = eval_fn
+        self.tokenizer = tokenizer
+        self.steps_per_epoch = steps_per_epoch
+        self.out_dir = Path(cfg.out_dir)
+        self._stop_signal = None  # name of the signal that asked us to stop
+        self._pg_initialized = False
+        self._tb = None
+        try:
+            self._setup(model, make_sampler)
+        except BaseException:
+            self.close()  # e.g. a missing dataset under torchrun: leave the process group cleanly
+            raise
+
+    def _setup(self, model, make_sampler):
+        cfg = self.cfg
+        # --- processes, device, precision ---
+        self.dist = dist_from_env()
+        self.device = resolve_device(cfg.device, self.dist)
+        self.dtype = resolve_dtype(cfg.dtype, self.device)
+        if self.dtype in ("bfloat16", "float16") and self.device.type == "mps":
+            raise NanoGPT2Error(f"dtype={self.dtype} is not supported on mps here; use --dtype=float32")
+        if self.dist.enabled:
+            self._init_process_group()
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        torch.manual_seed(cfg.seed + self.dist.rank)
+        np.random.seed((cfg.seed + self.dist.rank) % 2**32)
+        random.seed(cfg.seed + self.dist.rank)
+
+        # --- global batch geometry ---
+        accum = cfg.gradient_accumulation_steps
+        if cfg.tokens_per_step:
+            per_micro = cfg.batch_size * cfg.block_size
+            if cfg.tokens_per_step % per_micro:
+                raise NanoGPT2Error(
+                    f"tokens_per_step={cfg.tokens_per_step} is not a multiple of batch_size * block_size = {per_micro}; "
+                    f"pick a multiple, e.g. {max(1, round(cfg.tokens_per_step / per_micro)) * per_micro}")
+            accum = cfg.tokens_per_step // per_micro
+        W = self.dist.world_size
+        if accum % W:
+            raise NanoGPT2Error(
+                f"gradient_accumulation_steps={accum} is the global count and must be divisible by the "
+                f"{W} processes; use a multiple of {W}")
+        self.accum_steps = accum
+        self.micro_steps = accum // W  # micro-steps each process runs per optimizer step
+        self.rows_per_step = cfg.batch_size * self.micro_steps  # rows this process gets per step
+        self.tokens_per_step = cfg.batch_size * cfg.block_size * accum  # global
+
+        self.log(format_config(cfg))
+        if self.dist.master:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.out_dir / "config.json")
+
+        # --- data ---
+        if make_sampler is None:
+            self._setup_default_data()
+        else:
+            self.sampler = make_sampler(self)
+            self.train_tokens = None
+
+        # --- run length and schedule ---
+        if self.steps_per_epoch is None and self.train_tokens is not None:
+            self.steps_per_epoch = max(1, math.ceil(self.train_tokens / self.tokens_per_step))
+        total = cfg.max_iters if cfg.max_iters > 0 else None
+        if cfg.max_epochs > 0:
+            if not self.steps_per_epoch:
+                raise NanoGPT2Error("max_epochs needs to know the epoch length; set max_iters instead")
+            by_epochs = cfg.max_epochs * self.steps_per_epoch
+            total = by_epochs if total is None else min(total, by_epochs)
+        self.max_steps = total or 0
+        self.schedule = resolve_schedule(cfg, self.max_steps)
+
+        # --- checkpoint to resume from (read before the model is built: it holds the architecture) ---
+        resume_state = self._find_resume()
+
+        # --- model, optimizer, scaler ---
+        self.raw_model = self._build_model(model, resume_state)
+        self.raw_model.to(device=self.device, dtype=torch.float32)  # fp32 master weights and optimizer state
+        self.optimizer = make_optimizer(self.raw_model, cfg, self.device.type)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == "float16")
+
+        # --- state ---
+        self.step = 0
+        self.epoch = 0
+        self.best_val_loss = float("inf")
+        self.tokens_seen = 0
+        self.bad_steps_in_row = 0
+        self.bad_steps_total = 0
+        self.overflow_steps = 0
+        self.last_step_time = 0.0
+        self.last_record = None  # metrics of the latest step (for hooks)
+        if resume_state is not None:
+            self._restore(resume_state)
+
+        # --- compile and DDP wrappers (checkpoints always come from raw_model) ---
+        use_compile = cfg.compile if cfg.compile is not None else self.device.type == "cuda"
+        self.model = self.raw_model
+        if use_compile:
+            self.log("compiling the model with torch.compile (first steps are slow) ...")
+            self.model = torch.compile(self.raw_model)
+        self.eval_model = self.model
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = DDP(self.model, device_ids=ids)
+
+        # --- MFU denominator ---
+        fpt = getattr(self.raw_model, "flops_per_token", None)
+        block = getattr(getattr(self.raw_model, "config", None), "block_size", cfg.block_size)
+        self.flops_per_token = fpt(min(cfg.block_size, block)) if callable(fpt) else float("nan")
+        self.peak_flops, self.peak_source = peak_flops(self.device, self.dtype)
+        self._metrics_path = self.out_dir / "metrics.jsonl"
+
+        # Last: the RNG states of the checkpoint (model init and the MFU probe above draw random numbers).
+        if resume_state is not None:
+            self._restore_rng(resume_state["rng"])
+            self.log(f"resumed from {resume_state['_path']} at step {self.step} (epoch {self.epoch}, "
+                     f"best val loss {self.best_val_loss:.4f})")
+
+    # --- setup pieces ---------------------------------------------------------------------------------
+
+    def _init_process_group(self):
+        import torch.distributed as td
+
+        backend = self.cfg.backend or ("nccl" if self.device.type == "cuda" else "gloo")
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        td.init_process_group(backend=backend)
+        self._pg_initialized = True
+
+    def _setup_default_data(self):
+        from nanogpt2.data import RandomWindowSampler, prepare_dataset
+
+        cfg = self.cfg
+        # The first process per machine prepares (downloads, tokenizes, writes memmaps); the others wait for
+        # it (an all-reduce of its failure flag, so that they stop with it instead of hanging), then read the cache.
+        def prepare(quiet):
+            return prepare_dataset(cfg.dataset, tokenizer=None if cfg.tokenizer == "auto" else cfg.tokenizer,
+                                   data_path=cfg.data_path or None, val_fraction=cfg.val_fraction, quiet=quiet)
+
+        failed, error = torch.zeros(1, device=self.device), None
+        if self.dist.local_rank == 0:
+            try:
+                ds = prepare(quiet=not self.dist.master)
+            except NanoGPT2Error as e:
+                failed[0], error = 1.0, e
+        if self._all_reduce(failed, op="max").item():
+            raise error or NanoGPT2Error("preparing the dataset failed on another process (see its error)")
+        if self.dist.local_rank != 0:
+            ds = prepare(quiet=True)
+        self.dataset = ds
+        if self.tokenizer is None:
+            self.tokenizer = ds.tokenizer()
+        train, val = ds.tokens("train"), ds.tokens("val")
+        T = cfg.block_size
+        for split, toks in (("train", train), ("val", val)):
+            if len(toks) < T + 1:
+                raise NanoGPT2Error(
+                    f"the {split} split of {cfg.dataset} has {len(toks)} tokens, fewer than block_size + 1 = {T + 1}; "
+                    f"lower block_size or use more data")
+        self.train_tokens = len(train)
+        self.val_data = val
+        self.sampler = RandomWindowSampler(train, T, self.rows_per_step, seed=cfg.seed,
+                                           rank=self.dist.rank, world_size=self.dist.world_size)
+        if self.eval_fn is None:
+            self.eval_fn = Trainer.evaluate_val
+        self.log(f"data: {cfg.dataset} ({self.tokenizer.name} tokenizer, vocab {self.tokenizer.n_vocab}): "
+                 f"{len(train):,} train / {len(val):,} val tokens in {ds.dir}")
+
+    def _find_resume(self):
+        cfg = self.cfg
+        spec = cfg.resume_from or ("auto" if cfg.init_from == "resume" else "")
+        if not spec:
+            if self.dist.master and ckpt_io.list_checkpoints(self.out_dir):
+                self.log(f"note: {self.out_dir} already holds checkpoints from an earlier run; this run starts "
+                         f"fresh (use --resume_from auto to continue it)")
+            return None
+        if spec == "auto":
+            files = ckpt_io.list_checkpoints(self.out_dir)
+            if not files:
+                if cfg.init_from == "resume":
+                    raise NanoGPT2Error(f"init_from=resume but there is no checkpoint in {self.out_dir}; "
+                                        f"check out_dir or start with init_from=scratch")
+                self.log(f"resume_from=auto: no checkpoint in {self.out_dir} yet, starting fresh")
+                return None
+            path = files[-1]
+        else:
+            path = ckpt_io.find_checkpoint(spec, "latest")
+        state = ckpt_io.load_checkpoint(path, map_location="cpu")
+        for key in ("optimizer", "step", "sampler", "rng"):
+            if key not in state:
+                raise NanoGPT2Error(f"{path} has no {key!r}: it holds weights only and cannot be resumed; "
+                                    f"use --init_from={path} to start a new run from its weights")
+        state["_path"] = str(path)
+        return state
+
+    def _build_model(self, model, resume_state):
+        cfg = self.cfg
+        if resume_state is not None:
+            mc = GPTConfig(**resume_state["model_config"])
+            return GPT(mc)  # weights are loaded in _restore
+        if model is not None:
+            return model
+        init = cfg.init_from
+        if init in ("scratch", "resume"):
+            n_vocab = self.tokenizer.n_vocab if self.tokenizer is not None else None
+            vocab = cfg.vocab_size or n_vocab
+            if vocab is None:
+                raise NanoGPT2Error("vocab_size is not set and there is no tokenizer to take it from")
+            if n_vocab is not None and vocab < n_vocab:
+                raise NanoGPT2Error(f"vocab_size={vocab} is smaller than the tokenizer's {n_vocab} tokens")
+            mc = GPTConfig(block_size=cfg.block_size, vocab_size=vocab, n_layer=cfg.n_layer, n_head=cfg.n_head,
+                           n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias)
+            m = GPT(mc)
+            self.log(f"model: GPT from scratch, {m.param_counts()['total'] / 1e6:.2f}M parameters")
+            return m
+        path = Path(init)
+        if path.is_file() or (path.is_dir() and ckpt_io.list_checkpoints(path)):
+            m, info = ckpt_io.load_model(path, device="cpu")  # a training checkpoint: weights only
+            mine = ckpt_io.tokenizer_info(self.tokenizer) if self.tokenizer is not None else None
+            if mine is not None and info["tokenizer"] != mine:
+                raise NanoGPT2Error(f"init_from={init} was trained with tokenizer {info['tokenizer'].get('name')!r} "
+                                    f"(another vocabulary than this run's {mine['name']!r}); use the same tokenizer")
+            for mod in m.modules():
+                if isinstance(mod, nn.Dropout):
+                    mod.p = cfg.dropout
+            m.config.dropout = cfg.dropout
+        elif path.is_dir() or init in PRESETS:
+            if self.tokenizer is not None and getattr(self.tokenizer, "name", "gpt2") != "gpt2":
+                raise NanoGPT2Error(f"init_from={init} uses GPT-2's vocabulary; set tokenizer=gpt2")
+            m = GPT.from_pretrained(init, dropout=cfg.dropout)
+        else:
+            import difflib
+
+            close = difflib.get_close_matches(init, ["scratch", "resume", *PRESETS], n=2)
+            hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+            raise NanoGPT2Error(f"init_from={init!r} is not scratch, resume, a GPT-2 name ({', '.join(PRESETS)}) "
+                                f"or an existing folder/checkpoint{hint}")
+        if cfg.block_size < m.config.block_size:
+            crop_block_size(m, cfg.block_size)
+        elif cfg.block_size > m.config.block_size:
+            raise NanoGPT2Error(f"block_size={cfg.block_size} exceeds the pretrained model's {m.config.block_size}")
+        self.log(f"model: {init}, {m.param_counts()['total'] / 1e6:.2f}M parameters")
+        return m
+
+    def _restore(self, state):
+        """Load what a checkpoint holds, but the RNG states (restored last, see __init__)."""
+        cfg = self.cfg
+        self.raw_model.load_state_dict(ckpt_io._strip_prefixes(state["model"]))
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler.is_enabled() and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.step = int(state["step"])
+        self.epoch = int(state.get("epoch", 0))
+        self.best_val_loss = float(state.get("best_val_loss", float("inf")))
+        self.tokens_seen = int(state.get("tokens_seen", 0))
+        self.sampler.load_state_dict(state["sampler"])
+        old = state.get("run_config") or {}
+        exactness = ("batch_size", "block_size", "gradient_accumulation_steps", "tokens_per_step", "seed", "dtype")
+        changed = [f"{k} {old[k]!r} -> {getattr(cfg, k)!r}" for k in exactness if k in old and old[k] != getattr(cfg, k)]
+        if changed:
+            self.log(f"warning: resuming with changed settings ({'; '.join(changed)}): the run continues but "
+                     f"does not reproduce an uninterrupted one")
+
+    def _restore_rng(self, rng: dict):
+        per_rank = rng.get("per_rank")
+        if per_rank and len(per_rank) == self.dist.world_size:
+            ckpt_io.set_rng_state(per_rank[self.dist.rank])
+        else:
+            if self.dist.world_size > 1 or per_rank:
+                self.log("warning: the checkpoint was written with another number of processes; RNG streams differ")
+            ckpt_io.set_rng_state(rng)
+
+    # --- helpers ----------------------------------------------------------------------------------------
+
+    def log(self, msg: str):
+        if self.dist.master if hasattr(self, "dist") else True:
+            print(msg, flush=True)
+
+    def autocast(self):
+        if self.dtype == "float32":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=PTDTYPES[self.dtype])
+
+    def _all_reduce(self, t: torch.Tensor, op="sum") -> torch.Tensor:
+        if self.dist.enabled:
+            import torch.distributed as td
+
+            td.all_reduce(t, op=td.ReduceOp.SUM if op == "sum" else td.ReduceOp.MAX)
+        return t
+
+    def _emit(self, event: str):
+        for hook in self.hooks:
+            hook(self, event)
+
+    # --- one optimizer step -----------------------------------------------------------------------------
+
+    def _train_step(self) -> dict:
+        """Run optimizer step number self.step (0-based); return its metrics."""
+        t0 = time.perf_counter()
+        lr = self.schedule.lr_at(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.model.train()
+        micro_batches = split_batch(self.sampler.next_batch(self.device), self.micro_steps)
+        loss_sum = torch.zeros((), device=self.device)
+        for i, mb in enumerate(micro_batches):
+            last = i == len(micro_batches) - 1
+            sync = self.model.no_sync() if self.dist.enabled and not last else contextlib.nullcontext()
+            with sync:
+                with self.autocast():
+                    loss = self.loss_fn(self.model, mb) / self.micro_steps
+                self.scaler.scale(loss).backward()
+            loss_sum += loss.detach().float()
+        # The loss, averaged over every micro-batch of every process.
+        loss_sum = self._all_reduce(loss_sum) / self.dist.world_size
+        self.scaler.unscale_(self.optimizer)  # no-op unless float16
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        loss_val, norm_val = torch.stack([loss_sum, grad_norm.float().to(loss_sum.device)]).tolist()
+
+        rec = {"step": self.step + 1, "loss": loss_val, "lr": lr, "grad_norm": norm_val}
+        if not math.isfinite(loss_val) or (not self.scaler.is_enabled() and not math.isfinite(norm_val)):
+            # A non-finite loss (or gradient without a scaler to catch it): skip the update.
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.update()  # resets the scaler's per-step state (halves the scale on inf grads)
+            self.bad_steps_in_row += 1
+            self.bad_steps_total += 1
+            rec["bad_step"] = True
+            self.log(f"step {self.step + 1}: non-finite loss ({loss_val}) or gradient norm ({norm_val}); step skipped "
+                     f"({self.bad_steps_in_row} in a row, {self.bad_steps_total} in all)")
+        else:
+            self.bad_steps_in_row = 0
+            if self.scaler.is_enabled():
+                scale_before = self.scaler.get_scale()
+                self.scaler.step(self.optimizer)  # skipped when the unscaled gradients hold inf/NaN
+                self.scaler.update()
+                rec["loss_scale"] = self.scaler.get_scale()
+                if not math.isfinite(norm_val):
+                    self.overflow_steps += 1
+                    rec["overflow"] = True
+                    self.log(f"step {self.step + 1}: float16 gradient overflow, step skipped, loss scale "
+                             f"{scale_before:g} -> {self.scaler.get_scale():g}")
+            else:
+                self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        self.last_step_time = time.perf_counter() - t0
+        return rec
+
+    # --- evaluation -------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def evaluate_val(self) -> dict:
+        """Mean loss over `eval_iters` validation batches (0: the whole split) of non-overlapping windows, each
+        process taking every world_size-th batch; token-weighted and all-reduced. Returns val_loss, val_ppl."""
+        from nanogpt2.data import eval_windows
+
+        cfg = self.cfg
+        model = self.eval_model
+        model.eval()
+        total = torch.zeros(2, device=self.device, dtype=torch.float64)  # (sum of token losses, tokens)
+        # The first eval_iters batches of the split (built on the CPU); this process takes every world_size-th.
+        batches = eval_windows(self.val_data, cfg.block_size, cfg.batch_size, max_batches=cfg.eval_iters or None)
+        for i, (x, y) in enumerate(batches):
+            if i % self.dist.world_size != self.dist.rank:
+                continue
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            with self.autocast():
+                _, loss = model(x, y)
+            n = (y != -100).sum()
+            total += torch.stack([loss.double() * n, n.double()])
+        self._all_reduce(total)
+        loss_sum, count = total.tolist()
+        if count == 0:
+            raise NanoGPT2Error("the validation split yields no full window; lower block_size")
+        val_loss = loss_sum / count
+        return {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 700.0))}
+
+    def _evaluate(self, rec: dict, reason: str):
+        res = self.eval_fn(self)
+        self.raw_model.train()
+        rec.update(res)
+        val = res["val_loss"]
+        msg = f"eval step {self.step} ({reason}) | val loss {val:.4f} | val ppl {res.get('val_ppl', math.exp(min(val, 700))):.2f}"
+        if val < self.best_val_loss:
+            self.best_val_loss = val
+            msg += " | new best"
+            if self.cfg.save_best and not self.cfg.eval_only:
+                self.save("best")
+                msg += " (saved checkpoint_best.pt)"
+        self.log(msg)
+        self._emit("eval_end")
+
+    # --- samples ----------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def sample(self) -> Optional[str]:
+        """A short generated text from the current weights (rank 0; own RNG, so training is unaffected)."""
+        if not self.dist.master or self.tokenizer is None or not isinstance(self.raw_model, GPT):
+            return None
+        cfg, tok, model = self.cfg, self.tokenizer, self.raw_model
+        if cfg.sample_prompt:
+            ids = tok.encode(cfg.sample_prompt)
+        elif tok.eot_token is not None:
+            ids = [tok.eot_token]
+        else:
+            ids = tok.encode("\n") if "\n" in getattr(tok, "chars", "\n") else [0]
+        idx = torch.tensor([ids], dtype=torch.long, device=self.device)  # (1, T0)
+        gen = torch.Generator(device=self.device).manual_seed(cfg.seed + self.step)
+        model.eval()
+        try:
+            with self.autocast():
+                out = generate(model, idx, cfg.sample_tokens, temperature=cfg.sample_temperature,
+                               top_k=cfg.sample_top_k or None, generator=gen, tokenizer=tok)
+        finally:
+            model.train()
+        return tok.decode(out[0, len(ids):].tolist())
+
+    # --- checkpoints ------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue exactly (see nanogpt2/checkpoint.py for the keys)."""
+        rng = ckpt_io.rng_state()
+        if self.dist.enabled:
+            import torch.distributed as td
+
+            all_rng = [None] * self.dist.world_size
+            td.all_gather_object(all_rng, rng)
+            rng = {**all_rng[0], "per_rank": all_rng}
+        return {
+            "model": self.raw_model.state_dict(),
+            "model_config": self.raw_model.config.to_dict() if isinstance(self.raw_model, GPT) else {},
+            "run_config": self.cfg.to_dict(),
+            "tokenizer": ckpt_io.tokenizer_info(self.tokenizer) if self.tokenizer is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "scheduler": {**self.schedule.__dict__, "lr": self.schedule.lr_at(self.step)},
+            "step": self.step,
+            "epoch": self.epoch,
+            "best_val_loss": self.best_val_loss,
+            "tokens_seen": self.tokens_seen,
+            "sampler": self.sampler.state_dict(),
+            "rng": rng,
+            "world_size": self.dist.world_size,
+        }
+
+    def save(self, name: str) -> Path:
+        """Write checkpoint_{name}.pt (all processes must call this: RNG states are gathered; rank 0 writes)."""
+        state = self.state_dict()
+        path = self.out_dir / f"{ckpt_io.PREFIX}{name}{ckpt_io.SUFFIX}"
+        if self.dist.master:
+            ckpt_io.save_checkpoint(path, state)
+        return path
+
+    # --- logging outputs ----------------------------------------------------------------------------------
+
+    def _open_outputs(self, resumed: bool):
+        if not self.dist.master:
+            return
+        if resumed and self._metrics_path.exists():  # drop records past the checkpoint (they will be redone)
+            keep = []
+            for line in self._metrics_path.read_text().splitlines():
+                try:
+                    if json.loads(line).get("step", 0) <= self.step:
+                        keep.append(line)
+                except ValueError:  # a line cut short by a crash
+                    pass
+            self._metrics_path.write_text("".join(line + "\n" for line in keep))
+        elif not resumed:
+            self._metrics_path.write_text("")
+        if self.cfg.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                self.log("tensorboard is not installed: no event files (pip install tensorboard)")
+            else:
+                self._tb = SummaryWriter(str(self.out_dir / "tensorboard"), purge_step=self.step + 1 if resumed else None)
+
+    def _write_record(self, rec: dict):
+        if not self.dist.master:
+            return
+        with open(self._metrics_path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        if self._tb is not None:
+            for key in ("loss", "ppl", "lr", "grad_norm", "tokens_per_sec", "mfu", "val_loss", "val_ppl", "loss_scale"):
+                if key in rec and rec[key] is not None and math.isfinite(rec[key]):
+                    self._tb.add_scalar(key if key.startswith("val") else f"train/{key}", rec[key], rec["step"])
+
+    def _progress_line(self, rec: dict) -> str:
+        elapsed = time.time() - self.t_start
+        limit = self.cfg.max_training_hours * 3600
+        parts = [
+            f"step {rec['step']}/{self.max_steps}",
+            f"loss {rec['loss']:.4f}",
+            f"ppl {rec['ppl']:.2f}",
+            f"lr {rec['lr']:.2e}",
+            f"grad {rec['grad_norm']:.3f}",
+            f"{rec['tokens_per_sec']:,.0f} tok/s",
+            f"MFU {100 * rec['mfu']:.2f}%" if math.isfinite(rec["mfu"]) else "MFU n/a",
+            f"Elapsed: {_fmt_hours(elapsed)}",
+            f"Remaining: {_fmt_hours(max(0.0, limit - elapsed))}" if limit > 0 else "Remaining: no limit",
+        ]
+        return " | ".join(parts)
+
+    def plot(self):
+        """loss (train and val), perplexity and learning rate against the step, to training_curves.png."""
+        if not (self.cfg.plot and self.dist.master and self._metrics_path.exists()):
+            return None
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            self.log("matplotlib is not installed: no plot (pip install matplotlib)")
+            return None
+        recs = [json.loads(line) for line in self._metrics_path.read_text().splitlines() if line.strip()]
+        if not recs:
+            return None
+        fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+        train = [(r["step"], r["loss"]) for r in recs if math.isfinite(r["loss"])]
+        val = [(r["step"], r["val_loss"]) for r in recs if "val_loss" in r]
+        for ax, key, title in ((axes[0], None, "loss"), (axes[1], "ppl", "perplexity")):
+            f = (lambda v: v) if key is None else (lambda v: math.exp(min(v, 50)))
+            if train:
+                ax.plot([s for s, _ in train], [f(v) for _, v in train], label="train")
+            if val:
+                ax.plot([s for s, _ in val], [f(v) for _, v in val], "o-", label="val")
+            ax.set_title(title)
+            ax.set_xlabel("step")
+            ax.legend()
+        axes[1].set_yscale("log")
+        axes[2].plot([r["step"] for r in recs], [r["lr"] for r in recs])
+        axes[2].set_title("learning rate")
+        axes[2].set_xlabel("step")
+        fig.tight_layout()
+        path = self.out_dir / "training_curves.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return path
+
+    # --- signals ------------------------------------------------------------------------------------------
+
+    def _on_signal(self, signum, frame):
+        name = signal.Signals(signum).name
+        if self._stop_signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now
+        self._stop_signal = name
+        if self.dist.master:
+            print(f"\n{name} received: finishing the current step, then saving a checkpoint and exiting "
+                  f"(Ctrl-C again to abort without saving)", flush=True)
+
+    @contextlib.contextmanager
+    def _signal_handlers(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+    # --- the loop ---------------------------------------------------------------------------------------
+
+    def train(self) -> dict:
+        """Train to max_steps (or until a stop); return a summary dict."""
+        try:
+            with self._signal_handlers():
+                return self._train()
+        finally:
+            self.close()
+
+    def close(self):
+        """Close the TensorBoard writer and leave the process group (idempotent)."""
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+        if self._pg_initialized:
+            import torch.distributed as td
+
+            td.destroy_process_group()
+            self._pg_initialized = False
+
+    def _train(self) -> dict:
+        cfg = self.cfg
+        resumed = self.step > 0
+        self._open_outputs(resumed)
+        self.log(f"{self.dist.world_size} process(es) on {self.device} ({self.dtype}); "
+                 f"{self.accum_steps} micro-steps of {cfg.batch_size} x {cfg.block_size} tokens per step "
+                 f"({self.micro_steps} per process) = {self.tokens_per_step:,} tokens/step; "
+                 f"{self.max_steps} steps" + (f", {self.steps_per_epoch} per epoch" if self.steps_per_epoch else ""))
+        self.log(f"MFU peak: {self.peak_source}")
+        if cfg.eval_only:
+            if self.eval_fn is None:
+                raise NanoGPT2Error("eval_only needs validation data")
+            rec = {"step": self.step}
+            self._evaluate(rec, "eval_only")
+            return {"step": self.step, "stopped": "eval_only", **rec}
+
+        stopped = None
+        win_tokens, win_time, last_rec = 0, 0.0, None
+        while self.step < self.max_steps:
+            rec = self._train_step()
+            self.step += 1
+            self.tokens_seen += self.tokens_per_step
+            win_tokens += self.tokens_per_step
+            win_time += self.last_step_time
+            if rec.get("bad_step") and self.bad_steps_in_row >= cfg.max_bad_steps:
+                last_good = ckpt_io.list_checkpoints(self.out_dir)
+                where = f"the last good checkpoint is {last_good[-1]}" if last_good else "no checkpoint was written yet"
+                raise NanoGPT2Error(
+                    f"the loss was non-finite for {self.bad_steps_in_row} steps in a row (steps "
+                    f"{self.step - self.bad_steps_in_row + 1}-{self.step}); stopping without saving; {where}. "
+                    f"Lower learning_rate, use dtype=bfloat16/float32 or set grad_clip")
+            epoch_end = bool(self.steps_per_epoch) and self.step % self.steps_per_epoch == 0
+            if epoch_end:
+                self.epoch += 1
+            rec["epoch"] = self.epoch
+            rec["ppl"] = math.exp(min(rec["loss"], 700.0)) if math.isfinite(rec["loss"]) else float("nan")
+            final = self.step == self.max_steps
+
+            # Evaluation: every eval_interval steps, at each epoch end, at the end.
+            if self.eval_fn is not None:
+                reason = ("interval" if cfg.eval_interval and self.step % cfg.eval_interval == 0 else
+                          "epoch end" if epoch_end else "end" if final else None)
+                if reason:
+                    self._evaluate(rec, reason)
+            logged = self.step % cfg.log_interval == 0 or self.step == 1 or final or "val_loss" in rec
+            if logged:
+                tps = win_tokens / win_time if win_time > 0 else float("nan")
+                rec["tokens_per_sec"] = tps
+                rec["mfu"] = mfu(self.flops_per_token, tps / self.dist.world_size, self.peak_flops)
+                rec["elapsed_h"] = (time.time() - self.t_start) / 3600
+                rec["tokens"] = self.tokens_seen
+                if self.step % cfg.log_interval == 0 or self.step == 1 or final:
+                    self.log(self._progress_line(rec))
+                self._write_record(rec)
+                win_tokens, win_time = 0, 0.0
+            last_rec = self.last_record = rec
+            if cfg.sample_interval and self.step % cfg.sample_interval == 0:
+                text = self.sample()
+                if text is not None:
+                    self.log(f"--- sample at step {self.step} ---\n{text}\n---")
+                    with open(self.out_dir / "samples.txt", "a") as f:
+                        f.write(f"--- step {self.step} ---\n{text}\n")
+            if cfg.checkpoint_interval and self.step % cfg.checkpoint_interval == 0 and not final:
+                self.save(f"step_{self.step}")
+                if self.dist.master:
+                    ckpt_io.prune_checkpoints(self.out_dir, "step", cfg.keep_last)
+            if epoch_end and not final:
+                self.save(f"epoch_{self.epoch}")
+                if self.dist.master:
+                    ckpt_io.prune_checkpoints(self.out_dir, "epoch", cfg.keep_last)
+            self._emit("step_end")
+
+            # Stops: a signal, or the wall-clock budget (would the next step cross it?). All processes agree.
+            elapsed = time.time() - self.t_start
+            limit = cfg.max_training_hours * 3600
+            sig = self._stop_signal is not None
+            time_up = limit > 0 and elapsed + self.last_step_time >= limit
+            if self.dist.enabled:
+                flags = torch.tensor([float(sig), float(time_up)], device=self.device)
+                sig, time_up = (bool(v) for v in self._all_reduce(flags, op="max").tolist())
+            if final:
+                break
+            if sig:
+                path = self.save("interrupted")
+                self.log(f"stopped by {self._stop_signal or 'a signal on another process'} after step {self.step}: "
+                         f"saved {path}; continue with --resume_from auto")
+                stopped = "signal"
+                break
+            if time_up:
+                path = self.save("time_limit")
+                self.log(f"wall-clock limit max_training_hours={cfg.max_training_hours} reached after step {self.step} "
+                         f"(Elapsed: {_fmt_hours(elapsed)}): saved {path}; continue with --resume_from auto")
+                stopped = "time_limit"
+                break
+
+        if stopped is None:
+            path = self.save("final")
+            self.log(f"done: {self.step} steps in {_fmt_hours(time.time() - self.t_start)}; saved {path}; "
+                     f"best val loss {self.best_val_loss:.4f}")
+            stopped = "done"
+        plot = self.plot()
+        if plot is not None:
+            self.log(f"plot: {plot}")
+        self._emit("train_end")
+        return {"step": self.step, "stopped": stopped, "best_val_loss": self.best_val_loss,
+                "last": last_rec, "bad_steps": self.bad_steps_total, "overflow_steps": self.overflow_steps}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Model surgery
+
+
+def crop_block_size(model: GPT, block_size: int):
+    """Shrink a model's context (positional table) to `block_size` positions, e.g. GPT-2's 1024 -> 256."""
+    assert block_size <= model.config.block_size
+    model.config.block_size = block_size
+    model.transformer.wpe.weight = nn.Parameter(model.transformer.wpe.weight[:block_size].detach().clone())
+
+
+# ----------------------------------------------------------------------------------------------------
+# Command line
+
+
+def main(argv=None, default_config=None, hooks=()):
+    """`python train.py [config.py ...] [--key=value | --key value]...` (see docs/training.md)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if wants_help(argv):
+        print(settings_text())
+        return None
+    cfg = load_config(argv, default_config_file=default_config)
+    return Trainer(cfg, hooks=hooks).train()

@@ -1,0 +1,177 @@
+"""
+Run settings: defaults, config files, `--key=value` / `--key value` overrides, type checks, unknown keys with
+suggestions, the shipped configs, and the one-line errors of `python train.py` (no traceback, exit 2).
+
+    python -m pytest -q tests/test_config.py
+"""
+
+import os
+import subprocess
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from nanogpt2.config import FIELDS, GROUPS, RunConfig, load_config, parse_argv, read_config_file, settings_markdown
+from nanogpt2.errors import NanoGPT2Error
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write(tmp_path, text, name="cfg.py"):
+    p = tmp_path / name
+    p.write_text(text)
+    return str(p)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Defaults and docs
+
+
+def test_every_setting_has_one_documented_default():
+    cfg = RunConfig()
+    for f in fields(RunConfig):
+        assert f.metadata["help"] and f.metadata["group"] in GROUPS, f.name
+        assert getattr(cfg, f.name) == f.default
+    # nanoGPT's names and the seeds' names are all there
+    for name in ("out_dir", "dataset", "init_from", "batch_size", "block_size", "max_iters", "gradient_accumulation_steps",
+                 "learning_rate", "min_lr", "warmup_iters", "lr_decay_iters", "weight_decay", "beta1", "beta2",
+                 "grad_clip", "eval_interval", "eval_iters", "log_interval", "dtype", "compile", "device", "seed",
+                 "max_training_hours", "max_epochs", "resume_from", "warmup_ratio"):
+        assert name in FIELDS
+    assert cfg.max_training_hours == 12.0
+
+
+def test_docs_list_every_setting_with_its_default():
+    doc = (ROOT / "docs" / "training.md").read_text(encoding="utf-8")
+    table = settings_markdown()
+    assert table in doc, "docs/training.md is out of date: paste `python -m nanogpt2.config` into it"
+    for name in FIELDS:
+        assert f"| `{name}` |" in doc
+
+
+# ----------------------------------------------------------------------------------------------------
+# Layers: defaults < config files < command line
+
+
+def test_config_file_then_both_override_forms(tmp_path):
+    f = write(tmp_path, "import math\nlearning_rate = 3e-4\nmax_iters = 100\n_helper = 5\nn_embd = 16 * 4\n"
+                        "def unused():\n    pass\nbias = False\nmin_lr = learning_rate / 10\nn_head = 4\n")
+    cfg = load_config([f, "--max_iters=7", "--batch_size", "3", "--compile", "--dtype", "bfloat16", "--bias=true",
+                       "--vocab_size=none", "--learning_rate", "1"])
+    assert cfg.max_iters == 7 and cfg.batch_size == 3 and cfg.compile is True and cfg.dtype == "bfloat16"
+    assert cfg.bias is True and cfg.vocab_size is None and cfg.n_embd == 64
+    assert cfg.learning_rate == 1.0 and isinstance(cfg.learning_rate, float)  # an int given for a float
+    assert cfg.min_lr == pytest.approx(3e-5)  # computed in the file
+    assert load_config([f]).learning_rate == 3e-4
+    assert load_config([]).learning_rate == RunConfig().learning_rate
+    # later files override earlier ones
+    g = write(tmp_path, "max_iters = 9\n", "second.py")
+    assert load_config([f, g]).max_iters == 9
+
+
+def test_default_config_file_only_when_none_given(tmp_path):
+    d = write(tmp_path, "max_iters = 11\n", "default.py")
+    other = write(tmp_path, "batch_size = 2\n", "other.py")
+    assert load_config(["--seed=1"], default_config_file=d).max_iters == 11
+    assert load_config([other], default_config_file=d).max_iters == RunConfig().max_iters
+
+
+@pytest.mark.parametrize("argv, value", [
+    (["--dropout=0"], 0.0), (["--dropout", "1e-1"], 0.1), (["--max_iters=1_000"], 1000),
+    (["--bias=FALSE"], False), (["--bias", "no"], False), (["--bias=1"], True), (["--compile=auto"], None),
+    (["--compile", "--seed=3"], True), (["--sample_prompt", "Once upon"], "Once upon"),
+])
+def test_cli_value_parsing(argv, value):
+    key = argv[0][2:].split("=")[0]
+    assert getattr(load_config(argv), key) == value
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--max_iters=1.5"], "--max_iters must be an integer, not '1.5'"),
+    (["--learning_rate=fast"], "--learning_rate must be a number"),
+    (["--bias=maybe"], "--bias must be true or false"),
+    (["--lerning_rate=1e-3"], "unknown setting 'lerning_rate'; did you mean learning_rate?"),
+    (["--batchsize", "4"], "did you mean batch_size"),
+    (["--max_iters"], "--max_iters needs a value"),
+    (["--max_iters", "--seed=1"], "--max_iters needs a value"),
+    (["-x"], "unknown option '-x'"),
+    (["--dtype=fp16"], "dtype must be one of auto, float32, bfloat16, float16"),
+    (["--lr_schedule=cosin"], "did you mean cosine"),
+    (["--batch_size=0"], "batch_size must be >= 1"),
+    (["--n_embd=30", "--n_head=4"], "divisible by n_head"),
+    (["missing_config.py"], "config file missing_config.py does not exist"),
+])
+def test_cli_errors(argv, message):
+    with pytest.raises(NanoGPT2Error) as e:
+        load_config(argv)
+    assert message in str(e.value)
+
+
+def test_config_file_type_and_name_errors(tmp_path):
+    with pytest.raises(NanoGPT2Error, match=r"unknown setting 'learning_rat'; did you mean learning_rate\?"):
+        read_config_file(write(tmp_path, "learning_rat = 1e-3\n"))
+    with pytest.raises(NanoGPT2Error, match=r"max_iters must be an int, not 1.5"):
+        read_config_file(write(tmp_path, "max_iters = 1.5\n"))
+    with pytest.raises(NanoGPT2Error, match=r"bias must be a bool"):
+        read_config_file(write(tmp_path, "bias = 1\n"))
+    with pytest.raises(NanoGPT2Error, match=r"out_dir must be a string"):
+        read_config_file(write(tmp_path, "out_dir = 5\n"))
+    with pytest.raises(NanoGPT2Error, match=r"cfg.py:2: SyntaxError"):
+        read_config_file(write(tmp_path, "max_iters = 5\nmax_iters = = 6\n"))
+    with pytest.raises(NanoGPT2Error, match=r"cfg.py:1: NameError"):
+        read_config_file(write(tmp_path, "max_iters = undefined_name\n"))
+    assert read_config_file(write(tmp_path, "warmup_ratio = 0\n"))["warmup_ratio"] == 0.0  # int for float
+
+
+def test_parse_argv_keeps_order_and_files():
+    files, overrides = parse_argv(["a.py", "--max-iters=1", "b.py", "--seed", "5"])
+    assert files == ["a.py", "b.py"] and overrides == {"max_iters": "1", "seed": "5"}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Shipped configs
+
+
+def test_shipped_configs_load_with_the_issue_values():
+    configs = {p.name: load_config([str(p)]) for p in sorted((ROOT / "configs").glob("*.py"))}
+    assert {"shakespeare.py", "wikitext2.py", "wikitext2_finetune.py", "tiny.py"} <= set(configs)
+    w = configs["wikitext2.py"]
+    assert (w.init_from, w.dataset, w.n_layer, w.n_head, w.n_embd, w.block_size) == ("scratch", "wikitext2", 12, 12, 768, 1024)
+    assert (w.learning_rate, w.beta1, w.beta2, w.eps, w.weight_decay) == (3e-4, 0.9, 0.95, 1e-8, 0.01)
+    assert (w.warmup_iters, w.lr_schedule, w.min_lr, w.grad_clip) == (2000, "cosine", 0.0, 1.0)
+    assert (w.eval_interval, w.checkpoint_interval) == (500, 1000)
+    f = configs["wikitext2_finetune.py"]
+    assert (f.init_from, f.learning_rate, f.lr_schedule, f.warmup_ratio, f.min_lr) == ("gpt2", 5e-5, "linear", 0.1, 1e-7)
+    s = configs["shakespeare.py"]
+    assert s.n_layer * s.n_embd <= 4 * 128 and s.sample_interval > 0  # small, prints samples
+
+
+# ----------------------------------------------------------------------------------------------------
+# The script: one clear line, exit 2, no traceback
+
+
+def run_train(*args, tmp_path):
+    env = {**os.environ, "NANOGPT2_CACHE": str(tmp_path / "cache")}
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--max_iter=5"], "unknown setting 'max_iter'; did you mean max_iters"),
+    (["--batch_size=four"], "--batch_size must be an integer, not 'four'"),
+    (["--dataset=no_such_dataset", "--out_dir=o"], "no_such_dataset"),
+])
+def test_train_py_errors_are_one_line(args, message, tmp_path):
+    res = run_train(str(ROOT / "configs" / "tiny.py"), *args, tmp_path=tmp_path)
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], res.stderr
+
+
+def test_train_py_help_lists_settings(tmp_path):
+    res = run_train("--help", tmp_path=tmp_path)
+    assert res.returncode == 0
+    assert "--max_training_hours" in res.stdout and "--key=value" in res.stdout

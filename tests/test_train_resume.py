@@ -1,0 +1,118 @@
+"""
+Interruptions, end to end through train.py in subprocesses (tiny config, CPU):
+
+- exact resume: 20 uninterrupted steps vs 10 steps stopped by a real SIGTERM + `--resume_from auto` to 20:
+  the losses of steps 11-20 and the final weights are equal bit for bit (dropout on, so the RNG states
+  must be restored too);
+- wall-clock stop: a tiny max_training_hours saves checkpoint_time_limit.pt and exits 0; resuming continues
+  and again reproduces the uninterrupted run.
+
+    python -m pytest -q tests/test_train_resume.py
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = str(ROOT / "configs" / "tiny.py")
+COMMON = [TINY, "--max_iters=20", "--dropout=0.1", "--eval_interval=5", "--checkpoint_interval=5"]
+
+# Runs main() exactly as train.py does, plus a hook that sends this process a real SIGTERM at a step.
+SIGTERM_DRIVER = textwrap.dedent("""
+    import os, signal, sys
+    from nanogpt2.errors import run_cli
+    from nanogpt2.trainer import main
+
+    STOP_AT = int(os.environ["STOP_AT_STEP"])
+
+    def hook(trainer, event):
+        if event == "step_end" and trainer.step == STOP_AT:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    run_cli(main, sys.argv[1:], hooks=[hook])
+""")
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    return {**os.environ, "NANOGPT2_CACHE": str(cache), "PYTHONPATH": str(ROOT)}
+
+
+def run(args, env, script=None, **extra_env):
+    cmd = [sys.executable, script or str(ROOT / "train.py"), *args]
+    res = subprocess.run(cmd, env={**env, **extra_env}, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "Traceback" not in res.stderr
+    return res
+
+
+def losses(out_dir):
+    recs = [json.loads(line) for line in (Path(out_dir) / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in recs]
+    assert steps == sorted(set(steps)), f"duplicate or unordered records: {steps}"
+    return {r["step"]: float.hex(r["loss"]) for r in recs}
+
+
+def final_weights(out_dir):
+    return torch.load(Path(out_dir) / "checkpoint_final.pt", map_location="cpu", weights_only=True)["model"]
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs"
+
+
+@pytest.fixture(scope="module")
+def reference(env, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref") / "run"
+    run([*COMMON, f"--out_dir={out}"], env)
+    return losses(out), final_weights(out)
+
+
+def test_sigterm_then_resume_is_bit_exact(env, reference, tmp_path):
+    ref_losses, ref_weights = reference
+    assert sorted(ref_losses) == list(range(1, 21))
+    out = tmp_path / "run"
+    driver = tmp_path / "sigterm_driver.py"
+    driver.write_text(SIGTERM_DRIVER)
+
+    first = run([*COMMON, f"--out_dir={out}"], env, script=str(driver), STOP_AT_STEP="10")
+    assert "SIGTERM received" in first.stdout
+    assert "stopped by SIGTERM after step 10" in first.stdout
+    saved = torch.load(out / "checkpoint_interrupted.pt", map_location="cpu", weights_only=True)
+    assert saved["step"] == 10 and saved["sampler"]["step"] == 10
+    assert set(saved["rng"]) >= {"python", "numpy", "torch", "cuda"}
+    assert not (out / "checkpoint_final.pt").exists()
+    assert sorted(losses(out)) == list(range(1, 11))
+
+    second = run([*COMMON, f"--out_dir={out}", "--resume_from", "auto"], env)
+    assert "checkpoint_interrupted.pt at step 10" in second.stdout
+    assert "step 11/20" in second.stdout and "step 10/20" not in second.stdout
+    resumed = losses(out)
+    assert resumed == ref_losses  # steps 1-10 from the first run, 11-20 from the resumed one: bit for bit
+    assert_same_weights(final_weights(out), ref_weights)
+
+
+def test_wall_clock_limit_saves_and_exits_zero_then_resumes(env, reference, tmp_path):
+    ref_losses, ref_weights = reference
+    out = tmp_path / "run"
+    first = run([*COMMON, f"--out_dir={out}", "--max_training_hours=1e-9"], env)
+    assert "Elapsed: 0.00h | Remaining: 0.00h" in first.stdout
+    assert "wall-clock limit max_training_hours=1e-09 reached after step 1" in first.stdout
+    assert (out / "checkpoint_time_limit.pt").exists() and not (out / "checkpoint_final.pt").exists()
+    assert sorted(losses(out)) == [1]
+
+    second = run([*COMMON, f"--out_dir={out}", "--resume_from=auto"], env)
+    assert "checkpoint_time_limit.pt at step 1" in second.stdout
+    assert "done: 20 steps" in second.stdout
+    assert losses(out) == ref_losses
+    assert_same_weights(final_weights(out), ref_weights)

@@ -1,0 +1,370 @@
+"""
+The training loop in-process on a tiny model (CPU): schedule, parameter groups, overfitting one batch,
+gradient accumulation, float16 + GradScaler overflow handling, non-finite losses, epochs, checkpoints,
+TensorBoard/plot outputs. The subprocess tests (SIGTERM exact resume, wall-clock stop, CLI errors, DDP)
+are in tests/test_train_resume.py, tests/test_config.py and tests/test_ddp.py.
+
+    python -m pytest -q tests/test_trainer.py
+"""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from nanogpt2 import checkpoint as ckpt_io
+from nanogpt2.config import load_config
+from nanogpt2.errors import NanoGPT2Error
+from nanogpt2.model import GPT, GPTConfig
+from nanogpt2.tokenizer import CharTokenizer
+from nanogpt2.trainer import Trainer, get_lr, param_groups, resolve_schedule, split_batch
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = str(ROOT / "configs" / "tiny.py")
+TEXT = (ROOT / "nanogpt2" / "assets" / "tinyshakespeare.txt").read_text(encoding="utf-8")
+TOK = CharTokenizer.from_text(TEXT)
+
+
+@pytest.fixture(autouse=True)
+def data_cache(tmp_path_factory, monkeypatch):
+    """Datasets are tokenized into a cache shared by this module's tests (not ~/.cache)."""
+    monkeypatch.setenv("NANOGPT2_CACHE", str(tmp_path_factory.getbasetemp() / "nanogpt2-cache"))
+
+
+def cfg_for(tmp_path, *overrides):
+    return load_config([TINY, f"--out_dir={tmp_path / 'run'}", *overrides])
+
+
+def records(cfg):
+    return [json.loads(line) for line in (Path(cfg.out_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+class WindowsSampler:
+    """Real text windows (the first `rows` windows from `offset` on), the same batch every call when fixed."""
+
+    def __init__(self, rows, block, fixed=True):
+        self.rows, self.block, self.fixed, self.calls = rows, block, fixed, 0
+
+    def next_batch(self, device=None):
+        start = 0 if self.fixed else self.calls * self.rows * (self.block + 1)
+        self.calls += 1
+        ids = torch.tensor(TOK.encode(TEXT[start:start + self.rows * (self.block + 1)]))
+        w = ids.view(self.rows, self.block + 1)  # (rows, T + 1)
+        return w[:, :-1].contiguous().to(device), w[:, 1:].contiguous().to(device)
+
+    def state_dict(self):
+        return {"calls": self.calls}
+
+    def load_state_dict(self, d):
+        self.calls = d["calls"]
+
+
+def tiny_trainer(cfg, fixed=True, **kw):
+    return Trainer(cfg, tokenizer=TOK, make_sampler=lambda t: WindowsSampler(t.rows_per_step, cfg.block_size, fixed), **kw)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Learning-rate schedule
+
+
+def test_cosine_schedule_matches_formula():
+    lr, min_lr, warm, decay = 6e-4, 6e-5, 100, 1000
+    f = lambda s: get_lr(s, "cosine", lr, min_lr, warm, decay)  # noqa: E731
+    assert f(0) == lr * 1 / 101  # warmup start
+    assert f(99) == lr * 100 / 101  # last warmup step
+    assert f(100) == lr  # warmup end: the peak
+    mid = 100 + (decay - 100) // 2  # halfway through the cosine: cos(pi/2) = 0
+    assert f(mid) == pytest.approx(min_lr + 0.5 * (lr - min_lr), rel=1e-12)
+    quarter = 100 + (decay - 100) // 4
+    assert f(quarter) == pytest.approx(min_lr + 0.5 * (1 + math.cos(math.pi / 4)) * (lr - min_lr), rel=1e-12)
+    assert f(decay) == min_lr and f(decay + 5000) == min_lr  # end and beyond: the floor
+    assert all(f(s) >= f(s + 1) for s in range(100, 1500))  # monotone after the warmup
+
+
+def test_linear_and_constant_schedules():
+    lr, min_lr = 5e-5, 1e-7
+    sched = resolve_schedule(load_config(["--max_iters=1000", "--lr_schedule=linear", "--warmup_ratio=0.1",
+                                          f"--learning_rate={lr}", f"--min_lr={min_lr}"]), total_steps=1000)
+    assert (sched.warmup_iters, sched.lr_decay_iters) == (100, 1000)  # 10% of the run
+    assert sched.lr_at(0) == lr / 101
+    assert sched.lr_at(100) == lr
+    assert sched.lr_at(550) == pytest.approx(min_lr + 0.5 * (lr - min_lr), rel=1e-12)
+    assert sched.lr_at(775) == pytest.approx(min_lr + 0.25 * (lr - min_lr), rel=1e-12)
+    assert sched.lr_at(1000) == min_lr
+    const = resolve_schedule(load_config(["--lr_schedule=constant", "--warmup_iters=10", "--learning_rate=1e-3"]), 50)
+    assert const.lr_at(4) == 1e-3 * 5 / 11 and const.lr_at(10) == const.lr_at(49) == const.lr_at(500) == 1e-3
+    # lr_decay_iters set explicitly wins over the run length
+    assert resolve_schedule(load_config(["--lr_decay_iters=300"]), 1000).lr_decay_iters == 300
+
+
+def test_trainer_applies_schedule_per_step(tmp_path):
+    cfg = cfg_for(tmp_path, "--max_iters=12", "--warmup_iters=3", "--checkpoint_interval=0", "--vocab_size=65")
+    tr = tiny_trainer(cfg)
+    tr.train()
+    logged = {r["step"]: r["lr"] for r in records(cfg)}
+    assert len(logged) == 12
+    for step, lr in logged.items():
+        assert lr == tr.schedule.lr_at(step - 1)  # record `step` is optimizer step step-1 (0-based)
+    assert tr.optimizer.param_groups[0]["lr"] == tr.schedule.lr_at(11)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Optimizer groups and accumulation
+
+
+def test_param_groups_decay_only_matrices():
+    model = GPT(GPTConfig(block_size=16, vocab_size=65, n_layer=2, n_head=2, n_embd=32))
+    decay, no_decay = param_groups(model, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() == 2 for p in decay["params"]) and all(p.dim() == 1 for p in no_decay["params"])
+    assert any(names[id(p)].endswith("wpe.weight") for p in decay["params"])
+    assert any(names[id(p)].endswith("ln_1.weight") for p in no_decay["params"])
+    assert any(names[id(p)].endswith("c_attn.bias") for p in no_decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))  # tied head once
+    decay2, no_decay2 = param_groups(model, 0.1, decay_pos_emb=False)
+    assert any(names[id(p)].endswith("wpe.weight") for p in no_decay2["params"])
+    assert len(decay2["params"]) == len(decay["params"]) - 1
+
+
+def test_accumulation_equals_one_big_batch(tmp_path):
+    """8 rows in one micro-batch vs 4 micro-batches of 2 (loss / 4 each): same loss, same update."""
+    results = []
+    for batch, accum in ((8, 1), (2, 4)):
+        cfg = cfg_for(tmp_path / f"b{batch}", f"--batch_size={batch}", f"--gradient_accumulation_steps={accum}",
+                      "--max_iters=3", "--checkpoint_interval=0", "--vocab_size=65")
+        tr = tiny_trainer(cfg, fixed=False)
+        assert tr.rows_per_step == 8 and tr.micro_steps == accum
+        tr.train()
+        results.append(([r["loss"] for r in records(cfg)], tr.raw_model.state_dict()))
+    (l1, w1), (l2, w2) = results
+    assert l1 == pytest.approx(l2, abs=1e-6)
+    for k in w1:
+        torch.testing.assert_close(w1[k], w2[k], atol=1e-5, rtol=1e-5)
+
+
+def test_tokens_per_step_sets_accumulation(tmp_path):
+    tr = tiny_trainer(cfg_for(tmp_path, "--tokens_per_step=512", "--vocab_size=65"))  # 512 / (4 * 32) = 4
+    assert tr.accum_steps == 4 and tr.rows_per_step == 16 and tr.tokens_per_step == 512
+    with pytest.raises(NanoGPT2Error, match="not a multiple of batch_size"):
+        tiny_trainer(cfg_for(tmp_path, "--tokens_per_step=500", "--vocab_size=65"))
+
+
+def test_split_batch_shapes():
+    x = torch.arange(24).view(6, 4)
+    parts = split_batch((x, x + 1), 3)
+    assert len(parts) == 3 and parts[1][0].tolist() == x[2:4].tolist() and parts[1][1].tolist() == (x + 1)[2:4].tolist()
+    assert split_batch({"a": x}, 2)[1]["a"].shape == (3, 4)
+    with pytest.raises(NanoGPT2Error, match="multiple"):
+        split_batch(x, 4)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Learning works
+
+
+def test_overfits_a_single_batch(tmp_path):
+    cfg = cfg_for(tmp_path, "--max_iters=100", "--n_embd=64", "--lr_schedule=constant", "--warmup_iters=0",
+                  "--learning_rate=3e-3", "--weight_decay=0", "--checkpoint_interval=0", "--vocab_size=65")
+    tiny_trainer(cfg).train()
+    losses = [r["loss"] for r in records(cfg)]
+    assert losses[0] > 3.5  # about ln(65) at the start
+    assert min(losses) < 0.1, f"never below 0.1 in 100 steps: {losses[-5:]}"
+
+
+def test_real_data_run_with_eval_best_checkpoints_and_sample(tmp_path):
+    """The default data path (shakespeare_char memmaps): eval, best/step/final checkpoints, pruning, samples."""
+    cfg = cfg_for(tmp_path, "--max_iters=30", "--eval_interval=10", "--checkpoint_interval=5", "--keep_last=2",
+                  "--sample_interval=15", "--sample_tokens=40")
+    tr = Trainer(cfg)
+    summary = tr.train()
+    out = Path(cfg.out_dir)
+    assert summary["stopped"] == "done" and summary["step"] == 30
+    recs = records(cfg)
+    assert [r["step"] for r in recs] == list(range(1, 31))
+    evals = [r for r in recs if "val_loss" in r]
+    assert [r["step"] for r in evals] == [10, 20, 30]
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"] < math.log(65) + 0.2
+    assert all(r["val_ppl"] == pytest.approx(math.exp(r["val_loss"])) for r in evals)
+    assert recs[-1]["loss"] < recs[0]["loss"]
+    names = sorted(p.name for p in out.glob("checkpoint_*.pt"))
+    assert names == ["checkpoint_best.pt", "checkpoint_final.pt", "checkpoint_step_20.pt", "checkpoint_step_25.pt"]
+    best = ckpt_io.load_checkpoint(out / "checkpoint_best.pt")
+    assert best["best_val_loss"] == min(r["val_loss"] for r in evals)
+    assert json.loads((out / "config.json").read_text()) == cfg.to_dict()
+    samples = (out / "samples.txt").read_text()
+    assert "--- step 15 ---" in samples and "--- step 30 ---" in samples
+    # load_model gives back the trained weights and the char vocabulary
+    model, info = ckpt_io.load_model(out / "checkpoint_final.pt")
+    tok = ckpt_io.tokenizer_from_info(info["tokenizer"])
+    assert tok.chars == tr.tokenizer.chars and info["step"] == 30
+    x = torch.tensor([tok.encode("ROMEO:")])
+    tr.raw_model.eval()
+    torch.testing.assert_close(model(x)[0], tr.raw_model(x)[0], rtol=0, atol=0)
+
+
+def test_init_from_training_checkpoint(tmp_path):
+    cfg = cfg_for(tmp_path, "--max_iters=3", "--checkpoint_interval=0", "--eval_interval=0")
+    first = Trainer(cfg)
+    first.train()
+    cfg2 = cfg_for(tmp_path / "ft", f"--init_from={cfg.out_dir}", "--max_iters=1", "--eval_interval=0")
+    second = Trainer(cfg2)
+    for k, v in first.raw_model.state_dict().items():
+        assert torch.equal(second.raw_model.state_dict()[k], v)
+    assert second.step == 0  # weights only: a new run
+    # eval_only: one evaluation of those weights, no training, no checkpoint
+    ev = Trainer(cfg_for(tmp_path / "ev", f"--init_from={cfg.out_dir}", "--eval_only=true")).train()
+    assert ev["stopped"] == "eval_only" and ev["step"] == 0
+    assert ev["val_loss"] == pytest.approx(first.evaluate_val()["val_loss"], rel=1e-6)
+    assert not list((tmp_path / "ev" / "run").glob("checkpoint_*.pt"))
+
+
+def test_init_from_hf_folder_loads_reference_weights_and_crops(tmp_path):
+    """init_from=<HF folder>: the transformers-written fixture, whose logits transformers computed."""
+    import numpy as np
+
+    hf = ROOT / "tests" / "fixtures" / "openai-gpt2-tiny-hf"
+    ids = torch.from_numpy(np.load(hf / "input_ids.npy")).long()  # (1, 32)
+    want = torch.from_numpy(np.load(hf / "logits.npy"))  # (1, 32, 96)
+
+    class Ids:  # random windows of the fixture's 96-token vocabulary
+        def __init__(self, rows):
+            self.g, self.rows = torch.Generator().manual_seed(0), rows
+
+        def next_batch(self, device=None):
+            w = torch.randint(0, 96, (self.rows, 17), generator=self.g)
+            return w[:, :-1], w[:, 1:]
+
+        def state_dict(self):
+            return {}
+
+        def load_state_dict(self, d):
+            pass
+
+    cfg = cfg_for(tmp_path, f"--init_from={hf}", "--block_size=32", "--max_iters=2", "--checkpoint_interval=0")
+    tr = Trainer(cfg, make_sampler=lambda t: Ids(t.rows_per_step))
+    torch.testing.assert_close(tr.raw_model.eval()(ids)[0], want, atol=1e-5, rtol=1e-4)
+    cropped = Trainer(cfg.replace(block_size=16), make_sampler=lambda t: Ids(t.rows_per_step))
+    assert cropped.raw_model.config.block_size == 16 and cropped.raw_model.transformer.wpe.weight.shape == (16, 16)
+    torch.testing.assert_close(cropped.raw_model.eval()(ids[:, :16])[0], want[:, :16], atol=1e-5, rtol=1e-4)
+    assert cropped.train()["stopped"] == "done"
+    with pytest.raises(NanoGPT2Error, match="exceeds the pretrained model's 32"):
+        Trainer(cfg.replace(block_size=64), make_sampler=lambda t: Ids(t.rows_per_step))
+    with pytest.raises(NanoGPT2Error, match="did you mean gpt2"):
+        Trainer(cfg.replace(init_from="gtp2"), make_sampler=lambda t: Ids(t.rows_per_step))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Precision and bad steps
+
+
+def test_float16_gradscaler_skips_inf_gradient_and_halves_scale(tmp_path):
+    cfg = cfg_for(tmp_path, "--dtype=float16", "--max_iters=6", "--checkpoint_interval=0", "--vocab_size=65")
+    snapshots = []
+
+    def snapshot(trainer, event):
+        if event == "step_end":
+            snapshots.append(trainer.raw_model.lm_head.weight.detach().clone())
+
+    tr = tiny_trainer(cfg, hooks=[snapshot])
+    assert tr.scaler.is_enabled() and tr.device.type == "cpu"
+    inject_at = 3  # optimizer step index 3 (0-based), logged as step 4
+
+    def poison(grad):
+        return torch.full_like(grad, float("inf")) if tr.step == inject_at else grad
+
+    tr.raw_model.transformer.h[0].mlp.c_fc.weight.register_hook(poison)
+    summary = tr.train()
+    recs = {r["step"]: r for r in records(cfg)}
+    assert recs[4].get("overflow") is True and not math.isfinite(recs[4]["grad_norm"])
+    assert recs[4]["loss_scale"] == recs[3]["loss_scale"] / 2
+    assert all(not recs[s].get("overflow") for s in (1, 2, 3, 5, 6))
+    assert torch.equal(snapshots[3], snapshots[2])  # the poisoned step changed nothing
+    assert not torch.equal(snapshots[2], snapshots[1]) and not torch.equal(snapshots[4], snapshots[3])
+    assert summary["overflow_steps"] == 1 and summary["bad_steps"] == 0
+    assert all(torch.isfinite(p).all() for p in tr.raw_model.parameters())
+    assert all(s.dtype == torch.float32 for st in tr.optimizer.state.values() for s in st.values() if s.dim())
+
+
+def test_bfloat16_autocast_trains(tmp_path):
+    cfg = cfg_for(tmp_path, "--dtype=bfloat16", "--max_iters=5", "--checkpoint_interval=0", "--vocab_size=65")
+    tr = tiny_trainer(cfg)
+    tr.train()
+    assert not tr.scaler.is_enabled()
+    assert all(p.dtype == torch.float32 for p in tr.raw_model.parameters())
+    assert records(cfg)[-1]["loss"] < records(cfg)[0]["loss"]
+
+
+def test_non_finite_loss_is_skipped_then_stops_the_run(tmp_path):
+    cfg = cfg_for(tmp_path, "--max_iters=20", "--checkpoint_interval=5", "--eval_interval=0", "--max_bad_steps=3",
+                  "--vocab_size=65")
+    bad = {2} | set(range(7, 20))  # one transient NaN (0-based step 2), then NaN from step 7 on
+
+    def loss_fn(model, batch):
+        loss = model(*batch)[1]
+        return loss * float("nan") if tr.step in bad else loss
+
+    weights = []
+    tr = tiny_trainer(cfg, loss_fn=loss_fn,
+                      hooks=[lambda t, e: e == "step_end" and weights.append(t.raw_model.lm_head.weight.detach().clone())])
+    with pytest.raises(NanoGPT2Error, match=r"non-finite for 3 steps in a row \(steps 8-10\).*checkpoint_step_5"):
+        tr.train()
+    recs = {r["step"]: r for r in records(cfg)}
+    assert recs[3].get("bad_step") and not recs[4].get("bad_step")
+    assert torch.equal(weights[2], weights[1])  # the skipped step left the weights alone
+    assert not torch.equal(weights[3], weights[2])  # and training went on
+    assert tr.bad_steps_total == 4
+    assert sorted(p.name for p in Path(cfg.out_dir).glob("checkpoint_*.pt")) == ["checkpoint_step_5.pt"]
+    good = ckpt_io.load_checkpoint(Path(cfg.out_dir) / "checkpoint_step_5.pt")
+    assert good["step"] == 5 and all(torch.isfinite(v).all() for v in good["model"].values())
+
+
+# ----------------------------------------------------------------------------------------------------
+# Epochs, eval_only, outputs
+
+
+def test_epoch_end_evaluates_and_checkpoints(tmp_path):
+    cfg = cfg_for(tmp_path, "--max_iters=0", "--max_epochs=4", "--eval_interval=0", "--checkpoint_interval=0",
+                  "--keep_last=2", "--vocab_size=65")
+    calls = []
+
+    def eval_fn(trainer):
+        calls.append(trainer.step)
+        return {"val_loss": 10.0 - trainer.step}
+
+    tr = tiny_trainer(cfg, eval_fn=eval_fn, steps_per_epoch=4)
+    summary = tr.train()
+    assert tr.max_steps == 16 and summary["step"] == 16
+    assert calls == [4, 8, 12, 16]
+    recs = records(cfg)
+    assert [r["epoch"] for r in recs if "val_loss" in r] == [1, 2, 3, 4]
+    names = sorted(p.name for p in Path(cfg.out_dir).glob("checkpoint_*.pt"))  # epoch 1 pruned (keep_last=2)
+    assert names == ["checkpoint_best.pt", "checkpoint_epoch_2.pt", "checkpoint_epoch_3.pt", "checkpoint_final.pt"]
+    assert ckpt_io.load_checkpoint(Path(cfg.out_dir) / "checkpoint_epoch_3.pt")["epoch"] == 3
+
+
+def test_tensorboard_and_plot_when_installed(tmp_path):
+    pytest.importorskip("tensorboard")
+    pytest.importorskip("matplotlib")
+    cfg = cfg_for(tmp_path, "--max_iters=6", "--eval_interval=3", "--tensorboard=true", "--plot=true",
+                  "--checkpoint_interval=0")
+    Trainer(cfg).train()
+    out = Path(cfg.out_dir)
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    png = (out / "training_curves.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_resume_errors(tmp_path):
+    cfg = cfg_for(tmp_path, "--init_from=resume", "--vocab_size=65")
+    with pytest.raises(NanoGPT2Error, match="no checkpoint"):
+        tiny_trainer(cfg)
+    bad = tmp_path / "run" / "checkpoint_step_5.pt"
+    bad.parent.mkdir(parents=True, exist_ok=True)
+    bad.write_bytes(b"PK\x03\x04 not really a checkpoint")
+    with pytest.raises(NanoGPT2Error, match="unreadable"):
+        tiny_trainer(cfg_for(tmp_path, "--resume_from=auto", "--vocab_size=65"))
+    with pytest.raises(NanoGPT2Error, match="does not exist|neither"):
+        tiny_trainer(cfg_for(tmp_path, f"--resume_from={tmp_path / 'nope.pt'}", "--vocab_size=65"))
