@@ -1,0 +1,258 @@
+"""
+Perplexity with a sliding window, the way Hugging Face's perplexity guide computes it.
+
+A text longer than the context is cut into windows of `block_size` tokens that start every `stride`
+tokens; each window scores only the tokens that no earlier window scored, so every token is predicted
+once, with between block_size - stride and block_size - 1 tokens of context. stride = block_size gives
+disjoint windows (fast, less context: the first token of each window is not scored); a smaller stride
+gives more context per prediction (slower, lower perplexity). The windows, the scored tokens and hence the
+numbers are those of the guide's loop (huggingface.co/docs/transformers/perplexity), so they compare with
+published GPT-2 figures; the negative log-likelihoods are summed token by token (the guide's weighting
+of each window's mean by "valid tokens - 1" miscounts overlapping windows by one token; see
+docs/sampling.md). Bits per byte = loss / ln 2 * tokens / bytes, the tokenizer-independent figure.
+
+    from nanogpt2.evaluate import evaluate_perplexity
+    res = evaluate_perplexity(model, token_ids, stride=512)   # {"loss", "ppl", "tokens", ...}
+    python -m nanogpt2.evaluate --init_from gpt2 --dataset wikitext2 --split test --stride 512
+
+References: HF transformers docs, "Perplexity of fixed-length models"; Gao et al. 2020 (The Pile),
+bits per byte.
+"""
+
+import argparse
+import json
+import math
+import sys
+import time
+from contextlib import nullcontext
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from nanogpt2.errors import NanoGPT2Error, run_cli
+
+# ----------------------------------------------------------------------------------------------------
+# Windows
+
+
+def stride_windows(n_tokens: int, block_size: int, stride: int) -> list:
+    """The guide's windows over n_tokens tokens: [(begin, end, first_scored)], where the window is
+    tokens[begin:end] and it scores the tokens at indices first_scored..end-1 (each predicted from the
+    tokens before it inside the window)."""
+    if block_size < 1:
+        raise NanoGPT2Error(f"block_size must be >= 1, got {block_size}")
+    if not 1 <= stride <= block_size:
+        raise NanoGPT2Error(f"stride must be between 1 and block_size ({block_size}), got {stride}")
+    windows = []
+    prev_end = 0
+    for begin in range(0, n_tokens, stride):
+        end = min(begin + block_size, n_tokens)
+        first = max(prev_end, begin + 1)  # token `begin` has no context inside its window
+        if first < end:
+            windows.append((begin, end, first))
+        prev_end = end
+        if end == n_tokens:
+            break
+    return windows
+
+
+# ----------------------------------------------------------------------------------------------------
+# Perplexity
+
+
+def _autocast(device: str, dtype):
+    if dtype in (None, "float32", torch.float32):
+        return nullcontext()
+    dt = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype, dtype)
+    return torch.autocast(device_type=torch.device(device).type, dtype=dt)
+
+
+@torch.inference_mode()
+def evaluate_perplexity(
+    model,
+    token_ids,
+    block_size: Optional[int] = None,
+    stride: int = 512,
+    batch_size: int = 1,
+    device=None,
+    dtype=None,
+    n_bytes: Optional[int] = None,
+    progress: bool = False,
+) -> dict:
+    """Strided perplexity of `model` on one long sequence of token ids (1-D tensor, list or np array).
+
+    block_size: window length (default and maximum: the model's block_size); stride: step between window
+    starts (clamped to block_size); batch_size: windows per forward pass; dtype: None/"float32", or
+    "bfloat16"/"float16" for autocast (the log-softmax is always fp32); n_bytes: UTF-8 bytes of the text
+    the ids came from, for bits per byte.
+    Returns {"loss" (mean NLL per scored token, nats), "ppl", "tokens" (scored), "tokens_total", "windows",
+    "block_size", "stride", and "bits_per_byte" when n_bytes is given}.
+    """
+    cfg = model.config
+    block = cfg.block_size if block_size is None else int(block_size)
+    if block > cfg.block_size:
+        raise NanoGPT2Error(f"block_size {block} is longer than the model's context ({cfg.block_size})")
+    stride = min(int(stride), block)
+    if batch_size < 1:
+        raise NanoGPT2Error(f"batch_size must be >= 1, got {batch_size}")
+    if device is None:
+        device = next(model.parameters()).device
+    device = torch.device(device)
+
+    ids = torch.as_tensor(np.asarray(token_ids) if not torch.is_tensor(token_ids) else token_ids).long().reshape(-1)
+    n = ids.numel()
+    if n < 2:
+        raise NanoGPT2Error(f"perplexity needs at least 2 tokens, got {n}")
+    if int(ids.min()) < 0 or int(ids.max()) >= cfg.vocab_size:
+        raise NanoGPT2Error(f"token ids outside [0, {cfg.vocab_size}): were they made with the model's tokenizer?")
+    windows = stride_windows(n, block, stride)
+
+    was_training = model.training
+    model.eval()
+    nll_sum = torch.zeros((), dtype=torch.float64)
+    scored = 0
+    t0 = time.time()
+    try:
+        # Windows of equal length go through the model together; only the last one can be shorter.
+        i = 0
+        while i < len(windows):
+            L = windows[i][1] - windows[i][0]
+            group = [windows[i]]
+            while len(group) < batch_size and i + len(group) < len(windows):
+                w = windows[i + len(group)]
+                if w[1] - w[0] != L:
+                    break
+                group.append(w)
+            x = torch.stack([ids[b:e] for b, e, _ in group]).to(device)  # (G, L)
+            y = torch.full((len(group), L), -100, dtype=torch.long)  # (G, L) next-token targets
+            for r, (b, e, first) in enumerate(group):
+                # logits at position p predict token b + p + 1; score tokens first..e-1
+                y[r, first - b - 1:e - b - 1] = ids[first:e]
+            y = y.to(device)
+            with _autocast(device.type, dtype):
+                logits, _ = model(x)  # (G, L, V)
+            nll = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1),
+                                  ignore_index=-100, reduction="sum")
+            nll_sum += nll.double().cpu()
+            scored += int((y != -100).sum())
+            i += len(group)
+            if progress:
+                print(f"\r{i}/{len(windows)} windows, running ppl {math.exp(nll_sum.item() / scored):.3f}",
+                      end="", file=sys.stderr, flush=True)
+    finally:
+        model.train(was_training)
+    if progress:
+        print(file=sys.stderr)
+
+    loss = nll_sum.item() / scored
+    res = {
+        "loss": loss,
+        "ppl": math.exp(loss),
+        "tokens": scored,
+        "tokens_total": n,
+        "windows": len(windows),
+        "block_size": block,
+        "stride": stride,
+        "seconds": time.time() - t0,
+    }
+    if n_bytes is not None:
+        res["bytes"] = int(n_bytes)
+        res["bits_per_byte"] = loss / math.log(2) * n / n_bytes
+    return res
+
+
+def evaluate_text(model, tokenizer, text: str, **kwargs) -> dict:
+    """evaluate_perplexity on a text: tokenized with `tokenizer.encode_ordinary`, bits per byte included."""
+    ids = tokenizer.encode_ordinary(text)
+    return evaluate_perplexity(model, np.asarray(ids, dtype=np.int64), n_bytes=len(text.encode("utf-8")), **kwargs)
+
+
+def evaluate_dataset(model, tokenizer, dataset: str = "wikitext2", split: str = "test", data_path=None,
+                     max_tokens: Optional[int] = None, **kwargs) -> dict:
+    """Strided perplexity on a dataset split by name (e.g. the training loop's final test evaluation).
+
+    The text is `nanogpt2.data.get_split_text(dataset, split, data_path)` (documents joined by "\\n\\n",
+    as the guide joins wikitext's rows); `max_tokens` keeps only the first that many tokens (quick checks;
+    bits per byte then counts the bytes of those tokens)."""
+    from nanogpt2.data import get_split_text
+
+    text = get_split_text(dataset, split, data_path=data_path)
+    ids = tokenizer.encode_ordinary(text)
+    n_bytes = len(text.encode("utf-8"))
+    if max_tokens is not None and max_tokens < len(ids):
+        ids = ids[:max_tokens]
+        n_bytes = len(tokenizer.decode_bytes(ids))
+    res = evaluate_perplexity(model, np.asarray(ids, dtype=np.int64), n_bytes=n_bytes, **kwargs)
+    res.update(dataset=dataset, split=split)
+    return res
+
+
+# ----------------------------------------------------------------------------------------------------
+# Loading a model by --init_from (shared with sample.py)
+
+
+def load_model_and_tokenizer(init_from: str, device: str = "cpu"):
+    """(model in eval mode on device, tokenizer, description) for a GPT-2 name, an HF folder, a train.py
+    run folder or a checkpoint file."""
+    from pathlib import Path
+
+    from nanogpt2.convert import HF_REPOS, load_pretrained
+
+    p = Path(init_from)
+    if init_from in HF_REPOS or (p.is_dir() and (p / "config.json").exists() and
+                                 any((p / f).exists() for f in ("model.safetensors", "pytorch_model.bin",
+                                                                "model.safetensors.index.json", "pytorch_model.bin.index.json"))):
+        from nanogpt2.tokenizer import get_tokenizer
+
+        model = load_pretrained(init_from).to(device).eval()
+        return model, get_tokenizer("gpt2"), f"{init_from} (Hugging Face GPT-2 weights)"
+    if p.exists():
+        from nanogpt2.checkpoint import load_model, tokenizer_from_info
+
+        model, info = load_model(init_from, device=device)
+        tok = tokenizer_from_info(info["tokenizer"])
+        return model.eval(), tok, f"{info['path']} (step {info.get('step')})"
+    raise NanoGPT2Error(f"--init_from {init_from!r} is not a GPT-2 name ({', '.join(HF_REPOS)}), an HF folder, "
+                        f"a train.py out_dir or a checkpoint file")
+
+
+# ----------------------------------------------------------------------------------------------------
+# CLI
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(
+        prog="python -m nanogpt2.evaluate",
+        description="Strided perplexity (HF's method) and bits per byte of a model on a dataset split.")
+    ap.add_argument("--init_from", default="gpt2", help="GPT-2 name, HF folder, train.py out_dir or checkpoint file")
+    ap.add_argument("--dataset", default="wikitext2", help="dataset name (see nanogpt2.data.DATASETS) or a text file")
+    ap.add_argument("--split", default="test", help="split to score (wikitext: train/validation/test)")
+    ap.add_argument("--data_path", default=None, help="local copy of the dataset (skips the download)")
+    ap.add_argument("--stride", type=int, default=512, help="tokens between window starts (<= block_size)")
+    ap.add_argument("--block_size", type=int, default=None, help="window length (default: the model's context)")
+    ap.add_argument("--batch_size", type=int, default=1, help="windows per forward pass")
+    ap.add_argument("--max_tokens", type=int, default=None, help="score only the first N tokens (quick checks)")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument("--json", action="store_true", help="print the result as one JSON line")
+    args = ap.parse_args(argv)
+
+    model, tok, desc = load_model_and_tokenizer(args.init_from, args.device)
+    res = evaluate_dataset(model, tok, args.dataset, args.split, data_path=args.data_path, max_tokens=args.max_tokens,
+                           block_size=args.block_size, stride=args.stride, batch_size=args.batch_size,
+                           device=args.device, dtype=args.dtype, progress=not args.json)
+    res["model"] = desc
+    if args.json:
+        print(json.dumps(res))
+    else:
+        print(f"model {desc}\n{args.dataset} {args.split}: {res['tokens']:,} tokens scored of {res['tokens_total']:,}, "
+              f"{res['windows']} windows of {res['block_size']}, stride {res['stride']}")
+        print(f"loss {res['loss']:.4f}  perplexity {res['ppl']:.3f}  bits/byte {res.get('bits_per_byte', float('nan')):.4f}  "
+              f"({res['seconds']:.1f}s)")
+    return res
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,566 @@
+"""
+Text generation: KV-cache decoding, sampling filters, stop conditions, and a decode benchmark.
+
+`generate(model, idx, max_new_tokens, ...)` continues a batch of prompts. It prefills the prompt once,
+then feeds one token per step through the model's preallocated `KVCache`. Left-padded batches carry an
+attention mask; positions come from it (cumsum(mask) - 1, as Hugging Face's `generate` does) and it grows
+by one column per step. Decoding is greedy or sampled (temperature, top-k, top-p, combinations) with an
+optional repetition penalty, from a seeded `torch.Generator` for reproducible samples. Rows stop at
+`eos_token_id` or at a stop string and are padded afterwards. Past `block_size` the context is cropped
+(see `generate` for the policy).
+
+The logits filters reproduce `transformers`' `TemperatureLogitsWarper`, `TopKLogitsWarper`,
+`TopPLogitsWarper` and `RepetitionPenaltyLogitsProcessor` exactly (same ties, same keep-at-least-one
+rule), applied in the same order; greedy output equals `transformers`' `generate(do_sample=False)`
+token for token (tests/test_generate.py).
+
+References: nanoGPT's `GPT.generate` (Karpathy); Holtzman et al. 2019, "The Curious Case of Neural Text
+Degeneration" (nucleus sampling); Keskar et al. 2019, CTRL (repetition penalty); HF's `generation/utils.py`.
+
+Run it:
+    from nanogpt2.generate import generate
+    out = generate(model, idx, 40, temperature=0.8, top_k=200, generator=torch.Generator().manual_seed(1))
+    out = model.generate(idx, 40, greedy=True)          # same function
+    python sample.py --init_from gpt2 --start "Hello" --stream
+    python -c "from nanogpt2.generate import benchmark_decode; print(benchmark_decode())"
+
+The module imports only torch; `transformers` is imported lazily by `benchmark_decode(compare_hf=True)`.
+"""
+
+import inspect
+import math
+import sys
+import time
+import warnings
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from nanogpt2.errors import NanoGPT2Error
+
+# ----------------------------------------------------------------------------------------------------
+# Argument checks
+
+
+def check_sampling_args(temperature=1.0, top_k=None, top_p=None, repetition_penalty=None, max_new_tokens=0):
+    """Raise NanoGPT2Error on a sampling setting that has no meaning (the message says what is allowed)."""
+    if temperature is None or not math.isfinite(float(temperature)) or float(temperature) < 0:
+        raise NanoGPT2Error(f"temperature must be a finite number >= 0 (0 means greedy), got {temperature!r}")
+    if top_k is not None and (int(top_k) != top_k or top_k < 0):
+        raise NanoGPT2Error(f"top_k must be a positive integer (or 0/None for no top-k), got {top_k!r}")
+    if top_p is not None and not (0.0 < float(top_p) <= 1.0):
+        raise NanoGPT2Error(f"top_p must be in (0, 1] (1 keeps every token), got {top_p!r}")
+    if repetition_penalty is not None and not (float(repetition_penalty) > 0 and math.isfinite(float(repetition_penalty))):
+        raise NanoGPT2Error(f"repetition_penalty must be a number > 0 (1 means none, > 1 discourages repeats), got {repetition_penalty!r}")
+    if int(max_new_tokens) != max_new_tokens or max_new_tokens < 0:
+        raise NanoGPT2Error(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Logits filters (each equals the transformers processor named in its docstring)
+
+
+def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """CTRL's penalty, as `RepetitionPenaltyLogitsProcessor`: for every token already in the sequence,
+    divide a positive logit by `penalty`, multiply a negative one. logits (B, V) float; seen (B, V) bool."""
+    penalized = torch.where(logits < 0, logits * penalty, logits / penalty)
+    return torch.where(seen, penalized, logits)
+
+
+def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """`TemperatureLogitsWarper`: logits / temperature (temperature > 0)."""
+    return logits if temperature == 1.0 else logits / temperature
+
+
+def apply_top_k(logits: torch.Tensor, top_k: int, filter_value: float = -float("inf")) -> torch.Tensor:
+    """`TopKLogitsWarper`: keep every logit >= the k-th largest (ties at the k-th value are all kept)."""
+    top_k = min(int(top_k), logits.size(-1))
+    kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]  # (B, 1)
+    return logits.masked_fill(logits < kth, filter_value)
+
+
+def apply_top_p(logits: torch.Tensor, top_p: float, filter_value: float = -float("inf"), min_tokens_to_keep: int = 1) -> torch.Tensor:
+    """`TopPLogitsWarper` (nucleus): keep the most probable tokens whose probabilities sum to top_p.
+
+    Sorted ascending, a token is dropped when the cumulative probability up to and including it is
+    <= 1 - top_p; the `min_tokens_to_keep` most probable tokens always stay (so top_p -> 0 is greedy-like).
+    """
+    sorted_logits, sorted_idx = torch.sort(logits, descending=False)  # (B, V) ascending
+    cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)  # (B, V)
+    drop_sorted = cum <= (1 - top_p)
+    drop_sorted[..., -min_tokens_to_keep:] = False
+    drop = drop_sorted.scatter(-1, sorted_idx, drop_sorted)  # back to vocabulary order
+    return logits.masked_fill(drop, filter_value)
+
+
+def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: Optional[int] = None, top_p: Optional[float] = None) -> torch.Tensor:
+    """Temperature, then top-k, then top-p: the order of transformers' sampling warpers. (B, V) -> (B, V)."""
+    logits = apply_temperature(logits, temperature)
+    if top_k:
+        logits = apply_top_k(logits, top_k)
+    if top_p is not None and top_p < 1.0:
+        logits = apply_top_p(logits, top_p)
+    return logits
+
+
+def next_token(logits: torch.Tensor, temperature=1.0, top_k=None, top_p=None, greedy=False, generator=None) -> torch.Tensor:
+    """One token per row from last-position logits (B, V): argmax when greedy (or temperature 0),
+    else a draw from softmax(filter_logits(...)) with `generator`. Returns (B,) int64."""
+    if greedy or temperature == 0:
+        return logits.argmax(dim=-1)
+    probs = filter_logits(logits, temperature, top_k, top_p).softmax(dim=-1)  # (B, V)
+    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Stop strings and streaming
+
+
+class StopStrings:
+    """Stops a row once its generated text contains one of `stop_strings`.
+
+    Each row's generated bytes are kept (tokenizer.decode_bytes of each new token, so a character split
+    across tokens is matched once complete). A match is looked for only where it could end inside the
+    newest token, so a stop string that a token overhangs ("\\n" inside ".\\n\\n") is found too.
+    """
+
+    def __init__(self, stop_strings: Sequence[str], tokenizer, batch_size: int):
+        if tokenizer is None:
+            raise NanoGPT2Error("stop_strings need the tokenizer to decode with: pass tokenizer=...")
+        if isinstance(stop_strings, str):
+            stop_strings = [stop_strings]
+        self.stops = [s.encode("utf-8") for s in stop_strings]
+        if not self.stops or any(len(s) == 0 for s in self.stops):
+            raise NanoGPT2Error("stop_strings must be non-empty strings")
+        self.tokenizer = tokenizer
+        self.buffers = [bytearray() for _ in range(batch_size)]
+
+    def _piece(self, token: int) -> bytes:
+        if hasattr(self.tokenizer, "decode_bytes"):
+            return self.tokenizer.decode_bytes([token])
+        return self.tokenizer.decode([token]).encode("utf-8")
+
+    def update(self, tokens: list, active: list) -> list:
+        """Append this step's tokens for the active rows; return the rows that now contain a stop string."""
+        hits = []
+        for row, (tok, on) in enumerate(zip(tokens, active)):
+            if not on:
+                continue
+            buf = self.buffers[row]
+            start = len(buf)
+            buf += self._piece(tok)
+            if any(buf.find(s, max(0, start - len(s) + 1)) != -1 for s in self.stops):
+                hits.append(row)
+        return hits
+
+
+class TextStreamer:
+    """A `stream` callback that prints one row's new text as it is generated.
+
+    Bytes are held back until they form complete UTF-8 characters; printing stops at the row's first
+    `eot_token` (later tokens of a finished row are padding). Call `end()` to flush.
+    """
+
+    def __init__(self, tokenizer, row: int = 0, file=None, eot_token: Optional[int] = None):
+        self.tokenizer = tokenizer
+        self.row = row
+        self.file = file if file is not None else sys.stdout
+        self.eot = eot_token if eot_token is not None else getattr(tokenizer, "eot_token", None)
+        self.pending = b""
+        self.done = False
+        self.text = []  # everything printed, for callers that want it afterwards
+
+    def __call__(self, tokens: torch.Tensor):
+        if self.done:
+            return
+        tok = int(tokens[self.row])
+        data = self.pending + (self.tokenizer.decode_bytes([tok]) if hasattr(self.tokenizer, "decode_bytes")
+                               else self.tokenizer.decode([tok]).encode("utf-8"))
+        if tok == self.eot:
+            self.done = True
+        # keep an incomplete UTF-8 tail (at most 3 bytes) for the next token
+        cut = len(data)
+        for back in range(1, min(4, len(data)) + 1):
+            b = data[-back]
+            if b & 0xC0 != 0x80:  # a lead byte (or ASCII): is its character complete?
+                need = 1 if b < 0x80 else 2 if b >> 5 == 0b110 else 3 if b >> 4 == 0b1110 else 4 if b >> 3 == 0b11110 else 1
+                if need > back:
+                    cut = len(data) - back
+                break
+        text, self.pending = data[:cut].decode("utf-8", errors="replace"), data[cut:]
+        if self.done and self.pending:
+            text, self.pending = text + self.pending.decode("utf-8", errors="replace"), b""
+        self._write(text)
+
+    def _write(self, text: str):
+        if text:
+            self.text.append(text)
+            self.file.write(text)
+            self.file.flush()
+
+    def end(self):
+        if self.pending:
+            self._write(self.pending.decode("utf-8", errors="replace"))
+            self.pending = b""
+        self.file.write("\n")
+        self.file.flush()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Generation
+
+
+def _left_padding_mask(attention_mask: Optional[torch.Tensor], B: int, T: int, device) -> Optional[torch.Tensor]:
+    """Check a (B, T) 0/1 mask is left padding; return it as int64, or None when it has no zeros."""
+    if attention_mask is None:
+        return None
+    mask = torch.as_tensor(attention_mask, device=device)
+    if mask.shape != (B, T):
+        raise NanoGPT2Error(f"attention_mask has shape {tuple(mask.shape)}, expected {(B, T)} (one 0/1 per prompt token)")
+    mask = mask.long()
+    if not bool(((mask == 0) | (mask == 1)).all()):
+        raise NanoGPT2Error("attention_mask must hold only 0 (padding) and 1 (token)")
+    if bool((mask[:, 1:] < mask[:, :-1]).any()):
+        raise NanoGPT2Error("attention_mask has padding after a token: generation needs LEFT padding "
+                            "(pad at the start of each row, so every row ends with its last real token)")
+    if bool((mask.sum(-1) == 0).any()):
+        raise NanoGPT2Error("attention_mask has a row with no tokens: every prompt needs at least one token")
+    return None if bool(mask.all()) else mask
+
+
+def _accepts(model, name: str) -> bool:
+    """Whether the model's forward takes keyword `name` (looks through torch.compile's wrapper)."""
+    fwd = getattr(getattr(model, "_orig_mod", model), "forward", None)
+    try:
+        return name in inspect.signature(fwd).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids from a 0/1 mask (B, S): cumsum - 1, padding clamped to 0 (HF's rule). (B, S) int64."""
+    return (mask.cumsum(-1) - 1).clamp_min_(0)
+
+
+@torch.inference_mode()
+def generate(
+    model,
+    idx,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: Optional[int] = None,
+    top_p: Optional[float] = None,
+    greedy: bool = False,
+    eos_token_id: Optional[int] = None,
+    attention_mask=None,
+    generator: Optional[torch.Generator] = None,
+    repetition_penalty: Optional[float] = None,
+    use_cache: bool = True,
+    stop_strings: Optional[Sequence[str]] = None,
+    tokenizer=None,
+    stream: Optional[Callable[[torch.Tensor], None]] = None,
+    pad_token_id: Optional[int] = None,
+    crop_keep: Optional[int] = None,
+) -> torch.Tensor:
+    """Continue the prompts `idx` (B, T) by up to `max_new_tokens` tokens; return (B, T + n) int64.
+
+    - Decoding: `greedy=True` (or temperature 0) takes the argmax; otherwise sample from
+      softmax(logits / temperature) restricted by `top_k` and/or `top_p`, drawing from `generator`
+      (a seeded torch.Generator on the model's device makes samples reproducible). `repetition_penalty`
+      (> 1) applies to every token already in the row (prompt included, padding excluded).
+    - Batches: rows of different lengths are LEFT-padded and `attention_mask` (B, T) has 0 on padding.
+    - Stopping: a row stops after it emits `eos_token_id`, or once its generated text contains one of
+      `stop_strings` (decoded with `tokenizer`); a stopped row is filled with `pad_token_id` (default:
+      `eos_token_id`, else the tokenizer's end-of-text token, else 0). Generation ends when every row has
+      stopped, so n <= max_new_tokens.
+    - An empty prompt (T == 0) starts from `eos_token_id` (GPT-2's <|endoftext|>), which is then part of
+      the returned prompt. A prompt longer than `block_size` is kept in the output, but the model sees
+      only its last `block_size` tokens (a warning says so).
+    - Context past block_size: without a cache each step sees the last block_size tokens (nanoGPT). With
+      the cache, when it is full the last `crop_keep` tokens (default block_size // 2) are prefilled again
+      into a fresh cache, and one-token steps resume; with absolute learned positions the old keys cannot
+      be shifted, so this trades a re-prefill every block_size - crop_keep tokens for a context that
+      shrinks to crop_keep right after a crop.
+    - With a `tokenizer` whose vocabulary is smaller than the model's (a padded vocab_size), ids past
+      the tokenizer's are never produced.
+    - `stream(tokens)` is called after every step with the (B,) tokens just appended (see TextStreamer).
+    - `use_cache=False` recomputes the whole window each step (for checks; much slower).
+    """
+    check_sampling_args(temperature, top_k, top_p, repetition_penalty, max_new_tokens)
+    cfg = model.config
+    block = cfg.block_size
+    device = next(model.parameters()).device
+    eot_from_tok = getattr(tokenizer, "eot_token", None) if tokenizer is not None else None
+
+    idx = torch.as_tensor(idx, device=device)
+    if idx.dim() == 1:
+        idx = idx[None]
+    if idx.dim() != 2:
+        raise NanoGPT2Error(f"idx must be (B, T) token ids, got shape {tuple(idx.shape)}")
+    idx = idx.long()
+    B, T = idx.shape
+    if B == 0:
+        raise NanoGPT2Error("idx has no rows: pass at least one prompt")
+
+    if T == 0:  # empty prompt: start from <|endoftext|>, as GPT-2 was trained to begin documents
+        start = eos_token_id if eos_token_id is not None else eot_from_tok
+        if start is None:
+            raise NanoGPT2Error("the prompt is empty and there is no end-of-text token to start from: pass a prompt or eos_token_id")
+        idx = torch.full((B, 1), int(start), dtype=torch.long, device=device)
+        attention_mask, T = None, 1
+    if bool(((idx < 0) | (idx >= cfg.vocab_size)).any()):
+        raise NanoGPT2Error(f"idx holds token ids outside [0, {cfg.vocab_size}): was it tokenized for another vocabulary?")
+    mask = _left_padding_mask(attention_mask, B, T, device)  # None when there is no padding (fast path)
+
+    if T > block:
+        warnings.warn(f"the prompt has {T} tokens but the model's context is {block}: only its last {block} tokens are used", stacklevel=2)
+    if max_new_tokens == 0:
+        return idx.clone()
+    keep = block // 2 if crop_keep is None else int(crop_keep)
+    if not 1 <= keep <= block:
+        raise NanoGPT2Error(f"crop_keep must be between 1 and block_size ({block}), got {crop_keep!r}")
+    if pad_token_id is None:
+        pad_token_id = eos_token_id if eos_token_id is not None else (eot_from_tok if eot_from_tok is not None else 0)
+    n_vocab = min(cfg.vocab_size, getattr(tokenizer, "n_vocab", None) or cfg.vocab_size)
+    stopper = StopStrings(stop_strings, tokenizer, B) if stop_strings else None
+    can_stop = eos_token_id is not None or stopper is not None
+
+    # Preallocated outputs: tokens (B, T + N) and, with padding, the mask growing with them.
+    total = T + max_new_tokens
+    out = torch.empty(B, total, dtype=torch.long, device=device)
+    out[:, :T] = idx
+    full_mask = None
+    if mask is not None:
+        full_mask = torch.ones(B, total, dtype=torch.long, device=device)
+        full_mask[:, :T] = mask
+    seen = None
+    if repetition_penalty is not None and repetition_penalty != 1.0:
+        seen = torch.zeros(B, cfg.vocab_size + 1, dtype=torch.bool, device=device)  # last column: padding
+        seen.scatter_(1, idx if mask is None else idx.masked_fill(mask == 0, cfg.vocab_size), True)
+        seen = seen[:, :cfg.vocab_size]
+    finished = torch.zeros(B, dtype=torch.bool, device=device)
+    pad = torch.tensor(pad_token_id, dtype=torch.long, device=device)
+
+    # Only the last position's logits are needed: ask for just those when the model can skip the rest
+    # (a prefill of P tokens otherwise pays P x vocab x n_embd multiply-adds in the head).
+    last = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
+
+    def window_forward(start: int, end: int, kv_cache=None):
+        """Logits (B, V) for the last position of out[:, start:end], from scratch or into a fresh cache."""
+        x = out[:, start:end]  # (B, W)
+        if full_mask is None:
+            logits, _ = model(x, kv_cache=kv_cache, **last)
+        else:
+            m = full_mask[:, start:end]
+            logits, _ = model(x, attention_mask=m, position_ids=_positions(m), kv_cache=kv_cache, **last)
+        return logits[:, -1]
+
+    was_training = model.training
+    model.eval()
+    try:
+        cache = None
+        cur = T  # tokens in `out` so far
+        start = max(0, cur - block)  # first token the model sees
+        if use_cache:
+            cache = model.new_kv_cache(max_len=min(block, total))
+            logits = window_forward(start, cur, cache)  # prefill
+            if full_mask is not None:
+                pos = _positions(full_mask[:, start:cur])[:, -1:]  # (B, 1) position of the last token
+        else:
+            logits = window_forward(start, cur)
+
+        for step in range(max_new_tokens):
+            logits = logits.float()  # (B, V) scores in fp32, as transformers' generate takes them
+            if n_vocab < logits.size(-1):  # a padded vocabulary (e.g. 50304): never sample the padding ids
+                logits[:, n_vocab:] = -float("inf")
+            if seen is not None:
+                logits = apply_repetition_penalty(logits, seen, repetition_penalty)
+            tok = next_token(logits, temperature, top_k, top_p, greedy, generator)  # (B,)
+            if can_stop:
+                tok = torch.where(finished, pad, tok)
+            out[:, cur] = tok
+            cur += 1
+            if seen is not None:
+                seen.scatter_(1, tok[:, None], True)
+            if stream is not None:
+                stream(tok)
+            if can_stop:
+                newly = ~finished
+                if eos_token_id is not None:
+                    finished |= tok == eos_token_id
+                if stopper is not None:
+                    rows = stopper.update(tok.tolist(), newly.tolist())
+                    if rows:
+                        finished[rows] = True
+                if bool(finished.all()):
+                    break
+            if step == max_new_tokens - 1:
+                break  # the last token needs no forward pass
+
+            if not use_cache:
+                start = max(0, cur - block)
+                logits = window_forward(start, cur)
+            elif cache.length + 1 > cache.max_len:  # full: prefill the last `keep` tokens again
+                start = cur - keep
+                cache.length = 0  # reuse the preallocated storage (max_len == block_size here)
+                logits = window_forward(start, cur, cache)
+                if full_mask is not None:
+                    pos = _positions(full_mask[:, start:cur])[:, -1:]
+            elif full_mask is None:
+                logits = model(out[:, cur - 1:cur], kv_cache=cache)[0][:, -1]
+            else:
+                pos = pos + 1
+                logits = model(out[:, cur - 1:cur], attention_mask=full_mask[:, start:cur], position_ids=pos, kv_cache=cache)[0][:, -1]
+    finally:
+        model.train(was_training)
+    return out[:, :cur].clone() if cur < total else out
+
+
+# ----------------------------------------------------------------------------------------------------
+# Benchmark
+
+
+def benchmark_decode(
+    model=None,
+    preset: str = "gpt2",
+    batch_sizes: Sequence[int] = (1, 8),
+    prompt_len: int = 16,
+    new_tokens: int = 32,
+    repeats: int = 3,
+    no_cache: bool = True,
+    compare_hf: bool = True,
+    device: str = "cpu",
+    dtype: str = "float32",
+    threads: Optional[int] = None,
+    seed: int = 0,
+    quiet: bool = True,
+) -> dict:
+    """Decode speed (tokens/s) of `generate` with and without the KV cache, and of transformers'
+    `generate` on the same weights, greedy, `new_tokens` new tokens after a `prompt_len` prompt. Weights
+    stay fp32; `dtype` "bfloat16"/"float16" runs both under autocast. `threads` sets torch's CPU threads
+    for the run (None: leave as is).
+
+    `model`: a GPT, or None for a randomly initialised one shaped like `preset` (124M for "gpt2").
+    The timings include the prefill; each figure is the best of `repeats` runs, and ours and transformers'
+    runs alternate so background load hits both alike. transformers' model is loaded from our weights
+    through `convert.save_pretrained` (a temp folder) and its output is checked to match ours.
+    Returns {"device", "threads", "model", "prompt_len", "new_tokens", "rows": [{batch, cache_tok_s,
+    no_cache_tok_s, hf_tok_s, cache_vs_hf, cache_vs_no_cache, same_tokens}], "notes": [...]}.
+    """
+    import platform
+    import tempfile
+
+    from nanogpt2.model import GPT, GPTConfig
+
+    old_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(int(threads))
+    notes = []
+    try:
+        torch.manual_seed(seed)
+        desc = "custom model"
+        if model is None:
+            model = GPT(GPTConfig.from_preset(preset))
+            desc = f"{preset}-shaped, random weights"
+        else:
+            desc = "given model"
+
+        model = model.to(device).eval()
+        n_params = model.param_counts()["total"]
+
+        hf = None
+        if compare_hf:
+            try:
+                import transformers
+                from transformers import GPT2LMHeadModel
+            except ImportError:
+                notes.append("transformers is not installed: no comparison with its generate")
+            else:
+                from nanogpt2.convert import save_pretrained
+
+                with tempfile.TemporaryDirectory() as tmp:
+                    save_pretrained(model, tmp)
+                    hf = GPT2LMHeadModel.from_pretrained(tmp, attn_implementation="sdpa").to(device).eval()
+                hf.generation_config.eos_token_id = None
+                hf.generation_config.pad_token_id = 0
+                notes.append(f"transformers {transformers.__version__} GPT2LMHeadModel, sdpa attention, generate(do_sample=False)")
+
+        from contextlib import nullcontext
+
+        amp_dtype = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[str(dtype).replace("torch.", "")]
+
+        def amp():
+            return nullcontext() if amp_dtype is None else torch.autocast(torch.device(device).type, dtype=amp_dtype)
+
+        def timed(fn):
+            t0 = time.perf_counter()
+            with amp():
+                res = fn()
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            return time.perf_counter() - t0, res
+
+        rows = []
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        for B in batch_sizes:
+            prompt = torch.randint(0, model.config.vocab_size, (B, prompt_len), generator=gen).to(device)
+            runs = {
+                "cache": lambda: generate(model, prompt, new_tokens, greedy=True),
+            }
+            if no_cache:
+                runs["no_cache"] = lambda: generate(model, prompt, new_tokens, greedy=True, use_cache=False)
+            if hf is not None:
+                def run_hf():
+                    with torch.inference_mode():
+                        return hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens,
+                                           do_sample=False)
+                runs["hf"] = run_hf
+            best = {k: float("inf") for k in runs}
+            outs = {}
+            for k, fn in runs.items():  # warm-up (allocator, first-call overheads)
+                with amp():
+                    outs[k] = fn()
+            for _ in range(repeats):
+                for k, fn in runs.items():
+                    seconds, outs[k] = timed(fn)
+                    best[k] = min(best[k], seconds)
+            row = {"batch": B}
+            for k in runs:
+                row[f"{k}_tok_s"] = B * new_tokens / best[k]
+            if "hf" in runs:
+                row["cache_vs_hf"] = row["cache_tok_s"] / row["hf_tok_s"]
+                row["same_tokens"] = bool(torch.equal(outs["cache"], outs["hf"]))
+            if "no_cache" in runs:
+                row["cache_vs_no_cache"] = row["cache_tok_s"] / row["no_cache_tok_s"]
+                row["same_tokens_no_cache"] = bool(torch.equal(outs["cache"], outs["no_cache"]))
+            rows.append(row)
+            if not quiet:
+                print(format_benchmark({"rows": [row]}, header=False), flush=True)
+        return {
+            "device": device if device != "cpu" else f"cpu ({platform.processor() or platform.machine()})",
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "model": f"{desc}, {n_params / 1e6:.1f}M parameters, fp32 weights, {dtype} compute",
+            "prompt_len": prompt_len,
+            "new_tokens": new_tokens,
+            "repeats": repeats,
+            "rows": rows,
+            "notes": notes,
+        }
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def format_benchmark(res: dict, header: bool = True) -> str:
+    """A small text table of benchmark_decode's rows."""
+    lines = []
+    if header:
+        lines.append(f"decode benchmark: {res.get('model')}, {res.get('device')}, {res.get('threads')} threads, "
+                     f"prompt {res.get('prompt_len')}, {res.get('new_tokens')} new tokens, best of {res.get('repeats')}")
+        lines.append(f"{'batch':>5} {'cache tok/s':>12} {'no-cache tok/s':>15} {'HF tok/s':>9} {'cache/HF':>9} {'cache/no-cache':>15}")
+    for r in res["rows"]:
+        def f(key, width, prec):
+            return f"{r[key]:{width}.{prec}f}" if key in r else "-".rjust(width)
+        lines.append(f"{r['batch']:>5} {f('cache_tok_s', 12, 1)} {f('no_cache_tok_s', 15, 1)} {f('hf_tok_s', 9, 1)} "
+                     f"{f('cache_vs_hf', 9, 2)} {f('cache_vs_no_cache', 15, 2)}")
+    return "\n".join(lines)

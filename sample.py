@@ -1,0 +1,188 @@
+"""
+Sample text from a trained model, from GPT-2 by name, or from a Hugging Face GPT-2 folder.
+
+    python sample.py --init_from gpt2 --start "The meaning of life is" --max_new_tokens 60 --stream
+    python sample.py --init_from out --num_samples 3 --temperature 0.8 --top_k 200   # a train.py run
+    python sample.py --init_from gpt2 --start FILE:prompt.txt --top_p 0.9 --seed 7
+    python sample.py --init_from gpt2 --start "Once upon a time" --compare            # strategies side by side
+    python sample.py --help
+
+The option names are nanoGPT's (`--init_from`, `--start`, `--num_samples`, `--max_new_tokens`,
+`--temperature`, `--top_k`, `--seed`, `--device`, `--dtype`, `--compile`), plus `--top_p`, `--greedy`,
+`--repetition_penalty`, `--stop`, `--stream` and `--compare`. Generation is `nanogpt2.generate.generate`
+(KV cache); docs/sampling.md explains the strategies.
+"""
+
+import argparse
+import shutil
+import sys
+import textwrap
+from contextlib import nullcontext
+from itertools import zip_longest
+from pathlib import Path
+
+import torch
+
+from nanogpt2.errors import NanoGPT2Error, run_cli
+from nanogpt2.evaluate import load_model_and_tokenizer
+from nanogpt2.generate import TextStreamer, check_sampling_args, generate
+
+# The strategies --compare shows: (label, generate keywords)
+COMPARE = [
+    ("greedy", dict(greedy=True)),
+    ("temperature 0.7", dict(temperature=0.7)),
+    ("temperature 1.3", dict(temperature=1.3)),
+    ("top_k 5", dict(top_k=5)),
+    ("top_k 200", dict(top_k=200)),
+    ("top_p 0.9", dict(top_p=0.9)),
+]
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(prog="sample.py", description="Sample from a GPT-2 model.",
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--init_from", default="gpt2",
+                    help="a train.py out_dir or checkpoint .pt, a GPT-2 name (gpt2, gpt2-medium, ...), or an HF folder; "
+                         "'resume' means --out_dir")
+    ap.add_argument("--out_dir", default="out", help="run folder used when --init_from resume (nanoGPT)")
+    ap.add_argument("--start", default="",
+                    help="prompt text, or FILE:path to read it from a file; empty starts from <|endoftext|>")
+    ap.add_argument("--num_samples", type=int, default=3, help="samples to draw")
+    ap.add_argument("--max_new_tokens", type=int, default=200, help="tokens generated per sample")
+    ap.add_argument("--temperature", type=float, default=0.8, help="< 1 sharper, > 1 more random; 0 = greedy")
+    ap.add_argument("--top_k", type=int, default=200, help="keep the k most likely tokens (0: no top-k)")
+    ap.add_argument("--top_p", type=float, default=None, help="nucleus: keep the smallest set with probability >= p, in (0, 1]")
+    ap.add_argument("--greedy", action="store_true", help="always take the most likely token (deterministic)")
+    ap.add_argument("--repetition_penalty", type=float, default=None, help="> 1 discourages repeating tokens (CTRL)")
+    ap.add_argument("--stop", action="append", default=None, help="stop a sample at this string (repeatable)")
+    ap.add_argument("--seed", type=int, default=1337, help="seed of the sampling generator")
+    ap.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                    help="autocast dtype; auto = bfloat16 on a GPU that supports it, else float32")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the model (pays off for long samples)")
+    ap.add_argument("--stream", action="store_true", help="print tokens as they are generated")
+    ap.add_argument("--compare", action="store_true",
+                    help="show the same prompt under several strategies side by side (greedy, low/high temperature, small/large k, top-p)")
+    ap.add_argument("--columns", type=int, default=2, help="columns for --compare")
+    ap.add_argument("--no_cache", action="store_true", help="recompute the whole context every step (for checks)")
+    return ap.parse_args(argv)
+
+
+def resolve_device(name: str) -> str:
+    if name != "auto":
+        return name
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def autocast(device: str, dtype: str):
+    dev_type = torch.device(device).type
+    if dtype == "auto":
+        dtype = "bfloat16" if dev_type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
+    if dtype == "float32":
+        return nullcontext()
+    return torch.autocast(device_type=dev_type, dtype={"bfloat16": torch.bfloat16, "float16": torch.float16}[dtype])
+
+
+def read_prompt(start: str) -> str:
+    if start.startswith("FILE:"):
+        path = Path(start[5:]).expanduser()
+        try:
+            return path.read_text(encoding="utf-8")
+        except OSError as e:
+            raise NanoGPT2Error(f"cannot read the prompt file {path}: {e.strerror or e}") from None
+    return start
+
+
+def encode_prompt(tok, text: str) -> list:
+    """Prompt ids; an empty prompt starts from <|endoftext|> (a char vocabulary: from a newline)."""
+    if text:
+        return tok.encode(text, allowed_special={"<|endoftext|>"}) if getattr(tok, "eot_token", None) is not None else tok.encode(text)
+    if getattr(tok, "eot_token", None) is not None:
+        return [tok.eot_token]
+    if "\n" in getattr(tok, "chars", []):
+        return tok.encode("\n")
+    raise NanoGPT2Error("this tokenizer has no end-of-text token to start from: pass a prompt with --start")
+
+
+def decode(tok, ids) -> str:
+    return tok.decode([t for t in ids if t < tok.n_vocab])
+
+
+def side_by_side(columns: list, n_cols: int) -> str:
+    """[(title, text)] laid out in n_cols columns that fit the terminal."""
+    width = shutil.get_terminal_size((120, 40)).columns
+    n_cols = max(1, min(n_cols, len(columns)))
+    col_w = max(20, (width - 3 * (n_cols - 1)) // n_cols)
+    blocks = []
+    for i in range(0, len(columns), n_cols):
+        group = columns[i:i + n_cols]
+        cells = []
+        for title, text in group:
+            lines = [f"== {title} =="]
+            for para in text.split("\n"):
+                lines += textwrap.wrap(para, col_w, replace_whitespace=False, drop_whitespace=False) or [""]
+            cells.append(lines)
+        rows = [" | ".join(c.ljust(col_w) for c in row).rstrip() for row in zip_longest(*cells, fillvalue="")]
+        blocks.append("\n".join(rows))
+    return ("\n" + "-" * min(width, n_cols * col_w) + "\n").join(blocks)
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    check_sampling_args(args.temperature, args.top_k, args.top_p, args.repetition_penalty, args.max_new_tokens)
+    if args.num_samples < 1:
+        raise NanoGPT2Error(f"--num_samples must be >= 1, got {args.num_samples}")
+    device = resolve_device(args.device)
+    init_from = args.out_dir if args.init_from == "resume" else args.init_from
+    model, tok, desc = load_model_and_tokenizer(init_from, device)
+    print(f"loaded {desc}", file=sys.stderr)
+    if args.compile:
+        model = torch.compile(model)
+    ctx = autocast(device, args.dtype)
+
+    prompt_ids = encode_prompt(tok, read_prompt(args.start))
+    block = model.config.block_size
+    if len(prompt_ids) > block:
+        print(f"warning: the prompt has {len(prompt_ids)} tokens; the model sees only the last {block}", file=sys.stderr)
+    x = torch.tensor([prompt_ids], dtype=torch.long, device=device)  # (1, T)
+    eos = getattr(tok, "eot_token", None)
+    gen_device = device if torch.device(device).type == "cuda" else "cpu"
+    common = dict(eos_token_id=eos, tokenizer=tok, stop_strings=args.stop, repetition_penalty=args.repetition_penalty,
+                  use_cache=not args.no_cache)
+
+    def run(seed, stream=None, **kw):
+        g = torch.Generator(device=gen_device).manual_seed(seed)
+        import warnings
+        with ctx, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the long-prompt warning was printed above
+            return generate(model, x, args.max_new_tokens, generator=g, stream=stream, **common, **kw)
+
+    if args.compare:
+        cells = []
+        for label, kw in COMPARE:
+            y = run(args.seed, **kw)
+            cells.append((label, decode(tok, y[0, len(prompt_ids):].tolist())))
+        print(f"prompt: {decode(tok, prompt_ids)!r}\n")
+        print(side_by_side(cells, args.columns))
+        return
+
+    strategy = dict(greedy=args.greedy, temperature=args.temperature, top_k=args.top_k or None, top_p=args.top_p)
+    for k in range(args.num_samples):
+        seed = args.seed + k
+        if args.stream:
+            sys.stdout.write(decode(tok, prompt_ids))
+            streamer = TextStreamer(tok, eot_token=eos)
+            run(seed, stream=streamer, **strategy)
+            streamer.end()
+        else:
+            y = run(seed, **strategy)
+            print(decode(tok, y[0].tolist()))
+        print("---------------")
+
+
+if __name__ == "__main__":
+    run_cli(main)

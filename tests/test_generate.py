@@ -1,0 +1,425 @@
+"""
+Generation, checked against transformers: greedy and seeded sampling token for token (with and without
+left padding), the logits warpers on random and tied logits, KV cache vs no cache, cropping past the
+context, stop conditions, streaming, bad input, and that the decode benchmark runs.
+
+Tiny random GPT-2s are made by transformers, saved with save_pretrained, and loaded into ours with
+GPT.from_pretrained (same weights in both).
+"""
+
+import io
+import string
+
+import pytest
+import torch
+
+from nanogpt2.errors import NanoGPT2Error
+from nanogpt2.generate import (StopStrings, TextStreamer, apply_repetition_penalty, apply_temperature, apply_top_k,
+                               apply_top_p, benchmark_decode, filter_logits, generate)
+from nanogpt2.model import GPT
+
+transformers = pytest.importorskip("transformers")
+
+VOCAB = 96
+BLOCK = 64
+
+# ----------------------------------------------------------------------------------------------------
+# helpers
+
+
+def make_pair(folder, vocab=VOCAB, block=BLOCK, seed=0, n_embd=32, n_layer=2, n_head=4, attn="eager"):
+    """(ours, transformers') with the same random weights. The weights are drawn 15x wider than GPT-2's
+    init (and the positions wider still) so next-token distributions are far from uniform, greedy paths
+    wander through the vocabulary and depend on the prompt."""
+    torch.manual_seed(seed)
+    cfg = transformers.GPT2Config(vocab_size=vocab, n_positions=block, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
+                                  resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0,
+                                  initializer_range=0.3)
+    hf = transformers.GPT2LMHeadModel(cfg)
+    with torch.no_grad():
+        hf.transformer.wpe.weight.normal_(0, 1.0)
+        for n, p in hf.named_parameters():
+            if n.endswith("bias") or ".ln_" in n:
+                p.add_(torch.randn_like(p) * 0.1)
+    hf.save_pretrained(folder)
+    hf = transformers.GPT2LMHeadModel.from_pretrained(folder, attn_implementation=attn).eval()
+    ours = GPT.from_pretrained(str(folder)).eval()
+    return ours, hf
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    return make_pair(tmp_path_factory.mktemp("tiny"))
+
+
+def left_padded(B=3, T=9, pads=(0, 4, 2), seed=1, vocab=VOCAB, pad_id=0):
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(1, vocab, (B, T), generator=g)
+    mask = torch.ones(B, T, dtype=torch.long)
+    for r, p in enumerate(pads):
+        mask[r, :p] = 0
+    return idx.masked_fill(mask == 0, pad_id), mask
+
+
+def hf_generate(hf, idx, mask=None, **kw):
+    kw.setdefault("pad_token_id", 0)
+    kw.setdefault("eos_token_id", None)
+    with torch.no_grad():
+        return hf.generate(idx, attention_mask=torch.ones_like(idx) if mask is None else mask, **kw)
+
+
+class Chars:
+    """A character tokenizer over the model's vocabulary, for stop strings and streaming."""
+
+    chars = list(string.ascii_lowercase + string.ascii_uppercase + string.digits + " .,;:!?\n-'\"()[]{}<>/\\|@#$%^&*+=_~`")[:VOCAB]
+    n_vocab = len(chars)
+    eot_token = None
+
+    def decode(self, ids):
+        return "".join(self.chars[i] for i in ids)
+
+    def decode_bytes(self, ids):
+        return self.decode(ids).encode()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Parity with transformers' generate
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_greedy_equals_transformers(tmp_path, attn):
+    ours, hf = make_pair(tmp_path, attn=attn, seed=3)
+    idx = torch.randint(0, VOCAB, (2, 6), generator=torch.Generator().manual_seed(0))
+    out = generate(ours, idx, 40, greedy=True)
+    ref = hf_generate(hf, idx, max_new_tokens=40, do_sample=False)
+    assert out.shape == (2, 46)
+    assert torch.equal(out, ref)
+    assert len(set(out[:, 6:].flatten().tolist())) >= 8  # a real path through the vocabulary, not one token
+
+
+@pytest.mark.parametrize("ours_attn", ["sdpa", "reference"])
+def test_greedy_left_padding_equals_transformers(pair, ours_attn):
+    ours, hf = pair
+    idx, mask = left_padded()
+    ours.set_attn_impl(ours_attn)
+    try:
+        out = generate(ours, idx, 40, greedy=True, attention_mask=mask)
+    finally:
+        ours.set_attn_impl("sdpa")
+    ref = hf_generate(hf, idx, mask, max_new_tokens=40, do_sample=False)
+    assert torch.equal(out, ref)
+    # each padded row continues as it would alone, unpadded
+    for r, p in enumerate((0, 4, 2)):
+        alone = generate(ours, idx[r:r + 1, p:], 40, greedy=True)
+        assert torch.equal(out[r, p:], alone[0])
+
+
+def test_eos_stops_rows_like_transformers(pair):
+    ours, hf = pair
+    idx, mask = left_padded()
+    free = generate(ours, idx, 40, greedy=True, attention_mask=mask)
+    eos = int(free[1, 9 + 5])  # a token that row 1 emits after 5 steps
+    out = generate(ours, idx, 40, greedy=True, attention_mask=mask, eos_token_id=eos, pad_token_id=0)
+    ref = hf_generate(hf, idx, mask, max_new_tokens=40, do_sample=False, eos_token_id=eos, pad_token_id=0)
+    assert torch.equal(out, ref)
+    row = out[1, 9:].tolist()
+    first = row.index(eos)
+    assert first <= 5 and all(t == 0 for t in row[first + 1:])  # padded after its eos
+    # default padding is eos itself
+    out2 = generate(ours, idx, 40, greedy=True, attention_mask=mask, eos_token_id=eos)
+    assert all(t == eos for t in out2[1, 9 + first:].tolist())
+
+
+@pytest.mark.parametrize("kw", [dict(temperature=1.0, top_k=0, top_p=1.0),
+                                dict(temperature=0.7, top_k=20, top_p=1.0),
+                                dict(temperature=1.3, top_k=0, top_p=0.8),
+                                dict(temperature=0.9, top_k=12, top_p=0.9, repetition_penalty=1.3)])
+def test_sampling_equals_transformers_same_seed(pair, kw):
+    """Same filters, same order, same torch.multinomial draws: seeded sampling agrees token for token."""
+    ours, hf = pair
+    idx, mask = left_padded()
+    if "repetition_penalty" in kw:  # transformers also penalizes the pad ids in the prompt; we skip padding
+        idx, mask = idx[:, 4:], None
+    out = generate(ours, idx, 25, attention_mask=mask, generator=torch.Generator().manual_seed(5),
+                   **{k: (v if v != 0 else None) for k, v in kw.items()})
+    torch.manual_seed(5)  # transformers samples from the global generator
+    ref = hf_generate(hf, idx, mask, max_new_tokens=25, do_sample=True, **kw)
+    assert torch.equal(out, ref)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Logits warpers
+
+
+def _logits_cases():
+    g = torch.Generator().manual_seed(0)
+    plain = torch.randn(4, 50, generator=g) * 3
+    ties = (torch.randn(4, 50, generator=g) * 2).round()  # many equal values, incl. at the k-th/top-p cut
+    ties[0] = 1.0  # a row of all-equal logits
+    ties[1, :5] = 10.0  # a tied top
+    return {"plain": plain, "ties": ties}
+
+
+@pytest.mark.parametrize("case", ["plain", "ties"])
+def test_filters_equal_transformers_warpers(case):
+    from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    logits = _logits_cases()[case]
+    ids = torch.zeros(4, 1, dtype=torch.long)
+    for t in (0.05, 0.5, 1.0, 2.5):
+        assert torch.equal(apply_temperature(logits, t), TemperatureLogitsWarper(t)(ids, logits.clone()))
+    for k in (1, 2, 5, 17, 50, 1000):
+        assert torch.equal(apply_top_k(logits, k), TopKLogitsWarper(k)(ids, logits.clone())), k
+    for p in (1e-9, 1e-3, 0.1, 0.5, 0.9, 0.95, 0.999999, 1.0):
+        assert torch.equal(apply_top_p(logits, p), TopPLogitsWarper(p)(ids, logits.clone())), p
+    # combinations, in transformers' order: temperature, top-k, top-p
+    for t, k, p in [(0.7, 10, 0.9), (1.5, 3, 0.5), (0.3, 40, 1e-6), (1.0, 50, 0.999)]:
+        ref = TopPLogitsWarper(p)(ids, TopKLogitsWarper(k)(ids, TemperatureLogitsWarper(t)(ids, logits.clone())))
+        assert torch.equal(filter_logits(logits, t, k, p), ref)
+    # the extremes do what they say
+    assert (apply_top_p(logits, 1e-9) > -float("inf")).sum(-1).eq(1).all()  # one token kept per row
+    assert torch.equal(apply_top_k(logits, 1000), logits)
+
+
+def test_repetition_penalty_equals_transformers():
+    from transformers import RepetitionPenaltyLogitsProcessor
+
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(3, 40, generator=g) * 2
+    ids = torch.randint(0, 40, (3, 12), generator=g)
+    seen = torch.zeros(3, 40, dtype=torch.bool).scatter_(1, ids, True)
+    for pen in (0.7, 1.0, 1.3, 2.0):
+        assert torch.equal(apply_repetition_penalty(logits, seen, pen), RepetitionPenaltyLogitsProcessor(pen)(ids, logits.clone()))
+
+
+# ----------------------------------------------------------------------------------------------------
+# KV cache vs recomputation; seeds
+
+
+def test_cache_equals_no_cache(pair):
+    ours, _ = pair
+    idx, mask = left_padded()
+    for kw in (dict(greedy=True), dict(temperature=0.9, top_k=30, top_p=0.95, repetition_penalty=1.2)):
+        a = generate(ours, idx, 40, attention_mask=mask, generator=torch.Generator().manual_seed(11), **kw)
+        b = generate(ours, idx, 40, attention_mask=mask, generator=torch.Generator().manual_seed(11), use_cache=False, **kw)
+        assert torch.equal(a, b), kw
+
+
+def test_seeds(pair):
+    ours, _ = pair
+    idx = torch.randint(0, VOCAB, (2, 4), generator=torch.Generator().manual_seed(0))
+    run = lambda s: generate(ours, idx, 40, temperature=1.0, generator=torch.Generator().manual_seed(s))  # noqa: E731
+    assert torch.equal(run(1), run(1))
+    assert not torch.equal(run(1)[:, 4:], run(2)[:, 4:])
+    # the model.generate entry point is the same function
+    assert torch.equal(ours.generate(idx, 10, greedy=True), generate(ours, idx, 10, greedy=True))
+
+
+def test_generate_restores_training_mode_and_ignores_dropout(tmp_path):
+    ours, _ = make_pair(tmp_path, seed=4)
+    drop = GPT.from_pretrained(str(tmp_path), dropout=0.5)
+    drop.train()
+    idx = torch.randint(0, VOCAB, (1, 5), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(generate(drop, idx, 20, greedy=True), generate(ours, idx, 20, greedy=True))
+    assert drop.training
+
+
+# ----------------------------------------------------------------------------------------------------
+# Context cropping
+
+
+def _reference_crop(model, idx, n, keep, use_cache):
+    """Greedy, one full forward per step over the window the policy prescribes."""
+    block = model.config.block_size
+    seq = idx[0].tolist()
+    start = max(0, len(seq) - block)
+    for _ in range(n):
+        if use_cache:  # the cached window grows until full, then restarts from the last `keep` tokens
+            if len(seq) - start > block:
+                start = len(seq) - keep
+        else:  # nanoGPT: always the last block_size tokens
+            start = max(0, len(seq) - block)
+        logits, _ = model(torch.tensor([seq[start:]]))
+        seq.append(int(logits[0, -1].argmax()))
+    return seq
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_cropping_past_block_size(pair, use_cache):
+    ours, _ = pair
+    idx = torch.randint(0, VOCAB, (1, 10), generator=torch.Generator().manual_seed(3))
+    n = BLOCK + 40  # 114 tokens in all: past the context (twice for keep=32, every 5 tokens for keep=59)
+    out = generate(ours, idx, n, greedy=True, use_cache=use_cache)
+    assert out[0].tolist() == _reference_crop(ours, idx, n, BLOCK // 2, use_cache)
+    if use_cache:
+        out = generate(ours, idx, n, greedy=True, use_cache=use_cache, crop_keep=BLOCK - 5)
+        assert out[0].tolist() == _reference_crop(ours, idx, n, BLOCK - 5, use_cache)
+
+
+def test_cropping_with_left_padding_keeps_rows_independent(pair):
+    ours, _ = pair
+    idx, mask = left_padded(T=20, pads=(0, 7, 3))
+    out = generate(ours, idx, BLOCK + 20, greedy=True, attention_mask=mask)
+    for r, p in enumerate((0, 7, 3)):
+        alone = generate(ours, idx[r:r + 1, p:], BLOCK + 20, greedy=True)
+        # identical until the first crop (the padded window fills earlier), then each follows its own window
+        n_same = BLOCK - 20
+        assert torch.equal(out[r, p:20 + n_same], alone[0, :20 - p + n_same])
+
+
+def test_long_prompt_is_cropped_with_a_warning(pair):
+    ours, _ = pair
+    idx = torch.randint(0, VOCAB, (1, BLOCK + 25), generator=torch.Generator().manual_seed(4))
+    with pytest.warns(UserWarning, match="only its last 64 tokens"):
+        out = generate(ours, idx, 12, greedy=True)
+    assert out.shape == (1, BLOCK + 25 + 12) and torch.equal(out[:, :BLOCK + 25], idx)
+    assert torch.equal(out[:, -12:], generate(ours, idx[:, -BLOCK:], 12, greedy=True)[:, -12:])
+
+
+# ----------------------------------------------------------------------------------------------------
+# Stop strings, streaming, padded vocabularies
+
+
+def test_stop_strings(pair):
+    ours, _ = pair
+    tok = Chars()
+    idx = torch.randint(0, VOCAB, (2, 5), generator=torch.Generator().manual_seed(9))
+    free = generate(ours, idx, 40, temperature=1.0, generator=torch.Generator().manual_seed(1))
+    text0 = tok.decode(free[0, 5:].tolist())
+    stop = text0[10:12]  # a 2-character string that row 0 produces
+    first = text0.index(stop) + len(stop)
+    out = generate(ours, idx, 40, temperature=1.0, generator=torch.Generator().manual_seed(1),
+                   stop_strings=[stop, "never-produced"], tokenizer=tok, pad_token_id=5)
+    got0 = out[0, 5:].tolist()
+    assert tok.decode(got0[:first]) == text0[:first]
+    assert all(t == 5 for t in got0[first:])  # padded after the stop string
+    text1 = tok.decode(free[1, 5:].tolist())
+    if stop in text1:
+        assert out.shape[1] <= free.shape[1]
+    else:
+        assert torch.equal(out[1], free[1])  # row 1 never stops, so it runs the full length
+    with pytest.raises(NanoGPT2Error, match="tokenizer"):
+        generate(ours, idx, 5, stop_strings=["x"])
+
+
+def test_stop_strings_across_and_inside_tokens():
+    from nanogpt2.tokenizer import get_tokenizer
+
+    tok = get_tokenizer("gpt2")
+    ids = tok.encode("Hello.\n\nWorld 世界")  # ".\n\n" is one token; 世/界 span several byte tokens
+    def first_hit(stop):
+        s = StopStrings([stop], tok, 1)
+        for i, t in enumerate(ids):
+            if s.update([t], [True]):
+                return i
+        return None
+    assert first_hit("\n") == next(i for i, t in enumerate(ids) if "\n" in tok.decode([t]))
+    assert first_hit("世界") == len(ids) - 1
+    assert first_hit("World") is not None and first_hit("xyz") is None
+
+
+def test_streaming_prints_the_same_text():
+    from nanogpt2.tokenizer import get_tokenizer
+
+    tok = get_tokenizer("gpt2")
+    text = "Streaming: naïve café, 世界 and 🙂!"
+    ids = tok.encode(text) + [tok.eot_token, tok.eot_token]
+    buf = io.StringIO()
+    st = TextStreamer(tok, file=buf)
+    for t in ids:
+        st(torch.tensor([t]))
+        assert "\ufffd" not in buf.getvalue()  # never a half-printed character
+    st.end()
+    assert buf.getvalue() == text + "<|endoftext|>\n"  # printing stops after the first end-of-text
+
+
+def test_stream_callback_and_padded_vocab(pair):
+    ours, _ = pair
+    tok = Chars()
+    tok_small = type("Small", (Chars,), {"n_vocab": 40})()
+    idx = torch.randint(0, 40, (2, 3), generator=torch.Generator().manual_seed(0))
+    seen = []
+    out = generate(ours, idx, 25, temperature=1.5, generator=torch.Generator().manual_seed(0), tokenizer=tok_small,
+                   stream=lambda t: seen.append(t.clone()))
+    assert len(seen) == 25 and torch.equal(torch.stack(seen, 1), out[:, 3:])
+    assert int(out[:, 3:].max()) < 40  # ids past the tokenizer's vocabulary are never drawn
+    free = generate(ours, idx, 25, temperature=1.5, generator=torch.Generator().manual_seed(0), tokenizer=tok)
+    assert int(free[:, 3:].max()) >= 40  # (without the limit they are)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Bad input
+
+
+def test_empty_prompt_starts_from_eos(pair):
+    ours, _ = pair
+    out = generate(ours, torch.zeros(2, 0, dtype=torch.long), 8, greedy=True, eos_token_id=7, pad_token_id=0)
+    assert out[:, 0].tolist() == [7, 7]
+    assert torch.equal(out, generate(ours, torch.tensor([[7], [7]]), 8, greedy=True, eos_token_id=7, pad_token_id=0))
+    with pytest.raises(NanoGPT2Error, match="empty"):
+        generate(ours, torch.zeros(1, 0, dtype=torch.long), 8)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(top_p=0.0), "top_p"), (dict(top_p=1.5), "top_p"), (dict(top_p=-0.1), "top_p"),
+    (dict(temperature=-0.5), "temperature"), (dict(temperature=float("nan")), "temperature"),
+    (dict(top_k=-3), "top_k"), (dict(repetition_penalty=0.0), "repetition_penalty"),
+])
+def test_bad_sampling_settings(pair, kw, match):
+    ours, _ = pair
+    with pytest.raises(NanoGPT2Error, match=match):
+        generate(ours, torch.tensor([[1, 2]]), 3, **kw)
+
+
+def test_bad_prompts_and_masks(pair):
+    ours, _ = pair
+    with pytest.raises(NanoGPT2Error, match="LEFT padding"):
+        generate(ours, torch.tensor([[1, 2, 3]]), 3, attention_mask=torch.tensor([[1, 1, 0]]))
+    with pytest.raises(NanoGPT2Error, match="shape"):
+        generate(ours, torch.tensor([[1, 2, 3]]), 3, attention_mask=torch.tensor([[1, 1]]))
+    with pytest.raises(NanoGPT2Error, match="no tokens"):
+        generate(ours, torch.tensor([[1, 2]]), 3, attention_mask=torch.tensor([[0, 0]]))
+    with pytest.raises(NanoGPT2Error, match="outside"):
+        generate(ours, torch.tensor([[1, VOCAB]]), 3)
+    with pytest.raises(NanoGPT2Error, match="max_new_tokens"):
+        generate(ours, torch.tensor([[1, 2]]), -1)
+    assert torch.equal(generate(ours, torch.tensor([[1, 2]]), 0), torch.tensor([[1, 2]]))
+    assert generate(ours, torch.tensor([4, 5]), 3, greedy=True).shape == (1, 5)  # 1-D prompt -> one row
+    # temperature 0 means greedy
+    assert torch.equal(generate(ours, torch.tensor([[4, 5]]), 9, temperature=0.0),
+                       generate(ours, torch.tensor([[4, 5]]), 9, greedy=True))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Benchmark (runs and agrees; no timing assertions)
+
+
+def test_benchmark_decode_runs(pair):
+    ours, _ = pair
+    res = benchmark_decode(ours, batch_sizes=(1, 2), prompt_len=4, new_tokens=6, repeats=1)
+    assert [r["batch"] for r in res["rows"]] == [1, 2]
+    for r in res["rows"]:
+        assert r["same_tokens"] and r["same_tokens_no_cache"]
+        assert r["cache_tok_s"] > 0 and r["hf_tok_s"] > 0 and r["no_cache_tok_s"] > 0
+
+
+def test_asks_only_for_last_logits_when_the_model_can(pair):
+    """A model whose forward takes `logits_to_keep` gets logits_to_keep=1 on every prefill; same output."""
+    ours, _ = pair
+    calls = []
+
+    class LastOnly(GPT):
+        def forward(self, idx, targets=None, attention_mask=None, position_ids=None, kv_cache=None, logits_to_keep=0):
+            calls.append((idx.shape[1], logits_to_keep))
+            logits, loss = super().forward(idx, targets, attention_mask, position_ids, kv_cache)
+            return (logits[:, -logits_to_keep:] if logits_to_keep else logits), loss
+
+    m = LastOnly(ours.config)
+    m.load_state_dict(ours.state_dict())
+    m.eval()
+    idx, mask = left_padded()
+    for kw in (dict(), dict(use_cache=False)):
+        calls.clear()
+        assert torch.equal(generate(m, idx, 12, greedy=True, attention_mask=mask, **kw),
+                           generate(ours, idx, 12, greedy=True, attention_mask=mask, **kw))
+        assert calls[0] == (9, 1)  # the prompt: one row of logits asked for
