@@ -1,0 +1,860 @@
+"""
+bench.py: how fast is nanogpt2, measured side by side with the obvious alternative in the same run.
+
+Sub-benchmarks (pick one, or `all`):
+  attention  the fused `scaled_dot_product_attention` kernel (default dispatch and each SDPA backend the
+             device has: flash, memory-efficient, cuDNN, math) against the explicit reference attention of
+             `nanogpt2/model.py`, forward and forward+backward, time and peak memory, over a sweep of
+             sequence lengths; a PNG plot when matplotlib is installed.
+  train      a full training step (forward, backward, grad clip, AdamW step) of `GPT`: ms/iter, tokens/s,
+             MFU. `--vs hf` times the same config, batch, dtype and step built with
+             `transformers.GPT2LMHeadModel` (attn_implementation="sdpa") and a plain AdamW loop, in the same
+             process, interleaved with ours, and prints the ratio. `--profile` writes torch.profiler traces.
+  generate   KV-cache decoding (`nanogpt2.generate.benchmark_decode`).
+  tokenizer  BPE encode throughput (`nanogpt2.tokenizer.benchmark`).
+
+Timing: warmup iterations are excluded, the device is synchronised around each timed block, compared
+variants are interleaved (A B B A ...) and each figure is the median of `--repeats` blocks, so that load
+from other processes on a shared machine hits both sides alike; the ours/hf ratio is also given as the
+median of per-round ratios (the two sides timed back to back) and, on a CPU, in process CPU time. On a
+CPU the MFU peak is a matmul probe timed in the same rounds. Peak memory on CUDA is
+`torch.cuda.max_memory_allocated` above what was allocated before the call; on CPU it is the running
+peak of the allocations and frees that torch.profiler records during the call (see docs/benchmarks.md).
+
+Output: a table on stdout and, with `--json PATH`, every figure with its unit (schema in docs/benchmarks.md).
+
+    python bench.py all                                   # CPU-sized defaults on a CPU, GPT-2 124M on a GPU
+    python bench.py train --vs hf --json out-bench/train.json
+    python bench.py train --preset gpt2 --block_size 1024 --batch_size 16 --dtype bfloat16 --compile --vs hf
+    python bench.py attention --seq_lens 128,256,512,1024
+    python bench.py train --n_layer 2 --n_head 2 --n_embd 64 --vocab_size 256 --block_size 32 --batch_size 2 \\
+        --steps 2 --warmup 1 --json out.json              # a tiny model, seconds
+
+References: Karpathy's nanoGPT `bench.py` (MFU as in `estimate_mfu`), PaLM appendix B (6N + 12·L·T·C).
+"""
+
+import argparse
+import contextlib
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+from nanogpt2 import perf
+from nanogpt2.errors import NanoGPT2Error, run_cli
+from nanogpt2.model import PRESETS, CausalSelfAttention, GPT, GPTConfig
+
+BENCHMARKS = ("attention", "train", "generate", "tokenizer")
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+# Bench-only sizes beside the model presets (GPT-2 family: vocab 50257, block 1024). "shakespeare-char" is
+# nanoGPT's config/train_shakespeare_char.py model (6 layers, 6 heads, 384 wide, block 256, 65-character
+# vocabulary): the default on a CPU and the CPU goal in docs/benchmarks.md.
+BENCH_PRESETS = {"shakespeare-char": dict(n_layer=6, n_head=6, n_embd=384, vocab_size=65, block_size=256)}
+MiB = 2 ** 20
+
+# ----------------------------------------------------------------------------------------------------
+# Options
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="nanogpt2 benchmarks: fused attention, training throughput and MFU (optionally vs "
+                    "transformers), decoding, tokenizer. Defaults are sized for the device; "
+                    "see docs/benchmarks.md.", allow_abbrev=False)
+    p.add_argument("which", nargs="*", default=["all"], choices=BENCHMARKS + ("all",),
+                   help="benchmarks to run, in this order (default: all)")
+    p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
+    p.add_argument("--preset", default=None, choices=sorted(PRESETS) + sorted(BENCH_PRESETS),
+                   help="model size (default: gpt2 on a GPU, shakespeare-char on a CPU)")
+    p.add_argument("--n_layer", type=int, default=None)
+    p.add_argument("--n_head", type=int, default=None)
+    p.add_argument("--n_embd", type=int, default=None)
+    p.add_argument("--vocab_size", type=int, default=None, help="default: the preset's (50257 GPT-2, 65 shakespeare-char)")
+    p.add_argument("--block_size", type=int, default=None, help="sequence length (default: the preset's, 1024 GPT-2, 256 shakespeare-char)")
+    p.add_argument("--dropout", type=float, default=0.0, help="dropout of both models (nanoGPT's shakespeare-char uses 0.2)")
+    p.add_argument("--batch_size", type=int, default=None, help="default 16 GPU, 8 CPU")
+    p.add_argument("--dtype", default=None, choices=sorted(DTYPES),
+                   help="compute dtype (autocast; weights stay fp32). Default bfloat16 on a GPU, float32 on a CPU")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile our model for the train benchmark (default: on for CUDA, off for CPU)")
+    p.add_argument("--steps", type=int, default=None, help="timed iterations per repeat (default 20 GPU, 2 CPU)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed iterations first (default 5 GPU, 1 CPU)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="interleaved timed blocks per variant; the median is reported (default 5)")
+    p.add_argument("--seq_lens", default=None,
+                   help="attention sweep, comma-separated (default 128..4096 GPU, 128..1024 CPU)")
+    p.add_argument("--attn_block_time", type=float, default=None,
+                   help="attention: seconds per timed block, iterations calibrated to it (default 0.1 GPU, 0.25 CPU)")
+    p.add_argument("--vs", default=None, choices=["hf"], help="also time transformers' GPT2LMHeadModel (train)")
+    p.add_argument("--hf_compile", action="store_true", help="torch.compile the transformers model too")
+    p.add_argument("--hf_optim", default="plain", choices=["plain", "same"],
+                   help="plain: torch.optim.AdamW(hf.parameters()) with library defaults; same: our "
+                        "optimizer setup (groups, fused on CUDA), to separate optimizer from model speed")
+    p.add_argument("--lr", type=float, default=6e-4, help="default %(default)s (same for both models)")
+    p.add_argument("--weight_decay", type=float, default=0.1, help="default %(default)s (same for both models)")
+    p.add_argument("--beta1", type=float, default=0.9, help="default %(default)s (same for both models)")
+    p.add_argument("--beta2", type=float, default=0.95, help="default %(default)s (same for both models)")
+    p.add_argument("--grad_clip", type=float, default=1.0, help="default %(default)s (same for both models)")
+    p.add_argument("--peak_tflops", type=float, default=None, help="override the peak used for MFU")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    p.add_argument("--profile", action="store_true", help="write torch.profiler traces of the train step")
+    p.add_argument("--out_dir", default="out-bench", help="where plots and profiler traces go (default %(default)s)")
+    p.add_argument("--json", default=None, metavar="PATH", help="write every figure with its unit as JSON")
+    p.add_argument("--seed", type=int, default=1337, help="default %(default)s")
+    return p
+
+
+def resolve(args) -> argparse.Namespace:
+    """Fill the device-dependent defaults; validate."""
+    if args.device is None:
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as e:
+        raise NanoGPT2Error(f"--device {args.device!r} is not a torch device ({e}); use cuda, cuda:N or cpu")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise NanoGPT2Error("--device cuda was asked for but this torch has no usable CUDA device; use --device cpu")
+    gpu = device.type == "cuda"
+    args.device = device
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    dims = dict(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd, vocab_size=args.vocab_size,
+                block_size=args.block_size)
+    preset = args.preset or ("gpt2" if gpu else "shakespeare-char")
+    base = {"vocab_size": 50257, "block_size": 1024, **{**PRESETS, **BENCH_PRESETS}[preset]}
+    overridden = [k for k, v in dims.items() if v is not None and v != base[k]]
+    args.preset = preset + (f" ({', '.join(overridden)} overridden)" if overridden else "")
+    model_kw = {k: (v if v is not None else base[k]) for k, v in dims.items()}
+    args.block_size, args.vocab_size = model_kw["block_size"], model_kw["vocab_size"]
+    args.batch_size = args.batch_size or (16 if gpu else 8)
+    if args.dtype is None:
+        args.dtype = "bfloat16" if gpu and torch.cuda.is_bf16_supported() else ("float16" if gpu else "float32")
+    args.dtype = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(args.dtype, args.dtype)
+    args.compile = gpu if args.compile is None else args.compile
+    args.steps = args.steps if args.steps is not None else (20 if gpu else 2)
+    args.warmup = args.warmup if args.warmup is not None else (5 if gpu else 1)
+    args.repeats = args.repeats if args.repeats is not None else 5
+    if args.steps < 1 or args.repeats < 1 or args.warmup < 0:
+        raise NanoGPT2Error("--steps and --repeats must be >= 1 and --warmup >= 0")
+    if args.seq_lens:
+        try:
+            args.seq_lens = [int(s) for s in args.seq_lens.split(",") if s.strip()]
+        except ValueError:
+            raise NanoGPT2Error(f"--seq_lens must be comma-separated integers, e.g. 128,256,512 (got {args.seq_lens!r})")
+    else:
+        args.seq_lens = [128, 256, 512, 1024, 2048, 4096] if gpu else [128, 256, 512, 1024]
+    try:
+        args.model_config = GPTConfig(dropout=args.dropout, **model_kw)
+    except ValueError as e:
+        raise NanoGPT2Error(f"bad model size: {e}")
+    if gpu:
+        torch.set_float32_matmul_precision("high")  # TF32 matmuls for fp32 work, as nanoGPT does
+    return args
+
+
+# ----------------------------------------------------------------------------------------------------
+# Measuring: synchronisation, interleaved timing, peak memory
+
+
+def fig(value, unit):
+    """One figure of the JSON output."""
+    if isinstance(value, float) and not math.isfinite(value):
+        value = None  # JSON has no NaN
+    return {"value": value, "unit": unit}
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def autocast_ctx(device, dtype_name):
+    if dtype_name == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=DTYPES[dtype_name])
+
+
+def interleaved_times(fns: dict, iters, repeats: int, device, cpu_times: dict = None) -> dict:
+    """Seconds per call of each function: `repeats` timed blocks of `iters` calls each (an int, or a dict
+    name -> int), the variants taking turns in A B B A order so that a drift in machine load hits all
+    alike. Returns name -> list of wall-clock seconds per call, one per block. When `cpu_times` is a
+    dict, it receives name -> list of process CPU seconds per call (all threads of this process), a
+    figure that time spent descheduled by other processes does not inflate."""
+    out = {name: [] for name in fns}
+    if cpu_times is not None:
+        cpu_times.update({name: [] for name in fns})
+    names = list(fns)
+    for r in range(repeats):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            fn, n = fns[name], (iters[name] if isinstance(iters, dict) else iters)
+            sync(device)
+            c0, t0 = time.process_time(), time.perf_counter()
+            for _ in range(n):
+                fn()
+            sync(device)
+            out[name].append((time.perf_counter() - t0) / n)
+            if cpu_times is not None:
+                cpu_times[name].append((time.process_time() - c0) / n)
+    return out
+
+
+def _cpu_peak_bytes(fn) -> int:
+    """Peak of (bytes allocated - bytes freed) on the CPU allocator while `fn` runs, from the [memory]
+    events torch.profiler records (profile_memory=True), replayed in time order."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = prof.profiler.kineto_results.events()
+    mem = sorted((e.start_ns(), e.nbytes()) for e in events
+                 if e.name() == "[memory]" and str(e.device_type()).endswith("CPU"))
+    cur = peak = 0
+    for _, nbytes in mem:
+        cur += nbytes
+        peak = max(peak, cur)
+    return peak
+
+
+def peak_memory(fn, device):
+    """(bytes, method): the most memory the call held at once above what was allocated before it."""
+    if device.type == "cuda":
+        sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        sync(device)
+        return torch.cuda.max_memory_allocated(device) - base, "torch.cuda.max_memory_allocated above the allocation before the call"
+    if device.type == "cpu":
+        try:
+            return _cpu_peak_bytes(fn), "torch.profiler CPU allocator events: running peak of allocated-minus-freed bytes during the call"
+        except Exception as e:  # a profiler without memory events: say so rather than guess
+            return None, f"unavailable ({type(e).__name__}: {e})"
+    return None, f"unavailable on {device.type}"
+
+
+def device_info(device) -> dict:
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return dict(type="cuda", name=torch.cuda.get_device_name(device), memory_gib=round(props.total_memory / 2 ** 30, 1),
+                    capability=".".join(map(str, torch.cuda.get_device_capability(device))), cuda=torch.version.cuda)
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = dict(type=device.type, name=name, threads=torch.get_num_threads(), cores=os.cpu_count())
+    if hasattr(os, "getloadavg"):
+        info["load_average_at_start"] = [round(x, 2) for x in os.getloadavg()]  # other processes' share
+    return info
+
+
+# ----------------------------------------------------------------------------------------------------
+# Attention: fused SDPA (each backend) vs the reference path, one CausalSelfAttention layer
+
+
+def _sdpa_variants(device):
+    """(name, attn_impl, SDPBackend or None) for every variant to try on `device`."""
+    from torch.nn.attention import SDPBackend
+
+    variants = [("reference", "reference", None), ("sdpa", "sdpa", None),
+                ("sdpa-flash", "sdpa", SDPBackend.FLASH_ATTENTION),
+                ("sdpa-efficient", "sdpa", SDPBackend.EFFICIENT_ATTENTION)]
+    if device.type == "cuda":
+        variants.append(("sdpa-cudnn", "sdpa", SDPBackend.CUDNN_ATTENTION))
+    variants.append(("sdpa-math", "sdpa", SDPBackend.MATH))
+    return variants
+
+
+def bench_attention(args) -> dict:
+    from torch.nn.attention import sdpa_kernel
+
+    device, cfg = args.device, args.model_config
+    B, nh, C = args.batch_size, cfg.n_head, cfg.n_embd
+    torch.manual_seed(args.seed)
+    layer_cfg = GPTConfig(**{**cfg.to_dict(), "block_size": max(args.seq_lens), "dropout": 0.0})
+    attn = CausalSelfAttention(layer_cfg, 0).to(device)
+    params = list(attn.parameters())
+    amp = lambda: autocast_ctx(device, args.dtype)  # noqa: E731
+    elem = 4 if args.dtype == "float32" else 2
+    target = args.attn_block_time or (0.1 if device.type == "cuda" else 0.25)  # seconds per timed block
+    memory_method = None
+
+    def make(impl, backend, x, mode):
+        kernel = (lambda: sdpa_kernel(backend)) if backend is not None else contextlib.nullcontext
+
+        def forward():
+            layer_cfg.attn_impl = impl
+            with torch.no_grad(), kernel(), amp():
+                attn(x)
+
+        def forward_backward():
+            layer_cfg.attn_impl = impl
+            x.grad = None
+            for p in params:
+                p.grad = None
+            with kernel(), amp():
+                y = attn(x)
+            y.float().sum().backward()
+        return forward if mode == "forward" else forward_backward
+
+    # Which backends run here (a backend that cannot serve this device/dtype raises "No available kernel").
+    variants, unavailable = [], {}
+    x0 = torch.randn(B, args.seq_lens[0], C, device=device, requires_grad=True)
+    for name, impl, backend in _sdpa_variants(device):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                make(impl, backend, x0, "forward+backward")()
+            variants.append((name, impl, backend))
+        except RuntimeError as e:
+            unavailable[name] = str(e).strip().splitlines()[0][:160]
+
+    rows = []
+    modes = ("forward", "forward+backward")
+
+    def clear_grads(x):
+        x.grad = None
+        for p in params:
+            p.grad = None
+
+    for T in args.seq_lens:
+        x = torch.randn(B, T, C, device=device, requires_grad=True)
+        # Every (variant, mode) of this length is timed in the same interleaved rounds, each block sized to
+        # about `target` seconds from one calibration call after a warm-up call.
+        fns, iters, failed = {}, {}, {}
+        for name, impl, backend in variants:
+            for mode in modes:
+                fn = make(impl, backend, x, mode)
+                try:
+                    fn()  # warm up (and check it fits)
+                    sync(device)
+                    t0 = time.perf_counter()
+                    fn()
+                    sync(device)
+                    one = time.perf_counter() - t0
+                except torch.OutOfMemoryError:
+                    failed[(name, mode)] = "out of memory"
+                    torch.cuda.empty_cache()
+                    continue
+                except RuntimeError as e:  # e.g. a backend that serves short sequences but not this one
+                    failed[(name, mode)] = "error: " + str(e).strip().splitlines()[0][:120]
+                    continue
+                fns[(name, mode)] = fn
+                iters[(name, mode)] = max(1, min(1000, round(target / max(one, 1e-6))))
+        times = interleaved_times(fns, iters, args.repeats, device)
+        for name, _, _ in variants:
+            for mode in modes:
+                row = dict(seq_len=T, variant=name, mode=mode)
+                if (name, mode) in failed:
+                    row.update(status=failed[(name, mode)])
+                else:
+                    clear_grads(x)  # so that freeing the last call's gradients is not part of the measurement
+                    mem, memory_method = peak_memory(fns[(name, mode)], device)
+                    row.update(time=fig(1e3 * statistics.median(times[(name, mode)]), "ms"),
+                               time_blocks_ms=[round(1e3 * t, 4) for t in times[(name, mode)]],
+                               peak_memory=fig(None if mem is None else mem / MiB, "MiB"))
+                rows.append(row)
+        del x, fns
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    result = dict(
+        what=("one nanogpt2 CausalSelfAttention layer (qkv projection, attention, output projection; the "
+              "projections are the same in every variant), eager; forward under no_grad, forward+backward "
+              "with input and weight gradients"),
+        batch_size=B, n_head=nh, head_size=C // nh, n_embd=C, dtype=args.dtype, time_note=f"median over {args.repeats} interleaved blocks of about {target} s each (at least one call)",
+        memory_method=memory_method,
+        scores_matrix={str(T): fig(B * nh * T * T * elem / MiB, "MiB") for T in args.seq_lens},
+        unavailable=unavailable, rows=rows,
+        summary=_attention_summary(rows, args.seq_lens),
+    )
+    plot = _attention_plot(rows, args, Path(args.out_dir) / "attention.png")
+    result["plot"] = plot
+    return result
+
+
+def _attention_summary(rows, seq_lens):
+    """sdpa (default dispatch) against reference at each length: speedup and memory ratio."""
+    index = {(r["seq_len"], r["variant"], r["mode"]): r for r in rows}
+    out = []
+    for T in seq_lens:
+        for mode in ("forward", "forward+backward"):
+            ref, fused = index.get((T, "reference", mode)), index.get((T, "sdpa", mode))
+            if not ref or not fused or "time" not in ref or "time" not in fused:
+                continue
+            entry = dict(seq_len=T, mode=mode,
+                         speedup=fig(ref["time"]["value"] / fused["time"]["value"], "x (reference ms / sdpa ms)"))
+            rm, fm = ref["peak_memory"]["value"], fused["peak_memory"]["value"]
+            if rm and fm:
+                entry["memory_ratio"] = fig(fm / rm, "x (sdpa peak / reference peak)")
+            out.append(entry)
+    return out
+
+
+def _attention_plot(rows, args, path):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "not written: matplotlib is not installed (pip install matplotlib)"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig_, axes = plt.subplots(1, 2, figsize=(11, 4))
+    variants = sorted({r["variant"] for r in rows})
+    for ax, key, label in ((axes[0], "time", "forward+backward time (ms)"), (axes[1], "peak_memory", "forward+backward peak memory (MiB)")):
+        for v in variants:
+            pts = [(r["seq_len"], r[key]["value"]) for r in rows
+                   if r["variant"] == v and r["mode"] == "forward+backward" and key in r and r[key]["value"]]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=v)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("sequence length T")
+        ax.set_ylabel(label)
+        ax.grid(True, alpha=0.3)
+    axes[0].legend()
+    fig_.suptitle(f"attention layer, B={args.batch_size}, {args.model_config.n_head} heads, {args.dtype}, {device_info(args.device)['name']}")
+    fig_.tight_layout()
+    fig_.savefig(path, dpi=110)
+    plt.close(fig_)
+    return str(path)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Train: one full step (forward, backward, clip, AdamW step), ours vs transformers
+
+
+def configure_optimizer(model, args):
+    """Our AdamW, as the training loop builds it: `nanogpt2.trainer.make_optimizer` (two groups: weight
+    decay on matrices, none on biases and LayerNorm gains; fused on CUDA), so the benchmark times the real
+    training step. When the trainer cannot be imported, the same recipe written here. Returns
+    (optimizer, source)."""
+    try:
+        from nanogpt2.config import RunConfig
+        from nanogpt2.trainer import make_optimizer
+    except ImportError as e:
+        groups = [dict(params=[p for p in model.parameters() if p.requires_grad and p.dim() >= 2], weight_decay=args.weight_decay),
+                  dict(params=[p for p in model.parameters() if p.requires_grad and p.dim() < 2], weight_decay=0.0)]
+        extra = dict(fused=True) if args.device.type == "cuda" else {}
+        opt = torch.optim.AdamW(groups, lr=args.lr, betas=(args.beta1, args.beta2), **extra)
+        return opt, f"bench.py two-group AdamW (nanogpt2.trainer not importable: {e})"
+    cfg = RunConfig(learning_rate=args.lr, beta1=args.beta1, beta2=args.beta2, weight_decay=args.weight_decay,
+                    grad_clip=args.grad_clip)
+    return make_optimizer(model, cfg, args.device.type), "nanogpt2.trainer.make_optimizer"
+
+
+def build_hf(args):
+    """transformers' GPT2LMHeadModel with our config (sdpa attention, no KV cache in training), or
+    (None, reason) when transformers is not installed or cannot express the config."""
+    try:
+        import transformers
+        from transformers import AutoModelForCausalLM, GPT2Config
+    except ImportError as e:
+        return None, f"transformers is not installed ({e}); pip install transformers to compare"
+    cfg = args.model_config
+    if not cfg.bias:
+        return None, "transformers' GPT-2 always has biases; --vs hf needs bias=True"
+    transformers.logging.set_verbosity_error()
+    hcfg = GPT2Config(
+        vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
+        n_head=cfg.n_head, n_inner=cfg.n_inner, activation_function=cfg.activation,
+        resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout,
+        layer_norm_epsilon=cfg.layer_norm_epsilon, scale_attn_weights=cfg.scale_attn_weights,
+        scale_attn_by_inverse_layer_idx=cfg.scale_attn_by_inverse_layer_idx,
+        tie_word_embeddings=cfg.tie_word_embeddings, use_cache=False,
+        bos_token_id=cfg.vocab_size - 1, eos_token_id=cfg.vocab_size - 1,
+    )
+    model = AutoModelForCausalLM.from_config(hcfg, attn_implementation="sdpa").to(args.device)
+    return model, f"transformers {transformers.__version__} GPT2LMHeadModel, attn_implementation={model.config._attn_implementation}"
+
+
+def _make_train_step(loss_fn, model, optimizer, args):
+    """One training step closure; fp16 uses a GradScaler, bf16/fp32 do not need one."""
+    device = args.device
+    scaler = torch.amp.GradScaler(device.type) if args.dtype == "float16" else None
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def step():
+        with autocast_ctx(device, args.dtype):
+            loss = loss_fn()
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        if args.grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, args.grad_clip)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss
+    return step
+
+
+def bench_train(args) -> dict:
+    device, cfg = args.device, args.model_config
+    B, T = args.batch_size, args.block_size
+    torch.manual_seed(args.seed)
+    model = GPT(GPTConfig(**cfg.to_dict())).to(device)
+    model.train()
+    optimizer, optim_source = configure_optimizer(model, args)
+    fwd = torch.compile(model) if args.compile else model
+    x = torch.randint(0, cfg.vocab_size, (B, T), device=device)  # (B, T)
+    y = torch.roll(x, -1, dims=1)  # (B, T) next-token targets (random data: speed does not depend on it)
+    steps = {"ours": _make_train_step(lambda: fwd(x, y)[1], model, optimizer, args)}
+    info = {"ours": dict(model=f"nanogpt2 GPT ({'torch.compile' if args.compile else 'eager'}), attn_impl={cfg.attn_impl}",
+                         optimizer=f"{optim_source}: {_describe_optimizer(optimizer)}",
+                         params=model.param_counts()["total"])}
+    skipped = None
+
+    if args.vs == "hf":
+        hf, note = build_hf(args)
+        if hf is None:
+            skipped = note
+            print(f"--vs hf skipped: {note}")
+        else:
+            hf.train()
+            if args.hf_optim == "same":
+                hf_opt, _ = configure_optimizer(hf, args)
+            else:  # the plain loop a transformers user writes: library defaults for the implementation
+                hf_opt = torch.optim.AdamW(hf.parameters(), lr=args.lr, betas=(args.beta1, args.beta2),
+                                           weight_decay=args.weight_decay)
+            hf_fwd = torch.compile(hf) if args.hf_compile else hf
+            # labels=x: transformers shifts the labels inside (the last position is ignored), so both sides
+            # compute the loss over the same (B, T, vocab) logits.
+            steps["hf"] = _make_train_step(lambda: hf_fwd(input_ids=x, labels=x).loss, hf, hf_opt, args)
+            info["hf"] = dict(model=f"{note} ({'torch.compile' if args.hf_compile else 'eager'})",
+                              optimizer=f"{args.hf_optim}: {_describe_optimizer(hf_opt)}",
+                              params=sum(p.numel() for p in hf.parameters()))
+
+    # Warm up (compilation, allocator, first-touch); record the first losses as a sanity check.
+    losses = {}
+    for name, step in steps.items():
+        for i in range(max(1, args.warmup)):
+            loss = step()
+            if i == 0:
+                losses[name] = float(loss.detach())
+
+    # On a CPU the peak is a matmul probe timed in the same interleaved rounds as the steps, so that the
+    # peak and the steps see the same share of a machine other processes may be using.
+    probe = None
+    if device.type == "cpu" and not args.peak_tflops and not os.environ.get("NANOGPT2_PEAK_FLOPS"):
+        probe = perf.MatmulProbe(args.dtype)
+    timed = {**steps, **({"probe": probe} if probe is not None else {})}
+    iters = {name: args.steps for name in steps}
+    iters["probe"] = 5
+    cpu_times = {}
+    times = interleaved_times(timed, iters, args.repeats, device, cpu_times)
+
+    flops_tok = model.flops_per_token(T)
+    if args.peak_tflops:
+        peak, peak_source = args.peak_tflops * 1e12, f"--peak_tflops {args.peak_tflops}"
+    elif probe is not None:
+        rounds = [probe.flops / t for t in times["probe"]]
+        peak = statistics.median(rounds)
+        peak_source = (f"CPU {args.dtype} matmul probe, {peak / 1e9:.1f} GFLOP/s (median of {len(rounds)} rounds "
+                       f"interleaved with the steps, {torch.get_num_threads()} threads)")
+    else:
+        peak, peak_source = perf.peak_flops(device, args.dtype)
+    out = dict(tokens_per_step=B * T, flops_per_token=fig(flops_tok, "FLOP/token"),
+               peak=fig(peak / 1e12, "TFLOP/s"), peak_source=peak_source)
+    if probe is not None:
+        out["cpu_probe"] = dict(
+            what=f"{probe.n}x{probe.n}x{probe.n} matmul, 5 calls per round, one round beside each round of steps",
+            dtype=args.dtype, threads=torch.get_num_threads(), flops=fig(peak / 1e9, "GFLOP/s"),
+            rounds_gflops=[round(r / 1e9, 2) for r in rounds], best=fig(max(rounds) / 1e9, "GFLOP/s"))
+    for name in steps:
+        sec = statistics.median(times[name])
+        tok_s = B * T / sec
+        mem, method = peak_memory(steps[name], device)
+        out[name] = dict(
+            **info[name],
+            ms_per_iter=fig(1e3 * sec, "ms"),
+            ms_per_iter_blocks=[round(1e3 * t, 3) for t in times[name]],
+            tokens_per_sec=fig(tok_s, "tokens/s"),
+            mfu=fig(100 * perf.mfu(flops_tok, tok_s, peak), "%"),
+            first_loss=fig(losses[name], "nats"),
+            step_peak_memory=fig(None if mem is None else mem / MiB, "MiB"),
+        )
+        if device.type == "cpu":
+            out[name]["cpu_ms_per_iter"] = fig(1e3 * statistics.median(cpu_times[name]), "CPU-ms (process time, all threads)")
+        out["memory_method"] = method
+    if "hf" in steps:
+        out["ratio_tokens_per_sec"] = fig(out["ours"]["tokens_per_sec"]["value"] / out["hf"]["tokens_per_sec"]["value"],
+                                          "x (ours / transformers, ratio of the medians)")
+        # Each round times ours and hf back to back, so their ratio within a round is immune to load that
+        # drifts between rounds; the median of these per-round ratios is the robust figure on a busy machine.
+        paired = [h / o for o, h in zip(times["ours"], times["hf"])]
+        out["ratio_paired"] = fig(statistics.median(paired), "x (median over rounds of hf ms / ours ms)")
+        out["ratio_paired_rounds"] = [round(p, 3) for p in paired]
+        if device.type == "cpu":
+            # The work each side does, in CPU-seconds: robust to time spent descheduled on a busy machine.
+            cpu_paired = [h / o for o, h in zip(cpu_times["ours"], cpu_times["hf"])]
+            out["ratio_cpu_time"] = fig(statistics.median(cpu_paired), "x (median over rounds of hf CPU-s / ours CPU-s)")
+            out["ratio_cpu_time_rounds"] = [round(p, 3) for p in cpu_paired]
+    elif args.vs == "hf":
+        out["hf"] = dict(skipped=skipped)
+    if args.profile:
+        out["profile"] = _profile_steps(steps, args)
+    return out
+
+
+def _describe_optimizer(opt) -> str:
+    d = opt.defaults
+    impl = "fused" if d.get("fused") else ("foreach" if d.get("foreach") else "torch default (foreach on CUDA, for-loop on CPU)")
+    wds = sorted({g["weight_decay"] for g in opt.param_groups})
+    return f"{type(opt).__name__} lr={d['lr']} betas={tuple(d['betas'])} weight_decay={wds} {impl}"
+
+
+def _profile_steps(steps, args) -> dict:
+    """torch.profiler traces (Chrome/Perfetto JSON) of `--steps` steps of each variant, plus the top ops."""
+    from torch.profiler import ProfilerActivity, profile
+
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device.type == "cuda" else [])
+    sort_key = "self_device_time_total" if args.device.type == "cuda" else "self_cpu_time_total"
+    traces = {}
+    for name, step in steps.items():
+        with profile(activities=activities, record_shapes=True) as prof:
+            for _ in range(args.steps):
+                step()
+            sync(args.device)
+        path = out_dir / f"trace_train_{name}.json"
+        prof.export_chrome_trace(str(path))
+        traces[name] = str(path)
+        print(f"\nprofile of {args.steps} {name} step(s), top ops (trace: {path}):")
+        print(prof.key_averages().table(sort_by=sort_key, row_limit=15))
+    return traces
+
+
+# ----------------------------------------------------------------------------------------------------
+# Generate and tokenizer: the benchmarks their modules provide
+
+
+def _external(module_name, func_name, call):
+    """Run `nanogpt2.<module>.<func>` when that module provides it (and its `format_benchmark` for the
+    table, when it has one); otherwise say it is not available yet."""
+    import importlib
+
+    try:
+        module = importlib.import_module(f"nanogpt2.{module_name}")
+    except ImportError as e:
+        return dict(status=f"not available yet: nanogpt2.{module_name} cannot be imported ({e})")
+    func = getattr(module, func_name, None)
+    if func is None:
+        return dict(status=f"not available yet: nanogpt2.{module_name}.{func_name} does not exist")
+    try:
+        figures = call(func)
+    except Exception as e:  # reported (and turned into a failing exit status by main), not hidden
+        return dict(status=f"failed: {type(e).__name__}: {e}", source=f"nanogpt2.{module_name}.{func_name}")
+    out = dict(status="ok", source=f"nanogpt2.{module_name}.{func_name}", figures=_jsonable(figures))
+    formatter = getattr(module, "format_benchmark", None)
+    if formatter is not None:
+        try:
+            out["table"] = formatter(figures)
+        except Exception as e:  # the figures are what matters; a formatting slip must not lose them
+            out["table"] = f"(format_benchmark failed: {type(e).__name__}: {e})"
+    return out
+
+
+def _accepted(func, **kwargs) -> dict:
+    """The keyword arguments `func` accepts (the other modules' benchmark signatures may grow)."""
+    import inspect
+
+    params = inspect.signature(func).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return kwargs
+    return {k: v for k, v in kwargs.items() if k in params}
+
+
+def bench_generate(args) -> dict:
+    """Decode speed with and without the KV cache (and transformers' generate, when installed) of a
+    randomly initialised model of this run's size, fp32."""
+    def call(benchmark_decode):
+        torch.manual_seed(args.seed)
+        model = GPT(GPTConfig(**{**args.model_config.to_dict(), "dropout": 0.0}))
+        prompt_len = min(16, args.block_size // 2)
+        new_tokens = min(32, args.block_size - prompt_len)  # prompt + new tokens must fit the context
+        return benchmark_decode(**_accepted(benchmark_decode, model=model, device=str(args.device), seed=args.seed,
+                                            prompt_len=prompt_len, new_tokens=new_tokens, quiet=True))
+    return _external("generate", "benchmark_decode", call)
+
+
+def bench_tokenizer(args) -> dict:
+    """GPT-2 BPE encode throughput of the pure-Python backend and of tiktoken (MB/s)."""
+    return _external("tokenizer", "benchmark", lambda benchmark: benchmark())
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    if isinstance(obj, torch.Tensor) and obj.numel() == 1:
+        return obj.item()
+    return str(obj)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Report: tables on stdout
+
+
+def _v(f, fmt="{:.1f}"):
+    return "n/a" if f is None or f.get("value") is None else fmt.format(f["value"])
+
+
+def print_header(report):
+    d, c = report["device"], report["config"]
+    print(f"nanogpt2 bench  {report['date']}  torch {report['torch']}  device: {d['name']} ({d['type']}"
+          + (f", {d['threads']} threads" if "threads" in d else "")
+          + (f", load average {d['load_average_at_start'][0]:.1f} on {d['cores']} cores" if "load_average_at_start" in d else "")
+          + ")")
+    m = c["model"]
+    print(f"model {c['preset']}: n_layer={m['n_layer']} n_head={m['n_head']} n_embd={m['n_embd']} vocab={m['vocab_size']}"
+          f"  batch={c['batch_size']} block={c['block_size']} dtype={c['dtype']} compile={c['compile']}"
+          f"  steps={c['steps']} warmup={c['warmup']} repeats={c['repeats']}")
+
+
+def print_attention(res):
+    print(f"\n== attention: {res['what']}")
+    print(f"   B={res['batch_size']} n_head={res['n_head']} head_size={res['head_size']} dtype={res['dtype']}; "
+          f"peak memory: {res['memory_method']}")
+    for name, why in res["unavailable"].items():
+        print(f"   {name}: not available here ({why})")
+    index = {(r["seq_len"], r["variant"], r["mode"]): r for r in res["rows"]}
+    variants = list(dict.fromkeys(r["variant"] for r in res["rows"]))
+    print(f"{'T':>6} {'variant':<16} {'fwd ms':>10} {'fwd MiB':>10} {'fwd+bwd ms':>11} {'fwd+bwd MiB':>12}   T×T scores")
+    for T in sorted({r["seq_len"] for r in res["rows"]}):
+        for i, v in enumerate(variants):
+            cells = []
+            for mode in ("forward", "forward+backward"):
+                r = index.get((T, v, mode), {})
+                if r.get("status"):  # the full reason is in the JSON
+                    cells += ["OOM" if r["status"] == "out of memory" else "error", ""]
+                else:
+                    cells += [_v(r.get("time"), "{:.2f}"), _v(r.get("peak_memory"))]
+            scores = _v(res["scores_matrix"][str(T)], "{:.0f} MiB") if i == 0 else ""
+            print(f"{T if i == 0 else '':>6} {v:<16} {cells[0]:>10} {cells[1]:>10} {cells[2]:>11} {cells[3]:>12}   {scores}")
+    for s in res["summary"]:
+        mem = f", peak memory {s['memory_ratio']['value']:.2f}x of reference" if "memory_ratio" in s else ""
+        print(f"   T={s['seq_len']:<5} {s['mode']:<17} sdpa is {s['speedup']['value']:.2f}x as fast as reference{mem}")
+    print(f"   plot: {res['plot']}")
+
+
+def print_train(res, args):
+    print(f"\n== train: forward + backward + clip + AdamW step, {res['tokens_per_step']} tokens/step "
+          f"(median of {args.repeats} interleaved blocks of {args.steps} steps, {args.warmup} warmup steps excluded)")
+    names = [n for n in ("ours", "hf") if n in res and "ms_per_iter" in res[n]]
+    print(f"{'':<22}" + "".join(f"{n:>14}" for n in names) + ("   ours/hf" if len(names) == 2 else ""))
+    rows = [("ms/iter", "ms_per_iter", "{:.1f}"), ("CPU-ms/iter", "cpu_ms_per_iter", "{:.1f}"),
+            ("tokens/s", "tokens_per_sec", "{:.0f}"), ("MFU %", "mfu", "{:.2f}"),
+            ("step peak mem MiB", "step_peak_memory", "{:.0f}"), ("first loss", "first_loss", "{:.3f}")]
+    for label, key, fmt in rows:
+        if not all(key in res[n] for n in names):
+            continue
+        line = f"{label:<22}" + "".join(f"{_v(res[n][key], fmt):>14}" for n in names)
+        if len(names) == 2 and key == "tokens_per_sec":
+            line += f"   {res['ratio_tokens_per_sec']['value']:.2f}x"
+        print(line)
+    if len(names) == 2:
+        print(f"   ours/hf tokens/s: {res['ratio_tokens_per_sec']['value']:.2f}x (ratio of medians), "
+              f"{res['ratio_paired']['value']:.2f}x (median of per-round paired ratios: "
+              f"{', '.join(f'{p:.2f}' for p in res['ratio_paired_rounds'])})")
+        if "ratio_cpu_time" in res:
+            print(f"   ours/hf in process CPU time: {res['ratio_cpu_time']['value']:.2f}x (median of per-round ratios: "
+                  f"{', '.join(f'{p:.2f}' for p in res['ratio_cpu_time_rounds'])})")
+    for n in names:
+        print(f"   {n}: {res[n]['model']}; {res[n]['optimizer']}")
+    if "hf" in res and "skipped" in res["hf"]:
+        print(f"   hf: skipped ({res['hf']['skipped']})")
+    print(f"   FLOPs/token {res['flops_per_token']['value']:,} (6N + 12·L·T·C); peak {_v(res['peak'], '{:.3f}')} TFLOP/s "
+          f"from {res['peak_source']}")
+    print(f"   step peak memory: {res['memory_method']}")
+
+
+def print_external(name, res):
+    print(f"\n== {name}: {res['status']}" + (f" ({res['source']})" if "source" in res else ""))
+    if res.get("table"):
+        print(res["table"])
+    else:
+        for k, v in (res.get("figures") or {}).items():
+            print(f"   {k}: {v}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Main
+
+
+def main(argv=None):
+    args = resolve(build_parser().parse_args(argv))
+    cfg = args.model_config
+    report = dict(
+        device=device_info(args.device), torch=torch.__version__, python=platform.python_version(),
+        date=datetime.date.today().isoformat(),
+        command="python bench.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        config=dict(preset=args.preset, model=cfg.to_dict(), batch_size=args.batch_size, block_size=args.block_size,
+                    dtype=args.dtype, compile=args.compile, device=str(args.device), steps=args.steps,
+                    warmup=args.warmup, repeats=args.repeats, seq_lens=args.seq_lens, vs=args.vs,
+                    hf_optim=args.hf_optim, hf_compile=args.hf_compile, lr=args.lr, betas=[args.beta1, args.beta2],
+                    weight_decay=args.weight_decay, grad_clip=args.grad_clip, seed=args.seed),
+        results={},
+    )
+    print_header(report)
+    load = report["device"].get("load_average_at_start")
+    if load and load[0] > 0.5 * (os.cpu_count() or 1):
+        print(f"note: load average {load[0]:.1f} on {os.cpu_count()} cores: other processes compete for the CPU, so the "
+              f"timings are noisy (the paired ratios are the robust figures; --threads 1 avoids thread stalls)")
+    which = BENCHMARKS if "all" in args.which else tuple(dict.fromkeys(args.which))
+    for name in which:
+        if name == "attention":
+            res = bench_attention(args)
+            print_attention(res)
+        elif name == "train":
+            res = bench_train(args)
+            print_train(res, args)
+        elif name == "generate":
+            res = bench_generate(args)
+            print_external(name, res)
+        else:
+            res = bench_tokenizer(args)
+            print_external(name, res)
+        report["results"][name] = res
+        sys.stdout.flush()
+    if "load_average_at_start" in report["device"]:
+        report["device"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    if args.json:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=1) + "\n")
+        print(f"\nwrote {path}")
+    failed = [f"{name} ({res['status']})" for name, res in report["results"].items()
+              if str(res.get("status", "")).startswith("failed")]
+    if failed:
+        raise NanoGPT2Error(f"benchmark failed: {'; '.join(failed)}")
+    return report
+
+
+if __name__ == "__main__":
+    run_cli(main)

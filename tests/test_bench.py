@@ -1,0 +1,224 @@
+"""
+Tests of bench.py and nanogpt2/perf.py: the JSON a tiny run writes, the FLOPs/token formula against a hand
+computation, the `--vs hf` comparison (and its skip when transformers is absent), the attention memory
+measurement, the peak table. No speed is asserted here: speed goals live in docs/benchmarks.md.
+
+    python -m pytest -q tests/test_bench.py
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT
+
+TINY = ["--n_layer", "2", "--n_head", "2", "--n_embd", "64", "--vocab_size", "256",
+        "--block_size", "32", "--batch_size", "2", "--device", "cpu", "--threads", "1"]
+
+# ----------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def run_bench(args, tmp_path, prelude=None, timeout=300):
+    """Run bench.py in a fresh interpreter (optionally after `prelude` code); return (proc, json or None)."""
+    out = tmp_path / "out.json"
+    argv = ["bench.py", *args, "--json", str(out), "--out_dir", str(tmp_path / "bench")]
+    if prelude is None:
+        cmd = [sys.executable, *argv]
+    else:
+        code = (f"{prelude}\nimport runpy, sys\nsys.argv = {argv!r}\nsys.path.insert(0, {str(ROOT)!r})\n"
+                "runpy.run_path('bench.py', run_name='__main__')")
+        cmd = [sys.executable, "-c", code]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("NANOGPT2_PEAK_FLOPS", None)
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"bench.py failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc, (json.loads(out.read_text()) if out.exists() else None)
+
+
+def hand_params(V, C, L, block):
+    """GPT-2 parameter count written out from the layer shapes (weights and biases), tied lm_head."""
+    wte = V * C
+    wpe = block * C
+    ln = C + C  # gain and bias
+    c_attn = C * 3 * C + 3 * C
+    attn_proj = C * C + C
+    c_fc = C * 4 * C + 4 * C
+    mlp_proj = 4 * C * C + C
+    per_layer = ln + c_attn + attn_proj + ln + c_fc + mlp_proj
+    ln_f = C + C
+    return wte, wpe, wte + wpe + L * per_layer + ln_f
+
+
+def hand_flops_per_token(V, C, L, T, block):
+    """6 N (N without the position table: it is a lookup, not a matmul) + 12 L T C (attention)."""
+    wte, wpe, total = hand_params(V, C, L, block)
+    return 6 * (total - wpe) + 12 * L * T * C
+
+
+def value(f):
+    assert set(f) == {"value", "unit"} and isinstance(f["unit"], str) and f["unit"], f
+    return f["value"]
+
+
+# ----------------------------------------------------------------------------------------------------
+# FLOPs per token
+
+
+def test_flops_per_token_gpt2_by_hand():
+    from nanogpt2.model import GPT, GPTConfig
+
+    with torch.device("meta"):  # no memory, no init cost
+        model = GPT(GPTConfig.from_preset("gpt2"))
+    # Written out for GPT-2 124M: V=50257, C=768, L=12, block=1024.
+    wte = 50257 * 768                                    # 38,597,376
+    per_layer = (2 * 768                                 # ln_1
+                 + 768 * 2304 + 2304                     # c_attn
+                 + 768 * 768 + 768                       # attn.c_proj
+                 + 2 * 768                               # ln_2
+                 + 768 * 3072 + 3072                     # mlp.c_fc
+                 + 3072 * 768 + 768)                     # mlp.c_proj   = 7,087,872
+    n = wte + 12 * per_layer + 2 * 768                   # + ln_f; no wpe = 123,653,376
+    assert per_layer == 7_087_872 and n == 123_653_376
+    assert model.param_counts()["total"] == n + 1024 * 768 == 124_439_808
+    expected = 6 * n + 12 * 12 * 1024 * 768             # 741,920,256 + 113,246,208
+    assert expected == 855_166_464
+    assert model.flops_per_token(1024) == expected
+    assert model.flops_per_token(256) == 6 * n + 12 * 12 * 256 * 768
+    assert hand_flops_per_token(50257, 768, 12, 1024, 1024) == expected  # the helper the JSON test uses
+
+
+# ----------------------------------------------------------------------------------------------------
+# bench.py train
+
+
+def test_train_tiny_writes_valid_json(tmp_path):
+    proc, report = run_bench(["train", *TINY, "--steps", "2", "--warmup", "1", "--repeats", "2"], tmp_path)
+    assert "tokens/s" in proc.stdout and "MFU" in proc.stdout  # the human table
+    assert report["torch"] == torch.__version__
+    assert report["device"]["type"] == "cpu" and report["device"]["name"]
+    assert len(report["date"]) == 10
+    cfg = report["config"]
+    assert (cfg["batch_size"], cfg["block_size"], cfg["steps"], cfg["warmup"]) == (2, 32, 2, 1)
+    assert cfg["model"]["n_layer"] == 2 and cfg["model"]["n_embd"] == 64
+
+    train = report["results"]["train"]
+    ours = train["ours"]
+    ms, tok_s, mfu_pct = value(ours["ms_per_iter"]), value(ours["tokens_per_sec"]), value(ours["mfu"])
+    assert ms > 0 and tok_s > 0 and 0 < mfu_pct < 100
+    assert len(ours["ms_per_iter_blocks"]) == 2
+    assert tok_s == pytest.approx(2 * 32 / (ms / 1e3), rel=1e-6)
+    # FLOPs/token in the report = the hand computation for this tiny config (T = block = 32).
+    flops = value(train["flops_per_token"])
+    assert flops == hand_flops_per_token(256, 64, 2, 32, 32)
+    peak = value(train["peak"]) * 1e12
+    assert peak > 0 and "probe" in train["peak_source"]
+    assert value(train["cpu_probe"]["flops"]) == pytest.approx(peak / 1e9)
+    assert mfu_pct == pytest.approx(100 * flops * tok_s / peak, rel=1e-6)
+    # A freshly initialised model predicts about uniformly: loss near ln(vocab).
+    assert abs(value(ours["first_loss"]) - math.log(256)) < 0.5
+    assert value(ours["step_peak_memory"]) > 0
+    assert value(ours["cpu_ms_per_iter"]) > 0
+    assert report["device"]["threads"] == 1  # --threads 1
+    assert "hf" not in train  # not asked for
+
+
+def test_vs_hf_gives_ratio(tmp_path):
+    pytest.importorskip("transformers")
+    proc, report = run_bench(["train", *TINY, "--steps", "1", "--warmup", "1", "--repeats", "2", "--vs", "hf"], tmp_path)
+    train = report["results"]["train"]
+    ours, hf = train["ours"], train["hf"]
+    assert "GPT2LMHeadModel" in hf["model"] and "sdpa" in hf["model"]
+    assert hf["params"] == ours["params"]  # the same model on both sides
+    assert value(hf["tokens_per_sec"]) > 0
+    ratio = value(train["ratio_tokens_per_sec"])
+    assert ratio == pytest.approx(value(ours["tokens_per_sec"]) / value(hf["tokens_per_sec"]))
+    assert abs(value(hf["first_loss"]) - math.log(256)) < 0.5
+    rounds = train["ratio_paired_rounds"]
+    assert len(rounds) == 2 and value(train["ratio_paired"]) == pytest.approx(sum(rounds) / 2, abs=1e-3)
+    assert value(train["ratio_cpu_time"]) > 0
+    assert "ours/hf" in proc.stdout
+
+
+def test_vs_hf_skipped_without_transformers(tmp_path):
+    # `sys.modules[name] = None` makes `import transformers` raise ImportError, as when it is not installed.
+    proc, report = run_bench(["train", *TINY, "--steps", "1", "--warmup", "0", "--repeats", "1", "--vs", "hf"],
+                             tmp_path, prelude="import sys; sys.modules['transformers'] = None")
+    assert "--vs hf skipped" in proc.stdout and "transformers is not installed" in proc.stdout
+    train = report["results"]["train"]
+    assert "transformers is not installed" in train["hf"]["skipped"]
+    assert value(train["ours"]["tokens_per_sec"]) > 0
+    assert "ratio_tokens_per_sec" not in train
+
+
+# ----------------------------------------------------------------------------------------------------
+# bench.py attention
+
+
+def test_attention_sweep_and_memory(tmp_path):
+    proc, report = run_bench(["attention", "--device", "cpu", "--threads", "1", "--n_layer", "1", "--n_head", "2", "--n_embd", "32",
+                              "--batch_size", "1", "--seq_lens", "64,256", "--repeats", "1", "--attn_block_time", "0.01"], tmp_path)
+    res = report["results"]["attention"]
+    rows = {(r["seq_len"], r["variant"], r["mode"]): r for r in res["rows"]}
+    for T in (64, 256):
+        for variant in ("reference", "sdpa", "sdpa-math"):
+            for mode in ("forward", "forward+backward"):
+                assert value(rows[(T, variant, mode)]["time"]) > 0
+    assert "sdpa-efficient" in res["unavailable"]  # no memory-efficient kernel on a CPU
+    # The reference path materialises the (B, nh, T, T) fp32 scores: its measured peak must hold them.
+    scores = 1 * 2 * 256 * 256 * 4 / 2 ** 20
+    assert value(res["scores_matrix"]["256"]) == pytest.approx(scores)
+    ref = value(rows[(256, "reference", "forward")]["peak_memory"])
+    fused = value(rows[(256, "sdpa", "forward")]["peak_memory"])
+    assert ref >= scores
+    assert fused < ref
+    assert {(s["seq_len"], s["mode"]) for s in res["summary"]} == {(64, "forward"), (64, "forward+backward"),
+                                                                  (256, "forward"), (256, "forward+backward")}
+    assert "sdpa is" in proc.stdout
+
+
+# ----------------------------------------------------------------------------------------------------
+# Other sub-benchmarks, errors, the peak table
+
+
+def test_missing_benchmark_says_not_available():
+    sys.path.insert(0, str(ROOT))
+    import bench
+
+    res = bench._external("no_such_module", "benchmark", lambda f: f())
+    assert res["status"].startswith("not available yet")
+    res = bench._external("perf", "no_such_function", lambda f: f())
+    assert res["status"] == "not available yet: nanogpt2.perf.no_such_function does not exist"
+
+
+def test_bad_option_is_one_line_error():
+    proc = subprocess.run([sys.executable, "bench.py", "attention", "--seq_lens", "12x"], cwd=ROOT,
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: --seq_lens must be comma-separated integers")
+
+
+def test_peak_table_lookup():
+    from nanogpt2.perf import mfu, peak_flops, table_peak
+
+    assert table_peak("NVIDIA H100 80GB HBM3", "bfloat16")[0] == 989e12
+    assert table_peak("NVIDIA H100 PCIe", torch.bfloat16)[0] == 756e12
+    assert table_peak("NVIDIA H200", "bf16")[0] == 989e12
+    assert table_peak("NVIDIA A100-SXM4-80GB", "float32", tf32=True)[0] == 156e12
+    assert table_peak("NVIDIA A100-SXM4-80GB", "float32")[0] == 19.5e12
+    assert table_peak("NVIDIA L4", "float16")[0] == 121e12
+    assert table_peak("NVIDIA L40", "bfloat16")[0] == 181e12  # not mistaken for an L4
+    assert table_peak("NVIDIA GH200 480GB", "bfloat16")[0] == 989e12  # not mistaken for an H200 NVL
+    assert table_peak("Some Future GPU", "bfloat16") is None
+    assert math.isnan(mfu(1e9, 1e3, float("nan")))
+    assert mfu(6e8, 1e5, 1e14) == pytest.approx(0.6)
+    os.environ["NANOGPT2_PEAK_FLOPS"] = "123e12"
+    try:
+        assert peak_flops("cpu", "float32")[0] == 123e12
+    finally:
+        del os.environ["NANOGPT2_PEAK_FLOPS"]
