@@ -1375,12 +1375,22 @@ def main(argv=None):
     if args.list or not args.dataset:
         print(format_registry())
         return
-    ds = prepare_dataset(args.dataset, tokenizer=args.tokenizer, data_path=args.data_path,
-                         cache_root=args.cache_root, val_fraction=args.val_fraction, quiet=args.quiet,
-                         backend=args.backend, num_workers=args.num_workers, force=args.force)
+    with warnings.catch_warnings():  # data warnings as one plain line each, not file:line + source
+        warnings.showwarning = _one_line_warning
+        ds = prepare_dataset(args.dataset, tokenizer=args.tokenizer, data_path=args.data_path,
+                             cache_root=args.cache_root, val_fraction=args.val_fraction, quiet=args.quiet,
+                             backend=args.backend, num_workers=args.num_workers, force=args.force)
     print(format_stats(ds, ds.built))
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"warning: {message}", file=file or sys.stderr)
 
 
 if __name__ == "__main__":
     from nanogpt2.errors import run_cli
-    run_cli(main, sys.argv[1:])
+    # Run the package's copy of this module, not this `__main__` copy: the codec error handler that counts
+    # invalid UTF-8 bytes is registered process-wide, so two copies of the module would count into different
+    # totals as soon as anything imports nanogpt2.data.
+    from nanogpt2.data import main as _package_main
+    run_cli(_package_main, sys.argv[1:])

@@ -101,6 +101,18 @@ def test_registry_lists_the_datasets():
     assert wt2.splits == {"train": "wiki.train.raw", "val": "wiki.valid.raw", "test": "wiki.test.raw"}
     assert DATASETS["shakespeare"].bundled and not DATASETS["shakespeare"].remote[0].hf
     assert DATASETS["shakespeare_char"].tokenizer == "char"
+    wt103 = DATASETS["wikitext103"]
+    assert wt103.remote[0].urls[0] == "https://wikitext.smerity.com/wikitext-103-raw-v1.zip"
+    assert wt103.splits == wt2.splits and wt103.archive_root == "wikitext-103-raw"
+    for spec in (wt2, wt103):  # HF parquet: a second source for every split, used only with pyarrow
+        assert set(spec.parquet) == set(spec.splits)
+        assert all(r.hf[0][0] == "datasets/Salesforce/wikitext" for rs in spec.parquet.values() for r in rs)
+    ts = DATASETS["tinystories"]
+    assert ts.fmt == "eot_text" and set(ts.splits) == {"train", "val"}
+    assert {r.filename for r in ts.remote} == set(ts.splits.values())
+    # the bundled default corpus is karpathy/char-rnn's input.txt, byte for byte
+    assert sha(SHAKESPEARE.read_bytes()) == DATASETS["shakespeare"].remote[0].sha256
+    assert SHAKESPEARE.stat().st_size == DATASETS["shakespeare"].remote[0].size
 
 
 def test_unknown_dataset_lists_known_names(cache):
@@ -129,6 +141,8 @@ def test_tiny_shakespeare_gpt2_token_count(cache, tok):
     assert m["vocab_size"] == 50257 and m["dtype"] == "uint16" and m["complete"] is True
     assert m["source"]["sha256"] == "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
     assert m["splits"]["train"]["tokens"] == len(train) and m["split_method"] == "val_fraction"
+    assert m["text_bytes"] == SHAKESPEARE.stat().st_size == sum(v["text_bytes"] for v in m["splits"].values())
+    assert m["documents"] == 1 and m["document_separator"] == "<|endoftext|>"
     # another fraction: the same 338,025 tokens, cut elsewhere
     ds2 = prepare_dataset("shakespeare", cache_root=cache, val_fraction=0.005, quiet=True)
     assert len(ds2.tokens("val")) == round(SHAKESPEARE_GPT2_TOKENS * 0.005)
@@ -229,6 +243,57 @@ def test_offline_without_a_copy_names_the_url_and_data_path(cache, monkeypatch):
         prepare_dataset("wikitext2", cache_root=cache, quiet=True)
     msg = str(e.value)
     assert url in msg and "data_path=" in msg and "wiki.train.raw" in msg
+    assert not (cache / "wikitext2-gpt2").exists()
+
+
+def test_next_mirror_when_the_first_serves_a_corrupt_zip(cache, tok, wt_texts, file_server, monkeypatch):
+    """A mirror whose bytes fail the sha256 check is skipped; the next mirror's verified zip is used."""
+    blob = wikitext_zip(wt_texts)
+    corrupt = bytearray(blob)
+    corrupt[len(blob) // 2] ^= 0xFF
+    file_server.files["/smerity/wikitext-2-raw-v1.zip"] = bytes(corrupt)
+    file_server.files["/mirror/wikitext-2-raw-v1.zip"] = blob
+    spec = DATASETS["wikitext2"]
+    remote = Remote(spec.remote[0].filename, urls=(file_server.url("/smerity/wikitext-2-raw-v1.zip"),
+                                                   file_server.url("/mirror/wikitext-2-raw-v1.zip")),
+                    sha256=sha(blob), size=len(blob))
+    monkeypatch.setitem(DATASETS, "wikitext2", replace(spec, remote=(remote,), parquet=None, split_sha256={}))
+    ds = prepare_dataset("wikitext2", cache_root=cache, quiet=True)
+    assert file_server.hits["/smerity/wikitext-2-raw-v1.zip"] >= 1 and file_server.hits["/mirror/wikitext-2-raw-v1.zip"] == 1
+    assert (cache / "downloads" / "wikitext-2-raw-v1.zip").read_bytes() == blob
+    assert ds.meta["source"]["sha256"] == sha(blob)
+    assert np.array_equal(ds.tokens("test"), tok.encode_ordinary(wt_texts["wiki.test.raw"]))
+
+
+def test_a_new_registry_file_invalidates_the_download_and_the_tokens(cache, tok, wt_texts, file_server, monkeypatch):
+    """The registry's expected sha256 changes (a corrected release): the old zip and tokens are not reused."""
+    serve_wikitext(monkeypatch, file_server, wikitext_zip(wt_texts))
+    old = prepare_dataset("wikitext2", cache_root=cache, quiet=True)
+    assert old.built and file_server.hits["/wikitext-2-raw-v1.zip"] == 1
+    new_texts = {**wt_texts, "wiki.valid.raw": wiki_text(4, 9)}
+    new_blob = wikitext_zip(new_texts)
+    serve_wikitext(monkeypatch, file_server, new_blob)
+    ds = prepare_dataset("wikitext2", cache_root=cache, quiet=True)
+    assert ds.built and file_server.hits["/wikitext-2-raw-v1.zip"] == 2
+    assert ds.meta["source"]["sha256"] == sha(new_blob)
+    assert np.array_equal(ds.tokens("val"), tok.encode_ordinary(new_texts["wiki.valid.raw"]))
+    assert not prepare_dataset("wikitext2", cache_root=cache, quiet=True).built  # and now it is reused
+
+
+def test_offline_error_mentions_the_parquet_source_by_pyarrow(cache, monkeypatch):
+    """With the zip unreachable: without pyarrow the message says how to enable the parquet copy; with it, the
+    parquet URLs are tried too and named."""
+    spec = DATASETS["wikitext2"]
+    url = unused_url("/wikitext-2-raw-v1.zip")
+    monkeypatch.setitem(DATASETS, "wikitext2", replace(spec, remote=(Remote(spec.remote[0].filename, urls=(url,)),)))
+    with pytest.raises(DownloadError) as e:
+        prepare_dataset("wikitext2", cache_root=cache, quiet=True)
+    msg = str(e.value)
+    assert url in msg and "data_path=" in msg
+    if data._have_pyarrow():
+        assert "wikitext-2-raw-v1/train-00000-of-00001.parquet" in msg and "pip install pyarrow" not in msg
+    else:
+        assert "pip install pyarrow" in msg and ".parquet" not in msg
     assert not (cache / "wikitext2-gpt2").exists()
 
 
@@ -443,6 +508,59 @@ def test_char_tokenizer_dataset(cache):
     assert not again.built and again.dir == ds.dir
 
 
+def test_vocab_of_65536_or_more_is_stored_as_uint32(cache, tmp_path):
+    """A char vocabulary of 70,000 symbols does not fit uint16: ids are stored as uint32, none truncated."""
+    wide = [chr(c) for c in range(0x4E00, 0x4E00 + 72_100) if not 0xD800 <= c < 0xE000][:70_000]
+    text = "".join(wide) + "\n" + "".join(reversed(wide))
+    f = tmp_path / "wide.txt"
+    f.write_text(text, encoding="utf-8")
+    ds = prepare_dataset(f, tokenizer="char", cache_root=cache, val_fraction=0.25, quiet=True)
+    train, val = ds.tokens("train"), ds.tokens("val")
+    assert ds.meta["vocab_size"] == 70_001 and ds.meta["dtype"] == "uint32" and train.dtype == np.uint32
+    assert (ds.dir / "train.bin").stat().st_size == 4 * len(train)
+    assert int(np.concatenate([train, val]).max()) == 70_000  # > 65535: would wrap around in uint16
+    assert ds.tokenizer().decode(np.concatenate([train, val]).tolist()) == text
+    small = prepare_dataset(f, tokenizer="gpt2", cache_root=cache, quiet=True)  # same text, GPT-2: uint16
+    assert small.meta["dtype"] == "uint16" and small.tokens("train").dtype == np.uint16
+
+
+def test_streamed_reading_in_tiny_blocks(cache, tok, tmp_path, wt_texts, monkeypatch):
+    """Files are decoded block by block: multi-byte characters, invalid bytes, CRLF pairs and <|endoftext|>
+    split across block boundaries give exactly the whole-file result (3-byte blocks: every kind of split)."""
+    monkeypatch.setattr(data, "_READ_BLOCK", 3)
+    # UTF-8 text with 2-, 3- and 4-byte characters and 5 lone latin-1 bytes (each one invalid)
+    good = "na\u00efve \u2014 caf\u00e9 \U0001F600 \u4e2d\u6587 text.\n"
+    raw = (good.encode() + b"x\xe9 ") * 5
+    f = tmp_path / "mixed.txt"
+    f.write_bytes(raw)
+    with pytest.warns(DataWarning, match=r"5 byte\(s\) were not valid UTF-8") as w:
+        ds = prepare_dataset(f, cache_root=cache, val_fraction=0.0, quiet=True)
+    assert len([x for x in w if issubclass(x.category, DataWarning)]) == 1  # one warning per file, with the total
+    assert ds.tokens("train").tolist() == tok.encode_ordinary(raw.decode("utf-8", errors="replace"))
+    assert ds.meta["replaced_bytes"] == 5
+
+    # WikiText with CRLF line ends (a "\r" at the end of a block, its "\n" in the next)
+    spec = DATASETS["wikitext2"]
+    monkeypatch.setitem(DATASETS, "wikitext2", replace(spec, parquet=None, split_sha256={}))
+    zpath = tmp_path / "crlf.zip"
+    zpath.write_bytes(wikitext_zip(wt_texts, crlf=True))
+    ds = prepare_dataset("wikitext2", data_path=zpath, cache_root=cache, quiet=True)
+    assert np.array_equal(ds.tokens("val"), tok.encode_ordinary(wt_texts["wiki.valid.raw"]))
+    assert "\r" not in get_split_text("wikitext2", "test", data_path=zpath)
+
+    # TinyStories-like: stories separated by <|endoftext|>, the separator cut by block boundaries
+    stories = [f"Story {i}: a {w} went home." for i, w in enumerate(["cat", "dog", "hen", "fox", "owl"])]
+    folder = tmp_path / "ts"
+    folder.mkdir()
+    ts = DATASETS["tinystories"]
+    (folder / ts.splits["train"]).write_text("<|endoftext|>".join(stories[:4]), encoding="utf-8")
+    (folder / ts.splits["val"]).write_text(stories[4] + "\n<|endoftext|>", encoding="utf-8")
+    ds = prepare_dataset("tinystories", data_path=folder, cache_root=cache, quiet=True)
+    eot = [tok.eot_token]
+    assert ds.tokens("train").tolist() == sum((tok.encode_ordinary(t) + eot for t in stories[:4]), [])[:-1]
+    assert ds.meta["splits"]["train"]["documents"] == 4 and ds.meta["splits"]["val"]["documents"] == 1
+
+
 # --- bad input ------------------------------------------------------------------------------------------------
 
 def test_empty_file(cache, tmp_path):
@@ -543,6 +661,16 @@ def test_sampler_ddp_ranks_draw_different_windows(ramp):
         xs, _ = single.next_batch()
         assert set(x0[:, 0].tolist()).isdisjoint(x1[:, 0].tolist())
         assert torch.equal(torch.cat([x0, x1]), xs)  # the union over ranks does not depend on the world size
+    quads = [RandomWindowSampler(ramp, 16, 2, seed=3, rank=r, world_size=4) for r in range(4)]
+    single = RandomWindowSampler(ramp, 16, 8, seed=3)
+    for _ in range(3):
+        assert torch.equal(torch.cat([q.next_batch()[0] for q in quads]), single.next_batch()[0])
+    # a checkpoint saved by one rank resumes every rank, even with another world size (same global batch)
+    state = quads[0].state_dict()
+    for r in range(2):
+        fresh = RandomWindowSampler(ramp, 16, 4, seed=3, rank=r, world_size=2)
+        fresh.load_state_dict(state)
+        assert torch.equal(fresh.next_batch()[0], torch.cat([q.next_batch()[0] for q in quads[2 * r:2 * r + 2]]))
     with pytest.raises(NanoGPT2Error, match="rank"):
         RandomWindowSampler(ramp, 16, 4, rank=2, world_size=2)
 
@@ -598,3 +726,29 @@ def test_cli_prints_statistics(cache, capsys):
     data.main(["--list"])
     out, _ = capsys.readouterr()
     assert "wikitext103" in out and "data_path=" in out
+
+
+def test_cli_as_a_module_one_line_errors_and_warnings(tmp_path):
+    """`python -m nanogpt2.data`: statistics on stdout; a bad name is one `error:` line and exit status 2;
+    invalid UTF-8 is one `warning:` line with the count."""
+    env = {**__import__("os").environ, "NANOGPT2_CACHE": str(tmp_path / "c"), "PYTHONPATH": str(ROOT)}
+    f = tmp_path / "latin1.txt"
+    f.write_bytes("Caf\u00e9 cr\u00e8me br\u00fbl\u00e9e, a dessert of some renown. ".encode("latin-1") * 20)
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "nanogpt2.data", *args], capture_output=True, text=True,
+                              env=env, cwd=tmp_path, timeout=120)
+
+    r = cli(str(f), "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.strip().splitlines() == ["warning: " + str(f) + ": 80 byte(s) were not valid UTF-8 and were "
+                                             "replaced with U+FFFD; check the file's encoding (convert it to "
+                                             "UTF-8, e.g. `iconv -f latin1 -t utf-8`) if that is unexpected"]
+    text = f.read_bytes().decode("utf-8", errors="replace")
+    n = len(get_tokenizer("gpt2", backend="tiktoken").encode_ordinary(text))
+    assert f"{n:,}" in r.stdout and "80 invalid UTF-8 bytes" in r.stdout
+    assert f"{len(text.encode()) / n:.2f}" in r.stdout  # bytes per token of the whole text
+    r = cli("wikitext3")
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert r.stderr.startswith("error: unknown dataset 'wikitext3'") 
+    assert all(name in r.stderr for name in DATASETS)  # the known names
