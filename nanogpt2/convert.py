@@ -56,6 +56,9 @@ def config_from_hf(hf: dict, source: str = "config.json", **overrides) -> GPTCon
     for key, supported in refused.items():
         if hf.get(key, supported) != supported:
             raise NanoGPT2Error(f"{source}: {key}={hf[key]!r} is not supported by nanogpt2 (only {supported!r}); this checkpoint cannot be loaded")
+    if hf.get("pruned_heads"):  # transformers 4 could prune attention heads: fewer heads in some layers
+        raise NanoGPT2Error(f"{source}: pruned_heads={hf['pruned_heads']!r} is not supported by nanogpt2 (every layer "
+                            f"must keep all n_head heads); this checkpoint cannot be loaded")
     activation = hf.get("activation_function", "gelu_new")
     if activation not in ACTIVATIONS:
         raise NanoGPT2Error(f"{source}: activation_function={activation!r} is not supported; supported: {', '.join(sorted(ACTIVATIONS))}")
@@ -76,11 +79,41 @@ def config_from_hf(hf: dict, source: str = "config.json", **overrides) -> GPTCon
         dropout=0.0,  # HF's *_pdrop are training settings; pass dropout=... to fine-tune with dropout
         bias=True,
     )
+    _check_types(kwargs, source)
     unknown = set(overrides) - {"dropout", "attn_impl"}
     if unknown:
         raise NanoGPT2Error(f"from_pretrained can override only dropout and attn_impl, not {sorted(unknown)}")
     kwargs.update(overrides)
-    return GPTConfig(**kwargs)
+    try:
+        return GPTConfig(**kwargs)
+    except ValueError as e:  # e.g. n_embd not divisible by n_head
+        raise NanoGPT2Error(f"{source}: {e}; this checkpoint cannot be loaded") from None
+
+
+# HF field name of each GPTConfig field, for messages.
+_HF_NAMES = dict(block_size="n_positions", vocab_size="vocab_size", n_layer="n_layer", n_head="n_head",
+                 n_embd="n_embd", n_inner="n_inner", layer_norm_epsilon="layer_norm_epsilon",
+                 scale_attn_weights="scale_attn_weights",
+                 scale_attn_by_inverse_layer_idx="scale_attn_by_inverse_layer_idx",
+                 tie_word_embeddings="tie_word_embeddings")
+
+
+def _check_types(kwargs: dict, source: str):
+    """Sizes must be positive ints, epsilon a positive number, switches booleans (a hand-edited config.json
+    with "12" or 1.5 fails here, naming the field, rather than deep inside torch)."""
+    for key, hf_key in _HF_NAMES.items():
+        v = kwargs[key]
+        if key == "n_inner" and v is None:
+            continue
+        if key == "layer_norm_epsilon":
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+            want = "a positive number"
+        elif isinstance(GPTConfig.__dataclass_fields__[key].default, bool):  # a switch
+            ok, want = isinstance(v, bool), "true or false"
+        else:
+            ok, want = isinstance(v, int) and not isinstance(v, bool) and v > 0, "a positive integer"
+        if not ok:
+            raise NanoGPT2Error(f"{source}: {hf_key}={v!r} must be {want}; fix config.json or re-export the checkpoint")
 
 
 def config_to_hf(config: GPTConfig) -> dict:

@@ -3,8 +3,11 @@ The model and its HF conversion, checked against transformers itself.
 
 Tiny random GPT-2s are built and written to disk by `transformers` (safetensors, .bin, sharded); we load
 them with `GPT.from_pretrained` (no transformers inside) and compare logits and loss in fp32.
+
+Run: python -m pytest -q tests/test_model.py
 """
 
+import dataclasses
 import json
 
 import numpy as np
@@ -13,9 +16,9 @@ import torch
 
 from conftest import FIXTURES
 from http_fixture import serve, unused_url
-from nanogpt2.convert import load_pretrained, save_pretrained
+from nanogpt2.convert import config_from_hf, load_hf_state_dict_into, load_pretrained, read_hf_state_dict, save_pretrained
 from nanogpt2.errors import NanoGPT2Error
-from nanogpt2.model import GPT, GPTConfig
+from nanogpt2.model import ACTIVATIONS, GPT, GPTConfig
 
 transformers = pytest.importorskip("transformers")
 
@@ -32,15 +35,29 @@ HF_CONFIGS = {
 }
 
 
-def make_hf(tmp_path, name, fmt="safetensors", seed=0):
-    """A random transformers GPT2LMHeadModel saved to tmp_path in `fmt`; returns (hf_model, folder)."""
+# Weights grown from GPT-2's init scale. At N(0, 0.02) a tiny model's attention is almost uniform, the MLP
+# works in the activation's near-linear range and the logits stay below 0.4, so ignoring
+# scale_attn_by_inverse_layer_idx, or using gelu for gelu_new, moved the logits by less than the 1e-5
+# tolerance: the parity test could not have failed. With these factors attention is peaked, the
+# activations see inputs of order 1 and logits reach about 3; test_parity_detects_each_math_field checks
+# that every field that changes the math now moves the logits by far more than the tolerance.
+SHARPEN = {"attn.c_attn.weight": 8.0, "mlp.c_fc.weight": 8.0, "mlp.c_proj.weight": 4.0, "wte.weight": 6.0,
+           "lm_head.weight": 6.0}
+
+
+def make_hf(tmp_path, name, fmt="safetensors", seed=0, **extra):
+    """A random transformers GPT2LMHeadModel saved to tmp_path in `fmt`; returns (hf_model, folder).
+    `extra`: more GPT2Config fields (or overrides of HF_CONFIGS[name])."""
     torch.manual_seed(seed)
-    cfg = transformers.GPT2Config(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **HF_CONFIGS[name])
+    cfg = transformers.GPT2Config(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **{**HF_CONFIGS[name], **extra})
     hf = transformers.GPT2LMHeadModel(cfg).eval()
-    with torch.no_grad():  # non-trivial LayerNorm and bias values, so a swapped tensor cannot pass
+    with torch.no_grad():
         for n, p in hf.named_parameters():
-            if n.endswith("bias") or ".ln_" in n:
+            if n.endswith("bias") or ".ln_" in n:  # non-trivial LayerNorm and bias values: a swapped tensor cannot pass
                 p.add_(torch.randn_like(p) * 0.1)
+            for suffix, factor in SHARPEN.items():
+                if n.endswith(suffix):  # (a tied head is listed once, as wte)
+                    p.mul_(factor)
     folder = tmp_path / f"{name}-{fmt}"
     if fmt == "safetensors":
         hf.save_pretrained(folder)
@@ -51,6 +68,31 @@ def make_hf(tmp_path, name, fmt="safetensors", seed=0):
         folder.mkdir()
         hf.config.save_pretrained(folder)
         torch.save(hf.state_dict(), folder / "pytorch_model.bin")
+    elif fmt == "bin_legacy":  # as in the original openai-community/gpt2 upload: GPT2Model names without
+        folder.mkdir()  # "transformer.", no lm_head when tied, and the causal-mask buffers old versions saved
+        hf.config.save_pretrained(folder)
+        n_pos = hf.config.n_positions
+        state = {k.removeprefix("transformer."): v for k, v in hf.state_dict().items()
+                 if not (k == "lm_head.weight" and hf.config.tie_word_embeddings)}
+        for i in range(hf.config.n_layer):
+            state[f"h.{i}.attn.bias"] = torch.tril(torch.ones(n_pos, n_pos)).view(1, 1, n_pos, n_pos)
+            state[f"h.{i}.attn.masked_bias"] = torch.tensor(-1e4)
+        torch.save(state, folder / "pytorch_model.bin")
+    elif fmt == "bin_sharded":  # pytorch_model-0000k-of-00002.bin listed in pytorch_model.bin.index.json
+        folder.mkdir()
+        hf.config.save_pretrained(folder)
+        state = hf.state_dict()
+        names = sorted(state)
+        weight_map = {}
+        for k, part in enumerate((names[: len(names) // 2], names[len(names) // 2 :]), 1):
+            shard = f"pytorch_model-{k:05d}-of-00002.bin"
+            torch.save({n: state[n] for n in part}, folder / shard)
+            weight_map.update({n: shard for n in part})
+        index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in state.values())},
+                 "weight_map": weight_map}
+        (folder / "pytorch_model.bin.index.json").write_text(json.dumps(index))
+    else:
+        raise ValueError(fmt)
     return hf, folder
 
 
@@ -72,7 +114,7 @@ def padded_batch(vocab, T, pad_side):
 
 
 @pytest.mark.parametrize("name", list(HF_CONFIGS))
-@pytest.mark.parametrize("fmt", ["safetensors", "bin", "sharded"])
+@pytest.mark.parametrize("fmt", ["safetensors", "bin", "sharded", "bin_legacy", "bin_sharded"])
 def test_logits_and_loss_match_transformers(tmp_path, name, fmt):
     hf, folder = make_hf(tmp_path, name, fmt)
     model = GPT.from_pretrained(folder).eval()
@@ -93,6 +135,52 @@ def test_logits_and_loss_match_transformers(tmp_path, name, fmt):
             diff = (logits - ref.logits)[real].abs().max().item()
             assert diff <= 1e-5, (impl, pad_side, diff)
             assert abs(loss.item() - ref.loss.item()) <= 1e-6, (impl, pad_side, loss.item(), ref.loss.item())
+            assert ref.logits.abs().max().item() > 1.0  # logits large enough for 1e-5 to mean something
+
+
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
+def test_every_accepted_activation_matches_transformers(tmp_path, activation):
+    """Every activation_function we accept is the one transformers runs under that name."""
+    assert activation in transformers.activations.ACT2FN
+    hf, folder = make_hf(tmp_path, "plain", activation_function=activation)
+    model = GPT.from_pretrained(folder).eval()
+    idx = torch.randint(0, hf.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert (model(idx)[0] - hf(idx).logits).abs().max().item() <= 1e-5
+
+
+def test_reorder_and_upcast_attn_is_the_same_math(tmp_path):
+    """reorder_and_upcast_attn (accepted, not implemented) only changes mixed-precision rounding: in fp32 HF's
+    eager path with it on gives our logits, with the inverse-layer scaling that it folds in too."""
+    hf, folder = make_hf(tmp_path, "n_inner_gelu_inv_layer", reorder_and_upcast_attn=True, attn_implementation="eager")
+    assert hf.config.reorder_and_upcast_attn and hf.config._attn_implementation == "eager"
+    model = GPT.from_pretrained(folder).eval()
+    idx, mask, pos = padded_batch(hf.config.vocab_size, 16, "left")
+    for impl in ("sdpa", "reference"):
+        model.set_attn_impl(impl)
+        with torch.no_grad():
+            diff = (model(idx, attention_mask=mask, position_ids=pos)[0]
+                    - hf(idx, attention_mask=mask, position_ids=pos).logits)[mask.bool()].abs().max().item()
+        assert diff <= 1e-5, (impl, diff)
+
+
+@pytest.mark.parametrize("field,wrong", [
+    ("scale_attn_weights", lambda c: not c.scale_attn_weights),
+    ("scale_attn_by_inverse_layer_idx", lambda c: not c.scale_attn_by_inverse_layer_idx),
+    ("layer_norm_epsilon", lambda c: 1e-5 if c.layer_norm_epsilon != 1e-5 else 1e-6),
+    ("activation", lambda c: "gelu_new" if c.activation == "gelu" else "gelu"),
+])
+@pytest.mark.parametrize("name", list(HF_CONFIGS))
+def test_parity_detects_each_math_field(tmp_path, name, field, wrong):
+    """The parity test can fail: a model that ignored any of these config.json fields would be off by far more
+    than the 1e-5 tolerance on these weights (at GPT-2's raw init scale some were not)."""
+    hf, folder = make_hf(tmp_path, name)
+    config = config_from_hf(json.loads((folder / "config.json").read_text()))
+    model = GPT(dataclasses.replace(config, **{field: wrong(config)})).eval()
+    load_hf_state_dict_into(model, read_hf_state_dict(folder))
+    idx = torch.randint(0, hf.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert (model(idx)[0] - hf(idx).logits).abs().max().item() > 1e-4
 
 
 def test_sdpa_and_reference_agree_in_training_mode_without_dropout():
@@ -103,6 +191,39 @@ def test_sdpa_and_reference_agree_in_training_mode_without_dropout():
     model.set_attn_impl("reference")
     b, _ = model(idx)
     assert (a - b).abs().max().item() <= 1e-5
+
+
+DROPOUT_PLACES = {
+    "embeddings": lambda m: [m.transformer.drop],
+    "attention": lambda m: [b.attn.attn_dropout for b in m.transformer.h],  # sdpa reads its p
+    "residual": lambda m: [d for b in m.transformer.h for d in (b.attn.resid_dropout, b.mlp.dropout)],
+}
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "reference"])
+@pytest.mark.parametrize("place", list(DROPOUT_PLACES))
+def test_dropout_at_each_place_in_training_mode_only(impl, place):
+    """config.dropout reaches the embeddings, the attention probabilities and both residual branches (each
+    checked alone: the other places are set to 0), in training mode only."""
+    torch.manual_seed(0)
+    config = GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=50, dropout=0.3, attn_impl=impl)
+    model = GPT(config)
+    mods = [mod for mod in model.modules() if isinstance(mod, torch.nn.Dropout)]
+    assert len(mods) == 1 + 3 * config.n_layer and all(mod.p == 0.3 for mod in mods)
+    keep = {id(mod) for mod in DROPOUT_PLACES[place](model)}
+    for mod in mods:
+        if id(mod) not in keep:
+            mod.p = 0.0
+    plain = GPT(dataclasses.replace(config, dropout=0.0))
+    plain.load_state_dict(model.state_dict())
+    idx = torch.randint(0, 50, (2, 16), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        model.train()
+        a, b = model(idx)[0], model(idx)[0]
+        assert (a - b).abs().max().item() > 1e-3  # random masks: two training passes differ
+        model.eval()
+        assert torch.equal(model(idx)[0], model(idx)[0])
+        assert (model(idx)[0] - plain.eval()(idx)[0]).abs().max().item() <= 1e-6  # eval: no dropout at all
 
 
 def test_openai_tiny_fixture_logits():
@@ -221,7 +342,13 @@ def test_refuses_unsupported_config_fields(tmp_path):
     cfg = json.loads((folder / "config.json").read_text())
     for key, value, needle in [("add_cross_attention", True, "add_cross_attention"),
                                ("activation_function", "mish", "activation_function"),
-                               ("model_type", "gpt_neo", "model_type")]:
+                               ("activation_function", "gelu_accurate", "activation_function"),
+                               ("model_type", "gpt_neo", "model_type"),
+                               ("pruned_heads", {"0": [1]}, "pruned_heads"),
+                               ("n_head", 5, "n_head"),  # 32 wide: not divisible
+                               ("n_layer", "2", "n_layer"),
+                               ("layer_norm_epsilon", -1.0, "layer_norm_epsilon"),
+                               ("scale_attn_weights", "yes", "scale_attn_weights")]:
         bad = dict(cfg, **{key: value})
         (folder / "config.json").write_text(json.dumps(bad))
         with pytest.raises(NanoGPT2Error, match=needle):
@@ -244,6 +371,18 @@ def test_missing_unexpected_and_misshaped_tensors(tmp_path):
     save_file(dict(state, **{"transformer.ln_f.weight": torch.zeros(31)}), folder / "model.safetensors")
     with pytest.raises(NanoGPT2Error, match=r"transformer.ln_f.weight has shape \(31,\)"):
         GPT.from_pretrained(folder)
+
+
+def test_missing_shard_is_a_clear_error(tmp_path):
+    for fmt, index in [("sharded", "model.safetensors.index.json"), ("bin_sharded", "pytorch_model.bin.index.json")]:
+        _, folder = make_hf(tmp_path, "plain", fmt)
+        shard = sorted(set(json.loads((folder / index).read_text())["weight_map"].values()))[-1]
+        (folder / shard).unlink()
+        with pytest.raises(NanoGPT2Error, match=f"lists shard {shard}, which is missing"):
+            GPT.from_pretrained(folder)
+        (folder / index).write_text("{not json")
+        with pytest.raises(NanoGPT2Error, match="not a valid shard index"):
+            GPT.from_pretrained(folder)
 
 
 def test_missing_files_are_clear_errors(tmp_path):

@@ -218,6 +218,7 @@ def test_long_pieces_match_tiktoken(py, oracle):
     texts = ["a" * 2000, letters, " " + letters, "!" * 1500 + "?" * 700, " " * 3000, "\n" * 1000 + "x", "7" * 2500, "😀" * 400]
     for s in texts:
         assert py.encode_ordinary(s) == oracle.encode_ordinary(s), s[:20]
+        assert py.decode(py.encode_ordinary(s)) == s
 
 
 def test_heap_merge_equals_simple_merge():
@@ -329,6 +330,55 @@ def test_encoder_json_vocab_bpe_give_the_same_tokenizer(py):
         assert tok.encode("<|endoftext|>", allowed_special="all") == [50256]
 
 
+def write_encoder_json_vocab_bpe(folder: Path):
+    """OpenAI's pair of files, written from the bundled ranks (so the loader is tested without ../shared).
+
+    encoder.json maps each token's printable spelling to its id; vocab.bpe line i is the merge that makes
+    token 256 + i: the last merge the BPE loop does on that token's own bytes (every GPT-2 token is the
+    result of BPE on its bytes, its own merge coming last; the shared-data test checks the output is
+    byte-identical to OpenAI's vocab.bpe)."""
+    ranks = T._bundled_ranks()
+    encoder = {T.token_to_str(tok): rank for tok, rank in ranks.items()}
+    encoder["<|endoftext|>"] = 50256
+    merges = []
+    for tok, rank in sorted(ranks.items(), key=lambda kv: kv[1])[256:]:
+        trace = []
+        assert T.bpe_merge(tok, ranks, trace) == [tok]
+        a, b = trace[-1]  # the parts before the final merge
+        merges.append(f"{T.token_to_str(a)} {T.token_to_str(b)}")
+    (folder / "encoder.json").write_text(json.dumps(encoder, ensure_ascii=False), encoding="utf-8")
+    (folder / "vocab.bpe").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def bpe_dir(tmp_path_factory):
+    return write_encoder_json_vocab_bpe(tmp_path_factory.mktemp("gpt2_bpe"))
+
+
+def test_encoder_json_vocab_bpe_written_here_load_like_the_bundled_file(bpe_dir, py, oracle):
+    ranks, special = T.load_encoder_json_vocab_bpe(bpe_dir / "encoder.json", bpe_dir / "vocab.bpe")
+    assert ranks == T._bundled_ranks() and special == {"<|endoftext|>": 50256}
+    text = SHAKESPEARE_ASSET.read_text(encoding="utf-8")[:50_000] + "".join(c["text"] for c in torture_cases())
+    for backend in ["python", "tiktoken"]:
+        tok = get_tokenizer("gpt2", backend=backend, bpe_dir=bpe_dir)
+        assert tok.checksum == py.checksum == GPT2_CHECKSUM
+        assert tok.encode_ordinary(text) == oracle.encode_ordinary(text)
+    # a pair that does not belong together is refused, naming both files
+    lines = (bpe_dir / "vocab.bpe").read_text(encoding="utf-8").split("\n")
+    lines[1], lines[2] = lines[2], lines[1]
+    bad = bpe_dir.parent / "swapped.bpe"
+    bad.write_text("\n".join(lines), encoding="utf-8")
+    with pytest.raises(NanoGPT2Error, match=r"swapped.bpe does not match .*encoder.json: merge 0"):
+        get_tokenizer("gpt2", backend="python", encoder_json=bpe_dir / "encoder.json", vocab_bpe=bad)
+
+
+def test_vocab_bpe_written_here_is_openais(bpe_dir):
+    d = shared_data("gpt2_bpe")
+    ours, openai = ((f / "vocab.bpe").read_text(encoding="utf-8").split("\n") for f in (bpe_dir, d))
+    assert len(ours) > 50_000 and ours[1:] == openai[1:]  # (line 0 is a "#version" comment)
+
+
 def test_encoder_json_vocab_bpe_mismatch_is_an_error(tmp_path):
     d = shared_data("gpt2_bpe")
     lines = (d / "vocab.bpe").read_text(encoding="utf-8").split("\n")
@@ -404,6 +454,26 @@ def test_get_tokenizer_bad_arguments():
         get_tokenizer("gpt2", vocab_size=10)
     with pytest.raises(NanoGPT2Error, match="no tiktoken backend"):
         get_tokenizer("char", backend="tiktoken", chars="ab")
+
+
+def test_no_network_ever(monkeypatch, tmp_path):
+    """Both backends, auto included, are built from the bundled file: with every socket refused and an empty
+    tiktoken cache they still work (tiktoken.get_encoding would download r50k_base here)."""
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise OSError("network disabled by the test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "tiktoken-cache"))
+    for backend in ["auto", "tiktoken", "python"]:  # (ranks_file= skips the per-process cache: built afresh)
+        tok = get_tokenizer("gpt2", backend=backend, ranks_file=T.GPT2_RANKS_FILE)
+        assert tok.backend == ("tiktoken" if backend == "auto" else backend)
+        assert tok.encode("Hello world<|endoftext|>", allowed_special="all") == [15496, 995, 50256]
+    with pytest.raises(OSError, match="network disabled"):  # (the guard itself works)
+        socket.create_connection(("127.0.0.1", 9))
+    assert not (tmp_path / "tiktoken-cache").exists()
 
 
 def test_auto_falls_back_to_python_without_tiktoken(monkeypatch):
