@@ -236,7 +236,8 @@ def validate(cfg: RunConfig) -> RunConfig:
             raise NanoGPT2Error(f"{key} must be >= 1, not {getattr(cfg, key)}")
     non_negative = ["max_iters", "max_epochs", "warmup_iters", "warmup_ratio", "lr_decay_iters", "min_lr", "weight_decay",
                     "grad_clip", "eval_interval", "eval_iters", "checkpoint_interval", "keep_last", "sample_interval",
-                    "sample_tokens", "sample_top_k", "tokens_per_step", "max_training_hours", "learning_rate"]
+                    "sample_tokens", "sample_top_k", "tokens_per_step", "max_training_hours", "learning_rate", "eps",
+                    "sample_temperature"]
     for key in non_negative:
         if getattr(cfg, key) < 0:
             raise NanoGPT2Error(f"{key} must be >= 0, not {getattr(cfg, key)}")
@@ -244,6 +245,13 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise NanoGPT2Error(f"log_interval must be >= 1, not {cfg.log_interval}")
     if not 0.0 <= cfg.dropout < 1.0:
         raise NanoGPT2Error(f"dropout must be in [0, 1), not {cfg.dropout}")
+    for key in FIELDS:
+        value = getattr(cfg, key)
+        if isinstance(value, float) and value != value:
+            raise NanoGPT2Error(f"{key} must be a number, not nan")
+    for key in ("beta1", "beta2"):  # AdamW's own range, checked before a run starts rather than inside torch
+        if not 0.0 <= getattr(cfg, key) < 1.0:
+            raise NanoGPT2Error(f"{key} must be in [0, 1), not {getattr(cfg, key)}")
     if cfg.warmup_ratio >= 1.0:
         raise NanoGPT2Error(f"warmup_ratio must be < 1, not {cfg.warmup_ratio}")
     if cfg.n_embd % cfg.n_head:

@@ -168,12 +168,20 @@ def resolve_device(spec: str, dist: Dist) -> torch.device:
             raise NanoGPT2Error(f"device={spec} but CUDA is not available; use --device=cpu")
         if dist.enabled:
             return torch.device("cuda", dist.local_rank)  # one GPU per process
-        return torch.device(spec)
+        try:
+            return torch.device(spec)
+        except RuntimeError:
+            raise NanoGPT2Error(f"unknown device {spec!r}; use auto, cpu, cuda, cuda:N or mps") from None
     if spec == "mps" and not torch.backends.mps.is_available():
         raise NanoGPT2Error("device=mps but MPS is not available; use --device=cpu")
     if spec not in ("cpu", "mps"):
         raise NanoGPT2Error(f"unknown device {spec!r}; use auto, cpu, cuda, cuda:N or mps")
     return torch.device(spec)
+
+
+def resolve_compile(setting: Optional[bool], device: torch.device) -> bool:
+    """torch.compile or not: the setting when given, else on for CUDA and off elsewhere."""
+    return setting if setting is not None else device.type == "cuda"
 
 
 def resolve_dtype(spec: str, device: torch.device) -> str:
@@ -288,8 +296,12 @@ class Trainer:
 
         self.log(format_config(cfg))
         if self.dist.master:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.out_dir / "config.json")
+            try:
+                self.out_dir.mkdir(parents=True, exist_ok=True)
+                save_config(cfg, self.out_dir / "config.json")
+            except OSError as e:
+                raise NanoGPT2Error(f"cannot write to out_dir={cfg.out_dir} ({e.strerror or e}); "
+                                    f"pick a folder you can write to") from None
 
         # --- data ---
         if make_sampler is None:
@@ -333,9 +345,8 @@ class Trainer:
             self._restore(resume_state)
 
         # --- compile and DDP wrappers (checkpoints always come from raw_model) ---
-        use_compile = cfg.compile if cfg.compile is not None else self.device.type == "cuda"
         self.model = self.raw_model
-        if use_compile:
+        if resolve_compile(cfg.compile, self.device):
             self.log("compiling the model with torch.compile (first steps are slow) ...")
             self.model = torch.compile(self.raw_model)
         self.eval_model = self.model
@@ -349,10 +360,13 @@ class Trainer:
         fpt = getattr(self.raw_model, "flops_per_token", None)
         block = getattr(getattr(self.raw_model, "config", None), "block_size", cfg.block_size)
         self.flops_per_token = fpt(min(cfg.block_size, block)) if callable(fpt) else float("nan")
-        self.peak_flops, self.peak_source = peak_flops(self.device, self.dtype)
+        # The CPU peak is a matmul probe on random matrices, run once per process (cached): keep it off the
+        # global RNG, or a run's dropout masks would depend on whether an earlier run in the process probed.
+        with torch.random.fork_rng(devices=[]):
+            self.peak_flops, self.peak_source = peak_flops(self.device, self.dtype)
         self._metrics_path = self.out_dir / "metrics.jsonl"
 
-        # Last: the RNG states of the checkpoint (model init and the MFU probe above draw random numbers).
+        # Last: the RNG states of the checkpoint (model init above draws random numbers).
         if resume_state is not None:
             self._restore_rng(resume_state["rng"])
             self.log(f"resumed from {resume_state['_path']} at step {self.step} (epoch {self.epoch}, "

@@ -102,6 +102,11 @@ def test_cli_value_parsing(argv, value):
     (["--batch_size=0"], "batch_size must be >= 1"),
     (["--n_embd=30", "--n_head=4"], "divisible by n_head"),
     (["missing_config.py"], "config file missing_config.py does not exist"),
+    (["--beta2=1"], "beta2 must be in [0, 1), not 1.0"),
+    (["--beta1", "-0.1"], "beta1 must be in [0, 1)"),
+    (["--eps=-1e-8"], "eps must be >= 0"),
+    (["--sample_temperature=-1"], "sample_temperature must be >= 0"),
+    (["--learning_rate=nan"], "learning_rate must be a number, not nan"),
 ])
 def test_cli_errors(argv, message):
     with pytest.raises(NanoGPT2Error) as e:
@@ -169,6 +174,14 @@ def test_train_py_errors_are_one_line(args, message, tmp_path):
     assert "Traceback" not in res.stderr
     lines = [line for line in res.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], res.stderr
+
+
+def test_train_py_unwritable_out_dir_is_one_line(tmp_path):
+    (tmp_path / "a_file").write_text("not a folder")
+    res = run_train(str(ROOT / "configs" / "tiny.py"), "--out_dir", "a_file/run", tmp_path=tmp_path)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: cannot write to out_dir=a_file/run"), res.stderr
 
 
 def test_train_py_help_lists_settings(tmp_path):

@@ -1,8 +1,11 @@
 """
 DDP with torchrun on CPU (gloo): 2 processes x 2 micro-steps give the same per-step loss as 1 process x 4
 micro-steps (gradient_accumulation_steps is the global count and the sampler hands each rank its slice of
-the same windows), and only rank 0 writes files or prints. A SIGTERM to rank 1 alone stops both ranks
-at the same step with a checkpoint, and `--resume_from auto` under torchrun continues bit for bit.
+the same windows), and only rank 0 writes files or prints (rank 1's writes under out_dir are recorded by an
+audit hook: none). Gradients are all-reduced once per optimizer step (no_sync on the other micro-steps,
+counted by a DDP comm hook) and the process group is destroyed on the way out. A SIGTERM to rank 1 alone
+stops both ranks at the same step with a checkpoint, and `--resume_from auto` under torchrun continues bit
+for bit.
 
     python -m pytest -q tests/test_ddp.py
 """
@@ -23,17 +26,59 @@ ARGS = [str(ROOT / "configs" / "tiny.py"), "--gradient_accumulation_steps=4", "-
         "--checkpoint_interval=3", "--dropout=0.0"]
 
 
-# main() as train.py runs it, plus a real SIGTERM sent to rank 1 only, after step 3.
-SIGTERM_RANK1 = textwrap.dedent("""
+# main() as train.py runs it, plus: a real SIGTERM sent to rank 1 only, after step 3; a DDP comm hook that
+# counts the gradient all-reduces ending a backward pass per optimizer step (no_sync on all micro-steps but
+# the last: one per step); an audit hook that records every write rank 1 makes under out_dir (there must be
+# none); and whether the process group is left after main() returns.
+DRIVER = textwrap.dedent("""
     import os, signal, sys
+    import torch.distributed as td
+    import torch.nn.parallel
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
     from nanogpt2.errors import run_cli
     from nanogpt2.trainer import main
 
+    RANK = int(os.environ["RANK"])
+    OUT = os.path.abspath(os.environ["RUN_OUT_DIR"])
+    syncs = [0]  # of the current optimizer step
+    writes = []
+
+    class CountingDDP(torch.nn.parallel.DistributedDataParallel):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+
+            def hook(process_group, bucket):
+                if bucket.is_last():
+                    syncs[-1] += 1
+                return allreduce_hook(process_group, bucket)
+
+            self.register_comm_hook(None, hook)
+
+    torch.nn.parallel.DistributedDataParallel = CountingDDP  # the trainer imports it from there when wrapping
+
+    def audit(event, args):
+        if event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
+            mode, flags = args[1] or "", args[2] or 0
+            if not (any(c in mode for c in "wax+") or flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)):
+                return
+        elif event not in ("os.rename", "os.remove", "os.mkdir", "os.truncate", "shutil.rmtree"):
+            return
+        if isinstance(args[0], (str, bytes, os.PathLike)) and os.path.abspath(os.fsdecode(args[0])).startswith(OUT):
+            writes.append((event, os.fsdecode(args[0])))
+
+    if RANK != 0:
+        sys.addaudithook(audit)
+
     def hook(trainer, event):
-        if event == "step_end" and trainer.step == 3 and trainer.dist.rank == 1:
-            os.kill(os.getpid(), signal.SIGTERM)
+        if event == "step_end":
+            print(f"rank {RANK} step {trainer.step} syncs {syncs[-1]}", flush=True)
+            syncs.append(0)
+            if trainer.step == 3 and RANK == 1:
+                os.kill(os.getpid(), signal.SIGTERM)
 
     run_cli(main, sys.argv[1:], hooks=[hook])
+    print(f"rank {RANK} writes under out_dir: {writes}", flush=True)
+    print(f"rank {RANK} process group left: {not td.is_initialized()}", flush=True)
 """)
 
 
@@ -89,16 +134,23 @@ def test_torchrun_two_processes_match_one(tmp_path):
 
     # Interrupt the DDP run with a SIGTERM to rank 1 only, resume under torchrun: the same run, bit for bit.
     cut = tmp_path / "cut"
-    driver = tmp_path / "sigterm_rank1.py"
-    driver.write_text(SIGTERM_RANK1)
-    first = run(torchrun(driver, *ARGS, f"--out_dir={cut}"), env)
+    driver = tmp_path / "ddp_driver.py"
+    driver.write_text(DRIVER)
+    env_cut = {**env, "RUN_OUT_DIR": str(cut)}
+    first = run(torchrun(driver, *ARGS, f"--out_dir={cut}"), env_cut)
     assert "stopped by a signal on another process after step 3" in first.stdout  # rank 0 stopped with rank 1
     assert ck_step(cut / "checkpoint_interrupted.pt") == 3
-    second = run(torchrun(ROOT / "train.py", *ARGS, f"--out_dir={cut}", "--resume_from=auto"), env)
+    second = run(torchrun(driver, *ARGS, f"--out_dir={cut}", "--resume_from=auto"), env_cut)
     assert "checkpoint_interrupted.pt at step 3" in second.stdout
     assert [float.hex(r["loss"]) for r in records(cut)] == [float.hex(r["loss"]) for r in b]
     final = torch.load(cut / "checkpoint_final.pt", map_location="cpu", weights_only=True)["model"]
     assert all(torch.equal(final[k], v) for k, v in ck["model"].items())
+    for res, steps in ((first, range(1, 4)), (second, range(4, 7))):
+        for rank in (0, 1):
+            # 2 micro-steps per rank and step, gradients all-reduced once: no_sync on the first
+            assert [f"rank {rank} step {s} syncs 1" in res.stdout for s in steps] == [True] * 3, res.stdout
+            assert f"rank {rank} process group left: True" in res.stdout
+        assert "rank 1 writes under out_dir: []" in res.stdout  # checkpoints, metrics, config: rank 0 only
 
 
 def ck_step(path):

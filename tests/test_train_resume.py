@@ -89,8 +89,14 @@ def test_sigterm_then_resume_is_bit_exact(env, reference, tmp_path):
     assert "SIGTERM received" in first.stdout
     assert "stopped by SIGTERM after step 10" in first.stdout
     saved = torch.load(out / "checkpoint_interrupted.pt", map_location="cpu", weights_only=True)
-    assert saved["step"] == 10 and saved["sampler"]["step"] == 10
+    assert set(saved) >= {"model", "model_config", "run_config", "tokenizer", "optimizer", "scaler", "scheduler", "step",
+                          "epoch", "best_val_loss", "sampler", "rng"}
+    assert saved["step"] == 10 and saved["sampler"]["step"] == 10 and saved["run_config"]["dropout"] == 0.1
     assert set(saved["rng"]) >= {"python", "numpy", "torch", "cuda"}
+    assert len(saved["optimizer"]["state"]) == len(saved["optimizer"]["param_groups"][0]["params"]) + len(
+        saved["optimizer"]["param_groups"][1]["params"])  # AdamW moments of every parameter
+    assert saved["best_val_loss"] == min(r["val_loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+                                         if "val_loss" in r)
     assert not (out / "checkpoint_final.pt").exists()
     assert sorted(losses(out)) == list(range(1, 11))
 
@@ -106,12 +112,18 @@ def test_wall_clock_limit_saves_and_exits_zero_then_resumes(env, reference, tmp_
     ref_losses, ref_weights = reference
     out = tmp_path / "run"
     first = run([*COMMON, f"--out_dir={out}", "--max_training_hours=1e-9"], env)
+    assert f"effective config (config files: {TINY}; * = not the default):" in first.stdout
+    assert {"*max_training_hours=1e-09", "*dropout=0.1", "*max_iters=20"} <= set(first.stdout.split())
+    assert json.loads((out / "config.json").read_text())["max_training_hours"] == 1e-9
     assert "Elapsed: 0.00h | Remaining: 0.00h" in first.stdout
     assert "wall-clock limit max_training_hours=1e-09 reached after step 1" in first.stdout
     assert (out / "checkpoint_time_limit.pt").exists() and not (out / "checkpoint_final.pt").exists()
     assert sorted(losses(out)) == [1]
 
-    second = run([*COMMON, f"--out_dir={out}", "--resume_from=auto"], env)
+    # --resume_from PATH (the SIGTERM test uses auto); a newer checkpoint in the folder must not be picked
+    (out / "checkpoint_step_99.pt").write_bytes((out / "checkpoint_time_limit.pt").read_bytes()[:100])
+    second = run([*COMMON, f"--out_dir={out}", "--resume_from", str(out / "checkpoint_time_limit.pt")], env)
+    (out / "checkpoint_step_99.pt").unlink(missing_ok=True)
     assert "checkpoint_time_limit.pt at step 1" in second.stdout
     assert "done: 20 steps" in second.stdout
     assert losses(out) == ref_losses

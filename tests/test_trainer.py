@@ -9,17 +9,25 @@ are in tests/test_train_resume.py, tests/test_config.py and tests/test_ddp.py.
 
 import json
 import math
+import os
+import re
+import signal
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+from http_fixture import serve
 from nanogpt2 import checkpoint as ckpt_io
 from nanogpt2.config import load_config
 from nanogpt2.errors import NanoGPT2Error
 from nanogpt2.model import GPT, GPTConfig
+from nanogpt2.perf import measured_matmul_flops
 from nanogpt2.tokenizer import CharTokenizer
-from nanogpt2.trainer import Trainer, get_lr, param_groups, resolve_schedule, split_batch
+from nanogpt2.trainer import (Trainer, get_lr, make_optimizer, param_groups, resolve_compile, resolve_schedule,
+                              split_batch)
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = str(ROOT / "configs" / "tiny.py")
@@ -63,6 +71,26 @@ class WindowsSampler:
 
 def tiny_trainer(cfg, fixed=True, **kw):
     return Trainer(cfg, tokenizer=TOK, make_sampler=lambda t: WindowsSampler(t.rows_per_step, cfg.block_size, fixed), **kw)
+
+
+class RandomIds:
+    """Random windows of the HF fixture's 96-token vocabulary (16 tokens + 1), from its own generator."""
+
+    def __init__(self, rows):
+        self.g, self.rows = torch.Generator().manual_seed(0), rows
+
+    def next_batch(self, device=None):
+        w = torch.randint(0, 96, (self.rows, 17), generator=self.g)  # (rows, T + 1)
+        return w[:, :-1], w[:, 1:]
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, d):
+        pass
+
+
+HF_TINY = ROOT / "tests" / "fixtures" / "openai-gpt2-tiny-hf"
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -129,6 +157,17 @@ def test_param_groups_decay_only_matrices():
     assert len(decay2["params"]) == len(decay["params"]) - 1
 
 
+def test_adamw_fused_on_cuda_only_with_configured_hyperparameters():
+    model = GPT(GPTConfig(block_size=16, vocab_size=65, n_layer=1, n_head=2, n_embd=32))
+    cfg = load_config(["--learning_rate=3e-4", "--beta1=0.85", "--beta2=0.99", "--eps=1e-7", "--weight_decay=0.01"])
+    cpu = make_optimizer(model, cfg, "cpu")
+    assert not cpu.defaults.get("fused")
+    assert (cpu.defaults["lr"], cpu.defaults["betas"], cpu.defaults["eps"]) == (3e-4, (0.85, 0.99), 1e-7)
+    assert [g["weight_decay"] for g in cpu.param_groups] == [0.01, 0.0]
+    # fused=True is what the CUDA path asks for (torch >= 2.4 also accepts it for CPU tensors, so it builds here)
+    assert make_optimizer(model, cfg, "cuda").defaults["fused"] is True
+
+
 def test_accumulation_equals_one_big_batch(tmp_path):
     """8 rows in one micro-batch vs 4 micro-batches of 2 (loss / 4 each): same loss, same update."""
     results = []
@@ -174,16 +213,35 @@ def test_overfits_a_single_batch(tmp_path):
     assert min(losses) < 0.1, f"never below 0.1 in 100 steps: {losses[-5:]}"
 
 
-def test_real_data_run_with_eval_best_checkpoints_and_sample(tmp_path):
-    """The default data path (shakespeare_char memmaps): eval, best/step/final checkpoints, pruning, samples."""
+def test_real_data_run_with_eval_best_checkpoints_and_sample(tmp_path, capsys):
+    """The default data path (shakespeare_char memmaps): eval, best/step/final checkpoints, pruning, samples,
+    the printed effective config and the progress lines."""
     cfg = cfg_for(tmp_path, "--max_iters=30", "--eval_interval=10", "--checkpoint_interval=5", "--keep_last=2",
-                  "--sample_interval=15", "--sample_tokens=40")
+                  "--sample_interval=15", "--sample_tokens=40", "--log_interval=10")
     tr = Trainer(cfg)
     summary = tr.train()
+    stdout = capsys.readouterr().out
+    assert f"effective config (config files: {TINY}; * = not the default):" in stdout
+    assert {"*max_iters=30", "log_interval=10", "seed=1337", "*n_embd=32"} <= set(stdout.split())  # *: not default
+    assert "--- sample at step 15 ---" in stdout
+    progress = re.compile(r"^step (\d+)/30 \| loss (\d+\.\d{4}) \| ppl (\d+\.\d{2}) \| lr (\d\.\d{2}e-\d\d) \| "
+                          r"grad (\d+\.\d{3}) \| ([\d,]+) tok/s \| MFU (\d+\.\d{2})% \| "
+                          r"Elapsed: \d+\.\d{2}h \| Remaining: \d+\.\d{2}h$", re.M)
+    lines = {int(m.group(1)): m for m in progress.finditer(stdout)}
+    assert sorted(lines) == [1, 10, 20, 30]  # log_interval, plus the first and the last step
     out = Path(cfg.out_dir)
     assert summary["stopped"] == "done" and summary["step"] == 30
     recs = records(cfg)
-    assert [r["step"] for r in recs] == list(range(1, 31))
+    assert [r["step"] for r in recs] == [1, 10, 20, 30]  # logged steps (evaluations fall on them too)
+    for r in recs:
+        m = lines[r["step"]]
+        assert (m.group(2), m.group(3), m.group(4), m.group(5)) == (
+            f"{r['loss']:.4f}", f"{r['ppl']:.2f}", f"{r['lr']:.2e}", f"{r['grad_norm']:.3f}")
+        assert r["ppl"] == pytest.approx(math.exp(r["loss"]))
+        assert r["tokens_per_sec"] > 0 and r["tokens"] == r["step"] * 4 * 32
+        # MFU = model FLOPs per token x tokens/s over the peak (the CPU matmul probe)
+        assert 0 < r["mfu"] == pytest.approx(tr.flops_per_token * r["tokens_per_sec"] / tr.peak_flops, rel=1e-9)
+        assert m.group(7) == f"{100 * r['mfu']:.2f}"
     evals = [r for r in recs if "val_loss" in r]
     assert [r["step"] for r in evals] == [10, 20, 30]
     assert evals[-1]["val_loss"] < evals[0]["val_loss"] < math.log(65) + 0.2
@@ -223,25 +281,10 @@ def test_init_from_training_checkpoint(tmp_path):
 
 def test_init_from_hf_folder_loads_reference_weights_and_crops(tmp_path):
     """init_from=<HF folder>: the transformers-written fixture, whose logits transformers computed."""
-    import numpy as np
-
-    hf = ROOT / "tests" / "fixtures" / "openai-gpt2-tiny-hf"
+    hf = HF_TINY
     ids = torch.from_numpy(np.load(hf / "input_ids.npy")).long()  # (1, 32)
     want = torch.from_numpy(np.load(hf / "logits.npy"))  # (1, 32, 96)
-
-    class Ids:  # random windows of the fixture's 96-token vocabulary
-        def __init__(self, rows):
-            self.g, self.rows = torch.Generator().manual_seed(0), rows
-
-        def next_batch(self, device=None):
-            w = torch.randint(0, 96, (self.rows, 17), generator=self.g)
-            return w[:, :-1], w[:, 1:]
-
-        def state_dict(self):
-            return {}
-
-        def load_state_dict(self, d):
-            pass
+    Ids = RandomIds
 
     cfg = cfg_for(tmp_path, f"--init_from={hf}", "--block_size=32", "--max_iters=2", "--checkpoint_interval=0")
     tr = Trainer(cfg, make_sampler=lambda t: Ids(t.rows_per_step))
@@ -254,6 +297,37 @@ def test_init_from_hf_folder_loads_reference_weights_and_crops(tmp_path):
         Trainer(cfg.replace(block_size=64), make_sampler=lambda t: Ids(t.rows_per_step))
     with pytest.raises(NanoGPT2Error, match="did you mean gpt2"):
         Trainer(cfg.replace(init_from="gtp2"), make_sampler=lambda t: Ids(t.rows_per_step))
+
+
+def test_init_from_gpt2_name_downloads_once_from_the_hub_endpoint(tmp_path, monkeypatch):
+    """init_from=gpt2: config.json + model.safetensors fetched from $NANOGPT2_HF_ENDPOINT (a loopback server
+    serving the transformers-written fixture under openai-community/gpt2), cached, then loaded."""
+    files = {f"/openai-community/gpt2/resolve/main/{name}": (HF_TINY / name).read_bytes()
+             for name in ("config.json", "model.safetensors")}
+    ids = torch.from_numpy(np.load(HF_TINY / "input_ids.npy")).long()  # (1, 32)
+    want = torch.from_numpy(np.load(HF_TINY / "logits.npy"))  # (1, 32, 96)
+    monkeypatch.setenv("NANOGPT2_CACHE", str(tmp_path / "cache"))
+    cfg = cfg_for(tmp_path, "--init_from=gpt2", "--block_size=32", "--max_iters=1", "--checkpoint_interval=0")
+    with serve(files) as srv:
+        monkeypatch.setenv("NANOGPT2_HF_ENDPOINT", srv.base_url)
+        tr = Trainer(cfg, make_sampler=lambda t: RandomIds(t.rows_per_step))
+        torch.testing.assert_close(tr.raw_model.eval()(ids)[0], want, atol=1e-5, rtol=1e-4)
+        Trainer(cfg, make_sampler=lambda t: RandomIds(t.rows_per_step))  # second run: from the cache
+        assert all(srv.hits[path] == 1 for path in files), srv.hits
+    assert (tmp_path / "cache" / "models" / "gpt2" / "model.safetensors").is_file()
+
+
+def test_compile_default_and_checkpoints_come_from_the_raw_model(tmp_path):
+    assert resolve_compile(None, torch.device("cuda")) is True and resolve_compile(None, torch.device("cpu")) is False
+    assert resolve_compile(False, torch.device("cuda")) is False and resolve_compile(True, torch.device("cpu")) is True
+    base = cfg_for(tmp_path, "--max_iters=1", "--compile=auto", "--vocab_size=65")
+    plain = tiny_trainer(base)
+    assert plain.model is plain.raw_model  # CPU default: no compile
+    tr = tiny_trainer(base.replace(compile=True))  # wrapped lazily: nothing is compiled until a forward
+    assert tr.model is not tr.raw_model and tr.model._orig_mod is tr.raw_model
+    assert all(k.startswith("_orig_mod.") for k in tr.model.state_dict())
+    saved = torch.load(tr.save("step_1"), map_location="cpu", weights_only=True)["model"]
+    assert saved.keys() == tr.raw_model.state_dict().keys()  # no "_orig_mod." prefix
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -345,16 +419,96 @@ def test_epoch_end_evaluates_and_checkpoints(tmp_path):
     assert ckpt_io.load_checkpoint(Path(cfg.out_dir) / "checkpoint_epoch_3.pt")["epoch"] == 3
 
 
-def test_tensorboard_and_plot_when_installed(tmp_path):
+def test_tensorboard_events_when_installed(tmp_path):
     pytest.importorskip("tensorboard")
-    pytest.importorskip("matplotlib")
-    cfg = cfg_for(tmp_path, "--max_iters=6", "--eval_interval=3", "--tensorboard=true", "--plot=true",
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = cfg_for(tmp_path, "--max_iters=6", "--eval_interval=3", "--tensorboard=true", "--plot=false",
                   "--checkpoint_interval=0")
     Trainer(cfg).train()
-    out = Path(cfg.out_dir)
-    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
-    png = (out / "training_curves.png").read_bytes()
+    events = EventAccumulator(str(Path(cfg.out_dir) / "tensorboard"))
+    events.Reload()
+    loss = [(e.step, e.value) for e in events.Scalars("train/loss")]
+    assert [s for s, _ in loss] == list(range(1, 7))
+    assert [v for _, v in loss] == pytest.approx([r["loss"] for r in records(cfg)], rel=1e-6)
+    assert [e.step for e in events.Scalars("val_loss")] == [3, 6]
+
+
+def test_plot_png_when_matplotlib_installed(tmp_path):
+    pytest.importorskip("matplotlib")
+    cfg = cfg_for(tmp_path, "--max_iters=6", "--eval_interval=3", "--tensorboard=false", "--plot=true",
+                  "--checkpoint_interval=0")
+    Trainer(cfg).train()
+    png = (Path(cfg.out_dir) / "training_curves.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_sigint_saves_then_init_from_resume_continues_bit_for_bit(tmp_path, capsys):
+    """In-process: a real SIGINT at step 3 finishes the step, saves checkpoint_interrupted.pt and returns;
+    init_from=resume continues to step 6 exactly like an uninterrupted run (dropout on: RNG states matter).
+    The CPU MFU probe is cached per process; clearing it makes the first run probe and the second not, which
+    must not change the training (the probe must not draw from the global RNG)."""
+    args = ("--max_iters=6", "--dropout=0.1", "--checkpoint_interval=0", "--vocab_size=65")
+    measured_matmul_flops.cache_clear()
+    ref_cfg = cfg_for(tmp_path / "ref", *args)
+    ref = tiny_trainer(ref_cfg, fixed=False)
+    ref.train()
+
+    def interrupt(trainer, event):
+        if event == "step_end" and trainer.step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    handler_before = signal.getsignal(signal.SIGINT)
+    cfg = cfg_for(tmp_path / "cut", *args)
+    summary = tiny_trainer(cfg, fixed=False, hooks=[interrupt]).train()
+    assert summary["stopped"] == "signal" and summary["step"] == 3
+    assert signal.getsignal(signal.SIGINT) is handler_before  # our handlers are gone again
+    out = capsys.readouterr().out
+    assert "SIGINT received" in out and "stopped by SIGINT after step 3" in out
+    assert sorted(p.name for p in Path(cfg.out_dir).glob("checkpoint_*.pt")) == ["checkpoint_interrupted.pt"]
+
+    resumed = tiny_trainer(cfg.replace(init_from="resume"), fixed=False)
+    assert resumed.step == 3
+    assert resumed.train()["stopped"] == "done"
+    hexes = lambda c: [float.hex(r["loss"]) for r in records(c)]  # noqa: E731
+    assert hexes(cfg) == hexes(ref_cfg) and len(hexes(cfg)) == 6
+    for k, v in ref.raw_model.state_dict().items():
+        assert torch.equal(resumed.raw_model.state_dict()[k], v), k
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    """A write that fails half-way leaves the previous file intact and no temp file; publishing is a rename."""
+    path = tmp_path / "checkpoint_step_1.pt"
+    ckpt_io.save_checkpoint(path, {"model": {"w": torch.ones(3)}, "model_config": {}, "step": 1})
+    before = path.read_bytes()
+
+    class Unwritable:
+        def __reduce__(self):
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        ckpt_io.save_checkpoint(path, {"model": {"w": torch.zeros(3)}, "model_config": {}, "step": 2, "x": Unwritable()})
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == [path.name]
+
+    renames, real_replace = [], os.replace
+    monkeypatch.setattr(os, "replace", lambda a, b: (renames.append((Path(a), Path(b))), real_replace(a, b))[1])
+    ckpt_io.save_checkpoint(path, {"model": {"w": torch.zeros(3)}, "model_config": {}, "step": 3})
+    (src, dst), = renames
+    assert dst == path and src.parent == path.parent and src != path and not src.exists()
+    assert ckpt_io.load_checkpoint(path)["step"] == 3
+
+
+def test_missing_tensorboard_and_matplotlib_are_not_errors(tmp_path, monkeypatch, capsys):
+    for name in ("tensorboard", "torch.utils.tensorboard", "matplotlib", "matplotlib.pyplot"):
+        monkeypatch.setitem(sys.modules, name, None)  # `import name` now raises ImportError, as when absent
+    cfg = cfg_for(tmp_path, "--max_iters=3", "--tensorboard=true", "--plot=true", "--checkpoint_interval=0",
+                  "--vocab_size=65")
+    assert tiny_trainer(cfg).train()["stopped"] == "done"
+    out = capsys.readouterr().out
+    assert "tensorboard is not installed" in out and "matplotlib is not installed" in out
+    run = Path(cfg.out_dir)
+    assert not (run / "tensorboard").exists() and not (run / "training_curves.png").exists()
+    assert len(records(cfg)) == 3
 
 
 def test_resume_errors(tmp_path):
