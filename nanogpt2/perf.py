@@ -125,8 +125,9 @@ class MatmulProbe:
         dt = getattr(torch, _dtype_name(dtype))
         self.n = n
         self.flops = 2 * n ** 3
-        self.a = torch.randn(n, n).to(dt)
-        self.b = torch.randn(n, n).to(dt)
+        gen = torch.Generator().manual_seed(0)  # its own generator: timing must not move the global RNG
+        self.a = torch.randn(n, n, generator=gen).to(dt)
+        self.b = torch.randn(n, n, generator=gen).to(dt)
         self()  # warm up
 
     def __call__(self):
@@ -155,7 +156,11 @@ def measured_matmul_flops(dtype="float32", n=1024, seconds=0.5) -> float:
 
 
 def mfu(flops_per_token: float, tokens_per_sec: float, peak: float) -> float:
-    """Model FLOPs utilisation in [0, 1]: achieved model FLOP/s over the peak (NaN when the peak is unknown)."""
+    """Model FLOPs utilisation: achieved model FLOP/s over the peak (NaN when the peak is unknown).
+
+    Not clamped: against a datasheet peak it is below 1; against a CPU probe measured once, it can read above
+    1 when the machine was busier during the probe than during the steps (bench.py times the probe in the same
+    rounds as the steps for that reason)."""
     if not peak or math.isnan(peak):
         return float("nan")
     return flops_per_token * tokens_per_sec / peak

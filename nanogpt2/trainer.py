@@ -295,13 +295,18 @@ class Trainer:
         self.tokens_per_step = cfg.batch_size * cfg.block_size * accum  # global
 
         self.log(format_config(cfg))
+        # Rank 0 writes; its failure flag is all-reduced so that the other ranks stop with it, not hang later.
+        failed, error = torch.zeros(1, device=self.device), None
         if self.dist.master:
             try:
                 self.out_dir.mkdir(parents=True, exist_ok=True)
                 save_config(cfg, self.out_dir / "config.json")
             except OSError as e:
-                raise NanoGPT2Error(f"cannot write to out_dir={cfg.out_dir} ({e.strerror or e}); "
-                                    f"pick a folder you can write to") from None
+                failed[0] = 1.0
+                error = NanoGPT2Error(f"cannot write to out_dir={cfg.out_dir} ({e.strerror or e}); "
+                                      f"pick a folder you can write to")
+        if self._all_reduce(failed, op="max").item():
+            raise error or NanoGPT2Error(f"cannot write to out_dir={cfg.out_dir} (see rank 0's error)")
 
         # --- data ---
         if make_sampler is None:
