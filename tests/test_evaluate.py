@@ -203,3 +203,25 @@ def test_cli_on_a_local_text_file(gpt2_vocab_pair, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "nanogpt2.evaluate", "--init_from", str(folder), "--dataset", str(path),
                           "--split", "all", "--block_size", "100"], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert bad.returncode == 2 and bad.stderr.startswith("error:") and "context" in bad.stderr
+
+
+def test_cli_wikitext2_test_split_with_default_stride(gpt2_vocab_pair):
+    """The issue's command, `python -m nanogpt2.evaluate --init_from ... --dataset wikitext2 --split test`, on
+    the real split (first 700 tokens): the default stride (512) is clamped to this model's 64-token
+    context, i.e. disjoint windows, and the figures are the guide loop's."""
+    from nanogpt2.tokenizer import get_tokenizer
+
+    data = shared_data("wikitext-2-raw")
+    _, hf, folder = gpt2_vocab_pair
+    out = subprocess.run([sys.executable, "-m", "nanogpt2.evaluate", "--init_from", str(folder), "--dataset", "wikitext2",
+                          "--split", "test", "--data_path", str(data), "--max_tokens", "700", "--json"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    tok = get_tokenizer("gpt2")
+    ids = tok.encode_ordinary((data / "wiki.test.raw").read_text(encoding="utf-8"))[:700]
+    assert (res["dataset"], res["split"], res["stride"], res["block_size"]) == ("wikitext2", "test", 64, 64)
+    assert res["tokens"] == 700 - math.ceil(700 / 64)  # each disjoint window's first token has no context
+    assert res["loss"] == pytest.approx(hf_guide_loop(hf, ids, 64, 64)[0], rel=1e-4)
+    assert res["ppl"] == pytest.approx(math.exp(res["loss"]), rel=1e-12)
+    assert res["bits_per_byte"] == pytest.approx(res["loss"] / math.log(2) * 700 / len(tok.decode_bytes(ids)), rel=1e-9)

@@ -205,6 +205,70 @@ def test_cache_equals_no_cache(pair):
         assert torch.equal(a, b), kw
 
 
+def _record_forwards(model):
+    """Hooks that record, for every forward of `model`, (input length, cache length before it or None) and
+    the sequence length the LM head sees. Returns (calls, head_lengths, remove)."""
+    calls, head = [], []
+
+    def on_forward(module, args, kwargs):
+        cache = kwargs.get("kv_cache")
+        calls.append((args[0].shape[1], None if cache is None else cache.length))
+
+    handles = [model.register_forward_pre_hook(on_forward, with_kwargs=True),
+               model.lm_head.register_forward_pre_hook(lambda module, args: head.append(args[0].shape[1]))]
+    return calls, head, lambda: [h.remove() for h in handles]
+
+
+def test_kv_cache_prefills_once_then_feeds_one_token_per_step(pair):
+    ours, _ = pair
+    idx, mask = left_padded()  # (3, 9)
+    calls, head, remove = _record_forwards(ours)
+    try:
+        generate(ours, idx, 12, greedy=True, attention_mask=mask)
+        # the prompt once, then one token per step onto the growing cache; no forward after the last token
+        assert calls == [(9, 0)] + [(1, 9 + i) for i in range(11)]
+        assert head == [1] * 12  # the head computes logits for the last position only, prefill included
+        calls.clear(), head.clear()
+        generate(ours, idx, 12, greedy=True, attention_mask=mask, use_cache=False)
+        assert calls == [(9 + i, None) for i in range(12)] and head == [1] * 12  # the whole window every step
+        # past the context: one-token steps until the cache is full, then the last block_size // 2 again
+        calls.clear()
+        n = BLOCK + 10
+        generate(ours, idx[:1], n, greedy=True)
+        expected, length = [(9, 0)], 9
+        for _ in range(n - 1):
+            if length + 1 > BLOCK:
+                expected.append((BLOCK // 2, 0))
+                length = BLOCK // 2
+            else:
+                expected.append((1, length))
+                length += 1
+        assert calls == expected and (BLOCK // 2, 0) in calls
+    finally:
+        remove()
+
+
+def test_model_generate_takes_the_issue_signature(pair):
+    """model.generate(idx, max_new_tokens, temperature, top_k, top_p, greedy, eos_token_id, attention_mask,
+    generator) is generate(); rows that stop early are padded with eos_token_id."""
+    ours, _ = pair
+    idx, mask = left_padded()
+    kw = dict(temperature=0.9, top_k=40, top_p=0.95, greedy=False, attention_mask=mask)
+    free = generate(ours, idx, 30, generator=torch.Generator().manual_seed(3), **kw)
+    eos = int(free[2, 9 + 4])  # a token that row 2 samples at step 4
+    out = ours.generate(idx, 30, eos_token_id=eos, generator=torch.Generator().manual_seed(3), **kw)
+    assert torch.equal(out, generate(ours, idx, 30, eos_token_id=eos, generator=torch.Generator().manual_seed(3), **kw))
+    assert out.dtype == torch.long and out.shape[0] == 3 and 9 + 5 <= out.shape[1] <= 9 + 30
+    for r in range(3):
+        row = out[r, 9:].tolist()
+        if eos in row:  # stopped: the sample so far, its eos, then eos padding
+            first = row.index(eos)
+            assert row[:first + 1] == free[r, 9:9 + first + 1].tolist() and set(row[first:]) == {eos}
+        else:
+            assert row == free[r, 9:9 + len(row)].tolist()
+    assert eos in out[2, 9:9 + 5].tolist()
+
+
 def test_seeds(pair):
     ours, _ = pair
     idx = torch.randint(0, VOCAB, (2, 4), generator=torch.Generator().manual_seed(0))
@@ -285,19 +349,18 @@ def test_stop_strings(pair):
     tok = Chars()
     idx = torch.randint(0, VOCAB, (2, 5), generator=torch.Generator().manual_seed(9))
     free = generate(ours, idx, 40, temperature=1.0, generator=torch.Generator().manual_seed(1))
-    text0 = tok.decode(free[0, 5:].tolist())
-    stop = text0[10:12]  # a 2-character string that row 0 produces
-    first = text0.index(stop) + len(stop)
+    texts = [tok.decode(free[r, 5:].tolist()) for r in range(2)]
+    stop = texts[0][10:12]  # a 2-character string that row 0 produces
     out = generate(ours, idx, 40, temperature=1.0, generator=torch.Generator().manual_seed(1),
                    stop_strings=[stop, "never-produced"], tokenizer=tok, pad_token_id=5)
-    got0 = out[0, 5:].tolist()
-    assert tok.decode(got0[:first]) == text0[:first]
-    assert all(t == 5 for t in got0[first:])  # padded after the stop string
-    text1 = tok.decode(free[1, 5:].tolist())
-    if stop in text1:
-        assert out.shape[1] <= free.shape[1]
-    else:
-        assert torch.equal(out[1], free[1])  # row 1 never stops, so it runs the full length
+    # each row is its free-running sample up to (and including) the token that completes the stop string,
+    # then padding; the batch ends when the last row stops (one character per token with this tokenizer)
+    ends = [text.index(stop) + len(stop) if stop in text else 40 for text in texts]
+    assert ends[0] != ends[1]  # one row runs on after the other has stopped
+    expected = free[:, :5 + max(ends)].clone()
+    for r, end in enumerate(ends):
+        expected[r, 5 + end:] = 5
+    assert torch.equal(out, expected)
     with pytest.raises(NanoGPT2Error, match="tokenizer"):
         generate(ours, idx, 5, stop_strings=["x"])
 

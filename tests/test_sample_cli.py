@@ -5,6 +5,7 @@ the error path (one line on stderr, exit status 2).
 """
 
 import importlib.util
+import re
 import subprocess
 import sys
 
@@ -12,6 +13,8 @@ import pytest
 import torch
 
 from conftest import ROOT
+from http_fixture import serve
+from nanogpt2.errors import NanoGPT2Error
 from nanogpt2.generate import generate
 from nanogpt2.model import GPT, GPTConfig
 
@@ -42,6 +45,17 @@ def run(capsys, *args):
     return capsys.readouterr().out
 
 
+def api_text(folder, prompt, seed, n=12, **kw):
+    """What sample.py should print for one sample: prompt + continuation by the Python API, same seed."""
+    from nanogpt2.tokenizer import get_tokenizer
+
+    tok = get_tokenizer("gpt2")
+    model = GPT.from_pretrained(str(folder))
+    ids = generate(model, torch.tensor([tok.encode(prompt)]), n, eos_token_id=tok.eot_token, tokenizer=tok,
+                   generator=torch.Generator().manual_seed(seed), **kw)
+    return tok.decode(ids[0].tolist())
+
+
 def test_samples_are_seeded_and_streaming_prints_the_same(hf_folder, capsys):
     a = run(capsys, "--init_from", hf_folder, "--start", "Hello, world", "--num_samples", 2, "--seed", 3)
     assert a.count("---------------") == 2 and a.startswith("Hello, world")
@@ -61,6 +75,66 @@ def test_greedy_matches_the_api(hf_folder, capsys):
     assert out == tok.decode(ids[0].tolist()) + "\n---------------\n"
 
 
+DEFAULTS = dict(temperature=0.8, top_k=200)  # sample.py's
+
+
+@pytest.mark.parametrize("args, kw, without", [
+    (["--temperature", 1.3, "--top_k", 0], dict(temperature=1.3), DEFAULTS),
+    (["--temperature", 1.0, "--top_k", 3], dict(temperature=1.0, top_k=3), DEFAULTS),
+    (["--top_p", 0.3, "--top_k", 0, "--temperature", 1.0], dict(top_p=0.3), DEFAULTS),
+    (["--greedy", "--repetition_penalty", 3.0], dict(greedy=True, repetition_penalty=3.0), dict(greedy=True)),
+])
+def test_sampling_options_reach_generate(hf_folder, capsys, args, kw, without):
+    """Each option gives exactly the API's sample with the same settings and seed, and not the sample
+    without the option (so an option that is dropped on the way shows)."""
+    out = run(capsys, "--init_from", hf_folder, "--start", "Hello", "--num_samples", 1, "--seed", 21, *args)
+    assert out == api_text(hf_folder, "Hello", 21, **kw) + "\n---------------\n"
+    assert out != api_text(hf_folder, "Hello", 21, **without) + "\n---------------\n"
+
+
+def test_dtype_and_compile_options(hf_folder, capsys, monkeypatch):
+    """--dtype bfloat16 runs the model under bf16 autocast (its logits come out bf16, and the text is the
+    API's under the same autocast), float32 without; --compile hands the model to torch.compile (recorded
+    here: compiling takes minutes on a small CPU, and a compiled model's agreement is the model's concern)."""
+    logits_dtypes = []
+    load = sample.load_model_and_tokenizer
+
+    def load_and_watch(*a, **kw):
+        model, tok, desc = load(*a, **kw)
+        model.lm_head.register_forward_hook(lambda module, args, out: logits_dtypes.append(out.dtype))
+        return model, tok, desc
+
+    monkeypatch.setattr(sample, "load_model_and_tokenizer", load_and_watch)
+    args = ["--init_from", hf_folder, "--start", "Hello", "--num_samples", 1, "--max_new_tokens", 24, "--greedy"]
+    bf16 = run(capsys, *args, "--dtype", "bfloat16")
+    assert set(logits_dtypes) == {torch.bfloat16} and len(logits_dtypes) == 24
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert bf16 == api_text(hf_folder, "Hello", 0, n=24, greedy=True) + "\n---------------\n"
+    logits_dtypes.clear()
+    fp32 = run(capsys, *args, "--dtype", "float32")
+    assert set(logits_dtypes) == {torch.float32}
+    assert fp32 == api_text(hf_folder, "Hello", 0, n=24, greedy=True) + "\n---------------\n"
+
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: compiled.append(model) or model)
+    assert run(capsys, *args, "--dtype", "float32", "--compile") == fp32
+    assert len(compiled) == 1 and isinstance(compiled[0], GPT)
+
+
+def test_init_from_gpt2_name_downloads_once(hf_folder, capsys, monkeypatch, tmp_path):
+    """--init_from gpt2 fetches config.json and model.safetensors of openai-community/gpt2 (here from a
+    loopback server standing in for the Hub, serving the tiny model) into the cache, then reuses them."""
+    files = {f"/openai-community/gpt2/resolve/main/{name}": (hf_folder / name).read_bytes()
+             for name in ("config.json", "model.safetensors")}
+    with serve(files) as srv:
+        monkeypatch.setenv("NANOGPT2_HF_ENDPOINT", srv.base_url)
+        monkeypatch.setenv("NANOGPT2_CACHE", str(tmp_path / "cache"))
+        out = run(capsys, "--init_from", "gpt2", "--start", "The cat", "--num_samples", 1, "--greedy")
+        assert out == api_text(hf_folder, "The cat", 0, greedy=True) + "\n---------------\n"
+        assert run(capsys, "--init_from", "gpt2", "--start", "The cat", "--num_samples", 1, "--greedy") == out
+        assert sorted(srv.hits.values()) == [1, 1]  # each file fetched once, then read from the cache
+
+
 def test_prompt_from_file_empty_prompt_and_compare(hf_folder, capsys, tmp_path):
     p = tmp_path / "prompt.txt"
     p.write_text("Once upon a time")
@@ -68,9 +142,32 @@ def test_prompt_from_file_empty_prompt_and_compare(hf_folder, capsys, tmp_path):
     assert out.startswith("Once upon a time")
     out = run(capsys, "--init_from", hf_folder, "--num_samples", 1, "--greedy")
     assert out.startswith("<|endoftext|>")
+    with pytest.raises(NanoGPT2Error, match="cannot read the prompt file"):
+        run(capsys, "--init_from", hf_folder, "--start", f"FILE:{tmp_path / 'missing.txt'}")
     out = run(capsys, "--init_from", hf_folder, "--start", "Once", "--compare", "--columns", 3)
     for label, _ in sample.COMPARE:
         assert f"== {label} ==" in out
+
+
+def test_compare_shows_each_strategy_with_the_same_seed(hf_folder, capsys, monkeypatch):
+    """One column per strategy (one per row here: --columns 1 on a very wide terminal, so nothing wraps),
+    each holding the continuation the API gives for that strategy and the seed."""
+    from nanogpt2.tokenizer import get_tokenizer
+
+    monkeypatch.setenv("COLUMNS", "100000")
+    out = run(capsys, "--init_from", hf_folder, "--start", "Once", "--compare", "--columns", 1, "--seed", 5)
+    prompt_len = len(get_tokenizer("gpt2").encode("Once"))
+    cells = [c.strip("\n").split("\n") for c in re.split(r"\n-{20,}\n", out)]
+    cells[0] = cells[0][cells[0].index(f"== {sample.COMPARE[0][0]} =="):]  # after the "prompt:" line
+    assert [c[0] for c in cells] == [f"== {label} ==" for label, _ in sample.COMPARE]
+    texts = set()
+    for cell, (label, kw) in zip(cells, sample.COMPARE):
+        full = api_text(hf_folder, "Once", 5, **kw)
+        continuation = full[len("Once"):] if prompt_len else full
+        expected = "\n".join(line.rstrip() for line in continuation.split("\n"))
+        assert "\n".join(line.rstrip() for line in cell[1:]).strip("\n") == expected.strip("\n"), label
+        texts.add(expected)
+    assert len(texts) == len(sample.COMPARE)  # six different strategies, six different texts
 
 
 def test_train_checkpoint_with_char_vocab(tmp_path, capsys):
