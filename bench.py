@@ -649,58 +649,44 @@ def _profile_steps(steps, args) -> dict:
 # Generate and tokenizer: the benchmarks their modules provide
 
 
-def _external(module_name, func_name, call):
-    """Run `nanogpt2.<module>.<func>` when that module provides it (and its `format_benchmark` for the
-    table, when it has one); otherwise say it is not available yet."""
-    import importlib
-
+def _external(benchmark, formatter, call) -> dict:
+    """Run another module's benchmark function through `call`; its figures, and its table when the
+    module's `format_benchmark` can print them. A failure is reported (and turned into a failing exit
+    status by main), not hidden."""
+    source = f"{benchmark.__module__}.{benchmark.__name__}"
     try:
-        module = importlib.import_module(f"nanogpt2.{module_name}")
-    except ImportError as e:
-        return dict(status=f"not available yet: nanogpt2.{module_name} cannot be imported ({e})")
-    func = getattr(module, func_name, None)
-    if func is None:
-        return dict(status=f"not available yet: nanogpt2.{module_name}.{func_name} does not exist")
+        figures = call(benchmark)
+    except Exception as e:
+        return dict(status=f"failed: {type(e).__name__}: {e}", source=source)
+    out = dict(status="ok", source=source, figures=_jsonable(figures))
     try:
-        figures = call(func)
-    except Exception as e:  # reported (and turned into a failing exit status by main), not hidden
-        return dict(status=f"failed: {type(e).__name__}: {e}", source=f"nanogpt2.{module_name}.{func_name}")
-    out = dict(status="ok", source=f"nanogpt2.{module_name}.{func_name}", figures=_jsonable(figures))
-    formatter = getattr(module, "format_benchmark", None)
-    if formatter is not None:
-        try:
-            out["table"] = formatter(figures)
-        except Exception as e:  # the figures are what matters; a formatting slip must not lose them
-            out["table"] = f"(format_benchmark failed: {type(e).__name__}: {e})"
+        out["table"] = formatter(figures)
+    except Exception as e:  # the figures are what matters; a formatting slip must not lose them
+        out["table"] = f"(format_benchmark failed: {type(e).__name__}: {e})"
     return out
-
-
-def _accepted(func, **kwargs) -> dict:
-    """The keyword arguments `func` accepts (the other modules' benchmark signatures may grow)."""
-    import inspect
-
-    params = inspect.signature(func).parameters
-    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        return kwargs
-    return {k: v for k, v in kwargs.items() if k in params}
 
 
 def bench_generate(args) -> dict:
     """Decode speed with and without the KV cache (and transformers' generate, when installed) of a
-    randomly initialised model of this run's size, fp32."""
+    randomly initialised model of this run's size, fp32 weights (autocast with --dtype)."""
+    from nanogpt2 import generate
+
     def call(benchmark_decode):
         torch.manual_seed(args.seed)
         model = GPT(GPTConfig(**{**args.model_config.to_dict(), "dropout": 0.0}))
         prompt_len = min(16, args.block_size // 2)
         new_tokens = min(32, args.block_size - prompt_len)  # prompt + new tokens must fit the context
-        return benchmark_decode(**_accepted(benchmark_decode, model=model, device=str(args.device), seed=args.seed,
-                                            prompt_len=prompt_len, new_tokens=new_tokens, quiet=True))
-    return _external("generate", "benchmark_decode", call)
+        return benchmark_decode(model=model, device=str(args.device), dtype=args.dtype, seed=args.seed,
+                                repeats=args.repeats, prompt_len=prompt_len, new_tokens=new_tokens, quiet=True)
+    return _external(generate.benchmark_decode, generate.format_benchmark, call)
 
 
 def bench_tokenizer(args) -> dict:
     """GPT-2 BPE encode throughput of the pure-Python backend and of tiktoken (MB/s)."""
-    return _external("tokenizer", "benchmark", lambda benchmark: benchmark())
+    from nanogpt2 import tokenizer
+
+    return _external(tokenizer.benchmark, tokenizer.format_benchmark,
+                     lambda benchmark: benchmark(repeats=args.repeats))
 
 
 def _jsonable(obj):

@@ -3,7 +3,7 @@ Text generation: KV-cache decoding, sampling filters, stop conditions, and a dec
 
 `generate(model, idx, max_new_tokens, ...)` continues a batch of prompts. It prefills the prompt once,
 then feeds one token per step through the model's preallocated `KVCache`; a prefill computes logits for
-the last position only (`logits_to_keep`, or a hook before the head). Left-padded batches carry an
+the last position only (`logits_to_keep`). Left-padded batches carry an
 attention mask; positions come from it (cumsum(mask) - 1, as Hugging Face's `generate` does) and it grows
 by one column per step. Decoding is greedy or sampled (temperature, top-k, top-p, combinations) with an
 optional repetition penalty, from a seeded `torch.Generator` for reproducible samples. Rows stop at
@@ -33,7 +33,7 @@ import math
 import sys
 import time
 import warnings
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -239,26 +239,6 @@ def _accepts(model, name: str) -> bool:
         return False
 
 
-@contextmanager
-def _head_sees_last_position(model):
-    """Within the block, the model's LM head is applied to the last position only.
-
-    For a model whose forward has no `logits_to_keep`: a forward hook on the final LayerNorm
-    (`model.transformer.ln_f`) returns its output's last position, so a prefill (or a no-cache step) of
-    P tokens pays for one row of logits instead of P. GPT-2 small's head is a third of its weights, so
-    this is a third of the prefill's multiply-adds. Nothing is done for other models or a torch.compile'd
-    one (a hook added after compiling would force a recompile)."""
-    ln_f = getattr(getattr(model, "transformer", None), "ln_f", None)
-    if hasattr(model, "_orig_mod") or not isinstance(ln_f, torch.nn.Module):
-        yield
-        return
-    handle = ln_f.register_forward_hook(lambda module, args, output: output[:, -1:])  # (B, 1, C)
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
 def _positions(mask: torch.Tensor) -> torch.Tensor:
     """Position ids from a 0/1 mask (B, S): cumsum - 1, padding clamped to 0 (HF's rule). (B, S) int64."""
     return (mask.cumsum(-1) - 1).clamp_min_(0)
@@ -364,10 +344,8 @@ def generate(
     pad = torch.tensor(pad_token_id, dtype=torch.long, device=device)
 
     # Only the last position's logits are needed: ask for just those when the model can skip the rest
-    # (a prefill of P tokens otherwise pays P x vocab x n_embd multiply-adds in the head); otherwise a
-    # hook slices the hidden states before the head (_head_sees_last_position).
+    # (a prefill of P tokens otherwise pays P x vocab x n_embd multiply-adds in the head).
     last = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
-    head_context = _head_sees_last_position(model) if not last else nullcontext()
 
     def window_forward(start: int, end: int, kv_cache=None):
         """Logits (B, V) for the last position of out[:, start:end], from scratch or into a fresh cache."""
@@ -381,63 +359,62 @@ def generate(
 
     was_training = model.training
     model.eval()
-    with head_context:
-        try:
-            cache = None
-            cur = T  # tokens in `out` so far
-            start = max(0, cur - block)  # first token the model sees
-            if use_cache:
-                cache = model.new_kv_cache(max_len=min(block, total))
-                logits = window_forward(start, cur, cache)  # prefill
-                if full_mask is not None:
-                    pos = _positions(full_mask[:, start:cur])[:, -1:]  # (B, 1) position of the last token
-            else:
+    try:
+        cache = None
+        cur = T  # tokens in `out` so far
+        start = max(0, cur - block)  # first token the model sees
+        if use_cache:
+            cache = model.new_kv_cache(max_len=min(block, total))
+            logits = window_forward(start, cur, cache)  # prefill
+            if full_mask is not None:
+                pos = _positions(full_mask[:, start:cur])[:, -1:]  # (B, 1) position of the last token
+        else:
+            logits = window_forward(start, cur)
+
+        for step in range(max_new_tokens):
+            logits = logits.float()  # (B, V) scores in fp32, as transformers' generate takes them
+            if n_vocab < logits.size(-1):  # a padded vocabulary (e.g. 50304): never sample the padding ids
+                logits[:, n_vocab:] = -float("inf")
+            if seen is not None:
+                logits = apply_repetition_penalty(logits, seen, repetition_penalty)
+            tok = next_token(logits, temperature, top_k, top_p, greedy, generator)  # (B,)
+            if can_stop:
+                tok = torch.where(finished, pad, tok)
+            out[:, cur] = tok
+            cur += 1
+            if seen is not None:
+                seen.scatter_(1, tok[:, None], True)
+            if stream is not None:
+                stream(tok)
+            if can_stop:
+                newly = ~finished
+                if eos_token_id is not None:
+                    finished |= tok == eos_token_id
+                if stopper is not None:
+                    rows = stopper.update(tok.tolist(), newly.tolist())
+                    if rows:
+                        finished[rows] = True
+                if bool(finished.all()):
+                    break
+            if step == max_new_tokens - 1:
+                break  # the last token needs no forward pass
+
+            if not use_cache:
+                start = max(0, cur - block)
                 logits = window_forward(start, cur)
-
-            for step in range(max_new_tokens):
-                logits = logits.float()  # (B, V) scores in fp32, as transformers' generate takes them
-                if n_vocab < logits.size(-1):  # a padded vocabulary (e.g. 50304): never sample the padding ids
-                    logits[:, n_vocab:] = -float("inf")
-                if seen is not None:
-                    logits = apply_repetition_penalty(logits, seen, repetition_penalty)
-                tok = next_token(logits, temperature, top_k, top_p, greedy, generator)  # (B,)
-                if can_stop:
-                    tok = torch.where(finished, pad, tok)
-                out[:, cur] = tok
-                cur += 1
-                if seen is not None:
-                    seen.scatter_(1, tok[:, None], True)
-                if stream is not None:
-                    stream(tok)
-                if can_stop:
-                    newly = ~finished
-                    if eos_token_id is not None:
-                        finished |= tok == eos_token_id
-                    if stopper is not None:
-                        rows = stopper.update(tok.tolist(), newly.tolist())
-                        if rows:
-                            finished[rows] = True
-                    if bool(finished.all()):
-                        break
-                if step == max_new_tokens - 1:
-                    break  # the last token needs no forward pass
-
-                if not use_cache:
-                    start = max(0, cur - block)
-                    logits = window_forward(start, cur)
-                elif cache.length + 1 > cache.max_len:  # full: prefill the last `keep` tokens again
-                    start = cur - keep
-                    cache.length = 0  # reuse the preallocated storage (max_len == block_size here)
-                    logits = window_forward(start, cur, cache)
-                    if full_mask is not None:
-                        pos = _positions(full_mask[:, start:cur])[:, -1:]
-                elif full_mask is None:
-                    logits = model(out[:, cur - 1:cur], kv_cache=cache)[0][:, -1]
-                else:
-                    pos = pos + 1
-                    logits = model(out[:, cur - 1:cur], attention_mask=full_mask[:, start:cur], position_ids=pos, kv_cache=cache)[0][:, -1]
-        finally:
-            model.train(was_training)
+            elif cache.length + 1 > cache.max_len:  # full: prefill the last `keep` tokens again
+                start = cur - keep
+                cache.length = 0  # reuse the preallocated storage (max_len == block_size here)
+                logits = window_forward(start, cur, cache)
+                if full_mask is not None:
+                    pos = _positions(full_mask[:, start:cur])[:, -1:]
+            elif full_mask is None:
+                logits = model(out[:, cur - 1:cur], kv_cache=cache)[0][:, -1]
+            else:
+                pos = pos + 1
+                logits = model(out[:, cur - 1:cur], attention_mask=full_mask[:, start:cur], position_ids=pos, kv_cache=cache)[0][:, -1]
+    finally:
+        model.train(was_training)
     return out[:, :cur].clone() if cur < total else out
 
 

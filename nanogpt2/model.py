@@ -269,14 +269,19 @@ class GPT(nn.Module):
 
     # --- forward ---------------------------------------------------------------------------------------
 
-    def forward(self, idx, targets=None, attention_mask=None, position_ids=None, kv_cache: Optional[KVCache] = None):
+    def forward(self, idx, targets=None, attention_mask=None, position_ids=None, kv_cache: Optional[KVCache] = None,
+                logits_to_keep: int = 0):
         """
         idx: (B, T) token ids. targets: (B, T) ids aligned with the logits (the next token for each
         position, nanoGPT convention), -100 where no loss is wanted. attention_mask: (B, past + T) with
         1 for real tokens and 0 for padding (left or right). position_ids: (B, T), default
         past..past+T-1. kv_cache: a KVCache to read from and append to (incremental decoding).
-        Returns (logits (B, T, vocab), loss or None).
+        logits_to_keep: when > 0, the head runs on the last that many positions only (HF's name; decoding
+        needs the last one, and the head is a third of GPT-2 small's multiply-adds).
+        Returns (logits (B, T, vocab) — (B, logits_to_keep, vocab) when set —, loss or None).
         """
+        if logits_to_keep and targets is not None:
+            raise ValueError("logits_to_keep and targets exclude each other: the loss needs every position's logits")
         B, T = idx.size()
         past = kv_cache.length if kv_cache is not None else 0
         if past + T > self.config.block_size:
@@ -295,8 +300,10 @@ class GPT(nn.Module):
 
         for block in self.transformer.h:
             x = block(x, attn_bias, kv_cache)
-        x = self.transformer.ln_f(x)  # (B, T, C)
-        logits = self.lm_head(x)  # (B, T, vocab)
+        if logits_to_keep:
+            x = x[:, -logits_to_keep:]  # (B, K, C)
+        x = self.transformer.ln_f(x)  # (B, T or K, C)
+        logits = self.lm_head(x)  # (B, T or K, vocab)
         if kv_cache is not None:
             kv_cache.length += T
 
@@ -345,8 +352,12 @@ class GPT(nn.Module):
         return load_pretrained(name_or_dir, **overrides)
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, **kwargs):
-        """Sample continuations with a KV cache; see nanogpt2/generate.py for the options."""
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, greedy=False,
+                 eos_token_id=None, attention_mask=None, generator=None, **kwargs):
+        """Sample continuations of idx (B, T) with a KV cache -> (B, T + max_new_tokens) ids, rows that
+        stopped early padded with eos_token_id. More options (repetition_penalty, stop_strings, stream, ...)
+        and their meaning: nanogpt2/generate.py."""
         from nanogpt2.generate import generate
 
-        return generate(self, idx, max_new_tokens, **kwargs)
+        return generate(self, idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy,
+                        eos_token_id=eos_token_id, attention_mask=attention_mask, generator=generator, **kwargs)

@@ -186,14 +186,26 @@ def test_attention_sweep_and_memory(tmp_path):
 # Other sub-benchmarks, errors, the peak table
 
 
-def test_missing_benchmark_says_not_available():
+def test_generate_and_tokenizer_sub_benchmarks(tmp_path):
+    proc, report = run_bench(["generate", "tokenizer", *TINY, "--repeats", "1"], tmp_path)
+    gen, tok = (report["results"][k] for k in ("generate", "tokenizer"))
+    assert gen["status"] == "ok" and gen["source"] == "nanogpt2.generate.benchmark_decode"
+    for row in gen["figures"]["rows"]:
+        assert row["cache_tok_s"] > 0 and row["no_cache_tok_s"] > 0
+        assert row["same_tokens"] is not False  # transformers' generate gave our tokens
+    assert tok["status"] == "ok" and tok["source"] == "nanogpt2.tokenizer.benchmark"
+    assert "tiktoken" in tok["table"]
+
+
+def test_failing_sub_benchmark_is_reported():
     sys.path.insert(0, str(ROOT))
     import bench
 
-    res = bench._external("no_such_module", "benchmark", lambda f: f())
-    assert res["status"].startswith("not available yet")
-    res = bench._external("perf", "no_such_function", lambda f: f())
-    assert res["status"] == "not available yet: nanogpt2.perf.no_such_function does not exist"
+    def broken():
+        raise RuntimeError("boom")
+
+    res = bench._external(broken, str, lambda f: f())
+    assert res["status"] == "failed: RuntimeError: boom" and res["source"].endswith(".broken")
 
 
 def test_bad_option_is_one_line_error():

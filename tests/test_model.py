@@ -286,6 +286,28 @@ def test_kv_cache_decode_equals_full_forward(impl):
     assert (torch.cat(pieces, dim=1) - full).abs().max().item() <= 1e-5
 
 
+def test_logits_to_keep_gives_the_last_positions():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=50)).eval()
+    idx = torch.randint(0, 50, (2, 10))
+    with torch.no_grad():
+        full, _ = model(idx)
+        last3, _ = model(idx, logits_to_keep=3)
+    assert last3.shape == (2, 3, 50)
+    torch.testing.assert_close(last3, full[:, -3:], rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="logits_to_keep and targets"):
+        model(idx, targets=idx, logits_to_keep=1)
+
+
+def test_generate_takes_positional_options():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=50)).eval()
+    idx = torch.randint(0, 50, (1, 4))
+    a = model.generate(idx, 6, 0.8, 5, 0.9, False, None, None, torch.Generator().manual_seed(3))
+    b = model.generate(idx, 6, temperature=0.8, top_k=5, top_p=0.9, generator=torch.Generator().manual_seed(3))
+    assert a.shape == (1, 10) and torch.equal(a, b)
+
+
 def test_kv_cache_with_left_padding_matches_full_forward():
     torch.manual_seed(0)
     model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=40, vocab_size=50)).eval()
