@@ -64,6 +64,8 @@ class RunConfig:
     eval_interval: int = setting(500, "evaluate every this many steps, also at each epoch end and at the end (0: only those)", "logging")
     eval_iters: int = setting(200, "validation batches per evaluation (0: the whole validation split)", "logging")
     eval_only: bool = setting(False, "evaluate once and exit (no training)", "logging")
+    test_eval: bool = setting(True, "after the last step, strided perplexity on the dataset's test split when it has one (nanogpt2.evaluate)", "logging")
+    test_stride: int = setting(512, "stride of that test evaluation (HF's perplexity guide; block_size: disjoint windows)", "logging")
     log_interval: int = setting(10, "print a progress line and append to metrics.jsonl every this many steps", "logging")
     tensorboard: bool = setting(True, "write TensorBoard event files to out_dir/tensorboard when tensorboard is installed", "logging")
     plot: bool = setting(True, "at the end, plot loss/perplexity/lr to out_dir/training_curves.png when matplotlib is installed", "logging")

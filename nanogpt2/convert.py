@@ -139,8 +139,9 @@ def config_to_hf(config: GPTConfig) -> dict:
         "scale_attn_by_inverse_layer_idx": config.scale_attn_by_inverse_layer_idx,
         "reorder_and_upcast_attn": False,
         "tie_word_embeddings": config.tie_word_embeddings,
-        "bos_token_id": 50256,
-        "eos_token_id": 50256,
+        # GPT-2's <|endoftext|>; a smaller (e.g. character) vocabulary has no such token
+        "bos_token_id": 50256 if config.vocab_size > 50256 else None,
+        "eos_token_id": 50256 if config.vocab_size > 50256 else None,
         "initializer_range": 0.02,
     }
 

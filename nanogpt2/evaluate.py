@@ -101,7 +101,8 @@ def evaluate_perplexity(
         device = next(model.parameters()).device
     device = torch.device(device)
 
-    ids = torch.as_tensor(np.asarray(token_ids) if not torch.is_tensor(token_ids) else token_ids).long().reshape(-1)
+    # a read-only memmap is copied to int64 here (torch cannot wrap a non-writable array)
+    ids = (token_ids if torch.is_tensor(token_ids) else torch.from_numpy(np.array(token_ids, dtype=np.int64))).long().reshape(-1)
     n = ids.numel()
     if n < 2:
         raise NanoGPT2Error(f"perplexity needs at least 2 tokens, got {n}")

@@ -637,6 +637,29 @@ class Trainer:
         val_loss = loss_sum / count
         return {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 700.0))}
 
+    @torch.no_grad()
+    def evaluate_test(self) -> Optional[dict]:
+        """The final test evaluation (rank 0, `test_eval`): strided perplexity of the last weights on the
+        dataset's own test split, when it has one — the numbers papers report (nanogpt2/evaluate.py). Logged
+        and appended to metrics.jsonl as test_loss, test_ppl, test_bits_per_byte."""
+        from nanogpt2.evaluate import evaluate_perplexity
+
+        cfg, ds = self.cfg, getattr(self, "dataset", None)
+        if not (cfg.test_eval and self.dist.master and ds is not None and "test" in ds.meta.get("splits", {})):
+            return None
+        block = min(cfg.block_size, self.raw_model.config.block_size)
+        res = evaluate_perplexity(self.raw_model, ds.tokens("test"), block_size=block,
+                                  stride=min(cfg.test_stride, block), batch_size=cfg.batch_size, device=self.device,
+                                  dtype=None if self.dtype == "float32" else PTDTYPES[self.dtype],
+                                  n_bytes=ds.meta["splits"]["test"].get("text_bytes"))
+        self.raw_model.train()
+        rec = {"step": self.step, "test_loss": res["loss"], "test_ppl": res["ppl"],
+               "test_bits_per_byte": res.get("bits_per_byte"), "test_tokens": res["tokens"], "test_stride": res["stride"]}
+        self.log(f"test ({res['tokens']:,} tokens, block {block}, stride {res['stride']}) | loss {res['loss']:.4f} | "
+                 f"ppl {res['ppl']:.2f}" + (f" | {res['bits_per_byte']:.4f} bits/byte" if res.get("bits_per_byte") else ""))
+        self._write_record(rec)
+        return rec
+
     def _evaluate(self, rec: dict, reason: str):
         res = self.eval_fn(self)
         self.raw_model.train()
@@ -779,6 +802,9 @@ class Trainer:
         if not recs:
             return None
         fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+        recs = [r for r in recs if "loss" in r]  # step records (not the final test_* record)
+        if not recs:
+            return None
         train = [(r["step"], r["loss"]) for r in recs if math.isfinite(r["loss"])]
         val = [(r["step"], r["val_loss"]) for r in recs if "val_loss" in r]
         for ax, key, title in ((axes[0], None, "loss"), (axes[1], "ppl", "perplexity")):
@@ -944,6 +970,7 @@ class Trainer:
             self.log(f"done: {self.step} steps in {_fmt_hours(time.time() - self.t_start)}; saved {path}; "
                      f"best val loss {self.best_val_loss:.4f}")
             stopped = "done"
+            last_rec = self.evaluate_test() or last_rec
         plot = self.plot()
         if plot is not None:
             self.log(f"plot: {plot}")

@@ -522,3 +522,35 @@ def test_resume_errors(tmp_path):
         tiny_trainer(cfg_for(tmp_path, "--resume_from=auto", "--vocab_size=65"))
     with pytest.raises(NanoGPT2Error, match="does not exist|neither"):
         tiny_trainer(cfg_for(tmp_path, f"--resume_from={tmp_path / 'nope.pt'}", "--vocab_size=65"))
+
+
+def test_final_test_evaluation_on_a_dataset_with_a_test_split(tmp_path, monkeypatch):
+    """A folder with train/val/test files: after the last step the trainer scores the test split with the
+    strided perplexity of nanogpt2.evaluate, logs it and appends it to metrics.jsonl (test_eval)."""
+    from nanogpt2.data import prepare_dataset
+    from nanogpt2.evaluate import evaluate_perplexity
+
+    text = (ROOT / "nanogpt2" / "assets" / "tinyshakespeare.txt").read_text()
+    data = tmp_path / "corpus"
+    data.mkdir()
+    (data / "train.txt").write_text(text[:20000])
+    (data / "val.txt").write_text(text[20000:24000])
+    (data / "test.txt").write_text(text[24000:27000])
+    monkeypatch.setenv("NANOGPT2_CACHE", str(tmp_path / "cache"))
+    cfg = cfg_for(tmp_path, f"--dataset={data}", "--tokenizer=char", "--max_iters=4", "--eval_interval=0",
+                  "--checkpoint_interval=0", "--test_stride=16")
+    tr = Trainer(cfg)
+    tr.train()
+    test = records(cfg)[-1]
+    assert set(test) >= {"step", "test_loss", "test_ppl", "test_bits_per_byte"} and test["step"] == 4
+    ds = prepare_dataset(str(data), tokenizer="char", quiet=True)
+    tr.raw_model.eval()
+    ref = evaluate_perplexity(tr.raw_model, ds.tokens("test"), block_size=32, stride=16, batch_size=4)
+    assert test["test_loss"] == pytest.approx(ref["loss"], rel=1e-6) and test["test_stride"] == 16
+    assert test["test_tokens"] == ref["tokens"] == len(text[24000:27000]) - 1  # every token but the first
+    assert test["test_ppl"] == pytest.approx(math.exp(test["test_loss"]))
+    # turned off: no test record
+    cfg2 = cfg_for(tmp_path / "off", f"--dataset={data}", "--tokenizer=char", "--max_iters=2",
+                   "--eval_interval=0", "--checkpoint_interval=0", "--test_eval=false")
+    Trainer(cfg2).train()
+    assert not any("test_loss" in r for r in records(cfg2))
