@@ -232,7 +232,8 @@ def validate(cfg: RunConfig) -> RunConfig:
     for key, choices in CHOICES.items():
         if getattr(cfg, key) not in choices:
             raise NanoGPT2Error(unknown_choice(key, getattr(cfg, key), choices))
-    positive = ["batch_size", "block_size", "gradient_accumulation_steps", "n_layer", "n_head", "n_embd", "max_bad_steps"]
+    positive = ["batch_size", "block_size", "gradient_accumulation_steps", "n_layer", "n_head", "n_embd", "max_bad_steps",
+                "test_stride"]
     for key in positive:
         if getattr(cfg, key) < 1:
             raise NanoGPT2Error(f"{key} must be >= 1, not {getattr(cfg, key)}")

@@ -280,6 +280,8 @@ class GPT(nn.Module):
         needs the last one, and the head is a third of GPT-2 small's multiply-adds).
         Returns (logits (B, T, vocab) — (B, logits_to_keep, vocab) when set —, loss or None).
         """
+        if logits_to_keep < 0:
+            raise ValueError(f"logits_to_keep must be >= 0, not {logits_to_keep}")
         if logits_to_keep and targets is not None:
             raise ValueError("logits_to_keep and targets exclude each other: the loss needs every position's logits")
         B, T = idx.size()
@@ -354,9 +356,10 @@ class GPT(nn.Module):
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, greedy=False,
                  eos_token_id=None, attention_mask=None, generator=None, **kwargs):
-        """Sample continuations of idx (B, T) with a KV cache -> (B, T + max_new_tokens) ids, rows that
-        stopped early padded with eos_token_id. More options (repetition_penalty, stop_strings, stream, ...)
-        and their meaning: nanogpt2/generate.py."""
+        """Sample continuations of idx (B, T) with a KV cache -> (B, T + new) ids: new = max_new_tokens, or
+        fewer when every row stopped (eos_token_id or a stop string) earlier; rows that stopped before the
+        others are padded (pad_token_id, default eos_token_id). More options (repetition_penalty,
+        stop_strings, stream, ...) and their meaning: nanogpt2/generate.py."""
         from nanogpt2.generate import generate
 
         return generate(self, idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy,

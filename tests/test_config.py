@@ -100,6 +100,7 @@ def test_cli_value_parsing(argv, value):
     (["--dtype=fp16"], "dtype must be one of auto, float32, bfloat16, float16"),
     (["--lr_schedule=cosin"], "did you mean cosine"),
     (["--batch_size=0"], "batch_size must be >= 1"),
+    (["--test_stride=0"], "test_stride must be >= 1"),
     (["--n_embd=30", "--n_head=4"], "divisible by n_head"),
     (["missing_config.py"], "config file missing_config.py does not exist"),
     (["--beta2=1"], "beta2 must be in [0, 1), not 1.0"),

@@ -562,6 +562,17 @@ def test_final_test_evaluation_on_a_dataset_with_a_test_split(tmp_path, monkeypa
     assert test["test_loss"] == pytest.approx(ref["loss"], rel=1e-6) and test["test_stride"] == 16
     assert test["test_tokens"] == ref["tokens"] == len(text[24000:27000]) - 1  # every token but the first
     assert test["test_ppl"] == pytest.approx(math.exp(test["test_loss"]))
+    # resuming the finished run redoes the test evaluation instead of adding a second record
+    again = Trainer(cfg_for(tmp_path, f"--dataset={data}", "--tokenizer=char", "--max_iters=4", "--eval_interval=0",
+                            "--checkpoint_interval=0", "--test_stride=16", "--resume_from=auto")).train()
+    recs = records(cfg)
+    assert [r["step"] for r in recs if "loss" in r] == [1, 2, 3, 4] and [r for r in recs if "test_loss" in r] == [test]
+    assert again["test"] == test
+    # a test split too short to score: a warning, the finished run stands
+    (data / "test.txt").write_text("a")  # one token: nothing to score
+    short = Trainer(cfg_for(tmp_path / "short", f"--dataset={data}", "--tokenizer=char", "--max_iters=2",
+                            "--eval_interval=0", "--checkpoint_interval=0")).train()
+    assert short["stopped"] == "done" and short["test"] is None
     # turned off: no test record
     cfg2 = cfg_for(tmp_path / "off", f"--dataset={data}", "--tokenizer=char", "--max_iters=2",
                    "--eval_interval=0", "--checkpoint_interval=0", "--test_eval=false")
