@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default=None, choices=sorted(DTYPES),
                    help="compute dtype (autocast; weights stay fp32). Default bfloat16 on a GPU, float32 on a CPU")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="torch.compile our model for the train benchmark (default: on for CUDA, off for CPU)")
+                   help="torch.compile our model for the train benchmark, and time compiled decoding beside eager in generate (default: on for CUDA, off for CPU)")
     p.add_argument("--steps", type=int, default=None, help="timed iterations per repeat (default 20 GPU, 2 CPU)")
     p.add_argument("--warmup", type=int, default=None, help="untimed iterations first (default 5 GPU, 1 CPU)")
     p.add_argument("--repeats", type=int, default=None,
@@ -677,7 +677,8 @@ def bench_generate(args) -> dict:
         prompt_len = min(16, args.block_size // 2)
         new_tokens = min(32, args.block_size - prompt_len)  # prompt + new tokens must fit the context
         return benchmark_decode(model=model, device=str(args.device), dtype=args.dtype, seed=args.seed,
-                                repeats=args.repeats, prompt_len=prompt_len, new_tokens=new_tokens, quiet=True)
+                                repeats=args.repeats, prompt_len=prompt_len, new_tokens=new_tokens, quiet=True,
+                                compile=args.compile)
     return _external(generate.benchmark_decode, generate.format_benchmark, call)
 
 

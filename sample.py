@@ -59,7 +59,7 @@ def parse_args(argv):
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                     help="autocast dtype; auto = bfloat16 on a GPU that supports it, else float32")
-    ap.add_argument("--compile", action="store_true", help="torch.compile the model (compiles for minutes, and again as the KV cache grows: measure before relying on it)")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the model: decoding then uses a fixed-shape KV cache, so the prefill and the one-token step compile once (pays off for long or many samples)")
     ap.add_argument("--stream", action="store_true", help="print tokens as they are generated")
     ap.add_argument("--compare", action="store_true",
                     help="show the same prompt under several strategies side by side (greedy, low/high temperature, small/large k, top-p)")

@@ -263,6 +263,7 @@ def generate(
     stream: Optional[Callable[[torch.Tensor], None]] = None,
     pad_token_id: Optional[int] = None,
     crop_keep: Optional[int] = None,
+    static_cache: Optional[bool] = None,
 ) -> torch.Tensor:
     """Continue the prompts `idx` (B, T) by up to `max_new_tokens` tokens; return (B, T + n) int64.
 
@@ -287,6 +288,9 @@ def generate(
       the tokenizer's are never produced.
     - `stream(tokens)` is called after every step with the (B,) tokens just appended (see TextStreamer).
     - `use_cache=False` recomputes the whole window each step (for checks; much slower).
+    - `static_cache=True` decodes into a fixed-shape StaticKVCache (every step attends over all block_size
+      slots, masked), so a torch.compile'd model compiles its one-token step once instead of once per
+      length; the default is True for a compiled model (it has `_orig_mod`), else False. Same tokens.
     """
     check_sampling_args(temperature, top_k, top_p, repetition_penalty, max_new_tokens)
     cfg = model.config
@@ -347,15 +351,46 @@ def generate(
     # (a prefill of P tokens otherwise pays P x vocab x n_embd multiply-adds in the head).
     last = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
 
+    if static_cache is None:
+        static_cache = hasattr(model, "_orig_mod")
+    static_cache = static_cache and use_cache
+    # A StaticKVCache attends over all its slots: its mask covers them all, (B, max_len), 0 where empty.
+    slot_mask = None
+
     def window_forward(start: int, end: int, kv_cache=None):
         """Logits (B, V) for the last position of out[:, start:end], from scratch or into a fresh cache."""
         x = out[:, start:end]  # (B, W)
-        if full_mask is None:
+        if static_cache and kv_cache is not None:
+            x = x.new_empty(x.shape).copy_(x)  # standard strides: a slice of `out` has out's, which vary by request
+            W = end - start
+            slots = torch.arange(W, device=device)  # (W,) the cache is refilled from slot 0
+            if full_mask is None:
+                logits, _ = model(x, kv_cache=kv_cache, cache_position=slots, **last)
+            else:
+                slot_mask.zero_()
+                slot_mask[:, :W] = full_mask[:, start:end]
+                logits, _ = model(x, attention_mask=slot_mask, position_ids=_positions(full_mask[:, start:end]),
+                                  kv_cache=kv_cache, cache_position=slots, **last)
+        elif full_mask is None:
             logits, _ = model(x, kv_cache=kv_cache, **last)
         else:
             m = full_mask[:, start:end]
             logits, _ = model(x, attention_mask=m, position_ids=_positions(m), kv_cache=kv_cache, **last)
         return logits[:, -1]
+
+    def step_forward(pos):
+        """Logits (B, V) of one new token, out[:, cur - 1], on top of the cache (`filled` slots so far)."""
+        x = out[:, cur - 1:cur]  # (B, 1)
+        if not static_cache:
+            if full_mask is None:
+                return model(x, kv_cache=cache)[0][:, -1]
+            return model(x, attention_mask=full_mask[:, start:cur], position_ids=pos, kv_cache=cache)[0][:, -1]
+        x = step_input.copy_(x)  # the same (B, 1) buffer every step
+        slot = torch.full((1,), filled, dtype=torch.long, device=device)  # (1,) a tensor: the graph stays the same
+        if full_mask is None:
+            return model(x, kv_cache=cache, cache_position=slot)[0][:, -1]
+        slot_mask[:, filled] = full_mask[:, cur - 1]
+        return model(x, attention_mask=slot_mask, position_ids=pos, kv_cache=cache, cache_position=slot)[0][:, -1]
 
     was_training = model.training
     model.eval()
@@ -364,8 +399,16 @@ def generate(
         cur = T  # tokens in `out` so far
         start = max(0, cur - block)  # first token the model sees
         if use_cache:
-            cache = model.new_kv_cache(max_len=min(block, total))
+            # A static cache's slots: the next power of two >= T + N (at least 64, at most block_size), so requests
+            # share a handful of shapes (one compile each) and attention spans at most twice the tokens.
+            slots = min(block, 1 << max(6, (total - 1).bit_length())) if static_cache else min(block, total)
+            cache = model.new_kv_cache(max_len=slots, static=static_cache)
+            if static_cache:
+                step_input = torch.empty(B, 1, dtype=torch.long, device=device)  # (B, 1)
+            if static_cache and full_mask is not None:
+                slot_mask = torch.zeros(B, cache.max_len, dtype=torch.long, device=device)  # (B, max_len)
             logits = window_forward(start, cur, cache)  # prefill
+            filled = cur - start  # cache slots in use
             if full_mask is not None:
                 pos = _positions(full_mask[:, start:cur])[:, -1:]  # (B, 1) position of the last token
         else:
@@ -402,17 +445,19 @@ def generate(
             if not use_cache:
                 start = max(0, cur - block)
                 logits = window_forward(start, cur)
-            elif cache.length + 1 > cache.max_len:  # full: prefill the last `keep` tokens again
+            elif filled + 1 > cache.max_len:  # full: prefill the last `keep` tokens again
                 start = cur - keep
-                cache.length = 0  # reuse the preallocated storage (max_len == block_size here)
+                if not static_cache:
+                    cache.length = 0  # reuse the preallocated storage (max_len == block_size here)
                 logits = window_forward(start, cur, cache)
+                filled = keep
                 if full_mask is not None:
                     pos = _positions(full_mask[:, start:cur])[:, -1:]
-            elif full_mask is None:
-                logits = model(out[:, cur - 1:cur], kv_cache=cache)[0][:, -1]
             else:
-                pos = pos + 1
-                logits = model(out[:, cur - 1:cur], attention_mask=full_mask[:, start:cur], position_ids=pos, kv_cache=cache)[0][:, -1]
+                if full_mask is not None:
+                    pos = pos + 1
+                logits = step_forward(pos if full_mask is not None else None)
+                filled += 1
     finally:
         model.train(was_training)
     return out[:, :cur].clone() if cur < total else out
@@ -436,11 +481,13 @@ def benchmark_decode(
     threads: Optional[int] = None,
     seed: int = 0,
     quiet: bool = True,
+    compile: bool = False,
 ) -> dict:
     """Decode speed (tokens/s) of `generate` with and without the KV cache, and of transformers'
     `generate` on the same weights, greedy, `new_tokens` new tokens after a `prompt_len` prompt. Weights
     stay fp32; `dtype` "bfloat16"/"float16" runs both under autocast. `threads` sets torch's CPU threads
-    for the run (None: leave as is).
+    for the run (None: leave as is). `compile`: also time the cache path through `torch.compile(model)`
+    (the fixed-shape StaticKVCache: prefill and step compile once, in the warm-up).
 
     `model`: a GPT, or None for a randomly initialised one shaped like `preset` (124M for "gpt2").
     The timings include the prefill; each figure is the best of `repeats` runs, and ours and transformers'
@@ -469,6 +516,7 @@ def benchmark_decode(
 
         model = model.to(device).eval()
         n_params = model.param_counts()["total"]
+        compiled = torch.compile(model) if compile else None
 
         hf = None
         if compare_hf:
@@ -507,6 +555,8 @@ def benchmark_decode(
             runs = {
                 "cache": lambda: generate(model, prompt, new_tokens, greedy=True),
             }
+            if compiled is not None:
+                runs["compiled"] = lambda: generate(compiled, prompt, new_tokens, greedy=True)
             if no_cache:
                 runs["no_cache"] = lambda: generate(model, prompt, new_tokens, greedy=True, use_cache=False)
             if hf is not None:
@@ -527,8 +577,12 @@ def benchmark_decode(
             row = {"batch": B}
             for k in runs:
                 row[f"{k}_tok_s"] = B * new_tokens / best[k]
+            if "compiled" in runs:
+                row["same_tokens_compiled"] = bool(torch.equal(outs["cache"], outs["compiled"]))
             if "hf" in runs:
                 row["cache_vs_hf"] = row["cache_tok_s"] / row["hf_tok_s"]
+                if "compiled" in runs:
+                    row["compiled_vs_hf"] = row["compiled_tok_s"] / row["hf_tok_s"]
                 row["same_tokens"] = bool(torch.equal(outs["cache"], outs["hf"]))
             if "no_cache" in runs:
                 row["cache_vs_no_cache"] = row["cache_tok_s"] / row["no_cache_tok_s"]
@@ -557,10 +611,12 @@ def format_benchmark(res: dict, header: bool = True) -> str:
     if header:
         lines.append(f"decode benchmark: {res.get('model')}, {res.get('device')}, {res.get('threads')} threads, "
                      f"prompt {res.get('prompt_len')}, {res.get('new_tokens')} new tokens, best of {res.get('repeats')}")
-        lines.append(f"{'batch':>5} {'cache tok/s':>12} {'no-cache tok/s':>15} {'HF tok/s':>9} {'cache/HF':>9} {'cache/no-cache':>15}")
+        lines.append(f"{'batch':>5} {'cache tok/s':>12} {'no-cache tok/s':>15} {'HF tok/s':>9} {'cache/HF':>9} {'cache/no-cache':>15}"
+                     + (f" {'compiled tok/s':>15} {'compiled/HF':>12}" if any("compiled_tok_s" in r for r in res["rows"]) else ""))
     for r in res["rows"]:
         def f(key, width, prec):
             return f"{r[key]:{width}.{prec}f}" if key in r else "-".rjust(width)
         lines.append(f"{r['batch']:>5} {f('cache_tok_s', 12, 1)} {f('no_cache_tok_s', 15, 1)} {f('hf_tok_s', 9, 1)} "
-                     f"{f('cache_vs_hf', 9, 2)} {f('cache_vs_no_cache', 15, 2)}")
+                     f"{f('cache_vs_hf', 9, 2)} {f('cache_vs_no_cache', 15, 2)}"
+                     + (f" {f('compiled_tok_s', 15, 1)} {f('compiled_vs_hf', 12, 2)}" if "compiled_tok_s" in r else ""))
     return "\n".join(lines)

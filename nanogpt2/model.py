@@ -130,6 +130,32 @@ class KVCache:
         self.v = [None if v is None else v[index] for v in self.v]
 
 
+class StaticKVCache:
+    """A KV cache whose shapes never change, for compiled decoding (`torch.compile`, CUDA graphs).
+
+    Every forward attends over all `max_len` slots, the ones not written yet masked out, and the slots to
+    write come as a tensor (`cache_position`, (T,) int64), not as a Python count: a one-token decode step
+    has the same shapes at every position, so it compiles once. The caller (nanogpt2/generate.py) keeps
+    track of how many slots are filled; positions restart at 0 after `generate` crops the context.
+    """
+
+    def __init__(self, n_layer: int, max_len: int):
+        self.max_len = max_len
+        self.k: list = [None] * n_layer
+        self.v: list = [None] * n_layer
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor, cache_position: torch.Tensor):
+        """Write k, v (B, nh, T, hs) into slots `cache_position` of `layer`; return the whole cache
+        (B, nh, max_len, hs)."""
+        if self.k[layer] is None:
+            B, nh, _, hs = k.shape
+            self.k[layer] = k.new_zeros(B, nh, self.max_len, hs)
+            self.v[layer] = v.new_zeros(B, nh, self.max_len, hs)
+        self.k[layer].index_copy_(2, cache_position, k)
+        self.v[layer].index_copy_(2, cache_position, v)
+        return self.k[layer], self.v[layer]
+
+
 # ----------------------------------------------------------------------------------------------------
 # Attention mask
 
@@ -143,13 +169,24 @@ def build_attention_bias(attention_mask: Optional[torch.Tensor], T: int, past: i
     """
     S = past + T
     q_pos = torch.arange(past, S, device=device)[:, None]  # (T, 1)
-    k_pos = torch.arange(S, device=device)[None, :]  # (1, S)
+    return _bias(q_pos, S, attention_mask, dtype)
+
+
+def build_static_attention_bias(attention_mask: Optional[torch.Tensor], cache_position: torch.Tensor, max_len: int, dtype):
+    """The same bias for a StaticKVCache: (B or 1, 1, T, max_len), query i in slot cache_position[i] sees
+    the slots up to its own (those after it hold nothing yet, or stale keys from before a crop) that
+    attention_mask (B, max_len) marks 1."""
+    return _bias(cache_position[:, None], max_len, attention_mask, dtype)
+
+
+def _bias(q_pos: torch.Tensor, S: int, attention_mask: Optional[torch.Tensor], dtype):
+    k_pos = torch.arange(S, device=q_pos.device)[None, :]  # (1, S)
     allowed = (k_pos <= q_pos)[None, None]  # (1, 1, T, S)
     if attention_mask is not None:
         if attention_mask.shape[-1] != S:
             raise ValueError(f"attention_mask covers {attention_mask.shape[-1]} positions, expected {S} (cache + input)")
         allowed = allowed & attention_mask.bool()[:, None, None, :]  # (B, 1, T, S)
-    bias = torch.zeros(allowed.shape, dtype=dtype, device=device)
+    bias = torch.zeros(allowed.shape, dtype=dtype, device=q_pos.device)
     return bias.masked_fill_(~allowed, torch.finfo(dtype).min)
 
 
@@ -172,13 +209,15 @@ class CausalSelfAttention(nn.Module):
         if config.scale_attn_by_inverse_layer_idx:
             self.scale /= float(layer_idx + 1)
 
-    def forward(self, x, attn_bias=None, kv_cache: Optional[KVCache] = None):
+    def forward(self, x, attn_bias=None, kv_cache: Optional[KVCache] = None, cache_position=None):
         B, T, C = x.size()  # (B, T, C)
         q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        if kv_cache is not None:
+        if isinstance(kv_cache, StaticKVCache):
+            k, v = kv_cache.update(self.layer_idx, k, v, cache_position)  # (B, nh, max_len, hs)
+        elif kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)  # (B, nh, S, hs), S = cache length + T
         dropout_p = self.attn_dropout.p if self.training else 0.0
         if attn_bias is not None:
@@ -227,8 +266,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x, attn_bias=None, kv_cache=None):
-        x = x + self.attn(self.ln_1(x), attn_bias, kv_cache)
+    def forward(self, x, attn_bias=None, kv_cache=None, cache_position=None):
+        x = x + self.attn(self.ln_1(x), attn_bias, kv_cache, cache_position)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -270,7 +309,7 @@ class GPT(nn.Module):
     # --- forward ---------------------------------------------------------------------------------------
 
     def forward(self, idx, targets=None, attention_mask=None, position_ids=None, kv_cache: Optional[KVCache] = None,
-                logits_to_keep: int = 0):
+                logits_to_keep: int = 0, cache_position: Optional[torch.Tensor] = None):
         """
         idx: (B, T) token ids. targets: (B, T) ids aligned with the logits (the next token for each
         position, nanoGPT convention), -100 where no loss is wanted. attention_mask: (B, past + T) with
@@ -278,6 +317,8 @@ class GPT(nn.Module):
         past..past+T-1. kv_cache: a KVCache to read from and append to (incremental decoding).
         logits_to_keep: when > 0, the head runs on the last that many positions only (HF's name; decoding
         needs the last one, and the head is a third of GPT-2 small's multiply-adds).
+        With a StaticKVCache instead: cache_position (T,) int64, the cache slots of the T inputs (also their
+        positions unless position_ids is given), and attention_mask, if any, covers all max_len slots.
         Returns (logits (B, T, vocab) — (B, logits_to_keep, vocab) when set —, loss or None).
         """
         if logits_to_keep < 0:
@@ -285,11 +326,19 @@ class GPT(nn.Module):
         if logits_to_keep and targets is not None:
             raise ValueError("logits_to_keep and targets exclude each other: the loss needs every position's logits")
         B, T = idx.size()
-        past = kv_cache.length if kv_cache is not None else 0
-        if past + T > self.config.block_size:
-            raise ValueError(f"cannot forward {past + T} positions: block_size is {self.config.block_size}")
-        if position_ids is None:
-            position_ids = torch.arange(past, past + T, dtype=torch.long, device=idx.device)[None]  # (1, T)
+        static = isinstance(kv_cache, StaticKVCache)
+        if static:  # slots and positions come as a tensor: no Python count that would change the graph
+            if cache_position is None:
+                raise ValueError("a StaticKVCache needs cache_position, the (T,) slots of the inputs")
+            past = None
+            if position_ids is None:
+                position_ids = cache_position[None]  # (1, T)
+        else:
+            past = kv_cache.length if kv_cache is not None else 0
+            if past + T > self.config.block_size:
+                raise ValueError(f"cannot forward {past + T} positions: block_size is {self.config.block_size}")
+            if position_ids is None:
+                position_ids = torch.arange(past, past + T, dtype=torch.long, device=idx.device)[None]  # (1, T)
 
         tok_emb = self.transformer.wte(idx)  # (B, T, C)
         pos_emb = self.transformer.wpe(position_ids)  # (1 or B, T, C)
@@ -297,16 +346,18 @@ class GPT(nn.Module):
 
         # The causal mask is implicit (is_causal) unless padding or a cache offset needs an explicit one.
         attn_bias = None
-        if attention_mask is not None or (past > 0 and T > 1):
+        if static:
+            attn_bias = build_static_attention_bias(attention_mask, cache_position, kv_cache.max_len, x.dtype)  # (B|1, 1, T, max_len)
+        elif attention_mask is not None or (past > 0 and T > 1):
             attn_bias = build_attention_bias(attention_mask, T, past, x.dtype, x.device)  # (B|1, 1, T, S)
 
         for block in self.transformer.h:
-            x = block(x, attn_bias, kv_cache)
+            x = block(x, attn_bias, kv_cache, cache_position)
         if logits_to_keep:
             x = x[:, -logits_to_keep:]  # (B, K, C)
         x = self.transformer.ln_f(x)  # (B, T or K, C)
         logits = self.lm_head(x)  # (B, T or K, vocab)
-        if kv_cache is not None:
+        if kv_cache is not None and not static:
             kv_cache.length += T
 
         loss = None
@@ -314,9 +365,13 @@ class GPT(nn.Module):
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-100)
         return logits, loss
 
-    def new_kv_cache(self, max_len: Optional[int] = None) -> KVCache:
-        """An empty cache for up to `max_len` positions (default: block_size)."""
-        return KVCache(self.config.n_layer, max_len or self.config.block_size)
+    def new_kv_cache(self, max_len: Optional[int] = None, static: bool = False):
+        """An empty cache for up to `max_len` positions (default: block_size): a KVCache that grows, or with
+        static=True a StaticKVCache of fixed shape (for torch.compile)."""
+        max_len = max_len or self.config.block_size
+        if max_len > self.config.block_size:
+            raise ValueError(f"max_len {max_len} is longer than block_size {self.config.block_size}")
+        return (StaticKVCache if static else KVCache)(self.config.n_layer, max_len)
 
     def set_attn_impl(self, impl: str):
         """Switch every layer between "sdpa" and "reference" attention."""

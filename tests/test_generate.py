@@ -16,7 +16,7 @@ import torch
 from nanogpt2.errors import NanoGPT2Error
 from nanogpt2.generate import (StopStrings, TextStreamer, apply_repetition_penalty, apply_temperature, apply_top_k,
                                apply_top_p, benchmark_decode, filter_logits, generate)
-from nanogpt2.model import GPT
+from nanogpt2.model import GPT, GPTConfig
 
 transformers = pytest.importorskip("transformers")
 
@@ -486,3 +486,62 @@ def test_asks_only_for_last_logits_when_the_model_can(pair):
         assert torch.equal(generate(m, idx, 12, greedy=True, attention_mask=mask, **kw),
                            generate(ours, idx, 12, greedy=True, attention_mask=mask, **kw))
         assert calls[0] == (9, 1)  # the prompt: one row of logits asked for
+
+
+# ----------------------------------------------------------------------------------------------------
+# The fixed-shape cache for compiled decoding
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_static_cache_gives_the_same_tokens(pair, padded):
+    """StaticKVCache decoding (all slots attended, masked) equals the growing cache: greedy, sampled with a
+    seed, and past block_size (crops and re-prefills)."""
+    ours, _ = pair
+    idx, mask = left_padded() if padded else (torch.randint(1, VOCAB, (2, 7), generator=torch.Generator().manual_seed(5)), None)
+    for kw in (dict(greedy=True), dict(temperature=0.9, top_k=30, top_p=0.95), dict(greedy=True, crop_keep=20)):
+        n = BLOCK + 25 if "crop_keep" in kw else 30
+        a = generate(ours, idx, n, attention_mask=mask, generator=torch.Generator().manual_seed(11), **kw)
+        b = generate(ours, idx, n, attention_mask=mask, generator=torch.Generator().manual_seed(11), static_cache=True, **kw)
+        assert torch.equal(a, b), kw
+
+
+def test_static_cache_forward_equals_full_forward():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=40, vocab_size=50)).eval()
+    idx = torch.randint(0, 50, (2, 20))
+    with torch.no_grad():
+        full, _ = model(idx)
+        cache = model.new_kv_cache(static=True)
+        pieces = [model(idx[:, :8], kv_cache=cache, cache_position=torch.arange(8))[0]]
+        for t in range(8, 20):
+            pieces.append(model(idx[:, t:t + 1], kv_cache=cache, cache_position=torch.tensor([t]))[0])
+    assert cache.k[0].shape == (2, 2, 40, 16)  # fixed: max_len slots whatever has been written
+    assert (torch.cat(pieces, dim=1) - full).abs().max().item() <= 1e-5
+    with pytest.raises(ValueError, match="cache_position"):
+        model(idx[:, :1], kv_cache=cache)
+
+
+def test_compiled_decoding_compiles_the_step_once():
+    """With the static cache a compiled model builds one graph for the prefill and one for the one-token
+    step, however many tokens follow; the growing cache would need a graph per length (or dynamic shapes).
+    A counting backend (no code generation) makes this a check of graphs, not of speed."""
+    import torch._dynamo
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=50)).eval()
+    graphs = []
+
+    def counting_backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend=counting_backend, dynamic=False)
+    idx = torch.randint(0, 50, (1, 6))
+    eager = generate(model, idx, 12, greedy=True)
+    assert torch.equal(generate(compiled, idx, 12, greedy=True), eager)  # static cache: the default when compiled
+    first = len(graphs)
+    assert first <= 2  # the prefill and the step
+    assert torch.equal(generate(compiled, idx, 30, greedy=True), generate(model, idx, 30, greedy=True))
+    assert len(graphs) == first  # 18 more positions, no new graph
+    torch._dynamo.reset()
