@@ -980,6 +980,12 @@ class Trainer:
         if plot is not None:
             self.log(f"plot: {plot}")
         self._emit("train_end")
+        if self.dist.enabled:
+            # Every rank gets here (stops are agreed on by all-reduce): leave together, so that no rank tears its
+            # process group down while rank 0 is still writing (gloo's threads could abort the early leaver).
+            import torch.distributed as td
+
+            td.barrier()
         return {"step": self.step, "stopped": stopped, "best_val_loss": self.best_val_loss,
                 "last": last_rec, "test": test_rec, "bad_steps": self.bad_steps_total, "overflow_steps": self.overflow_steps}
 
