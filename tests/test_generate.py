@@ -505,22 +505,6 @@ def test_static_cache_gives_the_same_tokens(pair, padded):
         assert torch.equal(a, b), kw
 
 
-def test_static_cache_forward_equals_full_forward():
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=40, vocab_size=50)).eval()
-    idx = torch.randint(0, 50, (2, 20))
-    with torch.no_grad():
-        full, _ = model(idx)
-        cache = model.new_kv_cache(static=True)
-        pieces = [model(idx[:, :8], kv_cache=cache, cache_position=torch.arange(8))[0]]
-        for t in range(8, 20):
-            pieces.append(model(idx[:, t:t + 1], kv_cache=cache, cache_position=torch.tensor([t]))[0])
-    assert cache.k[0].shape == (2, 2, 40, 16)  # fixed: max_len slots whatever has been written
-    assert (torch.cat(pieces, dim=1) - full).abs().max().item() <= 1e-5
-    with pytest.raises(ValueError, match="cache_position"):
-        model(idx[:, :1], kv_cache=cache)
-
-
 def test_compiled_decoding_compiles_the_step_once():
     """With the static cache a compiled model builds one graph for the prefill and one for the one-token
     step, however many tokens follow; the growing cache would need a graph per length (or dynamic shapes).
