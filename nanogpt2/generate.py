@@ -360,37 +360,30 @@ def generate(
     def window_forward(start: int, end: int, kv_cache=None):
         """Logits (B, V) for the last position of out[:, start:end], from scratch or into a fresh cache."""
         x = out[:, start:end]  # (B, W)
+        kw = dict(last)
+        if full_mask is not None:
+            m = full_mask[:, start:end]  # (B, W)
+            kw.update(attention_mask=m, position_ids=_positions(m))
         if static_cache and kv_cache is not None:
             x = x.new_empty(x.shape).copy_(x)  # standard strides: a slice of `out` has out's, which vary by request
-            W = end - start
-            slots = torch.arange(W, device=device)  # (W,) the cache is refilled from slot 0
-            if full_mask is None:
-                logits, _ = model(x, kv_cache=kv_cache, cache_position=slots, **last)
-            else:
+            kw["cache_position"] = torch.arange(end - start, device=device)  # (W,) the cache is refilled from slot 0
+            if full_mask is not None:
                 slot_mask.zero_()
-                slot_mask[:, :W] = full_mask[:, start:end]
-                logits, _ = model(x, attention_mask=slot_mask, position_ids=_positions(full_mask[:, start:end]),
-                                  kv_cache=kv_cache, cache_position=slots, **last)
-        elif full_mask is None:
-            logits, _ = model(x, kv_cache=kv_cache, **last)
-        else:
-            m = full_mask[:, start:end]
-            logits, _ = model(x, attention_mask=m, position_ids=_positions(m), kv_cache=kv_cache, **last)
-        return logits[:, -1]
+                slot_mask[:, :end - start] = m
+                kw["attention_mask"] = slot_mask
+        return model(x, kv_cache=kv_cache, **kw)[0][:, -1]
 
     def step_forward(pos):
         """Logits (B, V) of one new token, out[:, cur - 1], on top of the cache (`filled` slots so far)."""
         x = out[:, cur - 1:cur]  # (B, 1)
-        if not static_cache:
-            if full_mask is None:
-                return model(x, kv_cache=cache)[0][:, -1]
-            return model(x, attention_mask=full_mask[:, start:cur], position_ids=pos, kv_cache=cache)[0][:, -1]
-        x = step_input.copy_(x)  # the same (B, 1) buffer every step
-        slot = torch.full((1,), filled, dtype=torch.long, device=device)  # (1,) a tensor: the graph stays the same
-        if full_mask is None:
-            return model(x, kv_cache=cache, cache_position=slot)[0][:, -1]
-        slot_mask[:, filled] = full_mask[:, cur - 1]
-        return model(x, attention_mask=slot_mask, position_ids=pos, kv_cache=cache, cache_position=slot)[0][:, -1]
+        kw = {} if full_mask is None else dict(attention_mask=full_mask[:, start:cur], position_ids=pos)
+        if static_cache:
+            x = step_input.copy_(x)  # the same (B, 1) buffer every step
+            kw["cache_position"] = torch.full((1,), filled, dtype=torch.long, device=device)  # a tensor: same graph
+            if full_mask is not None:
+                slot_mask[:, filled] = full_mask[:, cur - 1]
+                kw["attention_mask"] = slot_mask
+        return model(x, kv_cache=cache, **kw)[0][:, -1]
 
     was_training = model.training
     model.eval()
@@ -401,8 +394,8 @@ def generate(
         if use_cache:
             # A static cache's slots: the next power of two >= T + N (at least 64, at most block_size), so requests
             # share a handful of shapes (one compile each) and attention spans at most twice the tokens.
-            slots = min(block, 1 << max(6, (total - 1).bit_length())) if static_cache else min(block, total)
-            cache = model.new_kv_cache(max_len=slots, static=static_cache)
+            n_slots = min(block, 1 << max(6, (total - 1).bit_length())) if static_cache else min(block, total)
+            cache = model.new_kv_cache(max_len=n_slots, static=static_cache)
             if static_cache:
                 step_input = torch.empty(B, 1, dtype=torch.long, device=device)  # (B, 1)
             if static_cache and full_mask is not None:
