@@ -33,6 +33,7 @@ import math
 import sys
 import time
 import warnings
+import weakref
 from contextlib import nullcontext
 from typing import Callable, Optional, Sequence
 
@@ -239,6 +240,32 @@ def _accepts(model, name: str) -> bool:
         return False
 
 
+# A compiled model keeps the StaticKVCache of its last request here (one per model, dropped with the model):
+# the next request of the same batch size and slot count writes into the same storage, so CUDA graphs
+# recorded on its addresses (torch.compile mode="reduce-overhead") replay instead of recording again.
+_STATIC_CACHES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _static_cache_for(model, batch_size: int, n_slots: int, device):
+    """A preallocated StaticKVCache (B, nh, n_slots, hs) in the dtype the model's keys will have (autocast's
+    under autocast); reused, zeroed, from the model's previous request when the shapes match."""
+    dtype = next(model.parameters()).dtype
+    if torch.is_autocast_enabled(device.type):
+        dtype = torch.get_autocast_dtype(device.type)
+    reuse = hasattr(model, "_orig_mod")  # only compiled models gain from stable addresses; others free it
+    cache = _STATIC_CACHES.get(model) if reuse else None
+    if cache is not None and cache.fits(batch_size, n_slots, dtype, device):
+        for k, v in zip(cache.k, cache.v):
+            k.zero_()  # as good as new: nothing of the previous request can be attended to
+            v.zero_()
+        return cache
+    _STATIC_CACHES.pop(model, None)  # free the old storage before allocating the new
+    cache = model.new_kv_cache(max_len=n_slots, static=True, batch_size=batch_size, dtype=dtype)
+    if reuse:
+        _STATIC_CACHES[model] = cache
+    return cache
+
+
 def _positions(mask: torch.Tensor) -> torch.Tensor:
     """Position ids from a 0/1 mask (B, S): cumsum - 1, padding clamped to 0 (HF's rule). (B, S) int64."""
     return (mask.cumsum(-1) - 1).clamp_min_(0)
@@ -291,6 +318,9 @@ def generate(
     - `static_cache=True` decodes into a fixed-shape StaticKVCache (every step attends over all block_size
       slots, masked), so a torch.compile'd model compiles its one-token step once instead of once per
       length; the default is True for a compiled model (it has `_orig_mod`), else False. Same tokens.
+      It is allocated before the first forward, in the keys' dtype (autocast's under autocast), at a static
+      address; a compiled model keeps it for its next request of the same batch size and slot count, so
+      CUDA graphs (`torch.compile(model, mode="reduce-overhead")`) recorded on it replay.
     """
     check_sampling_args(temperature, top_k, top_p, repetition_penalty, max_new_tokens)
     cfg = model.config
@@ -395,7 +425,10 @@ def generate(
             # A static cache's slots: the next power of two >= T + N (at least 64, at most block_size), so requests
             # share a handful of shapes (one compile each) and attention spans at most twice the tokens.
             n_slots = min(block, 1 << max(6, (total - 1).bit_length())) if static_cache else min(block, total)
-            cache = model.new_kv_cache(max_len=n_slots, static=static_cache)
+            if static_cache:
+                cache = _static_cache_for(model, B, n_slots, device)
+            else:
+                cache = model.new_kv_cache(max_len=n_slots)
             if static_cache:
                 step_input = torch.empty(B, 1, dtype=torch.long, device=device)  # (B, 1)
             if static_cache and full_mask is not None:
@@ -475,12 +508,14 @@ def benchmark_decode(
     seed: int = 0,
     quiet: bool = True,
     compile: bool = False,
+    compile_mode: Optional[str] = None,
 ) -> dict:
     """Decode speed (tokens/s) of `generate` with and without the KV cache, and of transformers'
     `generate` on the same weights, greedy, `new_tokens` new tokens after a `prompt_len` prompt. Weights
     stay fp32; `dtype` "bfloat16"/"float16" runs both under autocast. `threads` sets torch's CPU threads
     for the run (None: leave as is). `compile`: also time the cache path through `torch.compile(model)`
-    (the fixed-shape StaticKVCache: prefill and step compile once, in the warm-up).
+    (the fixed-shape StaticKVCache: prefill and step compile once, in the warm-up), in `compile_mode`
+    (torch.compile's mode: None/"default", "reduce-overhead" for CUDA graphs, "max-autotune").
 
     `model`: a GPT, or None for a randomly initialised one shaped like `preset` (124M for "gpt2").
     The timings include the prefill; each figure is the best of `repeats` runs, and ours and transformers'
@@ -509,7 +544,7 @@ def benchmark_decode(
 
         model = model.to(device).eval()
         n_params = model.param_counts()["total"]
-        compiled = torch.compile(model) if compile else None
+        compiled = torch.compile(model, mode=compile_mode) if compile else None
 
         hf = None
         if compare_hf:

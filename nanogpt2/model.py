@@ -137,12 +137,30 @@ class StaticKVCache:
     write come as a tensor (`cache_position`, (T,) int64), not as a Python count: a one-token decode step
     has the same shapes at every position, so it compiles once. The caller (nanogpt2/generate.py) keeps
     track of how many slots are filled; positions restart at 0 after `generate` crops the context.
+
+    Given `batch_size`, `n_head`, `head_size`, `dtype` and `device`, the storage is allocated now, outside
+    any compiled code, and marked as a static address: CUDA graphs (torch.compile's "reduce-overhead")
+    then write into it in place instead of copying it, and a cache reused for the next request keeps its
+    addresses, so the recorded graphs replay. Otherwise it is allocated on first use, like KVCache.
     """
 
-    def __init__(self, n_layer: int, max_len: int):
+    def __init__(self, n_layer: int, max_len: int, batch_size: Optional[int] = None, n_head: Optional[int] = None,
+                 head_size: Optional[int] = None, dtype: Optional[torch.dtype] = None, device=None):
         self.max_len = max_len
         self.k: list = [None] * n_layer
         self.v: list = [None] * n_layer
+        if batch_size is not None:
+            for layer in range(n_layer):
+                self.k[layer] = torch.zeros(batch_size, n_head, max_len, head_size, dtype=dtype, device=device)  # (B, nh, max_len, hs)
+                self.v[layer] = torch.zeros(batch_size, n_head, max_len, head_size, dtype=dtype, device=device)  # (B, nh, max_len, hs)
+                torch._dynamo.mark_static_address(self.k[layer])
+                torch._dynamo.mark_static_address(self.v[layer])
+
+    def fits(self, batch_size: int, max_len: int, dtype: torch.dtype, device) -> bool:
+        """Whether this (preallocated) cache has exactly these shapes, so a new request can reuse it."""
+        k = self.k[0]
+        return (k is not None and self.max_len == max_len and k.size(0) == batch_size and k.dtype == dtype
+                and k.device == torch.device(device))
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor, cache_position: torch.Tensor):
         """Write k, v (B, nh, T, hs) into slots `cache_position` of `layer`; return the whole cache
@@ -151,6 +169,9 @@ class StaticKVCache:
             B, nh, _, hs = k.shape
             self.k[layer] = k.new_zeros(B, nh, self.max_len, hs)
             self.v[layer] = v.new_zeros(B, nh, self.max_len, hs)
+        elif self.k[layer].dtype != k.dtype:
+            raise ValueError(f"this StaticKVCache holds {self.k[layer].dtype} keys but the model makes {k.dtype} ones "
+                             "(autocast on or off since it was allocated?): allocate it with the compute dtype")
         self.k[layer].index_copy_(2, cache_position, k)
         self.v[layer].index_copy_(2, cache_position, v)
         return self.k[layer], self.v[layer]
@@ -365,13 +386,22 @@ class GPT(nn.Module):
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-100)
         return logits, loss
 
-    def new_kv_cache(self, max_len: Optional[int] = None, static: bool = False):
+    def new_kv_cache(self, max_len: Optional[int] = None, static: bool = False, batch_size: Optional[int] = None,
+                     dtype: Optional[torch.dtype] = None):
         """An empty cache for up to `max_len` positions (default: block_size): a KVCache that grows, or with
-        static=True a StaticKVCache of fixed shape (for torch.compile)."""
+        static=True a StaticKVCache of fixed shape (for torch.compile); with `batch_size` (and `dtype`, the
+        keys' dtype: the autocast dtype under autocast, default the weights') a static cache is allocated
+        now, on the model's device."""
         max_len = max_len or self.config.block_size
         if max_len > self.config.block_size:
             raise ValueError(f"max_len {max_len} is longer than block_size {self.config.block_size}")
-        return (StaticKVCache if static else KVCache)(self.config.n_layer, max_len)
+        if not static:
+            return KVCache(self.config.n_layer, max_len)
+        if batch_size is None:
+            return StaticKVCache(self.config.n_layer, max_len)
+        weight = self.transformer.wte.weight
+        return StaticKVCache(self.config.n_layer, max_len, batch_size, self.config.n_head,
+                             self.config.n_embd // self.config.n_head, dtype or weight.dtype, weight.device)
 
     def set_attn_impl(self, impl: str):
         """Switch every layer between "sdpa" and "reference" attention."""

@@ -1,7 +1,8 @@
 """
 CUDA checks, skipped without a GPU (CI has none): the attention paths agree on the device, bf16 / fp16 AMP
 training (fused AdamW, GradScaler) lowers the loss, `torch.compile` trains and saves from the raw model,
-decoding on the GPU gives the CPU's tokens, and `bench.py train` reads its MFU peak from the device table.
+decoding on the GPU gives the CPU's tokens (and through CUDA graphs, eager's), and `bench.py train` reads
+its MFU peak from the device table.
 Sized to run in well under a minute on one GPU, for the sessions that are lent one:
 
     python -m pytest -q tests/test_cuda.py
@@ -107,6 +108,32 @@ def test_greedy_decoding_on_the_device_equals_the_cpu():
     finally:
         torch.backends.cuda.matmul.allow_tf32 = prev
     assert torch.equal(on_device.cpu(), on_cpu)
+
+
+def test_cuda_graph_decoding_equals_eager():
+    """torch.compile(mode="reduce-overhead") decodes through CUDA graphs: no graph is skipped (the static
+    cache is written in place at a static address), and the tokens equal eager decoding, twice (the second
+    request reuses the cache, so the recorded graphs replay)."""
+    if DEVICE != "cuda":
+        pytest.skip("CUDA graphs need a GPU")
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=64, block_size=128, vocab_size=100)).to(DEVICE).eval()
+    prev = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch._dynamo.reset()
+    counters.clear()
+    try:
+        compiled = torch.compile(model, mode="reduce-overhead")
+        for seed in (1, 2):
+            idx = torch.randint(0, 100, (2, 9), generator=torch.Generator().manual_seed(seed)).to(DEVICE)
+            assert torch.equal(generate(compiled, idx, 24, greedy=True), generate(model, idx, 24, greedy=True))
+        assert counters["inductor"]["cudagraph_skips"] == 0
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = prev
+        torch._dynamo.reset()
 
 
 def test_bench_train_on_the_device(tmp_path):

@@ -529,3 +529,49 @@ def test_compiled_decoding_compiles_the_step_once():
     assert torch.equal(generate(compiled, idx, 30, greedy=True), generate(model, idx, 30, greedy=True))
     assert len(graphs) == first  # 18 more positions, no new graph
     torch._dynamo.reset()
+
+
+def test_compiled_model_reuses_its_static_cache():
+    """A compiled model's next request of the same batch size and slot count writes into the same storage
+    (what CUDA graphs recorded on those addresses need), zeroed first: tokens equal eager decoding even
+    after a longer request filled more slots. Another batch size gets a cache of its own."""
+    import torch._dynamo
+
+    from nanogpt2 import generate as generate_module
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=50)).eval()
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend=lambda gm, example_inputs: gm.forward, dynamic=False)
+    rng = torch.Generator().manual_seed(3)
+    long_prompt, short_prompt = torch.randint(0, 50, (1, 20), generator=rng), torch.randint(0, 50, (1, 5), generator=rng)
+    assert torch.equal(generate(compiled, long_prompt, 40, greedy=True), generate(model, long_prompt, 40, greedy=True))
+    cache = generate_module._STATIC_CACHES[compiled]
+    assert cache.max_len == 64 and cache.k[0].shape == (1, 2, 64, 16)
+    assert getattr(cache.k[0], "_dynamo_static_input_type", None) == "unguarded"  # a static address for CUDA graphs
+    address = cache.k[0].data_ptr()
+    assert torch.equal(generate(compiled, short_prompt, 10, greedy=True), generate(model, short_prompt, 10, greedy=True))
+    assert generate_module._STATIC_CACHES[compiled] is cache and cache.k[0].data_ptr() == address
+
+    pair_of_prompts = torch.cat([short_prompt, long_prompt[:, :5]])
+    assert torch.equal(generate(compiled, pair_of_prompts, 10, greedy=True), generate(model, pair_of_prompts, 10, greedy=True))
+    assert generate_module._STATIC_CACHES[compiled] is not cache  # batch 2: a new cache replaced the old one
+    assert generate_module._STATIC_CACHES[compiled].k[0].shape[0] == 2
+    assert model not in generate_module._STATIC_CACHES  # an eager model keeps nothing
+    torch._dynamo.reset()
+
+
+def test_static_cache_follows_autocast():
+    """Under autocast the keys are in the autocast dtype, and so is the preallocated static cache."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=50)).eval()
+    idx = torch.randint(0, 50, (2, 6))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = generate(model, idx, 8, greedy=True, static_cache=True)
+    assert out.shape == (2, 14)
+    cache = model.new_kv_cache(max_len=64, static=True, batch_size=2, dtype=torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+        model(idx, kv_cache=cache, cache_position=torch.arange(6))
+    assert cache.k[1].dtype == torch.bfloat16 and cache.k[1][:, :, :6].abs().sum() > 0
+    with torch.no_grad(), pytest.raises(ValueError, match="autocast"):
+        model(idx[:, :1], kv_cache=cache, cache_position=torch.tensor([6]))  # fp32 keys into a bf16 cache
