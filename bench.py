@@ -95,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attn_block_time", type=float, default=None,
                    help="attention: seconds per timed block, iterations calibrated to it (default 0.1 GPU, 0.25 CPU)")
     p.add_argument("--vs", default=None, choices=["hf"], help="also time transformers' GPT2LMHeadModel (train)")
+    p.add_argument("--compile_mode", default=None, choices=["default", "reduce-overhead", "max-autotune"],
+                   help="torch.compile mode when compiling (default: torch's default); reduce-overhead adds CUDA graphs")
     p.add_argument("--hf_compile", action="store_true", help="torch.compile the transformers model too")
     p.add_argument("--hf_optim", default="plain", choices=["plain", "same"],
                    help="plain: torch.optim.AdamW(hf.parameters()) with library defaults; same: our "
@@ -141,6 +143,8 @@ def resolve(args) -> argparse.Namespace:
         args.dtype = "bfloat16" if gpu and torch.cuda.is_bf16_supported() else ("float16" if gpu else "float32")
     args.dtype = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(args.dtype, args.dtype)
     args.compile = gpu if args.compile is None else args.compile
+    if args.compile_mode and not args.compile:
+        raise NanoGPT2Error(f"--compile_mode {args.compile_mode} needs --compile (compiling is off on a CPU by default)")
     args.steps = args.steps if args.steps is not None else (20 if gpu else 2)
     args.warmup = args.warmup if args.warmup is not None else (5 if gpu else 1)
     args.repeats = args.repeats if args.repeats is not None else 5
@@ -508,6 +512,10 @@ def _make_train_step(loss_fn, model, optimizer, args):
     return step
 
 
+def _compiled_name(args) -> str:
+    return "torch.compile" + (f", mode={args.compile_mode}" if args.compile_mode else "")
+
+
 def bench_train(args) -> dict:
     device, cfg = args.device, args.model_config
     B, T = args.batch_size, args.block_size
@@ -515,11 +523,11 @@ def bench_train(args) -> dict:
     model = GPT(GPTConfig(**cfg.to_dict())).to(device)
     model.train()
     optimizer, optim_source = configure_optimizer(model, args)
-    fwd = torch.compile(model) if args.compile else model
+    fwd = torch.compile(model, mode=args.compile_mode) if args.compile else model
     x = torch.randint(0, cfg.vocab_size, (B, T), device=device)  # (B, T)
     y = torch.roll(x, -1, dims=1)  # (B, T) next-token targets (random data: speed does not depend on it)
     steps = {"ours": _make_train_step(lambda: fwd(x, y)[1], model, optimizer, args)}
-    info = {"ours": dict(model=f"nanogpt2 GPT ({'torch.compile' if args.compile else 'eager'}), attn_impl={cfg.attn_impl}",
+    info = {"ours": dict(model=f"nanogpt2 GPT ({_compiled_name(args) if args.compile else 'eager'}), attn_impl={cfg.attn_impl}",
                          optimizer=f"{optim_source}: {_describe_optimizer(optimizer)}",
                          params=model.param_counts()["total"])}
     skipped = None
@@ -536,11 +544,11 @@ def bench_train(args) -> dict:
             else:  # the plain loop a transformers user writes: library defaults for the implementation
                 hf_opt = torch.optim.AdamW(hf.parameters(), lr=args.lr, betas=(args.beta1, args.beta2),
                                            weight_decay=args.weight_decay)
-            hf_fwd = torch.compile(hf) if args.hf_compile else hf
+            hf_fwd = torch.compile(hf, mode=args.compile_mode) if args.hf_compile else hf
             # labels=x: transformers shifts the labels inside (the last position is ignored), so both sides
             # compute the loss over the same (B, T, vocab) logits.
             steps["hf"] = _make_train_step(lambda: hf_fwd(input_ids=x, labels=x).loss, hf, hf_opt, args)
-            info["hf"] = dict(model=f"{note} ({'torch.compile' if args.hf_compile else 'eager'})",
+            info["hf"] = dict(model=f"{note} ({_compiled_name(args) if args.hf_compile else 'eager'})",
                               optimizer=f"{args.hf_optim}: {_describe_optimizer(hf_opt)}",
                               params=sum(p.numel() for p in hf.parameters()))
 
@@ -678,7 +686,7 @@ def bench_generate(args) -> dict:
         new_tokens = min(32, args.block_size - prompt_len)  # prompt + new tokens must fit the context
         return benchmark_decode(model=model, device=str(args.device), dtype=args.dtype, seed=args.seed,
                                 repeats=args.repeats, prompt_len=prompt_len, new_tokens=new_tokens, quiet=True,
-                                compile=args.compile)
+                                compile=args.compile, compile_mode=args.compile_mode)
     return _external(generate.benchmark_decode, generate.format_benchmark, call)
 
 
@@ -802,7 +810,7 @@ def main(argv=None):
         date=datetime.date.today().isoformat(),
         command="python bench.py " + " ".join(sys.argv[1:] if argv is None else argv),
         config=dict(preset=args.preset, model=cfg.to_dict(), batch_size=args.batch_size, block_size=args.block_size,
-                    dtype=args.dtype, compile=args.compile, device=str(args.device), steps=args.steps,
+                    dtype=args.dtype, compile=args.compile, compile_mode=args.compile_mode, device=str(args.device), steps=args.steps,
                     warmup=args.warmup, repeats=args.repeats, seq_lens=args.seq_lens, vs=args.vs,
                     hf_optim=args.hf_optim, hf_compile=args.hf_compile, lr=args.lr, betas=[args.beta1, args.beta2],
                     weight_decay=args.weight_decay, grad_clip=args.grad_clip, seed=args.seed),

@@ -60,6 +60,8 @@ def parse_args(argv):
     ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                     help="autocast dtype; auto = bfloat16 on a GPU that supports it, else float32")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model: decoding then uses a fixed-shape KV cache, so the prefill and the one-token step compile once (pays off for long or many samples)")
+    ap.add_argument("--compile_mode", default=None, choices=["default", "reduce-overhead", "max-autotune"],
+                    help="torch.compile's mode with --compile; reduce-overhead decodes through CUDA graphs on a GPU")
     ap.add_argument("--stream", action="store_true", help="print tokens as they are generated")
     ap.add_argument("--compare", action="store_true",
                     help="show the same prompt under several strategies side by side (greedy, low/high temperature, small/large k, top-p)")
@@ -134,6 +136,8 @@ def side_by_side(columns: list, n_cols: int) -> str:
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     check_sampling_args(args.temperature, args.top_k, args.top_p, args.repetition_penalty, args.max_new_tokens)
+    if args.compile_mode and not args.compile:
+        raise NanoGPT2Error(f"--compile_mode {args.compile_mode} needs --compile")
     if args.num_samples < 1:
         raise NanoGPT2Error(f"--num_samples must be >= 1, got {args.num_samples}")
     device = resolve_device(args.device)
@@ -141,7 +145,7 @@ def main(argv=None):
     model, tok, desc = load_model_and_tokenizer(init_from, device)
     print(f"loaded {desc}", file=sys.stderr)
     if args.compile:
-        model = torch.compile(model)
+        model = torch.compile(model, mode=args.compile_mode)
     ctx = autocast(device, args.dtype)
 
     prompt_ids = encode_prompt(tok, read_prompt(args.start))

@@ -197,6 +197,20 @@ def test_generate_and_tokenizer_sub_benchmarks(tmp_path):
     assert "tiktoken" in tok["table"]
 
 
+def test_compile_mode_reaches_torch_compile(monkeypatch):
+    """--compile_mode is handed to torch.compile (recorded here: compiling takes minutes on this CPU; the
+    compiled decoder's tokens are checked in tests/test_generate.py and, with CUDA graphs, test_cuda.py)."""
+    sys.path.insert(0, str(ROOT))
+    import bench
+
+    modes = []
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: modes.append(kw.get("mode")) or model)
+    tiny = TINY[:TINY.index("--threads")]  # in-process: leave this process's thread count alone
+    report = bench.main(["generate", *tiny, "--repeats", "1", "--compile", "--compile_mode", "reduce-overhead"])
+    assert modes == ["reduce-overhead"] and report["config"]["compile_mode"] == "reduce-overhead"
+    assert all(row["compiled_tok_s"] > 0 for row in report["results"]["generate"]["figures"]["rows"])
+
+
 def test_failing_sub_benchmark_is_reported():
     sys.path.insert(0, str(ROOT))
     import bench
@@ -213,6 +227,9 @@ def test_bad_option_is_one_line_error():
                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: --seq_lens must be comma-separated integers")
+    proc = subprocess.run([sys.executable, "bench.py", "train", "--device", "cpu", "--compile_mode", "max-autotune"],
+                          cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 2 and proc.stderr.startswith("error: --compile_mode max-autotune needs --compile")
 
 
 def test_peak_table_lookup():

@@ -116,9 +116,13 @@ def test_dtype_and_compile_options(hf_folder, capsys, monkeypatch):
     assert fp32 == api_text(hf_folder, "Hello", 0, n=24, greedy=True) + "\n---------------\n"
 
     compiled = []
-    monkeypatch.setattr(torch, "compile", lambda model, **kw: compiled.append(model) or model)
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: compiled.append((model, kw)) or model)
     assert run(capsys, *args, "--dtype", "float32", "--compile") == fp32
-    assert len(compiled) == 1 and isinstance(compiled[0], GPT)
+    assert len(compiled) == 1 and isinstance(compiled[0][0], GPT) and compiled[0][1] == {"mode": None}
+    assert run(capsys, *args, "--dtype", "float32", "--compile", "--compile_mode", "reduce-overhead") == fp32
+    assert compiled[1][1] == {"mode": "reduce-overhead"}
+    with pytest.raises(NanoGPT2Error, match="needs --compile"):
+        sample.main([str(a) for a in args] + ["--compile_mode", "reduce-overhead"])
 
 
 def test_init_from_gpt2_name_downloads_once(hf_folder, capsys, monkeypatch, tmp_path):
