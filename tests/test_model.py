@@ -149,6 +149,28 @@ def test_every_accepted_activation_matches_transformers(tmp_path, activation):
         assert (model(idx)[0] - hf(idx).logits).abs().max().item() <= 1e-5
 
 
+def test_compiled_gelu_form_is_the_same_function():
+    """Under torch.compile gelu_tanh is written x * sigmoid(2z) (faster fused code) instead of PyTorch's
+    tanh kernel: values and gradients equal transformers' gelu_new and the eager kernel. Dynamo with the eager
+    backend traces the compiled branch without generating code, so this runs in a second."""
+    import torch._dynamo
+
+    from nanogpt2.model import gelu_tanh
+
+    x = (torch.randn(4, 1000, generator=torch.Generator().manual_seed(0)) * 4).requires_grad_()
+    torch._dynamo.reset()
+    traced = torch.compile(gelu_tanh, backend="eager", fullgraph=True)
+    y_compiled = traced(x)
+    (g_compiled,) = torch.autograd.grad(y_compiled.sum(), x)
+    y_eager = gelu_tanh(x)
+    (g_eager,) = torch.autograd.grad(y_eager.sum(), x)
+    reference = transformers.activations.ACT2FN["gelu_new"](x.detach())
+    assert (y_compiled - y_eager).abs().max().item() <= 2e-6 and (y_compiled - reference).abs().max().item() <= 2e-6
+    assert (g_compiled - g_eager).abs().max().item() <= 1e-5
+    assert (y_compiled - y_eager).abs().max().item() > 0  # it did take the other branch (rounding differs)
+    torch._dynamo.reset()
+
+
 def test_reorder_and_upcast_attn_is_the_same_math(tmp_path):
     """reorder_and_upcast_attn (accepted, not implemented) only changes mixed-precision rounding: in fp32 HF's
     eager path with it on gives our logits, with the inverse-layer scaling that it folds in too."""
