@@ -240,29 +240,42 @@ def _accepts(model, name: str) -> bool:
         return False
 
 
-# A compiled model keeps the StaticKVCache of its last request here (one per model, dropped with the model):
-# the next request of the same batch size and slot count writes into the same storage, so CUDA graphs
-# recorded on its addresses (torch.compile mode="reduce-overhead") replay instead of recording again.
-_STATIC_CACHES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+# A compiled model on a GPU keeps the StaticKVCaches of its recent requests here, by (batch size, slots, dtype,
+# device), the least recently used dropped past KEEP_STATIC_CACHES and all of them with the model: the next
+# request of a kept shape writes into the same storage, so CUDA graphs recorded on its addresses (torch.compile
+# mode="reduce-overhead") replay instead of recording again. Each cache holds 2 x n_layer x (B, nh, slots, hs)
+# (GPT-2 124M, batch 8, 1,024 slots, bf16: 302 MB); release_static_caches(model) frees them. CPUs have no
+# graphs to replay, so nothing is kept there (REUSE_STATIC_CACHES_ON lists the device types that keep).
+_STATIC_CACHES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> {shape key: cache}
+KEEP_STATIC_CACHES = 4
+REUSE_STATIC_CACHES_ON = ("cuda",)
+
+
+def release_static_caches(model) -> None:
+    """Free the static KV caches a compiled model kept for its next requests (see _STATIC_CACHES)."""
+    _STATIC_CACHES.pop(model, None)
 
 
 def _static_cache_for(model, batch_size: int, n_slots: int, device):
     """A preallocated StaticKVCache (B, nh, n_slots, hs) in the dtype the model's keys will have (autocast's
-    under autocast); reused, zeroed, from the model's previous request when the shapes match."""
+    under autocast); for a compiled model on a GPU, reused (zeroed) from an earlier request of that shape."""
     dtype = next(model.parameters()).dtype
     if torch.is_autocast_enabled(device.type):
         dtype = torch.get_autocast_dtype(device.type)
-    reuse = hasattr(model, "_orig_mod")  # only compiled models gain from stable addresses; others free it
-    cache = _STATIC_CACHES.get(model) if reuse else None
+    if not (hasattr(model, "_orig_mod") and device.type in REUSE_STATIC_CACHES_ON):  # nothing to gain: no reuse
+        return model.new_kv_cache(max_len=n_slots, static=True, batch_size=batch_size, dtype=dtype)
+    kept = _STATIC_CACHES.setdefault(model, {})
+    key = (batch_size, n_slots, dtype, str(device))
+    cache = kept.pop(key, None)  # popped and put back below: the dict's order is least recently used first
     if cache is not None and cache.fits(batch_size, n_slots, dtype, device):
         for k, v in zip(cache.k, cache.v):
             k.zero_()  # as good as new: nothing of the previous request can be attended to
             v.zero_()
-        return cache
-    _STATIC_CACHES.pop(model, None)  # free the old storage before allocating the new
-    cache = model.new_kv_cache(max_len=n_slots, static=True, batch_size=batch_size, dtype=dtype)
-    if reuse:
-        _STATIC_CACHES[model] = cache
+    else:
+        while len(kept) >= KEEP_STATIC_CACHES:
+            kept.pop(next(iter(kept)))  # free the least recently used before allocating
+        cache = model.new_kv_cache(max_len=n_slots, static=True, batch_size=batch_size, dtype=dtype)
+    kept[key] = cache
     return cache
 
 
@@ -319,8 +332,9 @@ def generate(
       slots, masked), so a torch.compile'd model compiles its one-token step once instead of once per
       length; the default is True for a compiled model (it has `_orig_mod`), else False. Same tokens.
       It is allocated before the first forward, in the keys' dtype (autocast's under autocast), at a static
-      address; a compiled model keeps it for its next request of the same batch size and slot count, so
-      CUDA graphs (`torch.compile(model, mode="reduce-overhead")`) recorded on it replay.
+      address; a compiled model on a GPU keeps it for its next requests of the same batch size and slot
+      count, so CUDA graphs (`torch.compile(model, mode="reduce-overhead")`) recorded on it replay
+      (`release_static_caches(model)` frees them).
     """
     check_sampling_args(temperature, top_k, top_p, repetition_penalty, max_new_tokens)
     cfg = model.config

@@ -166,8 +166,9 @@ class StaticKVCache:
             for layer in range(n_layer):
                 self.k[layer] = torch.zeros(batch_size, n_head, max_len, head_size, dtype=dtype, device=device)  # (B, nh, max_len, hs)
                 self.v[layer] = torch.zeros(batch_size, n_head, max_len, head_size, dtype=dtype, device=device)  # (B, nh, max_len, hs)
-                torch._dynamo.mark_static_address(self.k[layer])
-                torch._dynamo.mark_static_address(self.v[layer])
+                # guard=False: a new cache re-records CUDA graphs, never recompiles (older torch guarded by default)
+                torch._dynamo.mark_static_address(self.k[layer], guard=False)
+                torch._dynamo.mark_static_address(self.v[layer], guard=False)
 
     def fits(self, batch_size: int, max_len: int, dtype: torch.dtype, device) -> bool:
         """Whether this (preallocated) cache has exactly these shapes, so a new request can reuse it."""

@@ -110,15 +110,24 @@ def test_greedy_decoding_on_the_device_equals_the_cpu():
     assert torch.equal(on_device.cpu(), on_cpu)
 
 
-def test_cuda_graph_decoding_equals_eager():
+def test_cuda_graph_decoding_equals_eager(monkeypatch):
     """torch.compile(mode="reduce-overhead") decodes through CUDA graphs: no graph is skipped (the static
-    cache is written in place at a static address), and the tokens equal eager decoding, twice (the second
-    request reuses the cache, so the recorded graphs replay)."""
+    cache is written in place at a static address), the tokens equal eager decoding, and a second request
+    of the same shapes records no graph (it reuses the kept cache, so the recorded graphs replay)."""
     if DEVICE != "cuda":
         pytest.skip("CUDA graphs need a GPU")
     import torch._dynamo
     from torch._dynamo.utils import counters
+    from torch._inductor import cudagraph_trees
 
+    records = []
+    record = cudagraph_trees.CUDAGraphTreeManager.record_function
+
+    def counting_record(self, *args, **kwargs):
+        records.append(1)
+        return record(self, *args, **kwargs)
+
+    monkeypatch.setattr(cudagraph_trees.CUDAGraphTreeManager, "record_function", counting_record)
     torch.manual_seed(0)
     model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=64, block_size=128, vocab_size=100)).to(DEVICE).eval()
     prev = torch.backends.cuda.matmul.allow_tf32
@@ -127,10 +136,14 @@ def test_cuda_graph_decoding_equals_eager():
     counters.clear()
     try:
         compiled = torch.compile(model, mode="reduce-overhead")
-        for seed in (1, 2):
+        recorded = []
+        for seed in (1, 2, 3):
             idx = torch.randint(0, 100, (2, 9), generator=torch.Generator().manual_seed(seed)).to(DEVICE)
             assert torch.equal(generate(compiled, idx, 24, greedy=True), generate(model, idx, 24, greedy=True))
+            recorded.append(len(records))
         assert counters["inductor"]["cudagraph_skips"] == 0
+        assert recorded[0] >= 1  # the first request recorded graphs (the step; the prefill on its next call)
+        assert recorded[2] == recorded[1]  # by the third request of the same shapes, everything replays
     finally:
         torch.backends.cuda.matmul.allow_tf32 = prev
         torch._dynamo.reset()

@@ -531,33 +531,45 @@ def test_compiled_decoding_compiles_the_step_once():
     torch._dynamo.reset()
 
 
-def test_compiled_model_reuses_its_static_cache():
+def test_compiled_model_reuses_its_static_cache(monkeypatch):
     """A compiled model's next request of the same batch size and slot count writes into the same storage
     (what CUDA graphs recorded on those addresses need), zeroed first: tokens equal eager decoding even
-    after a longer request filled more slots. Another batch size gets a cache of its own."""
+    after a longer request filled more slots. Other shapes get caches of their own, up to KEEP_STATIC_CACHES,
+    least recently used dropped first. Reuse is for GPUs (graphs); here the CPU is let in to test it."""
     import torch._dynamo
 
     from nanogpt2 import generate as generate_module
 
     torch.manual_seed(0)
-    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=50)).eval()
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=256, vocab_size=50)).eval()
     torch._dynamo.reset()
     compiled = torch.compile(model, backend=lambda gm, example_inputs: gm.forward, dynamic=False)
     rng = torch.Generator().manual_seed(3)
     long_prompt, short_prompt = torch.randint(0, 50, (1, 20), generator=rng), torch.randint(0, 50, (1, 5), generator=rng)
+
+    generate(compiled, short_prompt, 4, greedy=True)
+    assert compiled not in generate_module._STATIC_CACHES  # on a CPU nothing is kept by default
+
+    monkeypatch.setattr(generate_module, "REUSE_STATIC_CACHES_ON", ("cuda", "cpu"))
+    monkeypatch.setattr(generate_module, "KEEP_STATIC_CACHES", 2)
     assert torch.equal(generate(compiled, long_prompt, 40, greedy=True), generate(model, long_prompt, 40, greedy=True))
-    cache = generate_module._STATIC_CACHES[compiled]
-    assert cache.max_len == 64 and cache.k[0].shape == (1, 2, 64, 16)
+    (key, cache), = generate_module._STATIC_CACHES[compiled].items()
+    assert key[:2] == (1, 64) and cache.k[0].shape == (1, 2, 64, 16)
     assert getattr(cache.k[0], "_dynamo_static_input_type", None) == "unguarded"  # a static address for CUDA graphs
     address = cache.k[0].data_ptr()
     assert torch.equal(generate(compiled, short_prompt, 10, greedy=True), generate(model, short_prompt, 10, greedy=True))
-    assert generate_module._STATIC_CACHES[compiled] is cache and cache.k[0].data_ptr() == address
+    assert generate_module._STATIC_CACHES[compiled][key] is cache and cache.k[0].data_ptr() == address
 
+    assert torch.equal(generate(compiled, short_prompt, 100, greedy=True), generate(model, short_prompt, 100, greedy=True))
+    assert list(generate_module._STATIC_CACHES[compiled]) == [key, (1, 128) + key[2:]]  # 105 tokens: 128 slots, kept beside
+    generate(compiled, short_prompt, 10, greedy=True)  # 64 slots again: the same cache, now the most recently used
+    assert generate_module._STATIC_CACHES[compiled][key] is cache
     pair_of_prompts = torch.cat([short_prompt, long_prompt[:, :5]])
     assert torch.equal(generate(compiled, pair_of_prompts, 10, greedy=True), generate(model, pair_of_prompts, 10, greedy=True))
-    assert generate_module._STATIC_CACHES[compiled] is not cache  # batch 2: a new cache replaced the old one
-    assert generate_module._STATIC_CACHES[compiled].k[0].shape[0] == 2
+    assert list(generate_module._STATIC_CACHES[compiled]) == [key, (2,) + key[1:]]  # the 128-slot one was dropped
     assert model not in generate_module._STATIC_CACHES  # an eager model keeps nothing
+    generate_module.release_static_caches(compiled)
+    assert compiled not in generate_module._STATIC_CACHES
     torch._dynamo.reset()
 
 
