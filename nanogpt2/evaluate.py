@@ -25,7 +25,7 @@ import math
 import sys
 import time
 from contextlib import nullcontext
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -80,13 +80,19 @@ def evaluate_perplexity(
     dtype=None,
     n_bytes: Optional[int] = None,
     progress: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
+    all_reduce: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
 ) -> dict:
     """Strided perplexity of `model` on one long sequence of token ids (1-D tensor, list or np array).
 
     block_size: window length (default and maximum: the model's block_size); stride: step between window
     starts (clamped to block_size); batch_size: windows per forward pass; dtype: None/"float32", or
     "bfloat16"/"float16" for autocast (the log-softmax is always fp32); n_bytes: UTF-8 bytes of the text
-    the ids came from, for bits per byte.
+    the ids came from, for bits per byte. Sharded (DDP): process `rank` of `world_size` scores every
+    world_size-th batch of windows and `all_reduce` (an in-place sum over the processes, e.g.
+    torch.distributed.all_reduce; called once, on `device`) combines the sums, so every process returns the
+    whole result.
     Returns {"loss" (mean NLL per scored token, nats), "ppl", "tokens" (scored), "tokens_total", "windows",
     "block_size", "stride", and "bits_per_byte" when n_bytes is given}.
     """
@@ -97,6 +103,8 @@ def evaluate_perplexity(
     stride = min(int(stride), block)
     if batch_size < 1:
         raise NanoGPT2Error(f"batch_size must be >= 1, got {batch_size}")
+    if not 0 <= rank < world_size or (world_size > 1 and all_reduce is None):
+        raise ValueError(f"sharded evaluation needs 0 <= rank < world_size and an all_reduce (rank {rank}, world_size {world_size})")
     if device is None:
         device = next(model.parameters()).device
     device = torch.device(device)
@@ -118,6 +126,7 @@ def evaluate_perplexity(
     try:
         # Windows of equal length go through the model together; only the last one can be shorter.
         i = 0
+        batch_number = -1
         while i < len(windows):
             L = windows[i][1] - windows[i][0]
             group = [windows[i]]
@@ -126,6 +135,10 @@ def evaluate_perplexity(
                 if w[1] - w[0] != L:
                     break
                 group.append(w)
+            batch_number += 1
+            if batch_number % world_size != rank:  # another process's batch
+                i += len(group)
+                continue
             x = torch.stack([ids[b:e] for b, e, _ in group]).to(device)  # (G, L)
             y = torch.full((len(group), L), -100, dtype=torch.long)  # (G, L) next-token targets
             for r, (b, e, first) in enumerate(group):
@@ -146,6 +159,10 @@ def evaluate_perplexity(
         model.train(was_training)
     if progress:
         print(file=sys.stderr)
+    if all_reduce is not None:
+        totals = torch.tensor([nll_sum.item(), float(scored)], dtype=torch.float64, device=device)  # (2,)
+        all_reduce(totals)
+        nll_sum, scored = totals[0].cpu(), int(totals[1].item())
 
     loss = nll_sum.item() / scored
     res = {

@@ -642,20 +642,24 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate_test(self) -> Optional[dict]:
-        """The final test evaluation (rank 0, `test_eval`): strided perplexity of the last weights on the
-        dataset's own test split, when it has one — the numbers papers report (nanogpt2/evaluate.py). Logged
-        and appended to metrics.jsonl as test_loss, test_ppl, test_bits_per_byte."""
+        """The final test evaluation (`test_eval`): strided perplexity of the last weights on the dataset's
+        own test split, when it has one — the numbers papers report (nanogpt2/evaluate.py). Under DDP every
+        process scores its share of the windows and the sums are all-reduced; rank 0 logs the result and
+        appends it to metrics.jsonl as test_loss, test_ppl, test_bits_per_byte."""
         from nanogpt2.evaluate import evaluate_perplexity
 
         cfg, ds = self.cfg, getattr(self, "dataset", None)
-        if not (cfg.test_eval and self.dist.master and ds is not None and "test" in ds.meta.get("splits", {})):
+        if not (cfg.test_eval and ds is not None and "test" in ds.meta.get("splits", {})):
             return None
         block = min(cfg.block_size, self.raw_model.config.block_size)
         res = evaluate_perplexity(self.raw_model, ds.tokens("test"), block_size=block,
                                   stride=min(cfg.test_stride, block), batch_size=cfg.batch_size, device=self.device,
                                   dtype=None if self.dtype == "float32" else PTDTYPES[self.dtype],
-                                  n_bytes=ds.meta["splits"]["test"].get("text_bytes"))
+                                  n_bytes=ds.meta["splits"]["test"].get("text_bytes"),
+                                  rank=self.dist.rank, world_size=self.dist.world_size, all_reduce=self._all_reduce)
         self.raw_model.train()
+        if not self.dist.master:
+            return None
         rec = {"step": self.step, "test_loss": res["loss"], "test_ppl": res["ppl"],
                "test_bits_per_byte": res.get("bits_per_byte"), "test_tokens": res["tokens"], "test_stride": res["stride"]}
         self.log(f"test ({res['tokens']:,} tokens, block {block}, stride {res['stride']}) | loss {res['loss']:.4f} | "

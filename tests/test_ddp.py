@@ -5,7 +5,7 @@ the same windows), and only rank 0 writes files or prints (rank 1's writes under
 audit hook: none). Gradients are all-reduced once per optimizer step (no_sync on the other micro-steps,
 counted by a DDP comm hook) and the process group is destroyed on the way out. A SIGTERM to rank 1 alone
 stops both ranks at the same step with a checkpoint, and `--resume_from auto` under torchrun continues bit
-for bit.
+for bit. The final test evaluation is sharded over the ranks and gives the single process's figure.
 
     python -m pytest -q tests/test_ddp.py
 """
@@ -106,12 +106,23 @@ def records(out):
 @pytest.mark.slow
 def test_torchrun_two_processes_match_one(tmp_path):
     env = {**os.environ, "NANOGPT2_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)}
+    # Tiny Shakespeare as a folder with a test split, so the runs end with the final (sharded) test evaluation.
+    text = (ROOT / "nanogpt2" / "assets" / "tinyshakespeare.txt").read_text()
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for split, (begin, end) in dict(train=(0, 200_000), val=(200_000, 220_000), test=(220_000, 240_000)).items():
+        (corpus / f"{split}.txt").write_text(text[begin:end])
+    args = [*ARGS, f"--dataset={corpus}", "--tokenizer=char", "--test_stride=16"]
     single, ddp = tmp_path / "single", tmp_path / "ddp"
-    run([sys.executable, str(ROOT / "train.py"), *ARGS, f"--out_dir={single}"], env)
-    res = run(torchrun(ROOT / "train.py", *ARGS, f"--out_dir={ddp}"), env)
+    run([sys.executable, str(ROOT / "train.py"), *args, f"--out_dir={single}"], env)
+    res = run(torchrun(ROOT / "train.py", *args, f"--out_dir={ddp}"), env)
 
     assert "2 process(es) on cpu" in res.stdout and "(2 per process)" in res.stdout
-    a, b = records(single), records(ddp)
+    (test_a,), (test_b,) = ([r for r in records(out) if "test_loss" in r] for out in (single, ddp))
+    assert test_a["test_tokens"] == test_b["test_tokens"] == 20_000 - 1  # both processes' shares, summed
+    assert abs(test_a["test_loss"] - test_b["test_loss"]) < 1e-5
+    assert res.stdout.count("test (19,999 tokens") == 1  # rank 0 alone logs it
+    a, b = ([r for r in records(out) if "test_loss" not in r] for out in (single, ddp))
     assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]  # one writer: no duplicates
     for ra, rb in zip(a, b):
         assert abs(ra["loss"] - rb["loss"]) < 1e-6, (ra["step"], ra["loss"], rb["loss"])
@@ -137,12 +148,12 @@ def test_torchrun_two_processes_match_one(tmp_path):
     driver = tmp_path / "ddp_driver.py"
     driver.write_text(DRIVER)
     env_cut = {**env, "RUN_OUT_DIR": str(cut)}
-    first = run(torchrun(driver, *ARGS, f"--out_dir={cut}"), env_cut)
+    first = run(torchrun(driver, *args, f"--out_dir={cut}"), env_cut)
     assert "stopped by a signal on another process after step 3" in first.stdout  # rank 0 stopped with rank 1
     assert ck_step(cut / "checkpoint_interrupted.pt") == 3
-    second = run(torchrun(driver, *ARGS, f"--out_dir={cut}", "--resume_from=auto"), env_cut)
+    second = run(torchrun(driver, *args, f"--out_dir={cut}", "--resume_from=auto"), env_cut)
     assert "checkpoint_interrupted.pt at step 3" in second.stdout
-    assert [float.hex(r["loss"]) for r in records(cut)] == [float.hex(r["loss"]) for r in b]
+    assert [float.hex(r["loss"]) for r in records(cut) if "loss" in r] == [float.hex(r["loss"]) for r in b]
     final = torch.load(cut / "checkpoint_final.pt", map_location="cpu", weights_only=True)["model"]
     assert all(torch.equal(final[k], v) for k, v in ck["model"].items())
     for res, steps in ((first, range(1, 4)), (second, range(4, 7))):

@@ -6,6 +6,7 @@ the real-data path (a slice of WikiText-2 test from ../shared/data) and the CLI.
 
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -225,3 +226,61 @@ def test_cli_wikitext2_test_split_with_default_stride(gpt2_vocab_pair):
     assert res["loss"] == pytest.approx(hf_guide_loop(hf, ids, 64, 64)[0], rel=1e-4)
     assert res["ppl"] == pytest.approx(math.exp(res["loss"]), rel=1e-12)
     assert res["bits_per_byte"] == pytest.approx(res["loss"] / math.log(2) * 700 / len(tok.decode_bytes(ids)), rel=1e-9)
+
+
+SHARDED = """
+import json, sys
+import torch
+import torch.distributed as td
+from nanogpt2.evaluate import evaluate_perplexity
+from nanogpt2.model import GPT, GPTConfig
+
+td.init_process_group("gloo")
+torch.manual_seed(0)
+model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=50))
+ids = torch.randint(0, 50, (700,), generator=torch.Generator().manual_seed(1))
+calls = []
+
+def all_reduce(t):
+    calls.append(1)
+    td.all_reduce(t)
+    return t
+
+res = evaluate_perplexity(model, ids, block_size=32, stride=16, batch_size=3, rank=td.get_rank(),
+                          world_size=td.get_world_size(), all_reduce=all_reduce)
+alone = evaluate_perplexity(model, ids, block_size=32, stride=16, batch_size=3)
+print("RESULT", json.dumps({"rank": td.get_rank(), "loss": res["loss"], "tokens": res["tokens"], "calls": len(calls),
+                            "alone_loss": alone["loss"], "alone_tokens": alone["tokens"]}), flush=True)
+td.destroy_process_group()
+"""
+
+
+def test_sharded_evaluation_over_two_processes_equals_one(tmp_path):
+    """Under DDP (2 gloo processes via torchrun) each process scores every other batch of windows and the
+    sums are all-reduced once: both return the single-process loss and token count."""
+    import socket
+
+    script = tmp_path / "sharded.py"
+    script.write_text(SHARDED)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+                           f"--master_port={port}", str(script)], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    results = [json.loads(line.split("RESULT ", 1)[1]) for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert sorted(r["rank"] for r in results) == [0, 1]
+    for r in results:
+        assert r["calls"] == 1 and r["tokens"] == r["alone_tokens"] == 699
+        assert r["loss"] == pytest.approx(r["alone_loss"], rel=1e-9)
+
+
+def test_sharded_evaluation_arguments():
+    from nanogpt2.model import GPTConfig
+
+    model = GPT(GPTConfig(n_layer=1, n_head=1, n_embd=8, block_size=8, vocab_size=10))
+    with pytest.raises(ValueError, match="all_reduce"):
+        evaluate_perplexity(model, torch.arange(10) % 10, rank=0, world_size=2)
+    with pytest.raises(ValueError, match="rank"):
+        evaluate_perplexity(model, torch.arange(10) % 10, rank=2, world_size=2, all_reduce=lambda t: t)
