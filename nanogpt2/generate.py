@@ -267,7 +267,7 @@ def _static_cache_for(model, batch_size: int, n_slots: int, device):
     kept = _STATIC_CACHES.setdefault(model, {})
     key = (batch_size, n_slots, dtype, str(device))
     cache = kept.pop(key, None)  # popped and put back below: the dict's order is least recently used first
-    if cache is not None and cache.fits(batch_size, n_slots, dtype, device):
+    if cache is not None:  # the key is the cache's whole shape: a kept one fits
         for k, v in zip(cache.k, cache.v):
             k.zero_()  # as good as new: nothing of the previous request can be attended to
             v.zero_()

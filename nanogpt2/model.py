@@ -170,12 +170,6 @@ class StaticKVCache:
                 torch._dynamo.mark_static_address(self.k[layer], guard=False)
                 torch._dynamo.mark_static_address(self.v[layer], guard=False)
 
-    def fits(self, batch_size: int, max_len: int, dtype: torch.dtype, device) -> bool:
-        """Whether this (preallocated) cache has exactly these shapes, so a new request can reuse it."""
-        k = self.k[0]
-        return (k is not None and self.max_len == max_len and k.size(0) == batch_size and k.dtype == dtype
-                and k.device == torch.device(device))
-
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor, cache_position: torch.Tensor):
         """Write k, v (B, nh, T, hs) into slots `cache_position` of `layer`; return the whole cache
         (B, nh, max_len, hs)."""
