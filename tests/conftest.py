@@ -1,5 +1,12 @@
-"""Shared test helpers: paths to fixtures and to the optional real data in ../shared/data."""
+"""Shared test helpers: paths to fixtures and to the optional real data in ../shared/data, and the test oracles.
 
+The oracles (transformers, safetensors, peft, tiktoken) come with the `test` extra. On a developer's machine a
+missing one skips the tests that need it; under CI (`CI=true`) a missing or broken oracle fails the run at
+start, so a green CI never hides hundreds of skipped parity tests.
+"""
+
+import importlib
+import os
 from pathlib import Path
 
 import pytest
@@ -7,6 +14,32 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
 SHARED_DATA = ROOT.parent / "shared" / "data"
+ORACLES = ("transformers", "safetensors", "peft", "tiktoken")
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() == "true"
+
+
+def pytest_configure(config):
+    if not in_ci():
+        return
+    broken = []
+    for name in ORACLES:
+        try:
+            importlib.import_module(name)
+        except Exception as e:  # ImportError, or a broken install that fails while importing
+            broken.append(f"{name} ({type(e).__name__}: {e})")
+    if broken:
+        raise pytest.UsageError(f"CI=true and test oracles cannot be imported: {'; '.join(broken)}. "
+                                f"Install them: pip install -e '.[test]'")
+
+
+def oracle(module: str, reason: str = ""):
+    """Import a test oracle: skip the calling module where it is absent, fail under CI=true."""
+    if in_ci():
+        return importlib.import_module(module)
+    return pytest.importorskip(module, reason=reason or f"{module} (a test oracle) is not installed: pip install -e '.[test]'")
 
 
 def shared_data(relpath: str) -> Path:

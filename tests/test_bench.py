@@ -15,7 +15,7 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, oracle
 
 TINY = ["--n_layer", "2", "--n_head", "2", "--n_embd", "64", "--vocab_size", "256",
         "--block_size", "32", "--batch_size", "2", "--device", "cpu", "--threads", "1"]
@@ -129,7 +129,7 @@ def test_train_tiny_writes_valid_json(tmp_path):
 
 
 def test_vs_hf_gives_ratio(tmp_path):
-    pytest.importorskip("transformers")
+    oracle("transformers")
     proc, report = run_bench(["train", *TINY, "--steps", "1", "--warmup", "1", "--repeats", "2", "--vs", "hf"], tmp_path)
     train = report["results"]["train"]
     ours, hf = train["ours"], train["hf"]

@@ -69,16 +69,25 @@ DRIVER = textwrap.dedent("""
     if RANK != 0:
         sys.addaudithook(audit)
 
+    # Each rank reports through a file of its own (two processes printing to one pipe can interleave).
+    REPORT = open(os.path.join(os.environ["RUN_REPORT_DIR"], f"rank{RANK}.txt"), "a")
+
+    def report(line):
+        REPORT.write(line + "\\n")
+        REPORT.flush()
+
     def hook(trainer, event):
         if event == "step_end":
-            print(f"rank {RANK} step {trainer.step} syncs {syncs[-1]}", flush=True)
+            report(f"rank {RANK} step {trainer.step} syncs {syncs[-1]}")
             syncs.append(0)
             if trainer.step == 3 and RANK == 1:
                 os.kill(os.getpid(), signal.SIGTERM)
 
-    run_cli(main, sys.argv[1:], hooks=[hook])
-    print(f"rank {RANK} writes under out_dir: {writes}", flush=True)
-    print(f"rank {RANK} process group left: {not td.is_initialized()}", flush=True)
+    try:
+        run_cli(main, sys.argv[1:], hooks=[hook])
+    finally:
+        report(f"rank {RANK} writes under out_dir: {writes}")
+        report(f"rank {RANK} process group left: {not td.is_initialized()}")
 """)
 
 
@@ -147,21 +156,26 @@ def test_torchrun_two_processes_match_one(tmp_path):
     cut = tmp_path / "cut"
     driver = tmp_path / "ddp_driver.py"
     driver.write_text(DRIVER)
-    env_cut = {**env, "RUN_OUT_DIR": str(cut)}
+    reports = [tmp_path / "report_first", tmp_path / "report_second"]
+    for d in reports:
+        d.mkdir()
+    env_cut = {**env, "RUN_OUT_DIR": str(cut), "RUN_REPORT_DIR": str(reports[0])}
     first = run(torchrun(driver, *args, f"--out_dir={cut}"), env_cut)
     assert "stopped by a signal on another process after step 3" in first.stdout  # rank 0 stopped with rank 1
     assert ck_step(cut / "checkpoint_interrupted.pt") == 3
-    second = run(torchrun(driver, *args, f"--out_dir={cut}", "--resume_from=auto"), env_cut)
+    second = run(torchrun(driver, *args, f"--out_dir={cut}", "--resume_from=auto"), {**env_cut, "RUN_REPORT_DIR": str(reports[1])})
     assert "checkpoint_interrupted.pt at step 3" in second.stdout
     assert [float.hex(r["loss"]) for r in records(cut) if "loss" in r] == [float.hex(r["loss"]) for r in b]
     final = torch.load(cut / "checkpoint_final.pt", map_location="cpu", weights_only=True)["model"]
     assert all(torch.equal(final[k], v) for k, v in ck["model"].items())
-    for res, steps in ((first, range(1, 4)), (second, range(4, 7))):
+    for report, steps in zip(reports, (range(1, 4), range(4, 7))):
         for rank in (0, 1):
+            lines = (report / f"rank{rank}.txt").read_text().splitlines()
             # 2 micro-steps per rank and step, gradients all-reduced once: no_sync on the first
-            assert [f"rank {rank} step {s} syncs 1" in res.stdout for s in steps] == [True] * 3, res.stdout
-            assert f"rank {rank} process group left: True" in res.stdout
-        assert "rank 1 writes under out_dir: []" in res.stdout  # checkpoints, metrics, config: rank 0 only
+            assert lines[:3] == [f"rank {rank} step {s} syncs 1" for s in steps], lines
+            assert lines[-1] == f"rank {rank} process group left: True", lines
+        # checkpoints, metrics, config: rank 0 only
+        assert "rank 1 writes under out_dir: []" in (report / "rank1.txt").read_text().splitlines()
 
 
 def ck_step(path):

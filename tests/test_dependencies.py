@@ -8,6 +8,7 @@ time, and pyproject.toml declares exactly the runtime dependencies.
 """
 
 import json
+import os
 import subprocess
 import sys
 
@@ -39,3 +40,24 @@ def test_pyproject_declares_exactly_the_runtime_dependencies():
     names = {d.split(">")[0].split("=")[0].split("<")[0].strip() for d in project["dependencies"]}
     assert names == RUNTIME
     assert project["requires-python"] == ">=3.10"
+
+
+def _pytest_with_broken_oracle(tmp_path, ci: str):
+    """Run this file's pyproject test in a child pytest where `peft` fails to import (a stand-in module on
+    PYTHONPATH that raises), with CI set as given."""
+    fake = tmp_path / "fake"
+    fake.mkdir(exist_ok=True)
+    (fake / "peft.py").write_text("raise ImportError('simulated broken peft')\n")
+    env = {k: v for k, v in os.environ.items() if k != "CI"}
+    env.update(PYTHONPATH=str(fake), CI=ci)
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "tests/test_dependencies.py::test_pyproject_declares_exactly_the_runtime_dependencies"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_a_broken_oracle_fails_under_ci_and_is_tolerated_elsewhere(tmp_path):
+    ci = _pytest_with_broken_oracle(tmp_path, "true")
+    assert ci.returncode != 0
+    assert "test oracles cannot be imported: peft (ImportError: simulated broken peft)" in ci.stdout + ci.stderr
+    local = _pytest_with_broken_oracle(tmp_path, "")
+    assert local.returncode == 0, local.stdout[-2000:] + local.stderr[-2000:]

@@ -13,12 +13,13 @@ import string
 import pytest
 import torch
 
+from conftest import oracle
 from nanogpt2.errors import NanoGPT2Error
 from nanogpt2.generate import (StopStrings, TextStreamer, apply_repetition_penalty, apply_temperature, apply_top_k,
                                apply_top_p, benchmark_decode, filter_logits, generate)
 from nanogpt2.model import GPT, GPTConfig
 
-transformers = pytest.importorskip("transformers")
+transformers = oracle("transformers")
 
 VOCAB = 96
 BLOCK = 64

@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FIXTURES
+from conftest import FIXTURES, oracle
 from http_fixture import serve, unused_url
 from nanogpt2.convert import config_from_hf, load_hf_state_dict_into, load_pretrained, read_hf_state_dict, save_pretrained
 from nanogpt2.errors import NanoGPT2Error
 from nanogpt2.model import ACTIVATIONS, GPT, GPTConfig
 
-transformers = pytest.importorskip("transformers")
+transformers = oracle("transformers")
 
 # ----------------------------------------------------------------------------------------------------
 # helpers

@@ -10,11 +10,11 @@ import struct
 import pytest
 import torch
 
-from conftest import FIXTURES
+from conftest import FIXTURES, oracle
 from nanogpt2.errors import NanoGPT2Error
 from nanogpt2.safetensors_io import SafetensorsError, load_file, read_header, save_file
 
-st = pytest.importorskip("safetensors.torch", reason="the reference `safetensors` package is the oracle here")
+st = oracle("safetensors.torch", reason="the reference `safetensors` package is the oracle here")
 
 
 # --- helpers -------------------------------------------------------------------------------------------------

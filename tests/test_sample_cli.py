@@ -12,13 +12,13 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, oracle
 from http_fixture import serve
 from nanogpt2.errors import NanoGPT2Error
 from nanogpt2.generate import generate
 from nanogpt2.model import GPT, GPTConfig
 
-transformers = pytest.importorskip("transformers")
+transformers = oracle("transformers")
 
 
 def _load_sample_module():
