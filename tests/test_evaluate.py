@@ -104,8 +104,8 @@ def test_strided_perplexity_equals_hf_guide(pair, stride_frac, batch_size):
     ref_loss, ref_tokens = hf_guide_loop(hf, ids, block, stride)
     res = evaluate_perplexity(ours, ids, stride=stride, batch_size=batch_size)
     assert res["tokens"] == ref_tokens
-    assert res["loss"] == pytest.approx(ref_loss, rel=1e-4)
-    assert res["ppl"] == pytest.approx(math.exp(ref_loss), rel=1e-4)
+    assert res["loss"] == pytest.approx(ref_loss, rel=1e-6)
+    assert res["ppl"] == pytest.approx(math.exp(ref_loss), rel=1e-6)
     assert res["windows"] == len(stride_windows(301, block, stride))
 
 
@@ -114,9 +114,9 @@ def test_smaller_window_and_default_stride(pair):
     ids = torch.from_numpy(np.random.default_rng(1).integers(0, 96, size=200))
     ref_loss, _ = hf_guide_loop(hf, ids, 32, 32)
     res = evaluate_perplexity(ours, ids, block_size=32)  # stride 512 is clamped to the window
-    assert res["stride"] == 32 and res["loss"] == pytest.approx(ref_loss, rel=1e-4)
+    assert res["stride"] == 32 and res["loss"] == pytest.approx(ref_loss, rel=1e-6)
     ref_loss, _ = hf_guide_loop(hf, ids, 32, 10)
-    assert evaluate_perplexity(ours, ids.tolist(), block_size=32, stride=10)["loss"] == pytest.approx(ref_loss, rel=1e-4)
+    assert evaluate_perplexity(ours, ids.tolist(), block_size=32, stride=10)["loss"] == pytest.approx(ref_loss, rel=1e-6)
 
 
 def test_token_counts_for_both_strides(pair):
@@ -127,8 +127,8 @@ def test_token_counts_for_both_strides(pair):
     a = evaluate_perplexity(ours, ids, stride=48)
     b = evaluate_perplexity(ours, ids, stride=8)
     assert a["tokens"] == 240 - 5 and b["tokens"] == 239
-    assert a["loss"] == pytest.approx(hf_guide_loop(hf, ids, 48, 48)[0], rel=1e-4)
-    assert b["loss"] == pytest.approx(hf_guide_loop(hf, ids, 48, 8)[0], rel=1e-4)
+    assert a["loss"] == pytest.approx(hf_guide_loop(hf, ids, 48, 48)[0], rel=1e-6)
+    assert b["loss"] == pytest.approx(hf_guide_loop(hf, ids, 48, 8)[0], rel=1e-6)
 
 
 def test_bits_per_byte_restores_mode_and_errors(pair):
@@ -179,7 +179,7 @@ def test_wikitext2_slice_equals_hf_guide(gpt2_vocab_pair):
     ids = tok.encode_ordinary(text)[:700]
     assert res["tokens_total"] == 700 and res["tokens"] == 699
     ref_loss, _ = hf_guide_loop(hf, ids, 64, 32)
-    assert res["loss"] == pytest.approx(ref_loss, rel=1e-4)
+    assert res["loss"] == pytest.approx(ref_loss, rel=1e-6)
     assert res["bytes"] == len(tok.decode_bytes(ids))
     # evaluate_text on the same slice agrees (bits per byte over the slice's bytes)
     res2 = evaluate_text(ours, tok, tok.decode(ids), stride=32)
@@ -199,7 +199,7 @@ def test_cli_on_a_local_text_file(gpt2_vocab_pair, tmp_path):
     from nanogpt2.tokenizer import get_tokenizer
     ids = get_tokenizer("gpt2").encode_ordinary(text)
     assert res["tokens_total"] == len(ids)
-    assert res["loss"] == pytest.approx(hf_guide_loop(hf, ids, 64, 32)[0], rel=1e-4)
+    assert res["loss"] == pytest.approx(hf_guide_loop(hf, ids, 64, 32)[0], rel=1e-6)
     assert res["bits_per_byte"] == pytest.approx(res["loss"] / math.log(2) * len(ids) / len(text.encode()), rel=1e-9)
     bad = subprocess.run([sys.executable, "-m", "nanogpt2.evaluate", "--init_from", str(folder), "--dataset", str(path),
                           "--split", "all", "--block_size", "100"], capture_output=True, text=True, cwd=ROOT, timeout=300)
@@ -223,7 +223,7 @@ def test_cli_wikitext2_test_split_with_default_stride(gpt2_vocab_pair):
     ids = tok.encode_ordinary((data / "wiki.test.raw").read_text(encoding="utf-8"))[:700]
     assert (res["dataset"], res["split"], res["stride"], res["block_size"]) == ("wikitext2", "test", 64, 64)
     assert res["tokens"] == 700 - math.ceil(700 / 64)  # each disjoint window's first token has no context
-    assert res["loss"] == pytest.approx(hf_guide_loop(hf, ids, 64, 64)[0], rel=1e-4)
+    assert res["loss"] == pytest.approx(hf_guide_loop(hf, ids, 64, 64)[0], rel=1e-6)
     assert res["ppl"] == pytest.approx(math.exp(res["loss"]), rel=1e-12)
     assert res["bits_per_byte"] == pytest.approx(res["loss"] / math.log(2) * 700 / len(tok.decode_bytes(ids)), rel=1e-9)
 

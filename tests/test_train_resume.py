@@ -128,3 +128,36 @@ def test_wall_clock_limit_saves_and_exits_zero_then_resumes(env, reference, tmp_
     assert "done: 20 steps" in second.stdout
     assert losses(out) == ref_losses
     assert_same_weights(final_weights(out), ref_weights)
+
+
+# The SIGTERM driver with a GradScaler that starts high and grows every 3 clean steps, so that within a short
+# run its scale both backs off (inf gradients, skipped steps) and grows: a resume that lost the scaler's
+# state (scale or growth tracker) would take other steps.
+FP16_DRIVER = textwrap.dedent("""
+    import functools, os, runpy, sys
+    import torch
+    torch.amp.GradScaler = functools.partial(torch.amp.GradScaler, init_scale=2.0**24, growth_interval=3)
+    exec(compile(os.environ["SIGTERM_DRIVER"], "sigterm_driver", "exec"))
+""")
+
+
+def test_float16_gradscaler_resume_is_bit_exact(env, tmp_path):
+    """float16 autocast (CPU supports it) trains through a GradScaler: its state (scale, growth tracker) is
+    saved at the interruption and restored, so the resumed run equals the uninterrupted one bit for bit."""
+    fp16 = [*COMMON, "--dtype=float16", "--max_iters=14"]
+    driver = tmp_path / "fp16_driver.py"
+    driver.write_text(FP16_DRIVER)
+    env = {**env, "SIGTERM_DRIVER": SIGTERM_DRIVER}
+    ref = tmp_path / "ref"
+    run([*fp16, f"--out_dir={ref}"], env, script=str(driver), STOP_AT_STEP="-1")
+    scales = [r["loss_scale"] for r in map(json.loads, (ref / "metrics.jsonl").read_text().splitlines()) if "loss_scale" in r]
+    assert len(scales) == 14
+    assert any(b < a for a, b in zip(scales, scales[1:])) and any(b > a for a, b in zip(scales, scales[1:])), scales
+
+    out = tmp_path / "run"
+    run([*fp16, f"--out_dir={out}"], env, script=str(driver), STOP_AT_STEP="7")
+    saved = torch.load(out / "checkpoint_interrupted.pt", map_location="cpu", weights_only=True)["scaler"]
+    assert saved["scale"] == scales[6]  # the scale after step 7
+    run([*fp16, f"--out_dir={out}", "--resume_from", "auto"], env, script=str(driver), STOP_AT_STEP="-1")
+    assert losses(out) == losses(ref)
+    assert_same_weights(final_weights(out), final_weights(ref))
