@@ -64,7 +64,7 @@ USER_AGENT = ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like G
               "Chrome/124.0 Safari/537.36 nanogpt2/0.1")
 _CHUNK = 1 << 20            # 1 MiB blocks for hashing files on disk
 _READ = 1 << 16             # 64 KiB network reads (a dropped connection loses at most the block being read)
-_MAX_RETRIES = 5            # consecutive failed attempts (no new bytes) before giving up
+_MAX_RETRIES = 5            # retries after a failed attempt (no new bytes): 6 failed attempts in a row give up
 _BACKOFF = 0.25             # seconds, doubled per consecutive failure, capped at _BACKOFF_MAX
 _BACKOFF_MAX = 4.0
 _RETRY_STATUS = {408, 429, 500, 502, 503, 504}
