@@ -29,6 +29,8 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+IGNORE_INDEX = -100  # a target the loss skips (padding, prompt tokens, already-scored positions): PyTorch's default
+
 # ----------------------------------------------------------------------------------------------------
 # Config and presets
 
@@ -249,6 +251,12 @@ class CausalSelfAttention(nn.Module):
         elif kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)  # (B, nh, S, hs), S = cache length + T
         dropout_p = self.attn_dropout.p if self.training else 0.0
+        S = k.size(2)
+        if attn_bias is None and S != T and T > 1:
+            # More keys than queries (a cache, or extra keys such as a learned prefix) and no mask given: the
+            # queries are the last T positions, each sees every key up to its own (bottom-right aligned), so
+            # attention stays causal. (With S == T, is_causal / the triangle below does the same.)
+            attn_bias = build_attention_bias(None, T, S - T, q.dtype, q.device)  # (1, 1, T, S)
         if attn_bias is not None:
             attn_bias = attn_bias.to(q.dtype)
 
@@ -256,13 +264,13 @@ class CausalSelfAttention(nn.Module):
             # Flash / memory-efficient kernels when they apply; is_causal only when no explicit bias is needed.
             y = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=attn_bias, dropout_p=dropout_p,
-                is_causal=attn_bias is None and k.size(2) == T and T > 1, scale=self.scale,
+                is_causal=attn_bias is None and T > 1, scale=self.scale,
             )  # (B, nh, T, hs)
         else:
             att = (q @ k.transpose(-2, -1)) * self.scale  # (B, nh, T, S)
             if attn_bias is not None:
                 att = att + attn_bias
-            elif k.size(2) == T and T > 1:
+            elif T > 1:
                 causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
                 att = att.masked_fill(~causal, float("-inf"))
             att = F.softmax(att.float(), dim=-1).to(q.dtype)  # softmax in fp32 under autocast
@@ -341,19 +349,36 @@ class GPT(nn.Module):
                 logits_to_keep: int = 0, cache_position: Optional[torch.Tensor] = None):
         """
         idx: (B, T) token ids. targets: (B, T) ids aligned with the logits (the next token for each
-        position, nanoGPT convention), -100 where no loss is wanted. attention_mask: (B, past + T) with
-        1 for real tokens and 0 for padding (left or right). position_ids: (B, T), default
-        past..past+T-1. kv_cache: a KVCache to read from and append to (incremental decoding).
-        logits_to_keep: when > 0, the head runs on the last that many positions only (HF's name; decoding
-        needs the last one, and the head is a third of GPT-2 small's multiply-adds).
-        With a StaticKVCache instead: cache_position (T,) int64, the cache slots of the T inputs (also their
-        positions unless position_ids is given), and attention_mask, if any, covers all max_len slots.
+        position, nanoGPT convention), -100 where no loss is wanted. attention_mask, position_ids, kv_cache,
+        cache_position: as for `body`. logits_to_keep: when > 0, the head runs on the last that many
+        positions only (HF's name; decoding needs the last one, and the head is a third of GPT-2 small's
+        multiply-adds).
         Returns (logits (B, T, vocab) — (B, logits_to_keep, vocab) when set —, loss or None).
         """
         if logits_to_keep < 0:
             raise ValueError(f"logits_to_keep must be >= 0, not {logits_to_keep}")
         if logits_to_keep and targets is not None:
             raise ValueError("logits_to_keep and targets exclude each other: the loss needs every position's logits")
+        x = self.body(idx, attention_mask, position_ids, kv_cache, cache_position)  # (B, T, C)
+        if logits_to_keep:
+            x = x[:, -logits_to_keep:]  # (B, K, C)
+        logits = self.lm_head(x)  # (B, T or K, vocab)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=IGNORE_INDEX)
+        return logits, loss
+
+    def body(self, idx, attention_mask=None, position_ids=None, kv_cache: Optional[KVCache] = None,
+             cache_position: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The transformer without its head: (B, T) ids -> the final hidden states (B, T, C), after `ln_f`.
+
+        What a classification head or a distillation loss reads; `forward` puts the LM head on top.
+        attention_mask: (B, past + T) with 1 for real tokens and 0 for padding (left or right).
+        position_ids: (B, T), default past..past+T-1. kv_cache: a KVCache to read from and append to
+        (incremental decoding). With a StaticKVCache instead: cache_position (T,) int64, the cache slots of
+        the T inputs (also their positions unless position_ids is given), and attention_mask, if any, covers
+        all max_len slots.
+        """
         B, T = idx.size()
         static = isinstance(kv_cache, StaticKVCache)
         if static:  # slots and positions come as a tensor: no Python count that would change the graph
@@ -382,17 +407,9 @@ class GPT(nn.Module):
 
         for block in self.transformer.h:
             x = block(x, attn_bias, kv_cache, cache_position)
-        if logits_to_keep:
-            x = x[:, -logits_to_keep:]  # (B, K, C)
-        x = self.transformer.ln_f(x)  # (B, T or K, C)
-        logits = self.lm_head(x)  # (B, T or K, vocab)
         if kv_cache is not None and not static:
             kv_cache.length += T
-
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-100)
-        return logits, loss
+        return self.transformer.ln_f(x)  # (B, T, C)
 
     def new_kv_cache(self, max_len: Optional[int] = None, static: bool = False, batch_size: Optional[int] = None,
                      dtype: Optional[torch.dtype] = None):

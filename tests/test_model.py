@@ -292,6 +292,58 @@ def test_causality(impl):
             assert not torch.allclose(logits[:, t], base[:, t])  # and position t itself does change
 
 
+
+class _PrefixCache:
+    """Stands in for a learned prefix: P extra keys and values in front of every layer's own (no mask given)."""
+
+    def __init__(self, k, v):
+        self.k, self.v = k, v  # (B, nh, P, hs)
+
+    def update(self, layer, k, v):
+        return torch.cat([self.k, k], dim=2), torch.cat([self.v, v], dim=2)  # (B, nh, P + T, hs)
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "reference"])
+def test_extra_keys_keep_attention_causal(impl):
+    """Keys outnumbering queries with no mask (a prefix): every real token sees all P prefix keys and the real
+    tokens up to itself, never a later one; equal to attention with the explicit bottom-right mask."""
+    from nanogpt2.model import CausalSelfAttention
+
+    torch.manual_seed(0)
+    cfg = GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=16, attn_impl=impl)
+    attn = CausalSelfAttention(cfg, 0).eval()
+    B, T, P, nh, hs = 2, 5, 3, 2, 8
+    prefix = _PrefixCache(torch.randn(B, nh, P, hs), torch.randn(B, nh, P, hs))
+    x = torch.randn(B, T, 16)
+    with torch.no_grad():
+        y = attn(x, kv_cache=prefix)  # (B, T, C)
+        q, k, v = attn.c_attn(x).split(16, dim=2)
+        q, k, v = (t.view(B, T, nh, hs).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        k, v = torch.cat([prefix.k, k], 2), torch.cat([prefix.v, v], 2)  # (B, nh, P + T, hs)
+        allowed = torch.arange(P + T)[None, :] <= torch.arange(P, P + T)[:, None]  # (T, P + T)
+        att = (q @ k.transpose(-2, -1) / hs**0.5).masked_fill(~allowed, float("-inf")).softmax(-1)
+        expected = attn.c_proj((att @ v).transpose(1, 2).reshape(B, T, 16))
+        torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-6)
+        later = x.clone()
+        later[:, -1] += 1.0  # the last real token changes: no earlier token may see it
+        assert torch.equal(attn(later, kv_cache=prefix)[:, :-1], y[:, :-1])
+
+
+def test_body_returns_final_hidden_states_under_the_head():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=50)).eval()
+    idx = torch.randint(0, 50, (2, 10))
+    with torch.no_grad():
+        hidden = model.body(idx)
+        logits, _ = model(idx)
+        x = model.transformer.wte(idx) + model.transformer.wpe(torch.arange(10))
+        for block in model.transformer.h:
+            x = block(x)
+        by_hand = model.transformer.ln_f(x)  # (B, T, C)
+    assert hidden.shape == (2, 10, 32)
+    torch.testing.assert_close(hidden, by_hand, rtol=0, atol=1e-6)
+    assert torch.equal(model.lm_head(hidden), logits)
+
 @pytest.mark.parametrize("impl", ["sdpa", "reference"])
 def test_kv_cache_decode_equals_full_forward(impl):
     torch.manual_seed(0)
