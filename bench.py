@@ -51,6 +51,7 @@ import torch
 from nanogpt2 import perf
 from nanogpt2.errors import NanoGPT2Error, run_cli
 from nanogpt2.model import PRESETS, CausalSelfAttention, GPT, GPTConfig
+from nanogpt2.optim import make_adamw, param_groups
 
 BENCHMARKS = ("attention", "train", "generate", "tokenizer")
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -443,22 +444,11 @@ def _attention_plot(rows, args, path):
 
 
 def configure_optimizer(model, args):
-    """Our AdamW, as the training loop builds it: `nanogpt2.trainer.make_optimizer` (two groups: weight
-    decay on matrices, none on biases and LayerNorm gains; fused on CUDA), so the benchmark times the real
-    training step. When the trainer cannot be imported, the same recipe written here. Returns
-    (optimizer, source)."""
-    try:
-        from nanogpt2.config import RunConfig
-        from nanogpt2.trainer import make_optimizer
-    except ImportError as e:
-        groups = [dict(params=[p for p in model.parameters() if p.requires_grad and p.dim() >= 2], weight_decay=args.weight_decay),
-                  dict(params=[p for p in model.parameters() if p.requires_grad and p.dim() < 2], weight_decay=0.0)]
-        extra = dict(fused=True) if args.device.type == "cuda" else {}
-        opt = torch.optim.AdamW(groups, lr=args.lr, betas=(args.beta1, args.beta2), **extra)
-        return opt, f"bench.py two-group AdamW (nanogpt2.trainer not importable: {e})"
-    cfg = RunConfig(learning_rate=args.lr, beta1=args.beta1, beta2=args.beta2, weight_decay=args.weight_decay,
-                    grad_clip=args.grad_clip)
-    return make_optimizer(model, cfg, args.device.type), "nanogpt2.trainer.make_optimizer"
+    """Our AdamW, as the training loop builds it (`nanogpt2.optim`: two groups, weight decay on matrices, none
+    on biases and LayerNorm gains; fused on CUDA and CPU), so the benchmark times the real training step.
+    Returns (optimizer, source)."""
+    groups = param_groups(model, args.weight_decay)
+    return make_adamw(groups, args.lr, (args.beta1, args.beta2), device_type=args.device.type), "nanogpt2.optim.make_adamw"
 
 
 def build_hf(args):

@@ -56,89 +56,10 @@ from nanogpt2.config import RunConfig, format_config, load_config, save_config, 
 from nanogpt2.errors import NanoGPT2Error
 from nanogpt2.generate import generate
 from nanogpt2.model import GPT, GPTConfig, PRESETS
+from nanogpt2.optim import make_optimizer, resolve_schedule, set_lr
 from nanogpt2.perf import mfu, peak_flops
 
 PTDTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-# ----------------------------------------------------------------------------------------------------
-# Learning-rate schedule (pure functions of the step)
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """A learning-rate schedule, resolved: `lr_at(step)` is the rate used by optimizer step `step` (0-based)."""
-
-    kind: str  # "cosine" | "linear" | "constant"
-    learning_rate: float
-    min_lr: float
-    warmup_iters: int
-    lr_decay_iters: int
-
-    def lr_at(self, step: int) -> float:
-        return get_lr(step, self.kind, self.learning_rate, self.min_lr, self.warmup_iters, self.lr_decay_iters)
-
-
-def get_lr(step, kind, learning_rate, min_lr, warmup_iters, lr_decay_iters) -> float:
-    """nanoGPT's schedule. Warmup: learning_rate * (step + 1) / (warmup_iters + 1) for step < warmup_iters.
-    Then, until lr_decay_iters, from learning_rate down to min_lr:
-      cosine:   min_lr + 0.5 * (1 + cos(pi * r)) * (learning_rate - min_lr)
-      linear:   min_lr + (1 - r) * (learning_rate - min_lr)
-      constant: learning_rate
-    with r = (step - warmup_iters) / (lr_decay_iters - warmup_iters); min_lr from lr_decay_iters on
-    (constant: learning_rate throughout)."""
-    if step < warmup_iters:
-        return learning_rate * (step + 1) / (warmup_iters + 1)
-    if kind == "constant":
-        return learning_rate
-    if step >= lr_decay_iters:
-        return min_lr
-    r = (step - warmup_iters) / (lr_decay_iters - warmup_iters)
-    if kind == "cosine":
-        coeff = 0.5 * (1.0 + math.cos(math.pi * r))
-    elif kind == "linear":
-        coeff = 1.0 - r
-    else:
-        raise ValueError(f"unknown lr schedule {kind!r}")
-    return min_lr + coeff * (learning_rate - min_lr)
-
-
-def resolve_schedule(cfg: RunConfig, total_steps: int) -> Schedule:
-    """lr_decay_iters 0 means the run's length; warmup_ratio > 0 sets the warmup from lr_decay_iters."""
-    decay = cfg.lr_decay_iters or total_steps
-    warmup = round(cfg.warmup_ratio * decay) if cfg.warmup_ratio > 0 else cfg.warmup_iters
-    return Schedule(cfg.lr_schedule, cfg.learning_rate, cfg.min_lr, warmup, decay)
-
-
-# ----------------------------------------------------------------------------------------------------
-# Optimizer
-
-
-def param_groups(model: nn.Module, weight_decay: float, decay_pos_emb: bool = True) -> list:
-    """Two AdamW groups: weight decay for matrices (embeddings included), none for biases and LayerNorm
-    weights (every tensor of dim < 2), nor for the positional table when `decay_pos_emb` is false.
-    Frozen parameters (requires_grad False) are left out."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if p.dim() < 2 or (not decay_pos_emb and name.endswith("wpe.weight")):
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-
-
-def make_optimizer(model, cfg: RunConfig, device_type: str) -> torch.optim.AdamW:
-    groups = param_groups(model, cfg.weight_decay, cfg.decay_pos_emb)
-    # One fused kernel for the whole update (CUDA; CPU since torch 2.4): on the CPU benchmark model it takes
-    # 10 ms where the default for-loop implementation takes 74 ms (docs/benchmarks.md).
-    # (Resuming a checkpoint keeps the optimizer flags it was saved with: a run started unfused stays unfused.)
-    extra = {"fused": True} if device_type in ("cuda", "cpu") else {}
-    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, **extra)
-
 
 # ----------------------------------------------------------------------------------------------------
 # Distributed setup
@@ -212,6 +133,11 @@ def split_batch(batch, n: int) -> list:
     return [type(batch)(p[i] for p in parts) for i in range(n)]
 
 
+def default_optimizer(trainer, model) -> torch.optim.Optimizer:
+    """The run config's AdamW (two groups, lr_scale 1.0)."""
+    return make_optimizer(model, trainer.cfg, trainer.device.type)
+
+
 def default_loss_fn(model, batch):
     x, y = batch
     return model(x, y)[1]
@@ -236,14 +162,18 @@ class Trainer:
                     (default: RandomWindowSampler over cfg.dataset's train split)
       eval_fn       f(trainer) -> {"val_loss": float, ...} (default: loss over the validation split)
       loss_fn       f(model, micro_batch) -> scalar loss (default: model(x, y)[1])
+      make_optimizer  f(trainer, model) -> optimizer over the raw model's parameters; groups may carry an
+                    `lr_scale` (default: nanogpt2.optim.make_optimizer from the run config)
       steps_per_epoch  optimizer steps per epoch (default: train tokens / tokens per step)
       hooks         callables hook(trainer, event), event in "step_end", "eval_end", "train_end"
     """
 
     def __init__(self, cfg: RunConfig, *, model: Optional[nn.Module] = None, tokenizer=None,
                  make_sampler: Optional[Callable] = None, eval_fn: Optional[Callable] = None,
-                 loss_fn: Optional[Callable] = None, steps_per_epoch: Optional[int] = None, hooks=()):
+                 loss_fn: Optional[Callable] = None, steps_per_epoch: Optional[int] = None, hooks=(),
+                 make_optimizer: Optional[Callable] = None):
         self.cfg = cfg
+        self.make_optimizer = make_optimizer or default_optimizer
         self.t_start = time.time()
         self.hooks = list(hooks)
         self.loss_fn = loss_fn or default_loss_fn
@@ -336,7 +266,7 @@ class Trainer:
         # --- model, optimizer, scaler ---
         self.raw_model = self._build_model(model, resume_state)
         self.raw_model.to(device=self.device, dtype=torch.float32)  # fp32 master weights and optimizer state
-        self.optimizer = make_optimizer(self.raw_model, cfg, self.device.type)
+        self.optimizer = self.make_optimizer(self, self.raw_model)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == "float16")
 
         # --- state ---
@@ -562,8 +492,7 @@ class Trainer:
         """Run optimizer step number self.step (0-based); return its metrics."""
         t0 = time.perf_counter()
         lr = self.schedule.lr_at(self.step)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        set_lr(self.optimizer, lr)  # times each group's lr_scale
         self.model.train()
         micro_batches = split_batch(self.sampler.next_batch(self.device), self.micro_steps)
         loss_sum = torch.zeros((), device=self.device)

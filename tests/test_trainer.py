@@ -26,8 +26,8 @@ from nanogpt2.errors import NanoGPT2Error
 from nanogpt2.model import GPT, GPTConfig
 from nanogpt2.perf import measured_matmul_flops
 from nanogpt2.tokenizer import CharTokenizer
-from nanogpt2.trainer import (Trainer, get_lr, make_optimizer, param_groups, resolve_compile, resolve_schedule,
-                              split_batch)
+from nanogpt2.optim import get_lr, make_optimizer, param_groups, resolve_schedule
+from nanogpt2.trainer import Trainer, resolve_compile, split_batch
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = str(ROOT / "configs" / "tiny.py")
