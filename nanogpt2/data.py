@@ -1,13 +1,10 @@
 """
 Datasets for language modelling: found by name or local path, downloaded once, tokenized once into
-memmaps, and served as seeded, resumable random windows (training) or sequential windows (evaluation).
+memmaps. (Serving them as batches is nanogpt2/samplers.py.)
 
-    from nanogpt2.data import prepare_dataset, RandomWindowSampler, eval_windows
+    from nanogpt2.data import prepare_dataset
     ds = prepare_dataset("wikitext2")        # download once, tokenize once -> <cache>/data/wikitext2-gpt2/
-    train = RandomWindowSampler(ds.tokens("train"), block_size=1024, batch_size=8, seed=1337)
-    x, y = train.next_batch("cuda")          # (8, 1024) int64 each; y is x shifted left by one token
-    for x, y in eval_windows(ds.tokens("val"), block_size=1024, batch_size=8):
-        ...
+    train = ds.tokens("train")               # a read-only memmap of token ids
 
 What is here, in reading order:
 - the registry (`DATASETS`): shakespeare (bundled, no download), shakespeare_char, wikitext2, wikitext103,
@@ -18,8 +15,6 @@ What is here, in reading order:
 - sources: the bundled copy, a download (`nanogpt2.download`, the one downloader), or the user's copy;
 - the cache: `<cache_root>/<dataset>-<tokenizer>/{train,val[,test]}.bin + meta.json`, built in a temporary
   folder and renamed into place only after `meta.json` is written, so a killed run leaves nothing trusted;
-- batches: `RandomWindowSampler` (nanoGPT-style random windows of block_size + 1 tokens, counter-based RNG:
-  seeded, resumable, sharded by DDP rank) and `eval_windows` (sequential or strided windows).
 
 References: karpathy/nanoGPT `data/*/prepare.py` and `train.py:get_batch`; Merity et al. 2016 (WikiText);
 Eldan & Li 2023 (TinyStories); HF "Perplexity of fixed-length models" (strided evaluation).
@@ -48,15 +43,14 @@ from pathlib import Path
 
 import numpy as np
 import regex
-import torch
 
 from nanogpt2.download import FileLock
-from nanogpt2.errors import NanoGPT2Error
+from nanogpt2.errors import DataWarning, NanoGPT2Error
 
 __all__ = [
     "DATASETS", "DatasetSpec", "Remote", "register_dataset", "list_datasets", "DataWarning",
     "prepare_dataset", "PreparedDataset", "get_split_text", "default_cache_root",
-    "check_length", "RandomWindowSampler", "eval_windows", "main",
+    "main",
 ]
 
 # --- constants ------------------------------------------------------------------------------------------------
@@ -72,15 +66,10 @@ ENDOFTEXT = "<|endoftext|>"
 CHAR_DOC_SEPARATOR = "\n\n"      # the char tokenizer has no end-of-text token: documents are joined by a blank line
 TEXT_SUFFIXES = (".txt", ".text", ".raw", ".md")
 JSONL_SUFFIXES = (".jsonl",)
-IGNORE_INDEX = -100              # targets the model's loss skips (F.cross_entropy's default ignore_index)
 
 _READ_BLOCK = 1 << 22            # bytes read from a source file at a time
 _PIECE_CHARS = 1 << 18           # long texts are cut into pieces of about this many characters ...
 _BATCH_CHARS = 1 << 23           # ... and handed to encode_batch about this many characters at a time
-
-
-class DataWarning(UserWarning):
-    """Something about the input data the user should know (invalid UTF-8 replaced, a copy that differs)."""
 
 
 def default_cache_root() -> Path:
@@ -1153,169 +1142,6 @@ def get_split_text(name_or_path, split, data_path=None, cache_root=None, quiet=F
     for doc in _documents(source.splits[s], stats, source.crlf):
         docs.append("".join(doc))
     return "\n\n".join(docs)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Batches
-# ---------------------------------------------------------------------------------------------------------------
-
-def check_length(tokens, block_size: int, what: str | None = None) -> None:
-    """Raise a NanoGPT2Error unless `tokens` holds at least one training window (block_size + 1 tokens)."""
-    n = len(tokens)
-    if n < block_size + 1:
-        what = what or _describe(tokens)
-        lower = f"lower block_size (to at most {n - 1:,}) or " if n >= 2 else ""
-        raise NanoGPT2Error(f"{what} has {n:,} tokens, but a window of block_size={block_size:,} needs "
-                            f"block_size + 1 = {block_size + 1:,}: {lower}use more data")
-
-
-def _describe(tokens) -> str:
-    fn = getattr(tokens, "filename", None)
-    if fn:
-        p = Path(fn)
-        return f"the {p.stem} split ({p.parent.name}/{p.name})"
-    return "the token sequence"
-
-
-def _as_tokens(tokens) -> np.ndarray:
-    if isinstance(tokens, torch.Tensor):
-        return tokens.detach().cpu().numpy()
-    if isinstance(tokens, np.ndarray):
-        return tokens
-    return np.asarray(tokens)
-
-
-def _to_device(arr: np.ndarray, device):
-    t = torch.from_numpy(arr)
-    if device is None:
-        return t
-    device = torch.device(device)
-    if device.type == "cuda":
-        return t.pin_memory().to(device, non_blocking=True)
-    return t.to(device)
-
-
-def _check_int(name, v, lo):
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-        raise NanoGPT2Error(f"{name} must be an int >= {lo}, got {v!r}")
-    return int(v)
-
-
-class RandomWindowSampler:
-    """Random training windows of block_size + 1 tokens, nanoGPT style; seeded, resumable, DDP-sharded.
-
-    Call k draws `world_size * batch_size` window starts from `np.random.default_rng([seed, k])` (uniform over
-    every start that leaves room for block_size + 1 tokens) and returns this rank's slice
-    `[rank * batch_size, (rank + 1) * batch_size)`. The draw depends only on (seed, k): the state is one
-    counter, a resumed run draws exactly the batches the uninterrupted run would have, and the union over ranks
-    of call k is the same for any world size with the same global batch.
-    """
-
-    def __init__(self, tokens, block_size: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1):
-        self.tokens = _as_tokens(tokens)
-        self.block_size = _check_int("block_size", block_size, 1)
-        self.batch_size = _check_int("batch_size", batch_size, 1)
-        self.seed = _check_int("seed", seed, 0)
-        self.world_size = _check_int("world_size", world_size, 1)
-        self.rank = _check_int("rank", rank, 0)
-        if self.rank >= self.world_size:
-            raise NanoGPT2Error(f"rank must be in [0, world_size={world_size}), got {rank}")
-        check_length(self.tokens, self.block_size)
-        self.step = 0  # the number of batches drawn so far
-
-    def starts(self, step: int) -> np.ndarray:
-        """The window starts of this rank at call `step` (a pure function of seed and step)."""
-        rng = np.random.default_rng([self.seed, step])
-        n_starts = len(self.tokens) - self.block_size  # starts 0 .. N - T - 1: room for T + 1 tokens
-        all_starts = rng.integers(0, n_starts, size=self.world_size * self.batch_size)
-        return all_starts[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
-
-    def next_batch(self, device=None):
-        """(x, y): int64 tensors of shape (batch_size, block_size); y[:, t] = x[:, t + 1] of the same window."""
-        starts = self.starts(self.step)
-        self.step += 1
-        T = self.block_size
-        x = np.empty((len(starts), T), dtype=np.int64)  # (B, T)
-        y = np.empty((len(starts), T), dtype=np.int64)  # (B, T)
-        for i, s in enumerate(starts):
-            w = self.tokens[s:s + T + 1]
-            x[i] = w[:-1]
-            y[i] = w[1:]
-        return _to_device(x, device), _to_device(y, device)
-
-    def state_dict(self) -> dict:
-        return {"kind": "RandomWindowSampler", "seed": self.seed, "step": self.step, "block_size": self.block_size,
-                "batch_size": self.batch_size, "world_size": self.world_size, "n_tokens": int(len(self.tokens))}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Continue from a saved state: the next batch is the one the saved run would have drawn next."""
-        try:
-            seed, step = int(state["seed"]), int(state["step"])
-        except (KeyError, TypeError, ValueError):
-            raise NanoGPT2Error(f"not a RandomWindowSampler state: {state!r}") from None
-        changes = []
-        if state.get("n_tokens") not in (None, len(self.tokens)):
-            changes.append(f"the data has {len(self.tokens):,} tokens, the saved run had {state['n_tokens']:,}")
-        if state.get("block_size") not in (None, self.block_size):
-            changes.append(f"block_size {state['block_size']} -> {self.block_size}")
-        saved_global = (state.get("batch_size") or 0) * (state.get("world_size") or 0)
-        if saved_global and saved_global != self.batch_size * self.world_size:
-            changes.append(f"global batch {saved_global} -> {self.batch_size * self.world_size}")
-        if changes:
-            warnings.warn("resuming the batch sampler with different settings (" + "; ".join(changes) +
-                          "): the batches will not be those of an uninterrupted run", DataWarning, stacklevel=2)
-        self.seed, self.step = seed, step
-
-
-def eval_windows(tokens, block_size: int, batch_size: int, max_batches=None, device=None, *, stride=None,
-                 rank: int = 0, world_size: int = 1):
-    """Yield (x, y) batches of evaluation windows in order, int64 (B, T) (the last batch may be smaller).
-
-    stride None (or = block_size): non-overlapping windows starting at 0, T, 2T, ...; every target is scored
-        once; the last (N - 1) % T targets, too few for a window, are left out.
-    stride < block_size: windows start every `stride` tokens (plus one ending at the last token), and targets
-        an earlier window already scored are set to -100 (ignored by the loss), as in HF's strided perplexity:
-        every target is scored exactly once, with at least block_size - stride tokens of context after the
-        first window.
-    rank / world_size: batch i goes to rank i % world_size (DDP evaluation). max_batches: at most this many
-        batches for this rank.
-    """
-    tokens = _as_tokens(tokens)
-    T = _check_int("block_size", block_size, 1)
-    B = _check_int("batch_size", batch_size, 1)
-    stride = T if stride is None else _check_int("stride", stride, 1)
-    if stride > T:
-        raise NanoGPT2Error(f"stride ({stride}) must be <= block_size ({T}); gaps would leave tokens unscored")
-    check_length(tokens, T)
-    n = len(tokens)
-    starts = list(range(0, n - T, stride))  # s + T + 1 <= n
-    if stride < T and starts[-1] + T < n - 1:
-        starts.append(n - 1 - T)  # a last window that reaches the end
-    scored_to = 0  # targets y at token positions < scored_to are done (positions 1 .. n - 1)
-    batch_i, yielded, xs, ys = 0, 0, [], []
-
-    def emit():
-        return _to_device(np.stack(xs), device), _to_device(np.stack(ys), device)
-
-    for s in starts:
-        w = tokens[s:s + T + 1].astype(np.int64)
-        x, y = w[:-1], w[1:].copy()
-        if stride < T:
-            first_new = max(scored_to - (s + 1), 0)  # y[j] is the token at position s + 1 + j
-            y[:first_new] = IGNORE_INDEX
-            scored_to = s + 1 + T
-        xs.append(x)
-        ys.append(y)
-        if len(xs) == B:
-            if batch_i % world_size == rank:
-                if max_batches is not None and yielded >= max_batches:
-                    return
-                yield emit()
-                yielded += 1
-            batch_i += 1
-            xs, ys = [], []
-    if xs and batch_i % world_size == rank and (max_batches is None or yielded < max_batches):
-        yield emit()
 
 
 # ---------------------------------------------------------------------------------------------------------------

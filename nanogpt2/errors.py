@@ -10,6 +10,10 @@ one line and exits with status 2 instead of showing a traceback.
 import sys
 
 
+class DataWarning(UserWarning):
+    """Something about the input data the user should know (invalid UTF-8 replaced, a copy that differs)."""
+
+
 class NanoGPT2Error(Exception):
     """An error caused by the user's input or environment; the message tells them what to do."""
 

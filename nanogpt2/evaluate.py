@@ -32,31 +32,8 @@ import torch
 import torch.nn.functional as F
 
 from nanogpt2.errors import NanoGPT2Error, run_cli
-
-# ----------------------------------------------------------------------------------------------------
-# Windows
-
-
-def stride_windows(n_tokens: int, block_size: int, stride: int) -> list:
-    """The guide's windows over n_tokens tokens: [(begin, end, first_scored)], where the window is
-    tokens[begin:end] and it scores the tokens at indices first_scored..end-1 (each predicted from the
-    tokens before it inside the window)."""
-    if block_size < 1:
-        raise NanoGPT2Error(f"block_size must be >= 1, got {block_size}")
-    if not 1 <= stride <= block_size:
-        raise NanoGPT2Error(f"stride must be between 1 and block_size ({block_size}), got {stride}")
-    windows = []
-    prev_end = 0
-    for begin in range(0, n_tokens, stride):
-        end = min(begin + block_size, n_tokens)
-        first = max(prev_end, begin + 1)  # token `begin` has no context inside its window
-        if first < end:
-            windows.append((begin, end, first))
-        prev_end = end
-        if end == n_tokens:
-            break
-    return windows
-
+from nanogpt2.model import IGNORE_INDEX
+from nanogpt2.samplers import stride_windows
 
 # ----------------------------------------------------------------------------------------------------
 # Perplexity
@@ -140,7 +117,7 @@ def evaluate_perplexity(
                 i += len(group)
                 continue
             x = torch.stack([ids[b:e] for b, e, _ in group]).to(device)  # (G, L)
-            y = torch.full((len(group), L), -100, dtype=torch.long)  # (G, L) next-token targets
+            y = torch.full((len(group), L), IGNORE_INDEX, dtype=torch.long)  # (G, L) next-token targets
             for r, (b, e, first) in enumerate(group):
                 # logits at position p predict token b + p + 1; score tokens first..e-1
                 y[r, first - b - 1:e - b - 1] = ids[first:e]
@@ -148,9 +125,9 @@ def evaluate_perplexity(
             with _autocast(device.type, dtype):
                 logits, _ = model(x)  # (G, L, V)
             nll = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1),
-                                  ignore_index=-100, reduction="sum")
+                                  ignore_index=IGNORE_INDEX, reduction="sum")
             nll_sum += nll.double().cpu()
-            scored += int((y != -100).sum())
+            scored += int((y != IGNORE_INDEX).sum())
             i += len(group)
             if progress:
                 print(f"\r{i}/{len(windows)} windows, running ppl {math.exp(nll_sum.item() / scored):.3f}",

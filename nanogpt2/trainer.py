@@ -55,7 +55,7 @@ from nanogpt2 import checkpoint as ckpt_io
 from nanogpt2.config import RunConfig, format_config, load_config, save_config, settings_text, wants_help
 from nanogpt2.errors import NanoGPT2Error
 from nanogpt2.generate import generate
-from nanogpt2.model import GPT, GPTConfig, PRESETS
+from nanogpt2.model import GPT, GPTConfig, IGNORE_INDEX, PRESETS
 from nanogpt2.optim import make_optimizer, resolve_schedule, set_lr
 from nanogpt2.perf import mfu, peak_flops
 
@@ -322,7 +322,8 @@ class Trainer:
         self._pg_initialized = True
 
     def _setup_default_data(self):
-        from nanogpt2.data import RandomWindowSampler, prepare_dataset
+        from nanogpt2.data import prepare_dataset
+        from nanogpt2.samplers import RandomWindowSampler
 
         cfg = self.cfg
         # The first process per machine prepares (downloads, tokenizes, writes memmaps); the others wait for
@@ -546,7 +547,7 @@ class Trainer:
     def evaluate_val(self) -> dict:
         """Mean loss over `eval_iters` validation batches (0: the whole split) of non-overlapping windows, each
         process taking every world_size-th batch; token-weighted and all-reduced. Returns val_loss, val_ppl."""
-        from nanogpt2.data import eval_windows
+        from nanogpt2.samplers import eval_windows
 
         cfg = self.cfg
         model = self.eval_model
@@ -560,7 +561,7 @@ class Trainer:
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             with self.autocast():
                 _, loss = model(x, y)
-            n = (y != -100).sum()
+            n = (y != IGNORE_INDEX).sum()
             total += torch.stack([loss.double() * n, n.double()])
         self._all_reduce(total)
         loss_sum, count = total.tolist()

@@ -16,7 +16,8 @@ import torch
 
 from conftest import ROOT, oracle, shared_data
 from nanogpt2.errors import NanoGPT2Error
-from nanogpt2.evaluate import evaluate_dataset, evaluate_perplexity, evaluate_text, stride_windows
+from nanogpt2.evaluate import evaluate_dataset, evaluate_perplexity, evaluate_text
+from nanogpt2.samplers import stride_windows
 from nanogpt2.model import GPT
 
 transformers = oracle("transformers")
