@@ -10,7 +10,7 @@ Sub-benchmarks (pick one, or `all`):
              MFU. `--vs hf` times the same config, batch, dtype and step built with
              `transformers.GPT2LMHeadModel` (attn_implementation="sdpa") and a plain AdamW loop, in the same
              process, interleaved with ours, and prints the ratio. `--profile` writes torch.profiler traces.
-  generate   KV-cache decoding (`nanogpt2.generate.benchmark_decode`).
+  generate   KV-cache decoding (`nanogpt2.benchmarks.decode.benchmark_decode`).
   tokenizer  BPE encode throughput (`nanogpt2.tokenizer.benchmark`).
 
 Timing: warmup iterations are excluded, the device is synchronised around each timed block, compared
@@ -667,7 +667,7 @@ def _external(benchmark, formatter, call) -> dict:
 def bench_generate(args) -> dict:
     """Decode speed with and without the KV cache (and transformers' generate, when installed) of a
     randomly initialised model of this run's size, fp32 weights (autocast with --dtype)."""
-    from nanogpt2 import generate
+    from nanogpt2.benchmarks import decode
 
     def call(benchmark_decode):
         torch.manual_seed(args.seed)
@@ -677,7 +677,7 @@ def bench_generate(args) -> dict:
         return benchmark_decode(model=model, device=str(args.device), dtype=args.dtype, seed=args.seed,
                                 repeats=args.repeats, prompt_len=prompt_len, new_tokens=new_tokens, quiet=True,
                                 compile=args.compile, compile_mode=args.compile_mode)
-    return _external(generate.benchmark_decode, generate.format_benchmark, call)
+    return _external(decode.benchmark_decode, decode.format_benchmark, call)
 
 
 def bench_tokenizer(args) -> dict:

@@ -189,7 +189,7 @@ def test_attention_sweep_and_memory(tmp_path):
 def test_generate_and_tokenizer_sub_benchmarks(tmp_path):
     proc, report = run_bench(["generate", "tokenizer", *TINY, "--repeats", "1"], tmp_path)
     gen, tok = (report["results"][k] for k in ("generate", "tokenizer"))
-    assert gen["status"] == "ok" and gen["source"] == "nanogpt2.generate.benchmark_decode"
+    assert gen["status"] == "ok" and gen["source"] == "nanogpt2.benchmarks.decode.benchmark_decode"
     for row in gen["figures"]["rows"]:
         assert row["cache_tok_s"] > 0 and row["no_cache_tok_s"] > 0
         assert row["same_tokens"] is not False  # transformers' generate gave our tokens

@@ -14,9 +14,10 @@ import pytest
 import torch
 
 from conftest import oracle
+from nanogpt2.benchmarks.decode import benchmark_decode
 from nanogpt2.errors import NanoGPT2Error
 from nanogpt2.generate import (StopStrings, TextStreamer, apply_repetition_penalty, apply_temperature, apply_top_k,
-                               apply_top_p, benchmark_decode, filter_logits, generate)
+                               apply_top_p, filter_logits, generate)
 from nanogpt2.model import GPT, GPTConfig
 
 transformers = oracle("transformers")
