@@ -8,10 +8,27 @@ one line and exits with status 2 instead of showing a traceback.
 """
 
 import sys
+from pathlib import Path
 
 
 class NanoGPT2Error(Exception):
     """An error caused by the user's input or environment; the message tells them what to do."""
+
+
+def read_text(path, what: str = "file") -> str:
+    """The UTF-8 text of a file the user named (a config file, a prompt, a benchmark text); a missing,
+    unreadable or non-UTF-8 file is a NanoGPT2Error naming the file and the problem."""
+    path = Path(path).expanduser()
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise NanoGPT2Error(f"cannot read the {what} {path}: {e.strerror or e}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise NanoGPT2Error(f"the {what} {path} is not UTF-8 text ({e.reason} at byte {e.start}, line {line}: "
+                            f"0x{data[e.start]:02x}); save it as UTF-8") from None
 
 
 def run_cli(main, *args, **kwargs):
