@@ -318,6 +318,8 @@ class Trainer:
             self.sampler = make_sampler(self)
             self.train_tokens = None
 
+        self._check_sample_prompt()
+
         # --- run length and schedule ---
         if self.steps_per_epoch is None and self.train_tokens is not None:
             self.steps_per_epoch = max(1, math.ceil(self.train_tokens / self.tokens_per_step))
@@ -690,12 +692,7 @@ class Trainer:
         if not self.dist.master or self.tokenizer is None or not isinstance(self.raw_model, GPT):
             return None
         cfg, tok, model = self.cfg, self.tokenizer, self.raw_model
-        if cfg.sample_prompt:
-            ids = tok.encode(cfg.sample_prompt)
-        elif tok.eot_token is not None:
-            ids = [tok.eot_token]
-        else:
-            ids = tok.encode("\n") if "\n" in getattr(tok, "chars", "\n") else [0]
+        ids = self._sample_prompt_ids()
         idx = torch.tensor([ids], dtype=torch.long, device=self.device)  # (1, T0)
         gen = torch.Generator(device=self.device).manual_seed(cfg.seed + self.step)
         model.eval()
@@ -706,6 +703,30 @@ class Trainer:
         finally:
             model.train()
         return tok.decode(out[0, len(ids):].tolist())
+
+    def _sample_prompt_ids(self) -> list:
+        """The token ids the samples start from: sample_prompt, else the end-of-text token (char: a newline)."""
+        tok = self.tokenizer
+        if self.cfg.sample_prompt:
+            return tok.encode(self.cfg.sample_prompt)
+        if tok.eot_token is not None:
+            return [tok.eot_token]
+        return tok.encode("\n") if "\n" in getattr(tok, "chars", "\n") else [0]
+
+    def _check_sample_prompt(self):
+        """Encode sample_prompt once at start: a prompt the tokenizer cannot encode would otherwise stop the
+        run at its first sample, losing the steps since the last checkpoint."""
+        if not (self.cfg.sample_interval and self.cfg.sample_prompt and self.tokenizer is not None):
+            return
+        try:
+            self._sample_prompt_ids()
+        except NanoGPT2Error as e:
+            chars = getattr(self.tokenizer, "chars", None)
+            why = (f"it has characters the dataset's character vocabulary lacks: "
+                   f"{sorted(set(self.cfg.sample_prompt) - set(chars))!r}" if chars is not None else str(e))
+            raise NanoGPT2Error(f"sample_prompt={self.cfg.sample_prompt!r} cannot be encoded by the "
+                                f"{getattr(self.tokenizer, 'name', '?')} tokenizer: {why}. Change sample_prompt, or "
+                                f"set sample_interval=0") from None
 
     # --- checkpoints ------------------------------------------------------------------------------------
 

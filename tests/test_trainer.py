@@ -12,6 +12,7 @@ import math
 import os
 import re
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -274,6 +275,38 @@ def test_real_data_run_with_eval_best_checkpoints_and_sample(tmp_path, capsys):
     x = torch.tensor([tok.encode("ROMEO:")])
     tr.raw_model.eval()
     torch.testing.assert_close(model(x)[0], tr.raw_model(x)[0], rtol=0, atol=0)
+
+
+def test_unencodable_sample_prompt_is_refused_at_start(tmp_path):
+    """A sample_prompt the char vocabulary cannot encode stopped the run at its first sample (losing the steps
+    since the last checkpoint); now the trainer refuses it before the first step."""
+    cfg = cfg_for(tmp_path, "--sample_interval=5", "--sample_prompt=Zo\u00eb, \u2603")
+    with pytest.raises(NanoGPT2Error, match=r"sample_prompt='Zoë, ☃' cannot be encoded by the char tokenizer: it "
+                                            r"has characters the dataset's character vocabulary lacks: \['ë', '☃'\]"):
+        tiny_trainer(cfg)
+    assert not list(Path(cfg.out_dir).glob("checkpoint_*.pt")) and not (Path(cfg.out_dir) / "metrics.jsonl").exists()
+    tiny_trainer(cfg.replace(sample_interval=0))  # a prompt that is never used is not checked
+    tiny_trainer(cfg.replace(sample_prompt="ROMEO:"))
+
+
+def test_train_py_unencodable_sample_prompt_keeps_the_run_files(tmp_path):
+    """Resuming with a prompt the vocabulary cannot encode: status 2, one line, and the run's checkpoints and
+    metrics are left exactly as they were."""
+    env = {**os.environ, "NANOGPT2_CACHE": os.environ["NANOGPT2_CACHE"], "PYTHONPATH": str(ROOT)}
+    out = tmp_path / "run"
+    args = [sys.executable, str(ROOT / "train.py"), TINY, "--max_iters=4", "--eval_interval=2", f"--out_dir={out}"]
+    first = subprocess.run(args, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    res = subprocess.run([*args, "--max_iters=8", "--resume_from=auto", "--sample_interval=1",
+                          "--sample_prompt=na\u00efve"], env=env, cwd=tmp_path, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: sample_prompt='naïve' cannot be encoded"), res.stderr
+    after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert {k: v for k, v in after.items() if k != "config.json"} == {k: v for k, v in before.items() if k != "config.json"}
+    assert "checkpoint_final.pt" in after and "step 5/8" not in res.stdout
 
 
 def test_init_from_training_checkpoint(tmp_path):
