@@ -5,10 +5,17 @@ Every failure a user can cause (bad config key, missing file, corrupt checkpoint
 is raised as a `NanoGPT2Error` whose message says what went wrong *and what to do*. The scripts
 (`train.py`, `sample.py`, `bench.py`, ...) wrap their `main` in `run_cli`, which prints that message as
 one line and exits with status 2 instead of showing a traceback.
+
+Exit statuses of the scripts: 0 done (for train.py also: stopped at max_training_hours, resumable), 2 a
+NanoGPT2Error, 75 (`EXIT_INTERRUPTED`, BSD's EX_TEMPFAIL) train.py stopped by SIGTERM/SIGINT after saving
+checkpoint_interrupted.pt (resumable: a job scheduler can requeue it), 130 aborted by a second Ctrl-C.
 """
 
 import sys
 from pathlib import Path
+
+
+EXIT_INTERRUPTED = 75  # stopped by a signal after saving a checkpoint: "try again later" (sysexits.h EX_TEMPFAIL)
 
 
 class NanoGPT2Error(Exception):

@@ -53,7 +53,7 @@ import torch.nn as nn
 
 from nanogpt2 import checkpoint as ckpt_io
 from nanogpt2.config import RunConfig, format_config, load_config, save_config, settings_text, wants_help
-from nanogpt2.errors import NanoGPT2Error
+from nanogpt2.errors import EXIT_INTERRUPTED, NanoGPT2Error
 from nanogpt2.generate import generate
 from nanogpt2.model import GPT, GPTConfig, PRESETS
 from nanogpt2.perf import mfu, peak_flops
@@ -1031,10 +1031,14 @@ def crop_block_size(model: GPT, block_size: int):
 
 
 def main(argv=None, default_config=None, hooks=()):
-    """`python train.py [config.py ...] [--key=value | --key value]...` (see docs/training.md)."""
+    """`python train.py [config.py ...] [--key=value | --key value]...` (see docs/training.md). Returns the
+    summary of `Trainer.train`; a run stopped by SIGTERM/SIGINT exits with status EXIT_INTERRUPTED (75)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if wants_help(argv):
         print(settings_text())
         return None
     cfg = load_config(argv, default_config_file=default_config)
-    return Trainer(cfg, hooks=hooks).train()
+    summary = Trainer(cfg, hooks=hooks).train()
+    if summary["stopped"] == "signal":  # saved and resumable, but not finished: a scheduler should requeue the job
+        raise SystemExit(EXIT_INTERRUPTED)
+    return summary

@@ -76,9 +76,14 @@ DRIVER = textwrap.dedent("""
             if trainer.step == 3 and RANK == 1:
                 os.kill(os.getpid(), signal.SIGTERM)
 
-    run_cli(main, sys.argv[1:], hooks=[hook])
-    print(f"rank {RANK} writes under out_dir: {writes}", flush=True)
-    print(f"rank {RANK} process group left: {not td.is_initialized()}", flush=True)
+    try:
+        run_cli(main, sys.argv[1:], hooks=[hook])
+    except SystemExit as e:  # 75: stopped by a signal (main exits with it, as train.py does)
+        print(f"rank {RANK} exit status {e.code}", flush=True)
+        raise
+    finally:
+        print(f"rank {RANK} writes under out_dir: {writes}", flush=True)
+        print(f"rank {RANK} process group left: {not td.is_initialized()}", flush=True)
 """)
 
 
@@ -93,9 +98,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run(cmd, env):
+def run(cmd, env, ok=True):
     res = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert (res.returncode == 0) == ok, res.stdout[-3000:] + res.stderr[-3000:]
     return res
 
 
@@ -148,8 +153,10 @@ def test_torchrun_two_processes_match_one(tmp_path):
     driver = tmp_path / "ddp_driver.py"
     driver.write_text(DRIVER)
     env_cut = {**env, "RUN_OUT_DIR": str(cut)}
-    first = run(torchrun(driver, *args, f"--out_dir={cut}"), env_cut)
+    # Both ranks exit with status 75 (interrupted, resumable); torchrun reports its workers' failure (non-zero).
+    first = run(torchrun(driver, *args, f"--out_dir={cut}"), env_cut, ok=False)
     assert "stopped by a signal on another process after step 3" in first.stdout  # rank 0 stopped with rank 1
+    assert "rank 0 exit status 75" in first.stdout and "rank 1 exit status 75" in first.stdout
     assert ck_step(cut / "checkpoint_interrupted.pt") == 3
     second = run(torchrun(driver, *args, f"--out_dir={cut}", "--resume_from=auto"), env_cut)
     assert "checkpoint_interrupted.pt at step 3" in second.stdout
