@@ -799,9 +799,22 @@ class Trainer:
                 if key in rec and rec[key] is not None and math.isfinite(rec[key]):
                     self._tb.add_scalar(key if key.startswith("val") else f"train/{key}", rec[key], rec["step"])
 
-    def _progress_line(self, rec: dict) -> str:
+    def _time_left(self, step_time: float) -> dict:
+        """elapsed_h; eta_h, the hours to the end of the run (steps left x `step_time`, the mean training-step
+        time of the last log interval; evaluations and checkpoints come on top), or to the end of the wall-clock
+        budget when that comes first; budget_left_h (None without a budget)."""
         elapsed = time.time() - self.t_start
-        limit = self.cfg.max_training_hours * 3600
+        eta = (self.max_steps - self.step) * step_time
+        budget_left = None
+        if self.cfg.max_training_hours > 0:
+            budget_left = max(0.0, self.cfg.max_training_hours * 3600 - elapsed)
+            eta = min(eta, budget_left)
+        return {"elapsed_h": elapsed / 3600, "eta_h": eta / 3600,
+                "budget_left_h": None if budget_left is None else budget_left / 3600}
+
+    def _progress_line(self, rec: dict) -> str:
+        budget = rec["budget_left_h"]
+        by_budget = budget is not None and rec["step"] < self.max_steps and rec["eta_h"] >= budget
         parts = [
             f"step {rec['step']}/{self.max_steps}",
             f"loss {rec['loss']:.4f}",
@@ -810,8 +823,9 @@ class Trainer:
             f"grad {rec['grad_norm']:.3f}",
             f"{rec['tokens_per_sec']:,.0f} tok/s",
             f"MFU {100 * rec['mfu']:.2f}%" if math.isfinite(rec["mfu"]) else "MFU n/a",
-            f"Elapsed: {_fmt_hours(elapsed)}",
-            f"Remaining: {_fmt_hours(max(0.0, limit - elapsed))}" if limit > 0 else "Remaining: no limit",
+            f"Elapsed: {_fmt_hours(3600 * rec['elapsed_h'])}",
+            f"ETA: {_fmt_hours(3600 * rec['eta_h'])}" + (" (time limit)" if by_budget else ""),
+            f"Budget left: {_fmt_hours(3600 * budget)}" if budget is not None else "Budget left: none",
         ]
         return " | ".join(parts)
 
@@ -946,7 +960,8 @@ class Trainer:
                 tps = win_tokens / win_time if win_time > 0 else float("nan")
                 rec["tokens_per_sec"] = tps
                 rec["mfu"] = mfu(self.flops_per_token, tps / self.dist.world_size, self.peak_flops)
-                rec["elapsed_h"] = (time.time() - self.t_start) / 3600
+                step_time = win_time * self.tokens_per_step / win_tokens if win_tokens else self.last_step_time
+                rec.update(self._time_left(step_time))
                 rec["tokens"] = self.tokens_seen
                 if self.step % cfg.log_interval == 0 or self.step == 1 or final:
                     self.log(self._progress_line(rec))
