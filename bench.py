@@ -42,6 +42,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -162,9 +163,30 @@ def resolve(args) -> argparse.Namespace:
         args.model_config = GPTConfig(dropout=args.dropout, **model_kw)
     except ValueError as e:
         raise NanoGPT2Error(f"bad model size: {e}")
+    if args.json:
+        check_writable(Path(args.json))
     if gpu:
         torch.set_float32_matmul_precision("high")  # TF32 matmuls for fp32 work, as nanoGPT does
     return args
+
+
+def check_writable(path: Path) -> None:
+    """--json must be writable before the benchmarks run, not found out after them: its folder is created
+    and a temporary file written (and removed) there."""
+    try:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise NotADirectoryError(20, f"{path.parent} is not a folder") from None
+        if path.is_dir():
+            raise IsADirectoryError(21, "it is a folder")
+        if path.exists() and not os.access(path, os.W_OK):
+            raise PermissionError(13, "the file is read-only")
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"):
+            pass
+    except OSError as e:
+        raise NanoGPT2Error(f"--json {path}: cannot write there ({e.strerror or e}); pick a path in a writable "
+                            f"folder") from None
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -831,8 +853,12 @@ def main(argv=None):
         report["device"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     if args.json:
         path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=1) + "\n")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(report, indent=1) + "\n")
+        except OSError as e:
+            raise NanoGPT2Error(f"could not write --json {path} ({e.strerror or e}); the tables above hold the "
+                                f"figures") from None
         print(f"\nwrote {path}")
     failed = [f"{name} ({res['status']})" for name, res in report["results"].items()
               if str(res.get("status", "")).startswith("failed")]

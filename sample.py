@@ -19,12 +19,11 @@ import sys
 import textwrap
 from contextlib import nullcontext
 from itertools import zip_longest
-from pathlib import Path
 
 import torch
 
-from nanogpt2.errors import NanoGPT2Error, run_cli
-from nanogpt2.evaluate import load_model_and_tokenizer
+from nanogpt2.errors import NanoGPT2Error, read_text, run_cli
+from nanogpt2.evaluate import check_device, load_model_and_tokenizer
 from nanogpt2.generate import TextStreamer, check_sampling_args, generate
 
 # The strategies --compare shows: (label, generate keywords)
@@ -91,11 +90,7 @@ def autocast(device: str, dtype: str):
 
 def read_prompt(start: str) -> str:
     if start.startswith("FILE:"):
-        path = Path(start[5:]).expanduser()
-        try:
-            return path.read_text(encoding="utf-8")
-        except OSError as e:
-            raise NanoGPT2Error(f"cannot read the prompt file {path}: {e.strerror or e}") from None
+        return read_text(start[5:], "prompt file")
     return start
 
 
@@ -140,7 +135,8 @@ def main(argv=None):
         raise NanoGPT2Error(f"--compile_mode {args.compile_mode} needs --compile")
     if args.num_samples < 1:
         raise NanoGPT2Error(f"--num_samples must be >= 1, got {args.num_samples}")
-    device = resolve_device(args.device)
+    device = check_device(resolve_device(args.device))
+    prompt = read_prompt(args.start)  # before the model loads: a bad prompt file fails at once
     init_from = args.out_dir if args.init_from == "resume" else args.init_from
     model, tok, desc = load_model_and_tokenizer(init_from, device)
     print(f"loaded {desc}", file=sys.stderr)
@@ -148,7 +144,7 @@ def main(argv=None):
         model = torch.compile(model, mode=args.compile_mode)
     ctx = autocast(device, args.dtype)
 
-    prompt_ids = encode_prompt(tok, read_prompt(args.start))
+    prompt_ids = encode_prompt(tok, prompt)
     block = model.config.block_size
     if len(prompt_ids) > block:
         print(f"warning: the prompt has {len(prompt_ids)} tokens; the model sees only the last {block}", file=sys.stderr)

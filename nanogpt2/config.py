@@ -24,13 +24,14 @@ exit status 2 from the scripts).
 
 import difflib
 import json
+import math
 import types
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Optional
 
-from nanogpt2.errors import NanoGPT2Error
+from nanogpt2.errors import NanoGPT2Error, read_text
 
 # ----------------------------------------------------------------------------------------------------
 # The settings
@@ -250,8 +251,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise NanoGPT2Error(f"dropout must be in [0, 1), not {cfg.dropout}")
     for key in FIELDS:
         value = getattr(cfg, key)
-        if isinstance(value, float) and value != value:
-            raise NanoGPT2Error(f"{key} must be a number, not nan")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise NanoGPT2Error(f"{key} must be a finite number, not {value}")
     for key in ("beta1", "beta2"):  # AdamW's own range, checked before a run starts rather than inside torch
         if not 0.0 <= getattr(cfg, key) < 1.0:
             raise NanoGPT2Error(f"{key} must be in [0, 1), not {getattr(cfg, key)}")
@@ -263,6 +264,11 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise NanoGPT2Error("set max_iters or max_epochs (both are 0, so the run has no length)")
     if not cfg.init_from:
         raise NanoGPT2Error("init_from must not be empty; use scratch, a GPT-2 name, a folder or resume")
+    if not cfg.dataset.strip():
+        raise NanoGPT2Error("dataset must not be empty; give a dataset name (shakespeare, wikitext2, ...) or the path "
+                            "of a text file or folder")
+    if not cfg.out_dir.strip():
+        raise NanoGPT2Error("out_dir must not be empty; give the folder for checkpoints and logs, e.g. --out_dir=out")
     return cfg
 
 
@@ -281,7 +287,7 @@ def read_config_file(path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise NanoGPT2Error(f"config file {path} does not exist; pass a path such as configs/shakespeare.py")
-    source = path.read_text(encoding="utf-8")
+    source = read_text(path, "config file")
     namespace = {"__file__": str(path), "__name__": "__nanogpt2_config__"}
     try:
         exec(compile(source, str(path), "exec"), namespace)

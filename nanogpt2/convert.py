@@ -260,7 +260,7 @@ def download_hf_model(name: str, quiet: bool = False) -> Path:
         download(
             hf_url(HF_REPOS[name], filename), folder / filename,
             desc=f"model '{name}' ({filename})",
-            local_hint=f"download config.json and model.safetensors of {HF_REPOS[name]} elsewhere and pass the folder: GPT.from_pretrained('/path/to/{name}')",
+            local_hint=f"Copy config.json and model.safetensors of {HF_REPOS[name]} into a folder DIR and pass --init_from DIR.",
             quiet=quiet,
         )
     return folder

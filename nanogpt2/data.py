@@ -580,9 +580,8 @@ def _downloaded_source(spec: DatasetSpec, cache_root: Path, need, quiet: bool) -
             parquet_note = ". With `pip install pyarrow`, the Hugging Face parquet copy is tried as well"
     tried = "; ".join(f"{url} ({_short_reason(msg, url)})" for url, msg in errors)
     raise DownloadError(
-        f"could not download dataset '{spec.name}': tried {tried}. If you have a copy, pass it with data_path= "
-        f"(prepare_dataset('{spec.name}', data_path=...), or --data_path=... on the command line): "
-        f"{spec.local}{parquet_note}")
+        f"could not download dataset '{spec.name}': tried {tried}. If you have a copy, pass it with --data_path PATH, "
+        f"where PATH is {spec.local}{parquet_note}")
 
 
 def _short_reason(msg: str, url: str) -> str:
@@ -760,6 +759,24 @@ def _bins_ok(d: Path, meta: dict) -> bool:
         return False
 
 
+def _ids_reason(d: Path, meta: dict):
+    """Why the token files cannot be used (None: every id is in [0, vocab_size)). A damaged or foreign
+    train.bin of the right size would otherwise reach the embedding as an IndexError in the first step."""
+    vocab = meta.get("vocab_size")
+    if not isinstance(vocab, int) or vocab < 1:
+        return f"meta.json has no valid vocab_size ({vocab!r})"
+    dtype, chunk = np.dtype(meta["dtype"]), 1 << 26
+    for split, v in meta["splits"].items():
+        if v["tokens"] == 0:
+            continue
+        ids = np.memmap(d / v["file"], dtype=dtype, mode="r", shape=(v["tokens"],))
+        for i in range(0, len(ids), chunk):  # the largest id, a block at a time (unsigned: none is negative)
+            top = int(ids[i:i + chunk].max())
+            if top >= vocab:
+                return f"{v['file']} holds token id {top}, outside the vocabulary of {vocab} (a damaged cache)"
+    return None
+
+
 def _cache_reason(d, meta, tok_name, tok_checksum, val_fraction):
     """Why the cache in `d` cannot be used (None: it can, source permitting)."""
     if meta is None:
@@ -774,7 +791,7 @@ def _cache_reason(d, meta, tok_name, tok_checksum, val_fraction):
         return f"val_fraction changed ({meta.get('val_fraction')} -> {val_fraction})"
     if not _bins_ok(d, meta):
         return "token files are missing or truncated"
-    return None
+    return _ids_reason(d, meta)
 
 
 def _current_files(spec, data_path, local_path):

@@ -173,6 +173,8 @@ def evaluate_dataset(model, tokenizer, dataset: str = "wikitext2", split: str = 
     bits per byte then counts the bytes of those tokens)."""
     from nanogpt2.data import get_split_text
 
+    if max_tokens is not None and max_tokens < 2:
+        raise NanoGPT2Error(f"max_tokens must be >= 2 (perplexity needs two tokens) or None, not {max_tokens}")
     text = get_split_text(dataset, split, data_path=data_path)
     ids = tokenizer.encode_ordinary(text)
     n_bytes = len(text.encode("utf-8"))
@@ -186,6 +188,27 @@ def evaluate_dataset(model, tokenizer, dataset: str = "wikitext2", split: str = 
 
 # ----------------------------------------------------------------------------------------------------
 # Loading a model by --init_from (shared with sample.py)
+
+
+def check_device(spec: str) -> str:
+    """`spec` when it names a device this machine has (cpu, cuda, cuda:N, mps); else a NanoGPT2Error saying
+    what to pass instead (the command-line check of sample.py and this module's --device)."""
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, ValueError, TypeError):
+        raise NanoGPT2Error(f"--device {spec!r} is not a device; use cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise NanoGPT2Error(f"--device {spec} was asked for but this torch has no usable CUDA device; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise NanoGPT2Error(f"--device {spec}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                                f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    elif device.type == "mps":
+        if not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+            raise NanoGPT2Error(f"--device {spec} was asked for but MPS is not available here; use --device cpu")
+    elif device.type != "cpu":
+        raise NanoGPT2Error(f"--device {spec!r} is not supported; use cpu, cuda, cuda:N or mps")
+    return spec
 
 
 def load_model_and_tokenizer(init_from: str, device: str = "cpu"):
@@ -233,6 +256,15 @@ def main(argv=None):
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--json", action="store_true", help="print the result as one JSON line")
     args = ap.parse_args(argv)
+    # Checked before the model is loaded (or downloaded) and the text tokenized.
+    check_device(args.device)
+    if args.max_tokens is not None and args.max_tokens < 2:
+        raise NanoGPT2Error(f"--max_tokens must be >= 2 (perplexity needs two tokens), not {args.max_tokens}; "
+                            f"leave it out to score the whole split")
+    for name in ("stride", "batch_size", "block_size"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise NanoGPT2Error(f"--{name} must be >= 1, not {value}")
 
     model, tok, desc = load_model_and_tokenizer(args.init_from, args.device)
     res = evaluate_dataset(model, tok, args.dataset, args.split, data_path=args.data_path, max_tokens=args.max_tokens,

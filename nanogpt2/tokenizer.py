@@ -51,7 +51,7 @@ from pathlib import Path
 
 import regex
 
-from nanogpt2.errors import NanoGPT2Error
+from nanogpt2.errors import NanoGPT2Error, read_text
 
 # ---------------------------------------------------------------------------------------------------------
 # Constants: where the ranks live, the pre-tokenizer pattern, the special token
@@ -946,7 +946,7 @@ def benchmark(text_path=None, repeats=5, num_workers=None) -> dict:
     """
     if text_path is None:
         text_path = DEFAULT_BENCH_TEXT if DEFAULT_BENCH_TEXT.exists() else ASSETS / "tinyshakespeare.txt"
-    text = _read_file(text_path, "benchmark text").decode("utf-8")
+    text = read_text(text_path, "benchmark text")
     mb = len(text.encode("utf-8")) / 1e6
     workers = _num_workers(num_workers)
     lines = text.splitlines(keepends=True)

@@ -53,7 +53,7 @@ import torch.nn as nn
 
 from nanogpt2 import checkpoint as ckpt_io
 from nanogpt2.config import RunConfig, format_config, load_config, save_config, settings_text, wants_help
-from nanogpt2.errors import NanoGPT2Error
+from nanogpt2.errors import EXIT_INTERRUPTED, NanoGPT2Error
 from nanogpt2.generate import generate
 from nanogpt2.model import GPT, GPTConfig, IGNORE_INDEX, PRESETS
 from nanogpt2.optim import make_optimizer, resolve_schedule, set_lr
@@ -247,6 +247,8 @@ class Trainer:
         else:
             self.sampler = make_sampler(self)
             self.train_tokens = None
+
+        self._check_sample_prompt()
 
         # --- run length and schedule ---
         if self.steps_per_epoch is None and self.train_tokens is not None:
@@ -620,12 +622,7 @@ class Trainer:
         if not self.dist.master or self.tokenizer is None or not isinstance(self.raw_model, GPT):
             return None
         cfg, tok, model = self.cfg, self.tokenizer, self.raw_model
-        if cfg.sample_prompt:
-            ids = tok.encode(cfg.sample_prompt)
-        elif tok.eot_token is not None:
-            ids = [tok.eot_token]
-        else:
-            ids = tok.encode("\n") if "\n" in getattr(tok, "chars", "\n") else [0]
+        ids = self._sample_prompt_ids()
         idx = torch.tensor([ids], dtype=torch.long, device=self.device)  # (1, T0)
         gen = torch.Generator(device=self.device).manual_seed(cfg.seed + self.step)
         model.eval()
@@ -636,6 +633,30 @@ class Trainer:
         finally:
             model.train()
         return tok.decode(out[0, len(ids):].tolist())
+
+    def _sample_prompt_ids(self) -> list:
+        """The token ids the samples start from: sample_prompt, else the end-of-text token (char: a newline)."""
+        tok = self.tokenizer
+        if self.cfg.sample_prompt:
+            return tok.encode(self.cfg.sample_prompt)
+        if tok.eot_token is not None:
+            return [tok.eot_token]
+        return tok.encode("\n") if "\n" in getattr(tok, "chars", "\n") else [0]
+
+    def _check_sample_prompt(self):
+        """Encode sample_prompt once at start: a prompt the tokenizer cannot encode would otherwise stop the
+        run at its first sample, losing the steps since the last checkpoint."""
+        if not (self.cfg.sample_interval and self.cfg.sample_prompt and self.tokenizer is not None):
+            return
+        try:
+            self._sample_prompt_ids()
+        except NanoGPT2Error as e:
+            chars = getattr(self.tokenizer, "chars", None)
+            why = (f"it has characters the dataset's character vocabulary lacks: "
+                   f"{sorted(set(self.cfg.sample_prompt) - set(chars))!r}" if chars is not None else str(e))
+            raise NanoGPT2Error(f"sample_prompt={self.cfg.sample_prompt!r} cannot be encoded by the "
+                                f"{getattr(self.tokenizer, 'name', '?')} tokenizer: {why}. Change sample_prompt, or "
+                                f"set sample_interval=0") from None
 
     # --- checkpoints ------------------------------------------------------------------------------------
 
@@ -708,9 +729,22 @@ class Trainer:
                 if key in rec and rec[key] is not None and math.isfinite(rec[key]):
                     self._tb.add_scalar(key if key.startswith("val") else f"train/{key}", rec[key], rec["step"])
 
-    def _progress_line(self, rec: dict) -> str:
+    def _time_left(self, step_time: float) -> dict:
+        """elapsed_h; eta_h, the hours to the end of the run (steps left x `step_time`, the mean training-step
+        time of the last log interval; evaluations and checkpoints come on top), or to the end of the wall-clock
+        budget when that comes first; budget_left_h (None without a budget)."""
         elapsed = time.time() - self.t_start
-        limit = self.cfg.max_training_hours * 3600
+        eta = (self.max_steps - self.step) * step_time
+        budget_left = None
+        if self.cfg.max_training_hours > 0:
+            budget_left = max(0.0, self.cfg.max_training_hours * 3600 - elapsed)
+            eta = min(eta, budget_left)
+        return {"elapsed_h": elapsed / 3600, "eta_h": eta / 3600,
+                "budget_left_h": None if budget_left is None else budget_left / 3600}
+
+    def _progress_line(self, rec: dict) -> str:
+        budget = rec["budget_left_h"]
+        by_budget = budget is not None and rec["step"] < self.max_steps and rec["eta_h"] >= budget
         parts = [
             f"step {rec['step']}/{self.max_steps}",
             f"loss {rec['loss']:.4f}",
@@ -719,8 +753,9 @@ class Trainer:
             f"grad {rec['grad_norm']:.3f}",
             f"{rec['tokens_per_sec']:,.0f} tok/s",
             f"MFU {100 * rec['mfu']:.2f}%" if math.isfinite(rec["mfu"]) else "MFU n/a",
-            f"Elapsed: {_fmt_hours(elapsed)}",
-            f"Remaining: {_fmt_hours(max(0.0, limit - elapsed))}" if limit > 0 else "Remaining: no limit",
+            f"Elapsed: {_fmt_hours(3600 * rec['elapsed_h'])}",
+            f"ETA: {_fmt_hours(3600 * rec['eta_h'])}" + (" (time limit)" if by_budget else ""),
+            f"Budget left: {_fmt_hours(3600 * budget)}" if budget is not None else "Budget left: none",
         ]
         return " | ".join(parts)
 
@@ -855,7 +890,8 @@ class Trainer:
                 tps = win_tokens / win_time if win_time > 0 else float("nan")
                 rec["tokens_per_sec"] = tps
                 rec["mfu"] = mfu(self.flops_per_token, tps / self.dist.world_size, self.peak_flops)
-                rec["elapsed_h"] = (time.time() - self.t_start) / 3600
+                step_time = win_time * self.tokens_per_step / win_tokens if win_tokens else self.last_step_time
+                rec.update(self._time_left(step_time))
                 rec["tokens"] = self.tokens_seen
                 if self.step % cfg.log_interval == 0 or self.step == 1 or final:
                     self.log(self._progress_line(rec))
@@ -940,10 +976,14 @@ def crop_block_size(model: GPT, block_size: int):
 
 
 def main(argv=None, default_config=None, hooks=()):
-    """`python train.py [config.py ...] [--key=value | --key value]...` (see docs/training.md)."""
+    """`python train.py [config.py ...] [--key=value | --key value]...` (see docs/training.md). Returns the
+    summary of `Trainer.train`; a run stopped by SIGTERM/SIGINT exits with status EXIT_INTERRUPTED (75)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if wants_help(argv):
         print(settings_text())
         return None
     cfg = load_config(argv, default_config_file=default_config)
-    return Trainer(cfg, hooks=hooks).train()
+    summary = Trainer(cfg, hooks=hooks).train()
+    if summary["stopped"] == "signal":  # saved and resumable, but not finished: a scheduler should requeue the job
+        raise SystemExit(EXIT_INTERRUPTED)
+    return summary

@@ -232,6 +232,21 @@ def test_bad_option_is_one_line_error():
     assert proc.returncode == 2 and proc.stderr.startswith("error: --compile_mode max-autotune needs --compile")
 
 
+@pytest.mark.parametrize("target", ["a_file/out.json", "a_folder"])
+def test_unwritable_json_path_fails_before_the_benchmarks(tmp_path, target):
+    """--json that cannot be written (a file where its folder should be; an existing folder) is refused up front,
+    not after minutes of benchmarking; nothing of the user's is touched."""
+    (tmp_path / "a_file").write_text("keep me")
+    (tmp_path / "a_folder").mkdir()
+    proc = subprocess.run([sys.executable, str(ROOT / "bench.py"), "train", *TINY, "--json", target], cwd=tmp_path,
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"error: --json {target}: cannot write there"), proc.stderr
+    assert "train step" not in proc.stdout and proc.stdout == ""  # no benchmark ran
+    assert (tmp_path / "a_file").read_text() == "keep me" and not any((tmp_path / "a_folder").iterdir())
+
+
 def test_peak_table_lookup():
     from nanogpt2.perf import mfu, peak_flops, table_peak
 

@@ -107,7 +107,13 @@ def test_cli_value_parsing(argv, value):
     (["--beta1", "-0.1"], "beta1 must be in [0, 1)"),
     (["--eps=-1e-8"], "eps must be >= 0"),
     (["--sample_temperature=-1"], "sample_temperature must be >= 0"),
-    (["--learning_rate=nan"], "learning_rate must be a number, not nan"),
+    (["--learning_rate=nan"], "learning_rate must be a finite number, not nan"),
+    (["--learning_rate=inf"], "learning_rate must be a finite number, not inf"),
+    (["--max_training_hours", "Infinity"], "max_training_hours must be a finite number, not inf"),
+    (["--val_fraction=inf"], "val_fraction must be a finite number, not inf"),
+    (["--dataset="], "dataset must not be empty"),
+    (["--dataset", " "], "dataset must not be empty"),
+    (["--out_dir="], "out_dir must not be empty"),
 ])
 def test_cli_errors(argv, message):
     with pytest.raises(NanoGPT2Error) as e:
@@ -175,6 +181,39 @@ def test_train_py_errors_are_one_line(args, message, tmp_path):
     assert "Traceback" not in res.stderr
     lines = [line for line in res.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], res.stderr
+
+
+def one_error_line(res) -> str:
+    """The script failed the way every user error must: status 2, one `error:` line, no traceback."""
+    assert res.returncode == 2, res.stdout[-2000:] + res.stderr[-2000:]
+    assert "Traceback" not in res.stderr
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--dataset="], "error: dataset must not be empty"),  # was: the current folder taken as the dataset
+    (["--out_dir="], "error: out_dir must not be empty"),  # was: config.json and checkpoints written into it
+    (["--learning_rate=inf"], "error: learning_rate must be a finite number, not inf"),
+    (["--min_lr", "-inf"], "error: min_lr must be >= 0, not -inf"),
+])
+def test_train_py_refuses_empty_paths_and_non_finite_numbers_before_writing(args, message, tmp_path):
+    (tmp_path / "notes.txt").write_text("the user's file")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    res = run_train(str(ROOT / "configs" / "tiny.py"), *args, tmp_path=tmp_path)
+    assert one_error_line(res).startswith(message)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written into the current folder
+    assert (tmp_path / "notes.txt").read_text() == "the user's file"
+
+
+def test_train_py_non_utf8_config_file_is_one_line(tmp_path):
+    cfg = tmp_path / "latin1.py"
+    cfg.write_bytes('max_iters = 5\nsample_prompt = "caf\u00e9"\n'.encode("latin-1"))
+    res = run_train(str(cfg), "--out_dir=o", tmp_path=tmp_path)
+    line = one_error_line(res)
+    assert str(cfg) in line and "not UTF-8" in line and "line 2" in line and "0xe9" in line, line
+    assert not (tmp_path / "o").exists()
 
 
 def test_train_py_unwritable_out_dir_is_one_line(tmp_path):

@@ -242,8 +242,28 @@ def test_offline_without_a_copy_names_the_url_and_data_path(cache, monkeypatch):
     with pytest.raises(DownloadError) as e:
         prepare_dataset("wikitext2", cache_root=cache, quiet=True)
     msg = str(e.value)
-    assert url in msg and "data_path=" in msg and "wiki.train.raw" in msg
+    assert url in msg and "--data_path PATH" in msg and "wiki.train.raw" in msg
+    assert "prepare_dataset(" not in msg  # the command-line fix, not the Python API
     assert not (cache / "wikitext2-gpt2").exists()
+
+
+def test_offline_train_py_names_data_path_in_one_line(tmp_path):
+    """train.py offline (the registry's URL pointed at a closed port): one `error:` line that names the
+    command-line fix, --data_path, and no traceback."""
+    url = unused_url("/wikitext-2-raw-v1.zip")
+    prelude = ("from dataclasses import replace\nfrom nanogpt2.data import DATASETS, Remote\n"
+               "s = DATASETS['wikitext2']\n"
+               f"DATASETS['wikitext2'] = replace(s, remote=(Remote(s.remote[0].filename, urls=({url!r},)),), parquet=None)\n"
+               f"import runpy, sys\nsys.argv = ['train.py'] + sys.argv[1:]\n"
+               f"runpy.run_path({str(ROOT / 'train.py')!r}, run_name='__main__')\n")
+    env = {**__import__("os").environ, "NANOGPT2_CACHE": str(tmp_path / "c"), "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, "-c", prelude, str(ROOT / "configs" / "tiny.py"), "--dataset=wikitext2",
+                        f"--out_dir={tmp_path / 'run'}"], capture_output=True, text=True, env=env, cwd=tmp_path,
+                       timeout=300)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: could not download dataset 'wikitext2'"), r.stderr
+    assert "--data_path PATH" in lines[0] and url in lines[0] and "prepare_dataset(" not in lines[0]
 
 
 def test_next_mirror_when_the_first_serves_a_corrupt_zip(cache, tok, wt_texts, file_server, monkeypatch):
@@ -289,7 +309,7 @@ def test_offline_error_mentions_the_parquet_source_by_pyarrow(cache, monkeypatch
     with pytest.raises(DownloadError) as e:
         prepare_dataset("wikitext2", cache_root=cache, quiet=True)
     msg = str(e.value)
-    assert url in msg and "data_path=" in msg
+    assert url in msg and "--data_path PATH" in msg
     if data._have_pyarrow():
         assert "wikitext-2-raw-v1/train-00000-of-00001.parquet" in msg and "pip install pyarrow" not in msg
     else:
@@ -362,6 +382,54 @@ def test_changed_source_tokenizer_or_fraction_invalidates(cache, tok, tmp_path):
     assert prepare_dataset(f, cache_root=cache, val_fraction=0.2, quiet=True).built
     char = prepare_dataset(f, tokenizer="char", cache_root=cache, quiet=True)  # another tokenizer: its own folder
     assert char.dir != ds.dir and char.tokenizer().decode(char.tokens("train")[:5]) == "A dif"
+
+
+def test_token_ids_outside_the_vocabulary_rebuild_the_cache(cache, capsys):
+    """A train.bin of the right size holding an id the vocabulary lacks (60,000 in a 65-character vocabulary) is
+    a damaged cache: found when the cache is opened and rebuilt, instead of an IndexError in the first step."""
+    good = prepare_dataset("shakespeare_char", cache_root=cache, quiet=True)
+    expected = np.array(good.tokens("train"))
+    ids = np.array(expected)
+    ids[1234] = 60_000
+    ids.tofile(good.dir / "train.bin")  # same size, so the size check alone passes it
+    ds = prepare_dataset("shakespeare_char", cache_root=cache)
+    err = capsys.readouterr().err
+    assert ds.built and "rebuilding the token cache (train.bin holds token id 60000, outside the vocabulary of 65" in err
+    assert np.array_equal(ds.tokens("train"), expected) and int(ds.tokens("train").max()) < 65
+    assert not prepare_dataset("shakespeare_char", cache_root=cache, quiet=True).built  # and trusted again
+
+
+def test_damaged_cache_without_its_source_is_refused_with_one_line(cache, wt_texts, file_server, monkeypatch):
+    """Damaged tokens whose download was deleted, offline: refused (DownloadError naming --data_path), and the
+    cache is left as it was rather than used."""
+    serve_wikitext(monkeypatch, file_server, wikitext_zip(wt_texts))
+    ds = prepare_dataset("wikitext2", cache_root=cache, quiet=True)
+    (cache / "downloads" / "wikitext-2-raw-v1.zip").unlink()
+    val = np.array(ds.tokens("val"))
+    val[0] = 60_000
+    val.tofile(ds.dir / "val.bin")
+    spec = DATASETS["wikitext2"]
+    offline = Remote(spec.remote[0].filename, urls=(unused_url("/wikitext-2-raw-v1.zip"),))
+    monkeypatch.setitem(DATASETS, "wikitext2", replace(spec, remote=(offline,)))
+    with pytest.raises(DownloadError, match="--data_path PATH"):
+        prepare_dataset("wikitext2", cache_root=cache, quiet=True)
+    assert np.array_equal(np.fromfile(ds.dir / "val.bin", dtype=ds.dtype), val)  # nothing deleted or rewritten
+
+
+def test_train_py_rebuilds_a_cache_with_out_of_vocabulary_ids(tmp_path):
+    """End to end: the damaged cache that used to end train.py with an IndexError traceback is rebuilt, and the
+    run trains."""
+    env = {**__import__("os").environ, "NANOGPT2_CACHE": str(tmp_path / "c"), "PYTHONPATH": str(ROOT)}
+    ds = prepare_dataset("shakespeare_char", cache_root=tmp_path / "c" / "data", quiet=True)
+    ids = np.array(ds.tokens("train"))
+    ids[::1000] = 60_000
+    ids.tofile(ds.dir / "train.bin")
+    r = subprocess.run([sys.executable, str(ROOT / "train.py"), str(ROOT / "configs" / "tiny.py"), "--max_iters=2",
+                        "--eval_interval=0", "--test_eval=false", f"--out_dir={tmp_path / 'run'}"],
+                       capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert "rebuilding the token cache (train.bin holds token id 60000" in r.stderr
+    assert "done: 2 steps" in r.stdout and (tmp_path / "run" / "checkpoint_final.pt").exists()
 
 
 def test_half_written_caches_are_never_trusted(cache, tmp_path):

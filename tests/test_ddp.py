@@ -85,6 +85,9 @@ DRIVER = textwrap.dedent("""
 
     try:
         run_cli(main, sys.argv[1:], hooks=[hook])
+    except SystemExit as e:  # 75: stopped by a signal (main exits with it, as train.py does)
+        report(f"rank {RANK} exit status {e.code}")
+        raise
     finally:
         report(f"rank {RANK} writes under out_dir: {writes}")
         report(f"rank {RANK} process group left: {not td.is_initialized()}")
@@ -102,9 +105,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run(cmd, env):
+def run(cmd, env, ok=True):
     res = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert (res.returncode == 0) == ok, res.stdout[-3000:] + res.stderr[-3000:]
     return res
 
 
@@ -160,8 +163,11 @@ def test_torchrun_two_processes_match_one(tmp_path):
     for d in reports:
         d.mkdir()
     env_cut = {**env, "RUN_OUT_DIR": str(cut), "RUN_REPORT_DIR": str(reports[0])}
-    first = run(torchrun(driver, *args, f"--out_dir={cut}"), env_cut)
+    # Both ranks exit with status 75 (interrupted, resumable); torchrun reports its workers' failure (non-zero).
+    first = run(torchrun(driver, *args, f"--out_dir={cut}"), env_cut, ok=False)
     assert "stopped by a signal on another process after step 3" in first.stdout  # rank 0 stopped with rank 1
+    for rank in (0, 1):
+        assert f"rank {rank} exit status 75" in (reports[0] / f"rank{rank}.txt").read_text().splitlines()
     assert ck_step(cut / "checkpoint_interrupted.pt") == 3
     second = run(torchrun(driver, *args, f"--out_dir={cut}", "--resume_from=auto"), {**env_cut, "RUN_REPORT_DIR": str(reports[1])})
     assert "checkpoint_interrupted.pt at step 3" in second.stdout

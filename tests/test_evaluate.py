@@ -207,6 +207,37 @@ def test_cli_on_a_local_text_file(gpt2_vocab_pair, tmp_path):
     assert bad.returncode == 2 and bad.stderr.startswith("error:") and "context" in bad.stderr
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--max_tokens", "-5"], "--max_tokens must be >= 2"),  # was: the last 5 tokens silently dropped
+    (["--max_tokens", "0"], "--max_tokens must be >= 2"),
+    (["--device", "gpu"], "--device 'gpu' is not a device; use cpu, cuda, cuda:N or mps"),  # was: a traceback
+    (["--device", "cuda:99"], "--device cuda:99"),
+    (["--stride", "0"], "--stride must be >= 1"),
+    (["--batch_size", "-1"], "--batch_size must be >= 1"),
+])
+def test_cli_refuses_bad_options_before_loading(gpt2_vocab_pair, tmp_path, args, message):
+    _, _, folder = gpt2_vocab_pair
+    path = tmp_path / "fox.txt"
+    path.write_text("The quick brown fox jumps over the lazy dog. " * 30)
+    res = subprocess.run([sys.executable, "-m", "nanogpt2.evaluate", "--init_from", str(folder), "--dataset", str(path),
+                          "--split", "all", *args], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], res.stderr
+
+
+def test_evaluate_dataset_refuses_a_negative_max_tokens(gpt2_vocab_pair, tmp_path):
+    from nanogpt2.tokenizer import get_tokenizer
+
+    ours, _, _ = gpt2_vocab_pair
+    path = tmp_path / "fox.txt"
+    path.write_text("The quick brown fox jumps over the lazy dog. " * 30)
+    with pytest.raises(NanoGPT2Error, match="max_tokens must be >= 2"):
+        evaluate_dataset(ours, get_tokenizer("gpt2"), str(path), "all", max_tokens=-5, stride=32)
+    res = evaluate_dataset(ours, get_tokenizer("gpt2"), str(path), "all", max_tokens=50, stride=32)
+    assert res["tokens_total"] == 50
+
+
 def test_cli_wikitext2_test_split_with_default_stride(gpt2_vocab_pair):
     """The issue's command, `python -m nanogpt2.evaluate --init_from ... --dataset wikitext2 --split test`, on
     the real split (first 700 tokens): the default stride (512) is clamped to this model's 64-token

@@ -9,12 +9,15 @@ Run: python -m pytest -q tests/test_model.py
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import FIXTURES, oracle
+from conftest import FIXTURES, ROOT, oracle
 from http_fixture import serve, unused_url
 from nanogpt2.convert import config_from_hf, load_hf_state_dict_into, load_pretrained, read_hf_state_dict, save_pretrained
 from nanogpt2.errors import NanoGPT2Error
@@ -536,8 +539,22 @@ def test_from_pretrained_by_name_downloads_once(tmp_path, monkeypatch):
 def test_from_pretrained_offline_names_the_local_folder_alternative(tmp_path, monkeypatch):
     monkeypatch.setenv("NANOGPT2_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("NANOGPT2_HF_ENDPOINT", unused_url("").rstrip("/"))
-    with pytest.raises(NanoGPT2Error, match=r"GPT.from_pretrained\('/path/to/distilgpt2'\)"):
+    with pytest.raises(NanoGPT2Error, match=r"into a folder DIR and pass --init_from DIR") as e:
         GPT.from_pretrained("distilgpt2", quiet=True)
+    assert "distilbert/distilgpt2" in str(e.value) and "from_pretrained(" not in str(e.value)
+
+
+def test_offline_sample_py_names_the_command_line_fix(tmp_path):
+    """The scripts' offline error is one line that says what to pass on their command line (--init_from DIR)."""
+    env = {**os.environ, "NANOGPT2_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT),
+           "NANOGPT2_HF_ENDPOINT": unused_url("").rstrip("/")}
+    res = subprocess.run([sys.executable, str(ROOT / "sample.py"), "--init_from", "gpt2", "--device", "cpu"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: could not download model 'gpt2'"), res.stderr
+    assert "pass --init_from DIR" in lines[0] and "from_pretrained" not in lines[0]
+    assert not list((tmp_path / "cache").rglob("*.safetensors"))
 
 
 def test_from_pretrained_404_names_the_model(tmp_path, monkeypatch):

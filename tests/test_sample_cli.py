@@ -200,3 +200,36 @@ def test_bad_options_exit_2_with_one_line(hf_folder):
                              text=True, timeout=120)
         assert res.returncode == 2 and res.stderr.startswith("error:") and word in res.stderr, res.stderr
         assert len(res.stderr.strip().splitlines()) == 1
+
+
+def one_error_line(res) -> str:
+    """Status 2, exactly one `error:` line on stderr, no traceback."""
+    assert res.returncode == 2, res.stdout[-2000:] + res.stderr[-2000:]
+    assert "Traceback" not in res.stderr
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+    return lines[0]
+
+
+def test_non_utf8_prompt_file_is_one_line_naming_the_file(hf_folder, tmp_path):
+    """A FILE: prompt that is not UTF-8 (here Latin-1) was a UnicodeDecodeError traceback."""
+    p = tmp_path / "prompt.txt"
+    p.write_bytes("Le caf\u00e9\nest ferm\u00e9".encode("latin-1"))
+    res = subprocess.run([sys.executable, "sample.py", "--device", "cpu", "--init_from", str(hf_folder),
+                          "--start", f"FILE:{p}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    line = one_error_line(res)
+    assert f"prompt file {p} is not UTF-8 text" in line and "line 1" in line and "0xe9" in line, line
+    assert p.read_bytes() == "Le caf\u00e9\nest ferm\u00e9".encode("latin-1")
+
+
+@pytest.mark.parametrize("device, message", [
+    ("gpu", "--device 'gpu' is not a device; use cpu, cuda, cuda:N or mps"),
+    ("meta", "--device 'meta' is not supported"),
+    ("cuda:99", "--device cuda:99"),  # no CUDA here, or no 100th GPU
+])
+def test_device_is_checked_before_the_model_loads(hf_folder, device, message):
+    """--device is validated as bench.py does (it was a torch RuntimeError traceback at model.to)."""
+    res = subprocess.run([sys.executable, "sample.py", "--device", device, "--init_from", str(hf_folder)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    line = one_error_line(res)
+    assert message in line and "loaded" not in res.stderr, line

@@ -599,6 +599,18 @@ def test_command_line(capsys):
     assert r.returncode == 0 and "ids: [15496, 995]" in r.stdout, r.stderr
 
 
+def test_non_utf8_bench_text_is_one_line_naming_the_file(tmp_path):
+    """--bench-text with a Latin-1 file was a UnicodeDecodeError traceback; now: status 2, one line, before any timing."""
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("na\u00efve text\n".encode("latin-1"))
+    r = subprocess.run([sys.executable, "-m", "nanogpt2.tokenizer", "--bench", "--bench-text", str(bad)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"error: the benchmark text {bad} is not UTF-8 text"), r.stderr
+    assert "0xef" in lines[0] and r.stdout == ""
+
+
 @pytest.mark.slow
 def test_benchmark_returns_figures(tmp_path):
     (tmp_path / "t.txt").write_text(SHAKESPEARE_ASSET.read_text(encoding="utf-8")[:250_000], encoding="utf-8")

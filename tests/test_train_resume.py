@@ -12,6 +12,7 @@ Interruptions, end to end through train.py in subprocesses (tiny config, CPU):
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -46,10 +47,10 @@ def env(tmp_path_factory):
     return {**os.environ, "NANOGPT2_CACHE": str(cache), "PYTHONPATH": str(ROOT)}
 
 
-def run(args, env, script=None, **extra_env):
+def run(args, env, script=None, status=0, **extra_env):
     cmd = [sys.executable, script or str(ROOT / "train.py"), *args]
     res = subprocess.run(cmd, env={**env, **extra_env}, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert res.returncode == status, res.stdout[-3000:] + res.stderr[-3000:]
     assert "Traceback" not in res.stderr
     return res
 
@@ -85,7 +86,7 @@ def test_sigterm_then_resume_is_bit_exact(env, reference, tmp_path):
     driver = tmp_path / "sigterm_driver.py"
     driver.write_text(SIGTERM_DRIVER)
 
-    first = run([*COMMON, f"--out_dir={out}"], env, script=str(driver), STOP_AT_STEP="10")
+    first = run([*COMMON, f"--out_dir={out}"], env, script=str(driver), status=75, STOP_AT_STEP="10")
     assert "SIGTERM received" in first.stdout
     assert "stopped by SIGTERM after step 10" in first.stdout
     saved = torch.load(out / "checkpoint_interrupted.pt", map_location="cpu", weights_only=True)
@@ -115,7 +116,7 @@ def test_wall_clock_limit_saves_and_exits_zero_then_resumes(env, reference, tmp_
     assert f"effective config (config files: {TINY}; * = not the default):" in first.stdout
     assert {"*max_training_hours=1e-09", "*dropout=0.1", "*max_iters=20"} <= set(first.stdout.split())
     assert json.loads((out / "config.json").read_text())["max_training_hours"] == 1e-9
-    assert "Elapsed: 0.00h | Remaining: 0.00h" in first.stdout
+    assert "Elapsed: 0.00h | ETA: 0.00h (time limit) | Budget left: 0.00h" in first.stdout
     assert "wall-clock limit max_training_hours=1e-09 reached after step 1" in first.stdout
     assert (out / "checkpoint_time_limit.pt").exists() and not (out / "checkpoint_final.pt").exists()
     assert sorted(losses(out)) == [1]
@@ -155,9 +156,37 @@ def test_float16_gradscaler_resume_is_bit_exact(env, tmp_path):
     assert any(b < a for a, b in zip(scales, scales[1:])) and any(b > a for a, b in zip(scales, scales[1:])), scales
 
     out = tmp_path / "run"
-    run([*fp16, f"--out_dir={out}"], env, script=str(driver), STOP_AT_STEP="7")
+    run([*fp16, f"--out_dir={out}"], env, script=str(driver), status=75, STOP_AT_STEP="7")
     saved = torch.load(out / "checkpoint_interrupted.pt", map_location="cpu", weights_only=True)["scaler"]
     assert saved["scale"] == scales[6]  # the scale after step 7
     run([*fp16, f"--out_dir={out}", "--resume_from", "auto"], env, script=str(driver), STOP_AT_STEP="-1")
     assert losses(out) == losses(ref)
     assert_same_weights(final_weights(out), final_weights(ref))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_to_train_py_saves_and_exits_75(env, tmp_path, sig):
+    """The real script, a real signal from outside (a scheduler's preemption, Ctrl-C) in the middle of a long run:
+    checkpoint_interrupted.pt is saved and the exit status is 75 ("interrupted, resumable"), not 0 (finished or
+    stopped at max_training_hours) nor 2 (an error); no `error:` line, no traceback."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, str(ROOT / "train.py"), TINY, "--max_iters=100000", "--log_interval=1",
+           "--eval_interval=0", "--checkpoint_interval=0", f"--out_dir={out}"]
+    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        for line in proc.stdout:  # wait for a few steps
+            lines.append(line)
+            if line.startswith("step 3/100000 |"):
+                break
+        proc.send_signal(sig)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    stdout = "".join(lines) + stdout
+    assert proc.returncode == 75, stdout[-3000:] + stderr[-3000:]
+    assert "Traceback" not in stderr and "error:" not in stderr, stderr
+    assert f"stopped by {sig.name} after step" in stdout and "continue with --resume_from auto" in stdout
+    saved = torch.load(out / "checkpoint_interrupted.pt", map_location="cpu", weights_only=True)
+    assert 3 <= saved["step"] < 100000 and not (out / "checkpoint_final.pt").exists()

@@ -12,7 +12,9 @@ import math
 import os
 import re
 import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -239,7 +241,7 @@ def test_real_data_run_with_eval_best_checkpoints_and_sample(tmp_path, capsys):
     assert "--- sample at step 15 ---" in stdout
     progress = re.compile(r"^step (\d+)/30 \| loss (\d+\.\d{4}) \| ppl (\d+\.\d{2}) \| lr (\d\.\d{2}e-\d\d) \| "
                           r"grad (\d+\.\d{3}) \| ([\d,]+) tok/s \| MFU (\d+\.\d{2})% \| "
-                          r"Elapsed: \d+\.\d{2}h \| Remaining: \d+\.\d{2}h$", re.M)
+                          r"Elapsed: (\d+\.\d{2})h \| ETA: (\d+\.\d{2})h \| Budget left: (\d+\.\d{2})h$", re.M)
     lines = {int(m.group(1)): m for m in progress.finditer(stdout)}
     assert sorted(lines) == [1, 10, 20, 30]  # log_interval, plus the first and the last step
     out = Path(cfg.out_dir)
@@ -255,6 +257,11 @@ def test_real_data_run_with_eval_best_checkpoints_and_sample(tmp_path, capsys):
         # MFU = model FLOPs per token x tokens/s over the peak (the CPU matmul probe)
         assert 0 < r["mfu"] == pytest.approx(tr.flops_per_token * r["tokens_per_sec"] / tr.peak_flops, rel=1e-9)
         assert m.group(7) == f"{100 * r['mfu']:.2f}"
+        # the time fields: elapsed, ETA to the last step, what is left of max_training_hours (12h here)
+        assert (m.group(8), m.group(9), m.group(10)) == (
+            f"{r['elapsed_h']:.2f}", f"{r['eta_h']:.2f}", f"{r['budget_left_h']:.2f}")
+        assert r["budget_left_h"] == pytest.approx(12.0 - r["elapsed_h"], abs=1e-6)
+        assert 0 <= r["eta_h"] < r["budget_left_h"] and (r["eta_h"] == 0) == (r["step"] == 30)
     evals = [r for r in recs if "val_loss" in r]
     assert [r["step"] for r in evals] == [10, 20, 30]
     assert evals[-1]["val_loss"] < evals[0]["val_loss"] < math.log(65) + 0.2
@@ -274,6 +281,57 @@ def test_real_data_run_with_eval_best_checkpoints_and_sample(tmp_path, capsys):
     x = torch.tensor([tok.encode("ROMEO:")])
     tr.raw_model.eval()
     torch.testing.assert_close(model(x)[0], tr.raw_model(x)[0], rtol=0, atol=0)
+
+
+def test_progress_line_eta_is_steps_left_times_step_time_within_the_budget(tmp_path):
+    """ETA = steps left x recent step time, or what is left of the budget when that ends first (labelled);
+    the budget is shown as such ("Budget left"), and "none" without max_training_hours."""
+    tr = tiny_trainer(cfg_for(tmp_path, "--max_iters=100", "--max_training_hours=1"))
+    tr.step, tr.t_start = 40, time.time() - 1800  # 40 of 100 steps done, half of the hour used
+    rec = {"step": 40, "loss": 2.0, "ppl": math.exp(2.0), "lr": 1e-3, "grad_norm": 0.5, "tokens_per_sec": 1000.0,
+           "mfu": 0.01}
+    rec.update(tr._time_left(step_time=10.0))  # 60 steps x 10 s = 600 s, well within the 1800 s left
+    assert rec["eta_h"] == pytest.approx(600 / 3600) and rec["budget_left_h"] == pytest.approx(0.5, abs=1e-3)
+    assert tr._progress_line(rec).endswith("| Elapsed: 0.50h | ETA: 0.17h | Budget left: 0.50h")
+    rec.update(tr._time_left(step_time=60.0))  # 3600 s of steps: the budget ends first
+    assert rec["eta_h"] == rec["budget_left_h"] == pytest.approx(0.5, abs=1e-3)
+    assert tr._progress_line(rec).endswith("| ETA: 0.50h (time limit) | Budget left: 0.50h")
+    tr.cfg = tr.cfg.replace(max_training_hours=0.0)  # no budget: the steps alone
+    rec.update(tr._time_left(step_time=60.0))
+    assert rec["eta_h"] == pytest.approx(1.0) and rec["budget_left_h"] is None
+    assert tr._progress_line(rec).endswith("| ETA: 1.00h | Budget left: none")
+
+
+def test_unencodable_sample_prompt_is_refused_at_start(tmp_path):
+    """A sample_prompt the char vocabulary cannot encode stopped the run at its first sample (losing the steps
+    since the last checkpoint); now the trainer refuses it before the first step."""
+    cfg = cfg_for(tmp_path, "--sample_interval=5", "--sample_prompt=Zo\u00eb, \u2603")
+    with pytest.raises(NanoGPT2Error, match=r"sample_prompt='Zoë, ☃' cannot be encoded by the char tokenizer: it "
+                                            r"has characters the dataset's character vocabulary lacks: \['ë', '☃'\]"):
+        tiny_trainer(cfg)
+    assert not list(Path(cfg.out_dir).glob("checkpoint_*.pt")) and not (Path(cfg.out_dir) / "metrics.jsonl").exists()
+    tiny_trainer(cfg.replace(sample_interval=0))  # a prompt that is never used is not checked
+    tiny_trainer(cfg.replace(sample_prompt="ROMEO:"))
+
+
+def test_train_py_unencodable_sample_prompt_keeps_the_run_files(tmp_path):
+    """Resuming with a prompt the vocabulary cannot encode: status 2, one line, and the run's checkpoints and
+    metrics are left exactly as they were."""
+    env = {**os.environ, "NANOGPT2_CACHE": os.environ["NANOGPT2_CACHE"], "PYTHONPATH": str(ROOT)}
+    out = tmp_path / "run"
+    args = [sys.executable, str(ROOT / "train.py"), TINY, "--max_iters=4", "--eval_interval=2", f"--out_dir={out}"]
+    first = subprocess.run(args, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    res = subprocess.run([*args, "--max_iters=8", "--resume_from=auto", "--sample_interval=1",
+                          "--sample_prompt=na\u00efve"], env=env, cwd=tmp_path, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: sample_prompt='naïve' cannot be encoded"), res.stderr
+    after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert {k: v for k, v in after.items() if k != "config.json"} == {k: v for k, v in before.items() if k != "config.json"}
+    assert "checkpoint_final.pt" in after and "step 5/8" not in res.stdout
 
 
 def test_init_from_training_checkpoint(tmp_path):
