@@ -53,10 +53,9 @@ from nanogpt2 import perf
 from nanogpt2.errors import NanoGPT2Error, run_cli
 from nanogpt2.model import PRESETS, CausalSelfAttention, GPT, GPTConfig
 from nanogpt2.optim import make_adamw, param_groups
+from nanogpt2.runtime import DTYPE_ALIASES, DTYPES, autocast, resolve_device, resolve_dtype
 
 BENCHMARKS = ("attention", "train", "generate", "tokenizer")
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
 # Bench-only sizes beside the model presets (GPT-2 family: vocab 50257, block 1024). "shakespeare-char" is
 # nanoGPT's config/train_shakespeare_char.py model (6 layers, 6 heads, 384 wide, block 256, 65-character
 # vocabulary): the default on a CPU and the CPU goal in docs/benchmarks.md.
@@ -84,8 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--block_size", type=int, default=None, help="sequence length (default: the preset's, 1024 GPT-2, 256 shakespeare-char)")
     p.add_argument("--dropout", type=float, default=0.0, help="dropout of both models (nanoGPT's shakespeare-char uses 0.2)")
     p.add_argument("--batch_size", type=int, default=None, help="default 16 GPU, 8 CPU")
-    p.add_argument("--dtype", default=None, choices=sorted(DTYPES),
-                   help="compute dtype (autocast; weights stay fp32). Default bfloat16 on a GPU, float32 on a CPU")
+    p.add_argument("--dtype", default="auto", choices=["auto", *sorted([*DTYPES, *DTYPE_ALIASES])],
+                   help="compute dtype (autocast; weights stay fp32). auto: bfloat16 on a GPU that supports it (else float16), float32 elsewhere")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile our model for the train benchmark, and time compiled decoding beside eager in generate (default: on for CUDA, off for CPU)")
     p.add_argument("--steps", type=int, default=None, help="timed iterations per repeat (default 20 GPU, 2 CPU)")
@@ -119,14 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve(args) -> argparse.Namespace:
     """Fill the device-dependent defaults; validate."""
-    if args.device is None:
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(args.device)
-    except RuntimeError as e:
-        raise NanoGPT2Error(f"--device {args.device!r} is not a torch device ({e}); use cuda, cuda:N or cpu")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise NanoGPT2Error("--device cuda was asked for but this torch has no usable CUDA device; use --device cpu")
+    device = resolve_device(args.device or "auto")
     gpu = device.type == "cuda"
     args.device = device
     if args.threads:
@@ -141,9 +133,7 @@ def resolve(args) -> argparse.Namespace:
     model_kw = {k: (v if v is not None else base[k]) for k, v in dims.items()}
     args.block_size, args.vocab_size = model_kw["block_size"], model_kw["vocab_size"]
     args.batch_size = args.batch_size or (16 if gpu else 8)
-    if args.dtype is None:
-        args.dtype = "bfloat16" if gpu and torch.cuda.is_bf16_supported() else ("float16" if gpu else "float32")
-    args.dtype = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(args.dtype, args.dtype)
+    args.dtype = resolve_dtype(args.dtype, device)
     args.compile = gpu if args.compile is None else args.compile
     if args.compile_mode and not args.compile:
         raise NanoGPT2Error(f"--compile_mode {args.compile_mode} needs --compile (compiling is off on a CPU by default)")
@@ -203,12 +193,6 @@ def fig(value, unit):
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def autocast_ctx(device, dtype_name):
-    if dtype_name == "float32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=DTYPES[dtype_name])
 
 
 def interleaved_times(fns: dict, iters, repeats: int, device, cpu_times: dict = None) -> dict:
@@ -314,7 +298,7 @@ def bench_attention(args) -> dict:
     layer_cfg = GPTConfig(**{**cfg.to_dict(), "block_size": max(args.seq_lens), "dropout": 0.0})
     attn = CausalSelfAttention(layer_cfg, 0).to(device)
     params = list(attn.parameters())
-    amp = lambda: autocast_ctx(device, args.dtype)  # noqa: E731
+    amp = lambda: autocast(device, args.dtype)  # noqa: E731
     elem = 4 if args.dtype == "float32" else 2
     target = args.attn_block_time or (0.1 if device.type == "cuda" else 0.25)  # seconds per timed block
     memory_method = None
@@ -505,7 +489,7 @@ def _make_train_step(loss_fn, model, optimizer, args):
     params = [p for p in model.parameters() if p.requires_grad]
 
     def step():
-        with autocast_ctx(device, args.dtype):
+        with autocast(device, args.dtype):
             loss = loss_fn()
         if scaler is not None:
             scaler.scale(loss).backward()

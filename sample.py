@@ -17,14 +17,14 @@ import argparse
 import shutil
 import sys
 import textwrap
-from contextlib import nullcontext
 from itertools import zip_longest
 
 import torch
 
 from nanogpt2.errors import NanoGPT2Error, read_text, run_cli
-from nanogpt2.evaluate import check_device, load_model_and_tokenizer
+from nanogpt2.evaluate import load_model_and_tokenizer
 from nanogpt2.generate import TextStreamer, check_sampling_args, generate
+from nanogpt2.runtime import autocast, resolve_device, resolve_dtype
 
 # The strategies --compare shows: (label, generate keywords)
 COMPARE = [
@@ -57,7 +57,7 @@ def parse_args(argv):
     ap.add_argument("--seed", type=int, default=1337, help="seed of the sampling generator")
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                    help="autocast dtype; auto = bfloat16 on a GPU that supports it, else float32")
+                    help="autocast dtype; auto = bfloat16 on a GPU that supports it (else float16), float32 elsewhere")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model: decoding then uses a fixed-shape KV cache, so the prefill and the one-token step compile once (pays off for long or many samples)")
     ap.add_argument("--compile_mode", default=None, choices=["default", "reduce-overhead", "max-autotune"],
                     help="torch.compile's mode with --compile; reduce-overhead decodes through CUDA graphs on a GPU")
@@ -67,25 +67,6 @@ def parse_args(argv):
     ap.add_argument("--columns", type=int, default=2, help="columns for --compare")
     ap.add_argument("--no_cache", action="store_true", help="recompute the whole context every step (for checks)")
     return ap.parse_args(argv)
-
-
-def resolve_device(name: str) -> str:
-    if name != "auto":
-        return name
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
-def autocast(device: str, dtype: str):
-    dev_type = torch.device(device).type
-    if dtype == "auto":
-        dtype = "bfloat16" if dev_type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
-    if dtype == "float32":
-        return nullcontext()
-    return torch.autocast(device_type=dev_type, dtype={"bfloat16": torch.bfloat16, "float16": torch.float16}[dtype])
 
 
 def read_prompt(start: str) -> str:
@@ -135,14 +116,14 @@ def main(argv=None):
         raise NanoGPT2Error(f"--compile_mode {args.compile_mode} needs --compile")
     if args.num_samples < 1:
         raise NanoGPT2Error(f"--num_samples must be >= 1, got {args.num_samples}")
-    device = check_device(resolve_device(args.device))
+    device = resolve_device(args.device)
     prompt = read_prompt(args.start)  # before the model loads: a bad prompt file fails at once
     init_from = args.out_dir if args.init_from == "resume" else args.init_from
     model, tok, desc = load_model_and_tokenizer(init_from, device)
     print(f"loaded {desc}", file=sys.stderr)
     if args.compile:
         model = torch.compile(model, mode=args.compile_mode)
-    ctx = autocast(device, args.dtype)
+    ctx = autocast(device, resolve_dtype(args.dtype, device))
 
     prompt_ids = encode_prompt(tok, prompt)
     block = model.config.block_size

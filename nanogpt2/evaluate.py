@@ -24,7 +24,6 @@ import json
 import math
 import sys
 import time
-from contextlib import nullcontext
 from typing import Callable, Optional
 
 import numpy as np
@@ -33,17 +32,11 @@ import torch.nn.functional as F
 
 from nanogpt2.errors import NanoGPT2Error, run_cli
 from nanogpt2.model import IGNORE_INDEX
+from nanogpt2.runtime import autocast, resolve_device, resolve_dtype
 from nanogpt2.samplers import stride_windows
 
 # ----------------------------------------------------------------------------------------------------
 # Perplexity
-
-
-def _autocast(device: str, dtype):
-    if dtype in (None, "float32", torch.float32):
-        return nullcontext()
-    dt = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype, dtype)
-    return torch.autocast(device_type=torch.device(device).type, dtype=dt)
 
 
 @torch.inference_mode()
@@ -122,7 +115,7 @@ def evaluate_perplexity(
                 # logits at position p predict token b + p + 1; score tokens first..e-1
                 y[r, first - b - 1:e - b - 1] = ids[first:e]
             y = y.to(device)
-            with _autocast(device.type, dtype):
+            with autocast(device, dtype):
                 logits, _ = model(x)  # (G, L, V)
             nll = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1),
                                   ignore_index=IGNORE_INDEX, reduction="sum")
@@ -190,27 +183,6 @@ def evaluate_dataset(model, tokenizer, dataset: str = "wikitext2", split: str = 
 # Loading a model by --init_from (shared with sample.py)
 
 
-def check_device(spec: str) -> str:
-    """`spec` when it names a device this machine has (cpu, cuda, cuda:N, mps); else a NanoGPT2Error saying
-    what to pass instead (the command-line check of sample.py and this module's --device)."""
-    try:
-        device = torch.device(spec)
-    except (RuntimeError, ValueError, TypeError):
-        raise NanoGPT2Error(f"--device {spec!r} is not a device; use cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise NanoGPT2Error(f"--device {spec} was asked for but this torch has no usable CUDA device; use --device cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise NanoGPT2Error(f"--device {spec}: this machine has {torch.cuda.device_count()} CUDA device(s), "
-                                f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
-    elif device.type == "mps":
-        if not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
-            raise NanoGPT2Error(f"--device {spec} was asked for but MPS is not available here; use --device cpu")
-    elif device.type != "cpu":
-        raise NanoGPT2Error(f"--device {spec!r} is not supported; use cpu, cuda, cuda:N or mps")
-    return spec
-
-
 def load_model_and_tokenizer(init_from: str, device: str = "cpu"):
     """(model in eval mode on device, tokenizer, description) for a GPT-2 name, an HF folder, a train.py
     run folder or a checkpoint file."""
@@ -252,12 +224,14 @@ def main(argv=None):
     ap.add_argument("--block_size", type=int, default=None, help="window length (default: the model's context)")
     ap.add_argument("--batch_size", type=int, default=1, help="windows per forward pass")
     ap.add_argument("--max_tokens", type=int, default=None, help="score only the first N tokens (quick checks)")
-    ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument("--device", default="auto", help="auto (cuda, else mps, else cpu), cpu, cuda, cuda:1, mps")
+    ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                    help="autocast dtype; auto = bfloat16 on a GPU that supports it (else float16), float32 elsewhere")
     ap.add_argument("--json", action="store_true", help="print the result as one JSON line")
     args = ap.parse_args(argv)
     # Checked before the model is loaded (or downloaded) and the text tokenized.
-    check_device(args.device)
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
     if args.max_tokens is not None and args.max_tokens < 2:
         raise NanoGPT2Error(f"--max_tokens must be >= 2 (perplexity needs two tokens), not {args.max_tokens}; "
                             f"leave it out to score the whole split")
@@ -266,10 +240,10 @@ def main(argv=None):
         if value is not None and value < 1:
             raise NanoGPT2Error(f"--{name} must be >= 1, not {value}")
 
-    model, tok, desc = load_model_and_tokenizer(args.init_from, args.device)
+    model, tok, desc = load_model_and_tokenizer(args.init_from, device)
     res = evaluate_dataset(model, tok, args.dataset, args.split, data_path=args.data_path, max_tokens=args.max_tokens,
                            block_size=args.block_size, stride=args.stride, batch_size=args.batch_size,
-                           device=args.device, dtype=args.dtype, progress=not args.json)
+                           device=device, dtype=dtype, progress=not args.json)
     res["model"] = desc
     if args.json:
         print(json.dumps(res))

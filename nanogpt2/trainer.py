@@ -58,8 +58,7 @@ from nanogpt2.generate import generate
 from nanogpt2.model import GPT, GPTConfig, IGNORE_INDEX, PRESETS
 from nanogpt2.optim import make_optimizer, resolve_schedule, set_lr
 from nanogpt2.perf import mfu, peak_flops
-
-PTDTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from nanogpt2.runtime import DTYPES, autocast, resolve_device, resolve_dtype
 
 # ----------------------------------------------------------------------------------------------------
 # Distributed setup
@@ -84,36 +83,9 @@ def dist_from_env() -> Dist:
     return Dist()
 
 
-def resolve_device(spec: str, dist: Dist) -> torch.device:
-    if spec == "auto":
-        spec = "cuda" if torch.cuda.is_available() else "cpu"
-    if spec.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise NanoGPT2Error(f"device={spec} but CUDA is not available; use --device=cpu")
-        if dist.enabled:
-            return torch.device("cuda", dist.local_rank)  # one GPU per process
-        try:
-            return torch.device(spec)
-        except RuntimeError:
-            raise NanoGPT2Error(f"unknown device {spec!r}; use auto, cpu, cuda, cuda:N or mps") from None
-    if spec == "mps" and not torch.backends.mps.is_available():
-        raise NanoGPT2Error("device=mps but MPS is not available; use --device=cpu")
-    if spec not in ("cpu", "mps"):
-        raise NanoGPT2Error(f"unknown device {spec!r}; use auto, cpu, cuda, cuda:N or mps")
-    return torch.device(spec)
-
-
 def resolve_compile(setting: Optional[bool], device: torch.device) -> bool:
     """torch.compile or not: the setting when given, else on for CUDA and off elsewhere."""
     return setting if setting is not None else device.type == "cuda"
-
-
-def resolve_dtype(spec: str, device: torch.device) -> str:
-    if spec != "auto":
-        return spec
-    if device.type == "cuda":
-        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-    return "float32"
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -194,10 +166,8 @@ class Trainer:
         cfg = self.cfg
         # --- processes, device, precision ---
         self.dist = dist_from_env()
-        self.device = resolve_device(cfg.device, self.dist)
+        self.device = resolve_device(cfg.device, self.dist.local_rank if self.dist.enabled else None)
         self.dtype = resolve_dtype(cfg.dtype, self.device)
-        if self.dtype in ("bfloat16", "float16") and self.device.type == "mps":
-            raise NanoGPT2Error(f"dtype={self.dtype} is not supported on mps here; use --dtype=float32")
         if self.dist.enabled:
             self._init_process_group()
         if self.device.type == "cuda":
@@ -474,9 +444,7 @@ class Trainer:
             print(msg, flush=True)
 
     def autocast(self):
-        if self.dtype == "float32":
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=PTDTYPES[self.dtype])
+        return autocast(self.device, self.dtype)
 
     def _all_reduce(self, t: torch.Tensor, op="sum") -> torch.Tensor:
         if self.dist.enabled:
@@ -586,7 +554,7 @@ class Trainer:
         block = min(cfg.block_size, self.raw_model.config.block_size)
         res = evaluate_perplexity(self.raw_model, ds.tokens("test"), block_size=block,
                                   stride=min(cfg.test_stride, block), batch_size=cfg.batch_size, device=self.device,
-                                  dtype=None if self.dtype == "float32" else PTDTYPES[self.dtype],
+                                  dtype=None if self.dtype == "float32" else DTYPES[self.dtype],
                                   n_bytes=ds.meta["splits"]["test"].get("text_bytes"),
                                   rank=self.dist.rank, world_size=self.dist.world_size, all_reduce=self._all_reduce)
         self.raw_model.train()

@@ -210,8 +210,8 @@ def test_cli_on_a_local_text_file(gpt2_vocab_pair, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--max_tokens", "-5"], "--max_tokens must be >= 2"),  # was: the last 5 tokens silently dropped
     (["--max_tokens", "0"], "--max_tokens must be >= 2"),
-    (["--device", "gpu"], "--device 'gpu' is not a device; use cpu, cuda, cuda:N or mps"),  # was: a traceback
-    (["--device", "cuda:99"], "--device cuda:99"),
+    (["--device", "gpu"], "device 'gpu' is not a device; use auto, cpu, cuda, cuda:N or mps"),  # was: a traceback
+    (["--device", "cuda:99"], "device cuda:99"),
     (["--stride", "0"], "--stride must be >= 1"),
     (["--batch_size", "-1"], "--batch_size must be >= 1"),
 ])

@@ -223,9 +223,9 @@ def test_non_utf8_prompt_file_is_one_line_naming_the_file(hf_folder, tmp_path):
 
 
 @pytest.mark.parametrize("device, message", [
-    ("gpu", "--device 'gpu' is not a device; use cpu, cuda, cuda:N or mps"),
-    ("meta", "--device 'meta' is not supported"),
-    ("cuda:99", "--device cuda:99"),  # no CUDA here, or no 100th GPU
+    ("gpu", "device 'gpu' is not a device; use auto, cpu, cuda, cuda:N or mps"),
+    ("meta", "device 'meta' is not supported"),
+    ("cuda:99", "device cuda:99"),  # no CUDA here, or no 100th GPU
 ])
 def test_device_is_checked_before_the_model_loads(hf_folder, device, message):
     """--device is validated as bench.py does (it was a torch RuntimeError traceback at model.to)."""

@@ -11,13 +11,13 @@ cache), and of transformers' `generate` on the same weights (greedy, same tokens
 import platform
 import tempfile
 import time
-from contextlib import nullcontext
 from typing import Optional, Sequence
 
 import torch
 
 from nanogpt2.generate import generate
 from nanogpt2.model import GPT, GPTConfig
+from nanogpt2.runtime import autocast
 
 
 def benchmark_decode(
@@ -85,10 +85,8 @@ def benchmark_decode(
                 hf.generation_config.pad_token_id = 0
                 notes.append(f"transformers {transformers.__version__} GPT2LMHeadModel, sdpa attention, generate(do_sample=False)")
 
-        amp_dtype = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[str(dtype).replace("torch.", "")]
-
         def amp():
-            return nullcontext() if amp_dtype is None else torch.autocast(torch.device(device).type, dtype=amp_dtype)
+            return autocast(device, str(dtype).replace("torch.", ""))
 
         def timed(fn):
             t0 = time.perf_counter()
