@@ -51,7 +51,7 @@ import regex
 import torch
 
 from nanogpt2.download import FileLock
-from nanogpt2.errors import NanoGPT2Error
+from nanogpt2.errors import NanoGPT2Error, write_error
 
 __all__ = [
     "DATASETS", "DatasetSpec", "Remote", "register_dataset", "list_datasets", "DataWarning",
@@ -1084,8 +1084,13 @@ def _build(d: Path, name, source: _Source, tok, tok_name, val_fraction, quiet, n
         os.replace(tmp, d)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        err = write_error(e, f"the token cache {d}", d.parent,
+                          fix=f"free some space or set NANOGPT2_CACHE to a larger disk"
+                              f"{'; the previous cache is untouched' if d.exists() else ''}")
+        if err is not None:
+            raise err from None
         raise
     if not quiet:
         print(f"{Path(name).name}: {n_total:,} tokens in {d} ({meta['tokenize_seconds']:.1f} s, "
