@@ -41,7 +41,7 @@ def _size(n: float) -> str:
 def write_error(e, what: str, folder, fix: str, any_os_error: bool = False):
     """A NanoGPT2Error for a failed write of `what` into `folder` that says why and how much room is left,
     when `e` comes from the disk (no room; with any_os_error, any OSError); else None (a bug: re-raise it)."""
-    os_err = _os_error(e)
+    os_err = None if isinstance(e, NanoGPT2Error) else _os_error(e)  # already says what to do
     if os_err is None or (os_err.errno not in NO_ROOM and not any_os_error):
         return None
     try:
