@@ -13,32 +13,44 @@ A checkpoint is one `torch.save` file holding a dict:
     step, epoch, best_val_loss, tokens_seen
     sampler        the data sampler's state_dict
     rng            {"python", "numpy", "torch", "cuda"} of rank 0, and "per_rank" (a list) under DDP
+    checksum       "sha256:<hex>" of every other entry (tensor bytes, dtypes, shapes, keys and plain values)
 
 It is written to a temporary file in the same folder, flushed to disk and renamed over the target
 (`os.replace`, atomic on POSIX and Windows), so a crash never leaves a half-written checkpoint under a
-real name. Everything in it is a tensor or a plain Python value, so it loads with
-`torch.load(weights_only=True)`: loading a checkpoint never runs code.
+real name; a failed write (a full disk) is a NanoGPT2Error and leaves the previous file as it was, and
+`remove_stray_temp_files` clears the temporary file of a killed save. Everything in it is a tensor or a
+plain Python value, so it loads with `torch.load(weights_only=True)`: loading a checkpoint never runs code.
+Every load recomputes the checksum (one flipped byte anywhere in the tensor data is caught) and refuses
+non-finite weights; files written before checksums existed (no "checksum" entry) load unverified.
 
 File names in a run folder: checkpoint_best.pt, checkpoint_step_N.pt, checkpoint_epoch_N.pt,
-checkpoint_time_limit.pt, checkpoint_interrupted.pt, checkpoint_final.pt.
+checkpoint_time_limit.pt, checkpoint_interrupted.pt, checkpoint_final.pt. The latest checkpoint of a folder
+is the one with the highest stored step (not the newest file: a copied folder has new times);
+`load_latest` skips damaged ones and says which.
 
     from nanogpt2.checkpoint import load_model
     model, info = load_model("out-shakespeare")     # newest checkpoint of a run folder, or a file
     tok = tokenizer_from_info(info["tokenizer"])
 """
 
+import contextlib
+import hashlib
 import os
+import pickle
 import random
 import re
+import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from nanogpt2.errors import NanoGPT2Error
+from nanogpt2.errors import NanoGPT2Error, write_error
 
 PREFIX = "checkpoint_"
 SUFFIX = ".pt"
+CHECKSUM = "checksum"  # the entry holding "sha256:<hex>" of all the others
 
 # ----------------------------------------------------------------------------------------------------
 # Save and load
@@ -58,17 +70,60 @@ def _plain(obj):
     return obj
 
 
+def _feed(h, obj) -> None:
+    """Hash `obj` (what a checkpoint may hold: dicts, lists, tuples, tensors, plain values) into `h`, tagged
+    with types and lengths, so that any change of a byte, a dtype, a shape, a key or a value changes the digest."""
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}:".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().data)  # the raw bytes, whatever the dtype
+    elif isinstance(obj, dict):
+        h.update(f"D{len(obj)}:".encode())
+        for k, v in obj.items():
+            _feed(h, k)
+            _feed(h, v)
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"{'L' if isinstance(obj, list) else 'U'}{len(obj)}:".encode())
+        for v in obj:
+            _feed(h, v)
+    elif isinstance(obj, (str, bytes, bytearray)):
+        b = obj.encode("utf-8", "surrogatepass") if isinstance(obj, str) else bytes(obj)
+        h.update(f"{'S' if isinstance(obj, str) else 'B'}{len(b)}:".encode())
+        h.update(b)
+    else:  # None, bool, int, float, torch.dtype, ...: repr is exact (floats round-trip)
+        r = f"{type(obj).__name__}={obj!r}".encode()
+        h.update(f"O{len(r)}:".encode())
+        h.update(r)
+
+
+def checksum(state: dict) -> str:
+    """"sha256:<hex>" of every entry of a checkpoint dict but the checksum itself."""
+    h = hashlib.sha256()
+    _feed(h, {k: v for k, v in state.items() if k != CHECKSUM})
+    return "sha256:" + h.hexdigest()
+
+
 def save_checkpoint(path, state: dict) -> Path:
-    """Write `state` to `path` atomically: temp file in the same folder, fsync, os.replace."""
+    """Write `state` plus its checksum to `path` atomically: temp file in the same folder, fsync, os.replace.
+    A failed write (full disk, file-size limit, permissions) is a NanoGPT2Error naming the path and the free
+    space; the previous file at `path` is untouched and the temp file removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    payload = _plain(state)
+    payload[CHECKSUM] = checksum(payload)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            torch.save(_plain(state), f)
+            torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except Exception as e:
+        err = write_error(e, f"the checkpoint {path}", path.parent, any_os_error=True,
+                          fix="free some space or set out_dir to a larger disk; the previous checkpoints are untouched")
+        if err is not None:
+            raise err from None
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -83,21 +138,51 @@ def save_checkpoint(path, state: dict) -> Path:
     return path
 
 
+def _torch_load(path, map_location="cpu", mmap=False):
+    """torch.load(weights_only=True), its failures as one NanoGPT2Error. torch's own text is not shown for a
+    file it refuses to unpickle: it advises loading with weights_only=False, which runs the file's code."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 8" for random bytes
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except Exception as e:
+        msg = str(e)
+        if isinstance(e, pickle.UnpicklingError) or re.search(r"weights.only", msg, re.I):
+            why = ("it holds Python objects other than tensors and plain values, which nanogpt2 never unpickles "
+                   "(that could run code from the file)" if "GLOBAL" in msg else
+                   "its contents are not a PyTorch checkpoint (random or corrupt data)")
+        else:
+            first = re.split(r"(?<=[a-z])\. ", msg.strip().splitlines()[0] if msg.strip() else type(e).__name__)[0]
+            why = f"truncated or corrupt: {first[:200]}"
+    raise NanoGPT2Error(f"{path} is not a valid checkpoint, it is unreadable ({why}); delete it or use another "
+                        f"checkpoint of the run (a checkpoint_*.pt written by train.py)")
+
+
 def load_checkpoint(path, map_location="cpu") -> dict:
-    """Read a checkpoint written by save_checkpoint; a missing, truncated or foreign file is a NanoGPT2Error."""
+    """Read a checkpoint written by save_checkpoint and verify it: a missing, truncated, foreign or damaged
+    file (checksum mismatch) or non-finite weights are a NanoGPT2Error. A file without a checksum (written by
+    an earlier nanogpt2) loads unverified."""
     path = Path(path)
     if not path.is_file():
         raise NanoGPT2Error(f"checkpoint {path} does not exist; pass a checkpoint file or a run folder (out_dir)")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise NanoGPT2Error(
-            f"checkpoint {path} is unreadable (truncated or corrupt: {reason[:200]}); "
-            f"delete it and resume from another checkpoint of the run"
-        ) from None
-    if not isinstance(state, dict) or "model" not in state or "model_config" not in state:
-        raise NanoGPT2Error(f"{path} is not a nanogpt2 training checkpoint (no 'model'/'model_config' entries)")
+    state = _torch_load(path, map_location)
+    if (not isinstance(state, dict) or not isinstance(state.get("model"), dict)
+            or not isinstance(state.get("model_config"), dict)):
+        raise NanoGPT2Error(f"{path} is not a nanogpt2 training checkpoint (no 'model'/'model_config' entries); "
+                            f"pass a checkpoint_*.pt written by train.py")
+    if CHECKSUM not in state and any(isinstance(v, str) and re.fullmatch(r"sha256:[0-9a-f]{64}", v)
+                                     for v in state.values()):
+        state[CHECKSUM] = None  # a checksum under a changed name: a damaged file, not one from before checksums
+    if CHECKSUM in state and state[CHECKSUM] != checksum(state):
+        raise NanoGPT2Error(f"{path} is damaged: its contents do not match the checksum stored in it (a changed "
+                            f"byte: a disk or copy error, or an edit); do not use it: resume from another checkpoint "
+                            f"of the run (--resume_from auto skips damaged ones) or restore a good copy")
+    bad = [k for k, v in state["model"].items()
+           if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        more = f" and {len(bad) - 1} more tensor(s)" if len(bad) > 1 else ""
+        raise NanoGPT2Error(f"{path} holds non-finite weights (NaN or inf in {bad[0]}{more}): the run had diverged "
+                            f"when it was saved; use an earlier checkpoint and lower learning_rate or set grad_clip")
     return state
 
 
@@ -114,10 +199,39 @@ def list_checkpoints(out_dir) -> list:
     return sorted(files, key=lambda p: (p.stat().st_mtime_ns, p.name))
 
 
+def _stored_step(path):
+    """(step stored in the checkpoint or -1, None), or (None, the NanoGPT2Error) when it cannot be read. Cheap:
+    the tensors are memory-mapped, not read (files of torch's pre-1.6 format cannot be mapped: read in full)."""
+    try:
+        state = _torch_load(path, "cpu", mmap=True)
+    except NanoGPT2Error:
+        try:
+            state = _torch_load(path, "cpu")
+        except NanoGPT2Error as e:
+            return None, e
+    step = state.get("step") if isinstance(state, dict) else None
+    return (int(step) if isinstance(step, (int, float)) and not isinstance(step, bool) else -1), None
+
+
+def by_step(out_dir) -> tuple:
+    """([checkpoints of a run folder, the highest stored step first (ties: checkpoint_best.pt, saved earlier in
+    its step, after the others, then the newest file first)],
+    [(unreadable checkpoint, its NanoGPT2Error)])."""
+    readable, unreadable = [], []
+    for p in list_checkpoints(out_dir):
+        step, err = _stored_step(p)
+        if err is None:
+            readable.append((step, p.name != f"{PREFIX}best{SUFFIX}", p.stat().st_mtime_ns, p.name, p))
+        else:
+            unreadable.append((p, err))
+    readable.sort(reverse=True)
+    return [p for *_, p in readable], unreadable
+
+
 def find_checkpoint(out_dir_or_file, which="auto") -> Path:
     """A checkpoint file. Given a file: that file. Given a run folder: `which` = "best"
-    (checkpoint_best.pt), or "latest"/"auto" (the most recently written checkpoint: the furthest state of
-    the run, what a resume wants)."""
+    (checkpoint_best.pt), or "latest"/"auto" (the one with the highest stored step: the furthest state of the
+    run, what a resume wants; `load_latest` also skips damaged ones)."""
     p = Path(out_dir_or_file)
     if which not in ("auto", "best", "latest"):
         raise NanoGPT2Error(f"which must be auto, best or latest, not {which!r}")
@@ -133,7 +247,39 @@ def find_checkpoint(out_dir_or_file, which="auto") -> Path:
     files = list_checkpoints(p)
     if not files:
         raise NanoGPT2Error(f"no checkpoint ({PREFIX}*{SUFFIX}) in {p}; train first, e.g. python train.py --out_dir={p}")
-    return files[-1]
+    ordered, unreadable = by_step(p)
+    return ordered[0] if ordered else unreadable[-1][0]
+
+
+def load_latest(out_dir, map_location="cpu", check=None) -> tuple:
+    """(path, state, skipped) of the valid checkpoint with the highest stored step in a run folder, where
+    `skipped` lists the [(path, reason)] passed over: unreadable, damaged (checksum), non-finite weights, or
+    refused by `check(path, state)` (which raises a NanoGPT2Error). None valid: a NanoGPT2Error naming each."""
+    out_dir = Path(out_dir)
+    ordered, unreadable = by_step(out_dir)
+    skipped = [(p, str(e)) for p, e in unreadable]
+    for path in ordered:
+        try:
+            state = load_checkpoint(path, map_location)
+            if check is not None:
+                check(path, state)
+        except NanoGPT2Error as e:
+            skipped.append((path, str(e)))
+            continue
+        return path, state, skipped
+    if not skipped:
+        raise NanoGPT2Error(f"no checkpoint ({PREFIX}*{SUFFIX}) in {out_dir}; train first, e.g. python train.py "
+                            f"--out_dir={out_dir}")
+    raise NanoGPT2Error(f"no usable checkpoint in {out_dir}: " + " | ".join(why for _, why in skipped))
+
+
+def remove_stray_temp_files(out_dir) -> list:
+    """Delete the temporary files (.checkpoint_*.pt.tmp-PID) that a killed save left in a run folder; return
+    them. Call at the start of a run, before it saves."""
+    stray = [p for p in Path(out_dir).glob(f".{PREFIX}*{SUFFIX}.tmp-*") if p.is_file()]
+    for p in stray:
+        p.unlink(missing_ok=True)
+    return stray
 
 
 def prune_checkpoints(out_dir, kind: str, keep_last: int) -> list:
@@ -195,15 +341,17 @@ def tokenizer_info(tok) -> dict:
     return {"name": getattr(tok, "name", "gpt2")}
 
 
-def tokenizer_from_info(info):
-    """The tokenizer a checkpoint was trained with (inverse of tokenizer_info; a bare name also works)."""
+def tokenizer_from_info(info, path=None):
+    """The tokenizer a checkpoint was trained with (inverse of tokenizer_info; a bare name also works).
+    With the checkpoint's `path`, a malformed entry is a NanoGPT2Error naming the file."""
     from nanogpt2.tokenizer import get_tokenizer
 
-    if isinstance(info, str):
-        info = {"name": info}
-    if info.get("name") == "char":
-        return get_tokenizer("char", chars=info["chars"])
-    return get_tokenizer(info.get("name", "gpt2"))
+    with rebuilding(path, "the tokenizer") if path is not None else contextlib.nullcontext():
+        if isinstance(info, str):
+            info = {"name": info}
+        if info.get("name") == "char":
+            return get_tokenizer("char", chars=info["chars"])
+        return get_tokenizer(info.get("name", "gpt2"))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -221,20 +369,51 @@ def _strip_prefixes(state_dict: dict) -> dict:
     return out
 
 
-def load_model(path_or_dir, device="cpu", which="auto"):
-    """(GPT in eval mode on `device`, info) from a checkpoint file or a run folder (see find_checkpoint).
+def rebuild_error(path, what: str, e: Exception) -> NanoGPT2Error:
+    """One line for any exception raised while rebuilding `what` (a model, an optimizer, ...) from a
+    checkpoint that loaded and verified, e.g. a hand-edited config or a file of another version."""
+    if isinstance(e, NanoGPT2Error):
+        return e if str(path) in str(e) else NanoGPT2Error(f"{path}: {e}")
+    reason = " ".join(str(e).split())[:300]  # e.g. load_state_dict's "Error(s) in loading ...:\n\tUnexpected key(s) ..."
+    return NanoGPT2Error(f"{path}: cannot rebuild {what} from this checkpoint ({type(e).__name__}: {reason}); it was "
+                         f"edited or written by another program; use another checkpoint of the run or start a new run")
 
-    info: path, tokenizer, config (the run config dict), model_config, step, epoch, best_val_loss.
+
+@contextlib.contextmanager
+def rebuilding(path, what: str):
+    """Turn every exception in the block into rebuild_error(path, what, e)."""
+    try:
+        yield
+    except Exception as e:
+        raise rebuild_error(path, what, e) from None
+
+
+def _warn(msg: str):
+    print(f"warning: {msg}", file=sys.stderr, flush=True)
+
+
+def load_model(path_or_dir, device="cpu", which="auto", log=_warn):
+    """(GPT in eval mode on `device`, info) from a checkpoint file or a run folder (see find_checkpoint; a
+    damaged newest checkpoint of a folder is skipped, and `log` says so).
+
+    info: path, tokenizer, config (the run config dict), model_config, step, epoch, best_val_loss, verified
+    (False for a checkpoint written before checksums).
     """
     from nanogpt2.model import GPT, GPTConfig
 
-    path = find_checkpoint(path_or_dir, which)
-    ckpt = load_checkpoint(path, map_location="cpu")
-    try:
+    p = Path(path_or_dir)
+    if p.is_dir() and which in ("auto", "latest"):
+        path, ckpt, skipped = load_latest(p)
+        for bad, why in skipped:
+            log(f"skipping {bad.name}: {why}")
+        if skipped:
+            log(f"using {path.name} (step {ckpt.get('step')}) instead")
+    else:
+        path = find_checkpoint(path_or_dir, which)
+        ckpt = load_checkpoint(path, map_location="cpu")
+    with rebuilding(path, "the model"):
         model = GPT(GPTConfig(**ckpt["model_config"]))
         model.load_state_dict(_strip_prefixes(ckpt["model"]))
-    except (TypeError, ValueError, RuntimeError) as e:
-        raise NanoGPT2Error(f"{path}: the weights do not fit the stored model config ({str(e).splitlines()[0]})") from None
     model.to(device).eval()
     info = {
         "path": str(path),
@@ -244,5 +423,6 @@ def load_model(path_or_dir, device="cpu", which="auto"):
         "step": ckpt.get("step"),
         "epoch": ckpt.get("epoch"),
         "best_val_loss": ckpt.get("best_val_loss"),
+        "verified": CHECKSUM in ckpt,
     }
     return model, info

@@ -45,7 +45,7 @@ import numpy as np
 import regex
 
 from nanogpt2.download import FileLock
-from nanogpt2.errors import DataWarning, NanoGPT2Error
+from nanogpt2.errors import DataWarning, NanoGPT2Error, write_error
 
 __all__ = [
     "DATASETS", "DatasetSpec", "Remote", "register_dataset", "list_datasets", "DataWarning",
@@ -1090,8 +1090,13 @@ def _build(d: Path, name, source: _Source, tok, tok_name, val_fraction, quiet, n
         os.replace(tmp, d)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        err = write_error(e, f"the token cache {d}", d.parent,
+                          fix=f"free some space or set NANOGPT2_CACHE to a larger disk"
+                              f"{'; the previous cache is untouched' if d.exists() else ''}")
+        if err is not None:
+            raise err from None
         raise
     if not quiet:
         print(f"{Path(name).name}: {n_total:,} tokens in {d} ({meta['tokenize_seconds']:.1f} s, "

@@ -11,6 +11,8 @@ NanoGPT2Error, 75 (`EXIT_INTERRUPTED`, BSD's EX_TEMPFAIL) train.py stopped by SI
 checkpoint_interrupted.pt (resumable: a job scheduler can requeue it), 130 aborted by a second Ctrl-C.
 """
 
+import errno
+import shutil
 import sys
 from pathlib import Path
 
@@ -40,6 +42,44 @@ def read_text(path, what: str = "file") -> str:
         line = data.count(b"\n", 0, e.start) + 1
         raise NanoGPT2Error(f"the {what} {path} is not UTF-8 text ({e.reason} at byte {e.start}, line {line}: "
                             f"0x{data[e.start]:02x}); save it as UTF-8") from None
+
+
+# A full disk, a full quota, or a file-size limit (RLIMIT_FSIZE / ulimit -f, with SIGXFSZ ignored): no room.
+NO_ROOM = {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+def _os_error(e):
+    """The OSError in an exception's chain (torch.save wraps a failed write in a RuntimeError), or None."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError) and e.errno is not None:
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _size(n: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000
+
+
+def write_error(e, what: str, folder, fix: str, any_os_error: bool = False):
+    """A NanoGPT2Error for a failed write of `what` into `folder` that says why and how much room is left,
+    when `e` comes from the disk (no room; with any_os_error, any OSError); else None (a bug: re-raise it)."""
+    os_err = None if isinstance(e, NanoGPT2Error) else _os_error(e)  # already says what to do
+    if os_err is None or (os_err.errno not in NO_ROOM and not any_os_error):
+        return None
+    try:
+        free = f"{_size(shutil.disk_usage(folder).free)} free in {folder}"
+    except OSError:
+        free = f"free space of {folder} unknown"
+    why = os_err.strerror or errno.errorcode.get(os_err.errno, str(os_err.errno))
+    if os_err.errno == errno.EFBIG:
+        why += " (the file-size limit, ulimit -f, was reached)"
+    return NanoGPT2Error(f"cannot write {what}: {why}; {free}; {fix}")
 
 
 def run_cli(main, *args, **kwargs):

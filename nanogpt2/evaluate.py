@@ -202,7 +202,7 @@ def load_model_and_tokenizer(init_from: str, device: str = "cpu"):
         from nanogpt2.checkpoint import load_model, tokenizer_from_info
 
         model, info = load_model(init_from, device=device)
-        tok = tokenizer_from_info(info["tokenizer"])
+        tok = tokenizer_from_info(info["tokenizer"], path=info["path"])
         return model.eval(), tok, f"{info['path']} (step {info.get('step')})"
     raise NanoGPT2Error(f"--init_from {init_from!r} is not a GPT-2 name ({', '.join(HF_REPOS)}), an HF folder, "
                         f"a train.py out_dir or a checkpoint file")

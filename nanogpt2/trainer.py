@@ -204,6 +204,8 @@ class Trainer:
             try:
                 self.out_dir.mkdir(parents=True, exist_ok=True)
                 save_config(cfg, self.out_dir / "config.json")
+                for stray in ckpt_io.remove_stray_temp_files(self.out_dir):
+                    self.log(f"removed {stray.name}, left by a checkpoint save that was killed")
             except OSError as e:
                 failed[0] = 1.0
                 error = NanoGPT2Error(f"cannot write to out_dir={cfg.out_dir} ({e.strerror or e}); "
@@ -278,7 +280,7 @@ class Trainer:
 
         # Last: the RNG states of the checkpoint (model init above draws random numbers).
         if resume_state is not None:
-            self._restore_rng(resume_state["rng"])
+            self._restore_rng(resume_state["rng"], resume_state["_path"])
             self.log(f"resumed from {resume_state['_path']} at step {self.step} (epoch {self.epoch}, "
                      f"best val loss {self.best_val_loss:.4f})")
 
@@ -341,30 +343,72 @@ class Trainer:
                 self.log(f"note: {self.out_dir} already holds checkpoints from an earlier run; this run starts "
                          f"fresh (use --resume_from auto to continue it)")
             return None
-        if spec == "auto":
-            files = ckpt_io.list_checkpoints(self.out_dir)
-            if not files:
-                if cfg.init_from == "resume":
-                    raise NanoGPT2Error(f"init_from=resume but there is no checkpoint in {self.out_dir}; "
-                                        f"check out_dir or start with init_from=scratch")
-                self.log(f"resume_from=auto: no checkpoint in {self.out_dir} yet, starting fresh")
-                return None
-            path = files[-1]
+        if spec == "auto" and not ckpt_io.list_checkpoints(self.out_dir):
+            if cfg.init_from == "resume":
+                raise NanoGPT2Error(f"init_from=resume but there is no checkpoint in {self.out_dir}; "
+                                    f"check out_dir or start with init_from=scratch")
+            self.log(f"resume_from=auto: no checkpoint in {self.out_dir} yet, starting fresh")
+            return None
+        folder = self.out_dir if spec == "auto" else Path(spec)
+        if folder.is_dir():  # the highest stored step; damaged checkpoints are skipped, and said so
+            path, state, skipped = ckpt_io.load_latest(folder, check=self._check_resumable)
+            for bad, why in skipped:
+                self.log(f"warning: skipping {bad.name}: {why}")
+            if skipped:
+                self.log(f"warning: falling back to {path.name} (step {state['step']})")
         else:
             path = ckpt_io.find_checkpoint(spec, "latest")
-        state = ckpt_io.load_checkpoint(path, map_location="cpu")
+            state = ckpt_io.load_checkpoint(path, map_location="cpu")
+            self._check_resumable(path, state)
+        if ckpt_io.CHECKSUM not in state:
+            self.log(f"note: {path} has no checksum (written by an earlier nanogpt2): loaded without verification")
+        state["_path"] = str(path)
+        self._check_resume_fits(state)
+        return state
+
+    @staticmethod
+    def _check_resumable(path, state):
         for key in ("optimizer", "step", "sampler", "rng"):
             if key not in state:
                 raise NanoGPT2Error(f"{path} has no {key!r}: it holds weights only and cannot be resumed; "
                                     f"use --init_from={path} to start a new run from its weights")
-        state["_path"] = str(path)
-        return state
+
+    def _check_resume_fits(self, state):
+        """Refuse a resume the checkpoint's model cannot run (another vocabulary, a longer context); warn about
+        model settings of this config that the checkpoint's architecture overrides."""
+        cfg, path, mc = self.cfg, state["_path"], state["model_config"]
+        saved = state.get("tokenizer")
+        mine = ckpt_io.tokenizer_info(self.tokenizer) if self.tokenizer is not None else None
+        if isinstance(saved, dict) and mine is not None and saved != mine:
+            def desc(info):
+                chars = info.get("chars")
+                return f"{info.get('name')!r}" + (f" ({len(chars)} characters)" if isinstance(chars, str) else "")
+            raise NanoGPT2Error(f"{path} was trained with the tokenizer {desc(saved)}, but this run's data "
+                                f"(dataset={cfg.dataset}) uses {desc(mine)}: the token ids would mean other things; "
+                                f"resume with the checkpoint's dataset and tokenizer settings, or start a new run")
+        with ckpt_io.rebuilding(path, "the model"):
+            mconf = GPTConfig(**mc)
+            ctx, vocab = int(mconf.block_size), int(mconf.vocab_size)
+        if cfg.block_size > ctx:
+            raise NanoGPT2Error(f"block_size={cfg.block_size} is longer than the context of {path} ({ctx} positions): "
+                                f"resume with --block_size={ctx} or less, or start a new run")
+        n_vocab = getattr(self.tokenizer, "n_vocab", None)
+        if n_vocab is not None and vocab < n_vocab:
+            raise NanoGPT2Error(f"{path} has a vocabulary of {vocab} tokens, fewer than this run's tokenizer "
+                                f"({n_vocab}); resume with the checkpoint's dataset and tokenizer settings")
+        old = state.get("run_config") if isinstance(state.get("run_config"), dict) else {}
+        shape = ("n_layer", "n_head", "n_embd", "vocab_size", "bias", "dropout")
+        ignored = [f"{k}={getattr(cfg, k)!r} (checkpoint: {old[k]!r})" for k in shape
+                   if k in old and old[k] != getattr(cfg, k)]
+        if ignored:
+            self.log(f"warning: resuming keeps the model of {path}; ignoring {', '.join(ignored)} "
+                     f"(to train another model, start a new run in another out_dir)")
 
     def _build_model(self, model, resume_state):
         cfg = self.cfg
         if resume_state is not None:
-            mc = GPTConfig(**resume_state["model_config"])
-            return GPT(mc)  # weights are loaded in _restore
+            with ckpt_io.rebuilding(resume_state["_path"], "the model"):
+                return GPT(GPTConfig(**resume_state["model_config"]))  # weights are loaded in _restore
         if model is not None:
             return model
         init = cfg.init_from
@@ -411,31 +455,40 @@ class Trainer:
 
     def _restore(self, state):
         """Load what a checkpoint holds, but the RNG states (restored last, see __init__)."""
-        cfg = self.cfg
-        self.raw_model.load_state_dict(ckpt_io._strip_prefixes(state["model"]))
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.scaler.is_enabled() and state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        self.step = int(state["step"])
-        self.epoch = int(state.get("epoch", 0))
-        self.best_val_loss = float(state.get("best_val_loss", float("inf")))
-        self.tokens_seen = int(state.get("tokens_seen", 0))
-        self.sampler.load_state_dict(state["sampler"])
-        old = state.get("run_config") or {}
+        cfg, path = self.cfg, state["_path"]
+        with ckpt_io.rebuilding(path, "the model weights"):
+            self.raw_model.load_state_dict(ckpt_io._strip_prefixes(state["model"]))
+        with ckpt_io.rebuilding(path, "the optimizer state"):
+            self.optimizer.load_state_dict(state["optimizer"])
+            for group in self.optimizer.param_groups:  # torch does not compare the moments' shapes
+                for p in group["params"]:
+                    for k, v in self.optimizer.state.get(p, {}).items():
+                        if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape != p.shape:
+                            raise ValueError(f"{k} of shape {tuple(v.shape)} for a parameter of shape {tuple(p.shape)}")
+            if self.scaler.is_enabled() and state.get("scaler"):
+                self.scaler.load_state_dict(state["scaler"])
+        with ckpt_io.rebuilding(path, "the training state"):
+            self.step = int(state["step"])
+            self.epoch = int(state.get("epoch", 0))
+            self.best_val_loss = float(state.get("best_val_loss", float("inf")))
+            self.tokens_seen = int(state.get("tokens_seen", 0))
+            self.sampler.load_state_dict(state["sampler"])
+        old = state.get("run_config") if isinstance(state.get("run_config"), dict) else {}
         exactness = ("batch_size", "block_size", "gradient_accumulation_steps", "tokens_per_step", "seed", "dtype")
         changed = [f"{k} {old[k]!r} -> {getattr(cfg, k)!r}" for k in exactness if k in old and old[k] != getattr(cfg, k)]
         if changed:
             self.log(f"warning: resuming with changed settings ({'; '.join(changed)}): the run continues but "
                      f"does not reproduce an uninterrupted one")
 
-    def _restore_rng(self, rng: dict):
-        per_rank = rng.get("per_rank")
-        if per_rank and len(per_rank) == self.dist.world_size:
-            ckpt_io.set_rng_state(per_rank[self.dist.rank])
-        else:
-            if self.dist.world_size > 1 or per_rank:
-                self.log("warning: the checkpoint was written with another number of processes; RNG streams differ")
-            ckpt_io.set_rng_state(rng)
+    def _restore_rng(self, rng: dict, path=None):
+        with ckpt_io.rebuilding(path, "the random number generator states"):
+            per_rank = rng.get("per_rank")
+            if per_rank and len(per_rank) == self.dist.world_size:
+                ckpt_io.set_rng_state(per_rank[self.dist.rank])
+            else:
+                if self.dist.world_size > 1 or per_rank:
+                    self.log("warning: the checkpoint was written with another number of processes; RNG streams differ")
+                ckpt_io.set_rng_state(rng)
 
     # --- helpers ----------------------------------------------------------------------------------------
 
@@ -655,11 +708,18 @@ class Trainer:
         }
 
     def save(self, name: str) -> Path:
-        """Write checkpoint_{name}.pt (all processes must call this: RNG states are gathered; rank 0 writes)."""
+        """Write checkpoint_{name}.pt (all processes must call this: RNG states are gathered; rank 0 writes).
+        A failed write (a full disk) is a NanoGPT2Error on every process; the previous checkpoints stay as they were."""
         state = self.state_dict()
         path = self.out_dir / f"{ckpt_io.PREFIX}{name}{ckpt_io.SUFFIX}"
+        failed, error = torch.zeros(1, device=self.device), None
         if self.dist.master:
-            ckpt_io.save_checkpoint(path, state)
+            try:
+                ckpt_io.save_checkpoint(path, state)
+            except NanoGPT2Error as e:
+                failed[0], error = 1.0, e
+        if self._all_reduce(failed, op="max").item():  # the other ranks stop with rank 0, not hang later
+            raise error or NanoGPT2Error(f"writing {path} failed on rank 0 (see its error)")
         return path
 
     # --- logging outputs ----------------------------------------------------------------------------------
