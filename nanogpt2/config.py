@@ -19,6 +19,10 @@ exit status 2 from the scripts).
     cfg = load_config(["configs/tiny.py", "--max_iters=50", "--dtype", "float32"])
     cfg.learning_rate, cfg.to_dict()
 
+Every function takes the config class: a dataclass subclass of RunConfig (finetune.py's, with its own
+settings, `script` name and setting groups) gets the same file and command-line parsing, type checks,
+closest-name suggestions and `--help`: `load_config(argv, cls=FinetuneConfig)`.
+
 `python -m nanogpt2.config` prints the settings table (docs/training.md is generated from it).
 """
 
@@ -28,8 +32,9 @@ import math
 import types
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
+from functools import lru_cache
 from pathlib import Path
-from typing import Optional
+from typing import ClassVar, Optional
 
 from nanogpt2.errors import NanoGPT2Error, read_text
 
@@ -44,6 +49,21 @@ def setting(default, help: str, group: str):
 
 @dataclass
 class RunConfig:
+    script: ClassVar[str] = "train.py"  # what --help and error hints call the script
+    groups: ClassVar[dict] = {  # setting group -> heading in --help and docs (a subclass may add its own)
+        "output": "Output, checkpoints, resume",
+        "logging": "Evaluation, logging, samples",
+        "data": "Data and batch",
+        "model": "Model (init_from=scratch)",
+        "optimizer": "Optimizer and learning-rate schedule",
+        "system": "System",
+    }
+    choices: ClassVar[dict] = {  # settings whose value must be one of a few names
+        "tokenizer": ("auto", "gpt2", "char"),
+        "lr_schedule": ("cosine", "linear", "constant"),
+        "dtype": ("auto", "float32", "bfloat16", "float16"),
+    }
+
     # --- output, checkpoints, resume ---
     out_dir: str = setting("out", "folder for checkpoints, metrics.jsonl, config.json, plots, TensorBoard events", "output")
     init_from: str = setting(
@@ -134,36 +154,38 @@ class RunConfig:
         cfg = cls()
         for key, value in d.items():
             set_setting(cfg, key, value, where)
-        validate(cfg)
-        return cfg
+        return cfg.validate()
 
     def replace(self, **changes) -> "RunConfig":
         """A copy with some settings changed (type-checked)."""
-        return RunConfig.from_dict({**self.to_dict(), **changes}, where="replace()")
+        return type(self).from_dict({**self.to_dict(), **changes}, where="replace()")
+
+    def validate(self) -> "RunConfig":
+        """Range and choice checks that need no runtime information; a subclass extends it (super() first)."""
+        return validate(self)
 
 
-GROUPS = {
-    "output": "Output, checkpoints, resume",
-    "logging": "Evaluation, logging, samples",
-    "data": "Data and batch",
-    "model": "Model (init_from=scratch)",
-    "optimizer": "Optimizer and learning-rate schedule",
-    "system": "System",
-}
-
-CHOICES = {
-    "tokenizer": ("auto", "gpt2", "char"),
-    "lr_schedule": ("cosine", "linear", "constant"),
-    "dtype": ("auto", "float32", "bfloat16", "float16"),
-}
-
-FIELDS = {f.name: f for f in fields(RunConfig)}
-_HINTS = typing.get_type_hints(RunConfig)
+GROUPS = RunConfig.groups
+CHOICES = RunConfig.choices
 
 
-def setting_type(name: str):
+@lru_cache(maxsize=None)
+def settings_of(cls=RunConfig) -> dict:
+    """{name: dataclass field} of a config class, in declaration order."""
+    return {f.name: f for f in fields(cls)}
+
+
+@lru_cache(maxsize=None)
+def _hints(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
+FIELDS = settings_of(RunConfig)
+
+
+def setting_type(name: str, cls=RunConfig):
     """(base type, optional) of a setting: e.g. (int, True) for Optional[int]."""
-    hint = _HINTS[name]
+    hint = _hints(cls)[name]
     args = typing.get_args(hint)
     if args and type(None) in args:
         return next(a for a in args if a is not type(None)), True
@@ -174,9 +196,9 @@ def setting_type(name: str):
 # Type checking
 
 
-def unknown_key_message(key: str, where: str) -> str:
-    close = difflib.get_close_matches(key, list(FIELDS), n=3, cutoff=0.6)
-    hint = f"; did you mean {' or '.join(close)}?" if close else "; run `python train.py --help` for the list"
+def unknown_key_message(key: str, where: str, cls=RunConfig) -> str:
+    close = difflib.get_close_matches(key, list(settings_of(cls)), n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(close)}?" if close else f"; run `python {cls.script} --help` for the list"
     return f"{where}: unknown setting {key!r}{hint}"
 
 
@@ -184,9 +206,9 @@ _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
 
 
-def parse_value(key: str, text: str, where: str = "command line"):
+def parse_value(key: str, text: str, where: str = "command line", cls=RunConfig):
     """Turn the command-line string of setting `key` into a value of its type."""
-    typ, optional = setting_type(key)
+    typ, optional = setting_type(key, cls)
     low = text.strip().lower()
     if optional and low in ("none", "null", "auto"):
         return None
@@ -209,9 +231,9 @@ def parse_value(key: str, text: str, where: str = "command line"):
     raise NanoGPT2Error(f"{where}: --{key} must be {kind}{' or none' if optional else ''}, not {text!r}")
 
 
-def check_value(key: str, value, where: str = "config"):
+def check_value(key: str, value, where: str = "config", cls=RunConfig):
     """Check a Python value for setting `key` (from a config file or code); ints are accepted for floats."""
-    typ, optional = setting_type(key)
+    typ, optional = setting_type(key, cls)
     if value is None and optional:
         return None
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
@@ -223,14 +245,15 @@ def check_value(key: str, value, where: str = "config"):
 
 
 def set_setting(cfg: RunConfig, key: str, value, where: str):
-    if key not in FIELDS:
-        raise NanoGPT2Error(unknown_key_message(key, where))
-    setattr(cfg, key, check_value(key, value, where))
+    cls = type(cfg)
+    if key not in settings_of(cls):
+        raise NanoGPT2Error(unknown_key_message(key, where, cls))
+    setattr(cfg, key, check_value(key, value, where, cls))
 
 
 def validate(cfg: RunConfig) -> RunConfig:
-    """Range and choice checks that need no runtime information (the trainer checks the rest)."""
-    for key, choices in CHOICES.items():
+    """RunConfig's range and choice checks that need no runtime information (the trainer checks the rest)."""
+    for key, choices in type(cfg).choices.items():
         if getattr(cfg, key) not in choices:
             raise NanoGPT2Error(unknown_choice(key, getattr(cfg, key), choices))
     positive = ["batch_size", "block_size", "gradient_accumulation_steps", "n_layer", "n_head", "n_embd", "max_bad_steps",
@@ -249,7 +272,7 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise NanoGPT2Error(f"log_interval must be >= 1, not {cfg.log_interval}")
     if not 0.0 <= cfg.dropout < 1.0:
         raise NanoGPT2Error(f"dropout must be in [0, 1), not {cfg.dropout}")
-    for key in FIELDS:
+    for key in settings_of(type(cfg)):
         value = getattr(cfg, key)
         if isinstance(value, float) and not math.isfinite(value):
             raise NanoGPT2Error(f"{key} must be a finite number, not {value}")
@@ -282,7 +305,7 @@ def unknown_choice(key, value, choices) -> str:
 # Config files and the command line
 
 
-def read_config_file(path) -> dict:
+def read_config_file(path, cls=RunConfig) -> dict:
     """The settings a config file assigns, type-checked; unknown names rejected."""
     path = Path(path)
     if not path.is_file():
@@ -305,13 +328,13 @@ def read_config_file(path) -> dict:
     for key, value in namespace.items():
         if key.startswith("_") or isinstance(value, (types.ModuleType, types.FunctionType, type)):
             continue
-        if key not in FIELDS:
-            raise NanoGPT2Error(unknown_key_message(key, str(path)))
-        values[key] = check_value(key, value, str(path))
+        if key not in settings_of(cls):
+            raise NanoGPT2Error(unknown_key_message(key, str(path), cls))
+        values[key] = check_value(key, value, str(path), cls)
     return values
 
 
-def parse_argv(argv) -> tuple:
+def parse_argv(argv, cls=RunConfig) -> tuple:
     """Split argv into (config files, {key: string value}). Both `--key=value` and `--key value`."""
     files, overrides = [], {}
     i = 0
@@ -325,10 +348,10 @@ def parse_argv(argv) -> tuple:
             continue
         key, eq, value = arg[2:].partition("=")
         key = key.replace("-", "_")
-        if key not in FIELDS:
-            raise NanoGPT2Error(unknown_key_message(key, "command line"))
+        if key not in settings_of(cls):
+            raise NanoGPT2Error(unknown_key_message(key, "command line", cls))
         if not eq:
-            typ, _ = setting_type(key)
+            typ, _ = setting_type(key, cls)
             nxt = argv[i] if i < len(argv) else None
             if typ is bool and (nxt is None or nxt.startswith("--") or nxt.lower() not in _TRUE | _FALSE):
                 value = "true"  # a bare boolean flag: --compile
@@ -341,21 +364,22 @@ def parse_argv(argv) -> tuple:
     return files, overrides
 
 
-def load_config(argv, default_config_file=None) -> RunConfig:
-    """The effective config of `python train.py [config.py ...] [--key=value | --key value]...`.
+def load_config(argv, default_config_file=None, cls=RunConfig) -> RunConfig:
+    """The effective config of `python train.py [config.py ...] [--key=value | --key value]...` as a `cls`
+    (RunConfig or a dataclass subclass of it).
 
     When argv names no config file, `default_config_file` (if given) is applied instead.
     """
-    files, overrides = parse_argv(list(argv))
+    files, overrides = parse_argv(list(argv), cls)
     if not files and default_config_file is not None:
         files = [str(default_config_file)]
-    cfg = RunConfig()
+    cfg = cls()
     for f in files:
-        for key, value in read_config_file(f).items():
+        for key, value in read_config_file(f, cls).items():
             setattr(cfg, key, value)
     for key, text in overrides.items():
-        setattr(cfg, key, parse_value(key, text))
-    validate(cfg)
+        setattr(cfg, key, parse_value(key, text, cls=cls))
+    cfg.validate()
     cfg._sources = files  # noqa: not a setting; shown by format_config
     return cfg
 
@@ -370,11 +394,11 @@ def wants_help(argv) -> bool:
 
 def format_config(cfg: RunConfig, width: int = 110) -> str:
     """The effective config as `key=value` items wrapped at `width` columns; changed settings marked '*'."""
-    defaults = RunConfig()
+    defaults = type(cfg)()
     sources = getattr(cfg, "_sources", None)
     lines = [f"effective config (config files: {', '.join(sources) if sources else 'none'}; * = not the default):"]
     line = " "
-    for name in FIELDS:
+    for name in settings_of(type(cfg)):
         value = getattr(cfg, name)
         item = f" {'*' if value != getattr(defaults, name) else ''}{name}={value!r}"
         if len(line) + len(item) > width:
@@ -389,33 +413,39 @@ def save_config(cfg: RunConfig, path) -> None:
     Path(path).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n", encoding="utf-8")
 
 
-def _type_name(name: str) -> str:
-    typ, optional = setting_type(name)
+def _type_name(name: str, cls=RunConfig) -> str:
+    typ, optional = setting_type(name, cls)
     return typ.__name__ + (" or none" if optional else "")
 
 
-def settings_markdown() -> str:
+def _grouped(cls):
+    """(group title, [fields]) in the class's group order; a field with an unknown group is a bug."""
+    unknown = [f.name for f in fields(cls) if f.metadata["group"] not in cls.groups]
+    if unknown:
+        raise ValueError(f"settings {unknown} of {cls.__name__} name a group missing from {cls.__name__}.groups")
+    return [(title, [f for f in fields(cls) if f.metadata["group"] == group]) for group, title in cls.groups.items()]
+
+
+def settings_markdown(cls=RunConfig) -> str:
     """Markdown tables of every setting with type, default and description (used in docs/training.md)."""
     out = []
-    for group, title in GROUPS.items():
+    for title, group_fields in _grouped(cls):
         out.append(f"### {title}\n\n| setting | type | default | meaning |\n|---|---|---|---|")
-        for f in fields(RunConfig):
-            if f.metadata["group"] == group:
-                default = f.default if f.default is not MISSING else None
-                help_text = f.metadata["help"].replace("|", "\\|")
-                out.append(f"| `{f.name}` | {_type_name(f.name)} | `{default!r}` | {help_text} |")
+        for f in group_fields:
+            default = f.default if f.default is not MISSING else None
+            help_text = f.metadata["help"].replace("|", "\\|")
+            out.append(f"| `{f.name}` | {_type_name(f.name, cls)} | `{default!r}` | {help_text} |")
         out.append("")
     return "\n".join(out)
 
 
-def settings_text() -> str:
-    """Plain-text list of the settings (for --help)."""
-    out = ["usage: python train.py [config.py ...] [--key=value | --key value]...", ""]
-    for group, title in GROUPS.items():
+def settings_text(cls=RunConfig) -> str:
+    """Plain-text list of the settings (for --help), naming the class's script."""
+    out = [f"usage: python {cls.script} [config.py ...] [--key=value | --key value]...", ""]
+    for title, group_fields in _grouped(cls):
         out.append(f"{title}:")
-        for f in fields(RunConfig):
-            if f.metadata["group"] == group:
-                out.append(f"  --{f.name} ({_type_name(f.name)}, default {f.default!r})\n      {f.metadata['help']}")
+        for f in group_fields:
+            out.append(f"  --{f.name} ({_type_name(f.name, cls)}, default {f.default!r})\n      {f.metadata['help']}")
         out.append("")
     return "\n".join(out)
 

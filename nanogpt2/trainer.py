@@ -1003,14 +1003,15 @@ def crop_block_size(model: GPT, block_size: int):
 # Command line
 
 
-def main(argv=None, default_config=None, hooks=()):
+def main(argv=None, default_config=None, hooks=(), cls=RunConfig):
     """`python train.py [config.py ...] [--key=value | --key value]...` (see docs/training.md). Returns the
-    summary of `Trainer.train`; a run stopped by SIGTERM/SIGINT exits with status EXIT_INTERRUPTED (75)."""
+    summary of `Trainer.train`; a run stopped by SIGTERM/SIGINT exits with status EXIT_INTERRUPTED (75).
+    `cls`: the config class (RunConfig or a dataclass subclass of it)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if wants_help(argv):
-        print(settings_text())
+        print(settings_text(cls))
         return None
-    cfg = load_config(argv, default_config_file=default_config)
+    cfg = load_config(argv, default_config_file=default_config, cls=cls)
     summary = Trainer(cfg, hooks=hooks).train()
     if summary["stopped"] == "signal":  # saved and resumable, but not finished: a scheduler should requeue the job
         raise SystemExit(EXIT_INTERRUPTED)

@@ -8,12 +8,14 @@ suggestions, the shipped configs, and the one-line errors of `python train.py` (
 import os
 import subprocess
 import sys
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
-from nanogpt2.config import FIELDS, GROUPS, RunConfig, load_config, parse_argv, read_config_file, settings_markdown
+from nanogpt2.config import (FIELDS, GROUPS, RunConfig, load_config, parse_argv, read_config_file, setting, settings_markdown,
+                             settings_text)
 from nanogpt2.errors import NanoGPT2Error
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -135,6 +137,45 @@ def test_config_file_type_and_name_errors(tmp_path):
     with pytest.raises(NanoGPT2Error, match=r"cfg.py:1: NameError"):
         read_config_file(write(tmp_path, "max_iters = undefined_name\n"))
     assert read_config_file(write(tmp_path, "warmup_ratio = 0\n"))["warmup_ratio"] == 0.0  # int for float
+
+
+@dataclass
+class SubConfig(RunConfig):
+    """A config class of another script (as finetune.py's will be): its own settings, group and checks."""
+
+    script: ClassVar[str] = "finetune.py"
+    groups: ClassVar[dict] = {**RunConfig.groups, "peft": "Parameter-efficient fine-tuning"}
+    lora_rank: int = setting(8, "LoRA rank", "peft")
+    lora_alpha: float = setting(16.0, "LoRA alpha", "peft")
+
+    def validate(self):
+        super().validate()
+        if self.lora_rank < 1:
+            raise NanoGPT2Error(f"lora_rank must be >= 1, not {self.lora_rank}")
+        return self
+
+
+def test_a_subclass_gets_the_same_parsing_checks_and_help(tmp_path):
+    path = write(tmp_path, "lora_rank = 4\nlearning_rate = 1e-4\n")
+    cfg = load_config([path, "--lora_alpha", "32", "--max_iters=7"], cls=SubConfig)
+    assert type(cfg) is SubConfig and (cfg.lora_rank, cfg.lora_alpha, cfg.learning_rate, cfg.max_iters) == (4, 32.0, 1e-4, 7)
+    assert SubConfig.from_dict(cfg.to_dict()) == cfg and cfg.replace(lora_rank=2).lora_rank == 2
+    with pytest.raises(NanoGPT2Error, match="did you mean lora_rank"):
+        load_config(["--lora_rnak=4"], cls=SubConfig)
+    with pytest.raises(NanoGPT2Error, match="--lora_rank must be an integer"):
+        load_config(["--lora_rank=four"], cls=SubConfig)
+    with pytest.raises(NanoGPT2Error, match="lora_rank must be >= 1"):  # the subclass's own check
+        load_config(["--lora_rank=0"], cls=SubConfig)
+    with pytest.raises(NanoGPT2Error, match="learning_rate must be >= 0"):  # and RunConfig's
+        load_config(["--learning_rate=-1"], cls=SubConfig)
+    with pytest.raises(NanoGPT2Error, match="unknown setting 'lora_rank'.*python train.py --help"):
+        load_config(["--lora_rank=4"])  # RunConfig knows no such setting
+    with pytest.raises(NanoGPT2Error, match="python finetune.py --help"):
+        load_config(["--zzzz=1"], cls=SubConfig)
+    text = settings_text(SubConfig)
+    assert text.startswith("usage: python finetune.py") and "Parameter-efficient fine-tuning:" in text
+    assert "--lora_rank (int, default 8)" in text and "--learning_rate" in text
+    assert "| `lora_alpha` | float | `16.0` | LoRA alpha |" in settings_markdown(SubConfig)
 
 
 def test_parse_argv_keeps_order_and_files():
