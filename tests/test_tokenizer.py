@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import regex
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -192,19 +193,115 @@ def test_every_code_point_is_classed_like_tiktoken(oracle):
     """Letters, numbers, whitespace and "anything else" must agree with tiktoken's Rust regex for every
     assigned code point (planes 0-3 and 14 in full; the unassigned and private-use planes sampled). The
     contexts make the class visible in the ids: "'s" after a letter or number is a contraction, after
-    anything else it joins the punctuation; a letter joins "a", a number joins "1"."""
+    anything else it joins the punctuation; a letter joins "a", a number joins "1". Then again for the
+    code points where the installed regex's Unicode tables differ from tiktoken's (regex 2026.11.19: 17,480),
+    where the python backend leaves its fast path."""
     py = T.BPETokenizer(T._bundled_ranks())
     cps = list(range(0xD800)) + list(range(0xE000, 0x40000)) + list(range(0xE0000, 0xE1000))
     cps += list(range(0x40000, 0xE0000, 61)) + list(range(0xE1000, 0x110000, 61))
     for k in range(0, len(cps), 16384):
         s = "".join(f"{c}'s {c}1a{c}\n" for c in map(chr, cps[k : k + 16384]))
         assert py.encode_ordinary(s) == oracle.encode_ordinary(s), f"code points {cps[k]:X}..{cps[min(k + 16383, len(cps) - 1)]:X}"
-    # the Unicode 17 letters that tiktoken does not know are handled, alone and next to others
-    for a, b in T.UNICODE_17_LETTERS_NUMBERS:
-        for c in {chr(a), chr(b)}:
-            for s in [f"{c}'s", f"x{c}y", f" {c}{c}1", f"{c}\ud800{c}'ll", f"ok {c}"]:
-                assert py.encode_ordinary(s) == oracle.encode_ordinary(s), repr(s)
-                assert py.decode(py.encode_ordinary(s)) == T._replace_surrogates(s)
+    # all of them in one text per context, and the first and last of each range alone
+    ranges = T.regex_table_differences()
+    for template in ["{c}'s", "x{c}y", " {c}{c}1", "{c}\ud800{c}'ll", "ok {c}", "  {c}\n"]:
+        together = "".join(template.format(c=chr(c)) for a, b in ranges for c in range(a, b + 1))
+        assert py.encode_ordinary(together) == oracle.encode_ordinary(together), template
+        for c in sorted({c for a, b in ranges for c in (a, b)}):
+            s = template.format(c=chr(c))
+            assert py.encode_ordinary(s) == oracle.encode_ordinary(s), repr(s)
+            assert py.decode(py.encode_ordinary(s)) == T._replace_surrogates(s)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The pre-tokenizer's classes: shipped as tiktoken's code points, never taken from regex's Unicode tables
+# ---------------------------------------------------------------------------------------------------------
+
+
+def rust_pattern(classes) -> str:
+    """GPT-2's pattern for tiktoken's Rust regex with the classes spelled out as ranges (no \\p{...})."""
+
+    def rust_set(ranges, negate=False):
+        return "[" + "^" * negate + "".join(f"\\x{{{a:X}}}-\\x{{{b:X}}}" for a, b in ranges) + "]"
+
+    L, N, W = rust_set(classes["L"]), rust_set(classes["N"]), rust_set(classes["s"])
+    other, not_w = rust_set(T._union([classes["L"], classes["N"], classes["s"]]), True), rust_set(classes["s"], True)
+    return rf"""'s|'t|'re|'ve|'m|'ll|'d| ?{L}+| ?{N}+| ?{other}+|{W}+(?!{not_w})|{W}+"""
+
+
+def test_shipped_classes_are_tiktokens():
+    """nanogpt2/unicode_classes.py holds what tiktoken's regex says now (else: rerun the script it names)."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import make_unicode_classes
+
+    assert make_unicode_classes.probe_tiktoken() == T.shipped_classes(), "run: python scripts/make_unicode_classes.py"
+    assert "python scripts/make_unicode_classes.py" in (ROOT / "nanogpt2" / "unicode_classes.py").read_text(encoding="utf-8")
+
+
+def test_explicit_pattern_matches_exactly_the_shipped_code_points(py):
+    """The python backend's exact pattern names no Unicode property of `regex`: its sets are built from the
+    shipped ranges, and each matches exactly those code points, out of all 0x110000."""
+    exact = T.explicit_pattern(T.GPT2_PATTERN)
+    assert not regex.search(r"\\[pPsSwWdD]", exact)  # no \\p{..}, \\s, \\w, \\d left: only \\u and \\U escapes
+    assert "\\p" in T.GPT2_PATTERN and py.pattern == T.GPT2_PATTERN  # (the official string stays as it is)
+    every = T._every_code_point()
+    classes = T.shipped_classes()
+    expected = {key: {c for a, b in classes[key] for c in range(a, b + 1)} for key in classes}
+    other = set(range(0x110000)) - expected["L"] - expected["N"] - expected["s"]
+    for cls, want in [(r"\p{L}", expected["L"]), (r"\p{N}", expected["N"]), (r"\s", expected["s"]),
+                      (r"\S", set(range(0x110000)) - expected["s"]), (r"[^\s\p{L}\p{N}]", other)]:
+        got = set(map(ord, regex.findall(T.explicit_pattern(cls), every)))
+        assert got == want, (cls, sorted(got ^ want)[:10])
+    # GPT2_PATTERN's sets, as the python backend compiles them, are these ...
+    other_ranges = T._complement(T._union(list(classes.values())))
+    assert other == {c for a, b in other_ranges for c in range(a, b + 1)}
+    for ranges in [classes["L"], classes["N"], other_ranges]:
+        assert exact.count(T._code_point_set(ranges)) == 1
+    # ... and tiktoken given those ranges instead of its \\p{...} gives its own ids
+    explicit_tk = tiktoken.Encoding(name="explicit", pat_str=rust_pattern(classes), mergeable_ranks=T._bundled_ranks(), special_tokens={})
+    text = "".join(c["text"] for c in torture_cases()) + "".join(f"{chr(c)}'s {chr(c)}1a{chr(c)}\n" for c in range(0, 0x110000, 97) if not 0xD800 <= c < 0xE000)
+    assert explicit_tk.encode_ordinary(text) == get_tokenizer("gpt2", backend="tiktoken").encode_ordinary(text)
+
+
+def test_regex_table_differences_are_every_code_point_where_regex_disagrees():
+    every = T._every_code_point()
+    differ = {c for a, b in T.regex_table_differences() for c in range(a, b + 1)}
+    brute = set()
+    for key, cls in [("L", r"\p{L}"), ("N", r"\p{N}"), ("s", r"\s")]:
+        regex_says = set(map(ord, regex.findall(cls, every)))
+        shipped = {c for a, b in T.shipped_classes()[key] for c in range(a, b + 1)}
+        brute |= regex_says ^ shipped
+    assert differ == brute
+    if regex.__version__ == "2026.11.19":  # Unicode 17+ tables against tiktoken 0.14's Unicode 16
+        assert len(differ) == 17_480 and {0x558, 0x208F, 0xA7DD, 0x3F7EF} <= differ
+
+
+def test_ids_follow_the_shipped_classes_not_regex_tables(py, oracle):
+    """Give the python backend classes that differ from regex's tables on purpose (a letter made
+    punctuation, a CJK letter made a number, an ideographic space made punctuation, "_" and U+0558 made
+    letters): its ids must be those of tiktoken running the same explicit classes, for texts with and
+    without those code points (the fast path, with regex's tables, on the latter)."""
+    L, N, W = (list(T.shipped_classes()[k]) for k in "LNs")
+    moved = T._union([[(0x5F, 0x5F), (0x558, 0x558)], T._symmetric_difference(L, [(0xE9, 0xE9), (0x4E00, 0x4E00)])])
+    classes = {"L": moved, "N": T._union([N, [(0x4E00, 0x4E00)]]), "s": T._symmetric_difference(W, [(0x3000, 0x3000)])}
+    assert T._symmetric_difference(classes["L"], L) == [(0x5F, 0x5F), (0xE9, 0xE9), (0x558, 0x558), (0x4E00, 0x4E00)]
+    tok = T.BPETokenizer(T._bundled_ranks(), classes=classes)
+    want = tiktoken.Encoding(name="moved", pat_str=rust_pattern(classes), mergeable_ranks=T._bundled_ranks(), special_tokens={})
+    plain = "plain text, no moved code point"
+    texts = ["café's snake_case 12一3 一a\u3000\u3000x \u0558's", "résumé", "a_b", " \u3000 ", plain]
+    texts += [c["text"] for c in torture_cases()]
+    for s in texts * 2:  # (twice: the second time with a warm cache)
+        assert tok.encode_ordinary(s) == want.encode_ordinary(s), repr(s)
+    assert tok.encode_ordinary(texts[0]) != oracle.encode_ordinary(texts[0])  # (the classes did change the ids)
+    assert tok.encode_ordinary(plain) == py.encode_ordinary(plain) == oracle.encode_ordinary(plain)
+
+
+def test_examples_from_regex_unicode_17_match_tiktoken(py, oracle):
+    """Code points that regex 2026.11.19 (Unicode 17+) calls letters or numbers and tiktoken 0.14 does not."""
+    for c in ["\U0003f7ef", "\u0558", "\u208f", "\ua7dd", "\U000323b0", "\U00011de0"]:
+        for s in [f"{c}'ll", f"x{c}y", f" {c}{c}1", f"ok {c}'s {c}\n", f"{c}" * 3]:
+            assert py.encode_ordinary(s) == oracle.encode_ordinary(s), repr(s)
+            assert T.explain(s).endswith(f"ids: {oracle.encode_ordinary(s)}")
 
 
 def test_lone_surrogates_are_replaced_like_tiktoken(py, tk, oracle):
