@@ -25,7 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # (for running this file as a script, see above)
 
-from conftest import shared_data  # noqa: E402
+from conftest import oracle, shared_data  # noqa: E402
 from nanogpt2 import tokenizer as T  # noqa: E402
 from nanogpt2.errors import NanoGPT2Error  # noqa: E402
 from nanogpt2.tokenizer import CharTokenizer, get_tokenizer  # noqa: E402
@@ -35,7 +35,7 @@ SHAKESPEARE_ASSET = ROOT / "nanogpt2" / "assets" / "tinyshakespeare.txt"
 # The vocabulary checksum the data cache keys on; changing its definition invalidates every tokenized file.
 GPT2_CHECKSUM = "081b9d145e0c2443d38650502a92e07a486d907839a5565cf264bee1f11458e2"
 
-tiktoken = pytest.importorskip("tiktoken", reason="tiktoken is the oracle for these tests: pip install tiktoken")
+tiktoken = oracle("tiktoken", reason="tiktoken is the oracle for these tests: pip install tiktoken")
 
 
 @pytest.fixture(scope="module")
