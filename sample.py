@@ -22,7 +22,7 @@ from itertools import zip_longest
 import torch
 
 from nanogpt2.errors import NanoGPT2Error, read_text, run_cli
-from nanogpt2.evaluate import load_model_and_tokenizer
+from nanogpt2.loader import load_model_and_tokenizer
 from nanogpt2.generate import TextStreamer, check_sampling_args, generate
 from nanogpt2.runtime import autocast, resolve_device, resolve_dtype
 

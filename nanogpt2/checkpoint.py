@@ -28,9 +28,9 @@ checkpoint_time_limit.pt, checkpoint_interrupted.pt, checkpoint_final.pt. The la
 is the one with the highest stored step (not the newest file: a copied folder has new times);
 `load_latest` skips damaged ones and says which.
 
-    from nanogpt2.checkpoint import load_model
-    model, info = load_model("out-shakespeare")     # newest checkpoint of a run folder, or a file
-    tok = tokenizer_from_info(info["tokenizer"])
+    from nanogpt2.checkpoint import load_checkpoint, find_checkpoint
+    state = load_checkpoint(find_checkpoint("out-shakespeare"))   # a verified dict (see above)
+    (Models from checkpoints, and from any other init_from: nanogpt2/loader.py.)
 """
 
 import contextlib
@@ -39,7 +39,6 @@ import os
 import pickle
 import random
 import re
-import sys
 import warnings
 from pathlib import Path
 
@@ -355,10 +354,10 @@ def tokenizer_from_info(info, path=None):
 
 
 # ----------------------------------------------------------------------------------------------------
-# Models from checkpoints
+# Rebuilding from a checkpoint: one line for any failure
 
 
-def _strip_prefixes(state_dict: dict) -> dict:
+def strip_prefixes(state_dict: dict) -> dict:
     """Undo the "_orig_mod." (torch.compile) and "module." (DDP) prefixes, should a checkpoint carry them."""
     out = {}
     for k, v in state_dict.items():
@@ -386,43 +385,3 @@ def rebuilding(path, what: str):
         yield
     except Exception as e:
         raise rebuild_error(path, what, e) from None
-
-
-def _warn(msg: str):
-    print(f"warning: {msg}", file=sys.stderr, flush=True)
-
-
-def load_model(path_or_dir, device="cpu", which="auto", log=_warn):
-    """(GPT in eval mode on `device`, info) from a checkpoint file or a run folder (see find_checkpoint; a
-    damaged newest checkpoint of a folder is skipped, and `log` says so).
-
-    info: path, tokenizer, config (the run config dict), model_config, step, epoch, best_val_loss, verified
-    (False for a checkpoint written before checksums).
-    """
-    from nanogpt2.model import GPT, GPTConfig
-
-    p = Path(path_or_dir)
-    if p.is_dir() and which in ("auto", "latest"):
-        path, ckpt, skipped = load_latest(p)
-        for bad, why in skipped:
-            log(f"skipping {bad.name}: {why}")
-        if skipped:
-            log(f"using {path.name} (step {ckpt.get('step')}) instead")
-    else:
-        path = find_checkpoint(path_or_dir, which)
-        ckpt = load_checkpoint(path, map_location="cpu")
-    with rebuilding(path, "the model"):
-        model = GPT(GPTConfig(**ckpt["model_config"]))
-        model.load_state_dict(_strip_prefixes(ckpt["model"]))
-    model.to(device).eval()
-    info = {
-        "path": str(path),
-        "tokenizer": ckpt.get("tokenizer", {"name": "gpt2"}),
-        "config": ckpt.get("run_config", {}),
-        "model_config": ckpt["model_config"],
-        "step": ckpt.get("step"),
-        "epoch": ckpt.get("epoch"),
-        "best_val_loss": ckpt.get("best_val_loss"),
-        "verified": CHECKSUM in ckpt,
-    }
-    return model, info

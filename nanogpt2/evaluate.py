@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from nanogpt2.errors import NanoGPT2Error, run_cli
 from nanogpt2.model import IGNORE_INDEX
+from nanogpt2.loader import load_model_and_tokenizer
 from nanogpt2.runtime import autocast, resolve_device, resolve_dtype
 from nanogpt2.samplers import stride_windows
 
@@ -177,35 +178,6 @@ def evaluate_dataset(model, tokenizer, dataset: str = "wikitext2", split: str = 
     res = evaluate_perplexity(model, np.asarray(ids, dtype=np.int64), n_bytes=n_bytes, **kwargs)
     res.update(dataset=dataset, split=split)
     return res
-
-
-# ----------------------------------------------------------------------------------------------------
-# Loading a model by --init_from (shared with sample.py)
-
-
-def load_model_and_tokenizer(init_from: str, device: str = "cpu"):
-    """(model in eval mode on device, tokenizer, description) for a GPT-2 name, an HF folder, a train.py
-    run folder or a checkpoint file."""
-    from pathlib import Path
-
-    from nanogpt2.convert import HF_REPOS, load_pretrained
-
-    p = Path(init_from)
-    if init_from in HF_REPOS or (p.is_dir() and (p / "config.json").exists() and
-                                 any((p / f).exists() for f in ("model.safetensors", "pytorch_model.bin",
-                                                                "model.safetensors.index.json", "pytorch_model.bin.index.json"))):
-        from nanogpt2.tokenizer import get_tokenizer
-
-        model = load_pretrained(init_from).to(device).eval()
-        return model, get_tokenizer("gpt2"), f"{init_from} (Hugging Face GPT-2 weights)"
-    if p.exists():
-        from nanogpt2.checkpoint import load_model, tokenizer_from_info
-
-        model, info = load_model(init_from, device=device)
-        tok = tokenizer_from_info(info["tokenizer"], path=info["path"])
-        return model.eval(), tok, f"{info['path']} (step {info.get('step')})"
-    raise NanoGPT2Error(f"--init_from {init_from!r} is not a GPT-2 name ({', '.join(HF_REPOS)}), an HF folder, "
-                        f"a train.py out_dir or a checkpoint file")
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -411,6 +411,14 @@ class GPT(nn.Module):
             kv_cache.length += T
         return self.transformer.ln_f(x)  # (B, T, C)
 
+    def crop_block_size(self, block_size: int) -> None:
+        """Shrink the context (positional table) to `block_size` positions, e.g. GPT-2's 1024 -> 256 (nanoGPT's
+        model surgery)."""
+        if not 1 <= block_size <= self.config.block_size:
+            raise ValueError(f"block_size must be in [1, {self.config.block_size}], not {block_size}")
+        self.config.block_size = block_size
+        self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size].detach().clone())
+
     def new_kv_cache(self, max_len: Optional[int] = None, static: bool = False, batch_size: Optional[int] = None,
                      dtype: Optional[torch.dtype] = None):
         """An empty cache for up to `max_len` positions (default: block_size): a KVCache that grows, or with

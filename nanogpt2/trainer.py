@@ -55,7 +55,8 @@ from nanogpt2 import checkpoint as ckpt_io
 from nanogpt2.config import RunConfig, format_config, load_config, save_config, settings_text, wants_help
 from nanogpt2.errors import EXIT_INTERRUPTED, NanoGPT2Error
 from nanogpt2.generate import generate
-from nanogpt2.model import GPT, GPTConfig, IGNORE_INDEX, PRESETS
+from nanogpt2.loader import build_model, load_model, model_spec, spec_of
+from nanogpt2.model import GPT, GPTConfig, IGNORE_INDEX
 from nanogpt2.optim import make_optimizer, resolve_schedule, set_lr
 from nanogpt2.perf import mfu, peak_flops
 from nanogpt2.runtime import DTYPES, autocast, resolve_device, resolve_dtype
@@ -105,14 +106,21 @@ def split_batch(batch, n: int) -> list:
     return [type(batch)(p[i] for p in parts) for i in range(n)]
 
 
+def _architecture(spec: dict) -> dict:
+    """A model spec without the run settings a resume may change (dropout)."""
+    config = {k: v for k, v in (spec.get("config") or {}).items() if k != "dropout"}
+    return {**spec, "config": config}
+
+
 def default_optimizer(trainer, model) -> torch.optim.Optimizer:
     """The run config's AdamW (two groups, lr_scale 1.0)."""
     return make_optimizer(model, trainer.cfg, trainer.device.type)
 
 
-def default_loss_fn(model, batch):
+def default_loss_fn(trainer, model, batch):
+    """The language-modelling loss of a micro-batch (x, y): (mean over its scored targets, how many there are)."""
     x, y = batch
-    return model(x, y)[1]
+    return model(x, y)[1], (y != IGNORE_INDEX).sum()
 
 
 def _fmt_hours(seconds: float) -> str:
@@ -133,7 +141,10 @@ class Trainer:
                     optimizer step (trainer.rows_per_step rows), state_dict() and load_state_dict()
                     (default: RandomWindowSampler over cfg.dataset's train split)
       eval_fn       f(trainer) -> {"val_loss": float, ...} (default: loss over the validation split)
-      loss_fn       f(model, micro_batch) -> scalar loss (default: model(x, y)[1])
+      loss_fn       f(trainer, model, micro_batch) -> (loss, n_tokens): the micro-batch's mean loss and the
+                    number of targets it averages over (default: model(x, y)[1] and the non-ignored targets).
+                    Each micro-batch's mean counts 1/micro_steps of the step's loss (nanoGPT's accumulation);
+                    the step's n_tokens on this process are summed into `trainer.last_loss_tokens`
       make_optimizer  f(trainer, model) -> optimizer over the raw model's parameters; groups may carry an
                     `lr_scale` (default: nanogpt2.optim.make_optimizer from the run config)
       steps_per_epoch  optimizer steps per epoch (default: train tokens / tokens per step)
@@ -157,14 +168,28 @@ class Trainer:
         self._pg_initialized = False
         self._tb = None
         try:
-            self._setup(model, make_sampler)
+            # Setup, in the one order that works: each stage needs the ones above it.
+            self._setup_processes()                    # torchrun ranks, device, dtype, process group, seeds
+            self._setup_batch_geometry()               # accumulation steps, rows and tokens per step
+            self._setup_outputs()                      # the config line, out_dir, config.json (rank 0)
+            self._setup_data(make_sampler)             # the sampler; the tokenizer (the dataset's by default)
+            self._setup_run_length()                   # epochs -> steps, the schedule
+            resume_state = self._find_resume()         # before the model: a checkpoint holds its architecture
+            self._setup_model(model, resume_state)     # model, optimizer, scaler, counters (restored on resume)
+            self._setup_wrappers()                     # torch.compile, DDP (checkpoints come from raw_model)
+            self._setup_mfu()
+            if resume_state is not None:  # last: model init and the MFU probe above draw random numbers
+                self._restore_rng(resume_state["rng"], resume_state["_path"])
+                self.log(f"resumed from {resume_state['_path']} at step {self.step} (epoch {self.epoch}, "
+                         f"best val loss {self.best_val_loss:.4f})")
         except BaseException:
             self.close()  # e.g. a missing dataset under torchrun: leave the process group cleanly
             raise
 
-    def _setup(self, model, make_sampler):
+    # --- setup stages, in order ----------------------------------------------------------------------
+
+    def _setup_processes(self):
         cfg = self.cfg
-        # --- processes, device, precision ---
         self.dist = dist_from_env()
         self.device = resolve_device(cfg.device, self.dist.local_rank if self.dist.enabled else None)
         self.dtype = resolve_dtype(cfg.dtype, self.device)
@@ -178,7 +203,8 @@ class Trainer:
         np.random.seed((cfg.seed + self.dist.rank) % 2**32)
         random.seed(cfg.seed + self.dist.rank)
 
-        # --- global batch geometry ---
+    def _setup_batch_geometry(self):
+        cfg = self.cfg
         accum = cfg.gradient_accumulation_steps
         if cfg.tokens_per_step:
             per_micro = cfg.batch_size * cfg.block_size
@@ -197,6 +223,8 @@ class Trainer:
         self.rows_per_step = cfg.batch_size * self.micro_steps  # rows this process gets per step
         self.tokens_per_step = cfg.batch_size * cfg.block_size * accum  # global
 
+    def _setup_outputs(self):
+        cfg = self.cfg
         self.log(format_config(cfg))
         # Rank 0 writes; its failure flag is all-reduced so that the other ranks stop with it, not hang later.
         failed, error = torch.zeros(1, device=self.device), None
@@ -212,17 +240,18 @@ class Trainer:
                                       f"pick a folder you can write to")
         if self._all_reduce(failed, op="max").item():
             raise error or NanoGPT2Error(f"cannot write to out_dir={cfg.out_dir} (see rank 0's error)")
+        self._metrics_path = self.out_dir / "metrics.jsonl"
 
-        # --- data ---
+    def _setup_data(self, make_sampler):
         if make_sampler is None:
             self._setup_default_data()
         else:
             self.sampler = make_sampler(self)
             self.train_tokens = None
-
         self._check_sample_prompt()
 
-        # --- run length and schedule ---
+    def _setup_run_length(self):
+        cfg = self.cfg
         if self.steps_per_epoch is None and self.train_tokens is not None:
             self.steps_per_epoch = max(1, math.ceil(self.train_tokens / self.tokens_per_step))
         total = cfg.max_iters if cfg.max_iters > 0 else None
@@ -234,16 +263,11 @@ class Trainer:
         self.max_steps = total or 0
         self.schedule = resolve_schedule(cfg, self.max_steps)
 
-        # --- checkpoint to resume from (read before the model is built: it holds the architecture) ---
-        resume_state = self._find_resume()
-
-        # --- model, optimizer, scaler ---
+    def _setup_model(self, model, resume_state):
         self.raw_model = self._build_model(model, resume_state)
         self.raw_model.to(device=self.device, dtype=torch.float32)  # fp32 master weights and optimizer state
         self.optimizer = self.make_optimizer(self, self.raw_model)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == "float16")
-
-        # --- state ---
         self.step = 0
         self.epoch = 0
         self.best_val_loss = float("inf")
@@ -252,13 +276,14 @@ class Trainer:
         self.bad_steps_total = 0
         self.overflow_steps = 0
         self.last_step_time = 0.0
+        self.last_loss_tokens = 0  # targets the latest step's loss averaged over, on this process
         self.last_record = None  # metrics of the latest step (for hooks)
         if resume_state is not None:
             self._restore(resume_state)
 
-        # --- compile and DDP wrappers (checkpoints always come from raw_model) ---
+    def _setup_wrappers(self):
         self.model = self.raw_model
-        if resolve_compile(cfg.compile, self.device):
+        if resolve_compile(self.cfg.compile, self.device):
             self.log("compiling the model with torch.compile (first steps are slow) ...")
             self.model = torch.compile(self.raw_model)
         self.eval_model = self.model
@@ -268,23 +293,17 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = DDP(self.model, device_ids=ids)
 
-        # --- MFU denominator ---
+    def _setup_mfu(self):
+        """The MFU denominator: the model's FLOPs per token and the device's peak."""
         fpt = getattr(self.raw_model, "flops_per_token", None)
-        block = getattr(getattr(self.raw_model, "config", None), "block_size", cfg.block_size)
-        self.flops_per_token = fpt(min(cfg.block_size, block)) if callable(fpt) else float("nan")
+        block = getattr(getattr(self.raw_model, "config", None), "block_size", self.cfg.block_size)
+        self.flops_per_token = fpt(min(self.cfg.block_size, block)) if callable(fpt) else float("nan")
         # The CPU peak is a matmul probe on random matrices, run once per process (cached): keep it off the
         # global RNG, or a run's dropout masks would depend on whether an earlier run in the process probed.
         with torch.random.fork_rng(devices=[]):
             self.peak_flops, self.peak_source = peak_flops(self.device, self.dtype)
-        self._metrics_path = self.out_dir / "metrics.jsonl"
 
-        # Last: the RNG states of the checkpoint (model init above draws random numbers).
-        if resume_state is not None:
-            self._restore_rng(resume_state["rng"], resume_state["_path"])
-            self.log(f"resumed from {resume_state['_path']} at step {self.step} (epoch {self.epoch}, "
-                     f"best val loss {self.best_val_loss:.4f})")
-
-    # --- setup pieces ---------------------------------------------------------------------------------
+    # --- setup helpers -------------------------------------------------------------------------------
 
     def _init_process_group(self):
         import torch.distributed as td
@@ -376,7 +395,9 @@ class Trainer:
     def _check_resume_fits(self, state):
         """Refuse a resume the checkpoint's model cannot run (another vocabulary, a longer context); warn about
         model settings of this config that the checkpoint's architecture overrides."""
-        cfg, path, mc = self.cfg, state["_path"], state["model_config"]
+        cfg, path = self.cfg, state["_path"]
+        with ckpt_io.rebuilding(path, "the model"):
+            mc = spec_of(state).get("config") or {}
         saved = state.get("tokenizer")
         mine = ckpt_io.tokenizer_info(self.tokenizer) if self.tokenizer is not None else None
         if isinstance(saved, dict) and mine is not None and saved != mine:
@@ -405,59 +426,55 @@ class Trainer:
                      f"(to train another model, start a new run in another out_dir)")
 
     def _build_model(self, model, resume_state):
+        """The model to train: the one given to the Trainer (resumed into, on resume), else the checkpoint's
+        (its weights come in _restore), else a new one from init_from."""
         cfg = self.cfg
         if resume_state is not None:
-            with ckpt_io.rebuilding(resume_state["_path"], "the model"):
-                return GPT(GPTConfig(**resume_state["model_config"]))  # weights are loaded in _restore
+            path = resume_state["_path"]
+            with ckpt_io.rebuilding(path, "the model"):
+                spec = spec_of(resume_state)
+                if model is None:
+                    return build_model(spec)
+            if _architecture(model_spec(model)) != _architecture(spec):
+                raise NanoGPT2Error(f"{path} holds another model than the one this run was given "
+                                    f"({_architecture(spec)} vs {_architecture(model_spec(model))}); resume with the "
+                                    f"same model, or start a new run in another out_dir")
+            return model
         if model is not None:
             return model
-        init = cfg.init_from
-        if init in ("scratch", "resume"):
-            n_vocab = self.tokenizer.n_vocab if self.tokenizer is not None else None
-            vocab = cfg.vocab_size or n_vocab
-            if vocab is None:
-                raise NanoGPT2Error("vocab_size is not set and there is no tokenizer to take it from")
-            if n_vocab is not None and vocab < n_vocab:
-                raise NanoGPT2Error(f"vocab_size={vocab} is smaller than the tokenizer's {n_vocab} tokens")
-            mc = GPTConfig(block_size=cfg.block_size, vocab_size=vocab, n_layer=cfg.n_layer, n_head=cfg.n_head,
-                           n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias)
-            m = GPT(mc)
-            self.log(f"model: GPT from scratch, {m.param_counts()['total'] / 1e6:.2f}M parameters")
-            return m
-        path = Path(init)
-        if path.is_file() or (path.is_dir() and ckpt_io.list_checkpoints(path)):
-            m, info = ckpt_io.load_model(path, device="cpu")  # a training checkpoint: weights only
-            mine = ckpt_io.tokenizer_info(self.tokenizer) if self.tokenizer is not None else None
-            if mine is not None and info["tokenizer"] != mine:
-                raise NanoGPT2Error(f"init_from={init} was trained with tokenizer {info['tokenizer'].get('name')!r} "
-                                    f"(another vocabulary than this run's {mine['name']!r}); use the same tokenizer")
-            for mod in m.modules():
-                if isinstance(mod, nn.Dropout):
-                    mod.p = cfg.dropout
-            m.config.dropout = cfg.dropout
-        elif path.is_dir() or init in PRESETS:
-            if self.tokenizer is not None and getattr(self.tokenizer, "name", "gpt2") != "gpt2":
-                raise NanoGPT2Error(f"init_from={init} uses GPT-2's vocabulary; set tokenizer=gpt2")
-            m = GPT.from_pretrained(init, dropout=cfg.dropout)
-        else:
-            import difflib
-
-            close = difflib.get_close_matches(init, ["scratch", "resume", *PRESETS], n=2)
-            hint = f" (did you mean {' or '.join(close)}?)" if close else ""
-            raise NanoGPT2Error(f"init_from={init!r} is not scratch, resume, a GPT-2 name ({', '.join(PRESETS)}) "
-                                f"or an existing folder/checkpoint{hint}")
+        if cfg.init_from in ("scratch", "resume"):
+            return self._scratch_model()
+        m, info = load_model(cfg.init_from, dropout=cfg.dropout, log=lambda msg: self.log(f"warning: {msg}"))
+        mine = ckpt_io.tokenizer_info(self.tokenizer) if self.tokenizer is not None else None
+        if mine is not None and info["tokenizer"] != mine:
+            raise NanoGPT2Error(f"init_from={cfg.init_from} was trained with tokenizer {info['tokenizer'].get('name')!r} "
+                                f"(another vocabulary than this run's {mine['name']!r}); use the same tokenizer "
+                                f"(tokenizer=gpt2 for GPT-2 weights)")
         if cfg.block_size < m.config.block_size:
-            crop_block_size(m, cfg.block_size)
+            m.crop_block_size(cfg.block_size)
         elif cfg.block_size > m.config.block_size:
             raise NanoGPT2Error(f"block_size={cfg.block_size} exceeds the pretrained model's {m.config.block_size}")
-        self.log(f"model: {init}, {m.param_counts()['total'] / 1e6:.2f}M parameters")
+        self.log(f"model: {info['description']}, {m.param_counts()['total'] / 1e6:.2f}M parameters")
+        return m
+
+    def _scratch_model(self) -> GPT:
+        cfg = self.cfg
+        n_vocab = self.tokenizer.n_vocab if self.tokenizer is not None else None
+        vocab = cfg.vocab_size or n_vocab
+        if vocab is None:
+            raise NanoGPT2Error("vocab_size is not set and there is no tokenizer to take it from")
+        if n_vocab is not None and vocab < n_vocab:
+            raise NanoGPT2Error(f"vocab_size={vocab} is smaller than the tokenizer's {n_vocab} tokens")
+        m = GPT(GPTConfig(block_size=cfg.block_size, vocab_size=vocab, n_layer=cfg.n_layer, n_head=cfg.n_head,
+                          n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias))
+        self.log(f"model: GPT from scratch, {m.param_counts()['total'] / 1e6:.2f}M parameters")
         return m
 
     def _restore(self, state):
         """Load what a checkpoint holds, but the RNG states (restored last, see __init__)."""
         cfg, path = self.cfg, state["_path"]
         with ckpt_io.rebuilding(path, "the model weights"):
-            self.raw_model.load_state_dict(ckpt_io._strip_prefixes(state["model"]))
+            self.raw_model.load_state_dict(ckpt_io.strip_prefixes(state["model"]))
         with ckpt_io.rebuilding(path, "the optimizer state"):
             self.optimizer.load_state_dict(state["optimizer"])
             for group in self.optimizer.param_groups:  # torch does not compare the moments' shapes
@@ -520,21 +537,25 @@ class Trainer:
         self.model.train()
         micro_batches = split_batch(self.sampler.next_batch(self.device), self.micro_steps)
         loss_sum = torch.zeros((), device=self.device)
+        n_tokens = torch.zeros((), device=self.device)
         for i, mb in enumerate(micro_batches):
             last = i == len(micro_batches) - 1
             sync = self.model.no_sync() if self.dist.enabled and not last else contextlib.nullcontext()
             with sync:
                 with self.autocast():
-                    loss = self.loss_fn(self.model, mb) / self.micro_steps
+                    loss, n = self.loss_fn(self, self.model, mb)
+                    loss = loss / self.micro_steps  # each micro-batch's mean counts equally: one big batch's mean
                 self.scaler.scale(loss).backward()
             loss_sum += loss.detach().float()
+            n_tokens += n
         # The loss, averaged over every micro-batch of every process.
         loss_sum = self._all_reduce(loss_sum) / self.dist.world_size
         self.scaler.unscale_(self.optimizer)  # no-op unless float16
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-        loss_val, norm_val = torch.stack([loss_sum, grad_norm.float().to(loss_sum.device)]).tolist()
+        loss_val, norm_val, n_val = torch.stack([loss_sum, grad_norm.float().to(loss_sum.device), n_tokens]).tolist()
+        self.last_loss_tokens = int(n_val)
 
         rec = {"step": self.step + 1, "loss": loss_val, "lr": lr, "grad_norm": norm_val}
         if not math.isfinite(loss_val) or (not self.scaler.is_enabled() and not math.isfinite(norm_val)):
@@ -692,6 +713,7 @@ class Trainer:
             rng = {**all_rng[0], "per_rank": all_rng}
         return {
             "model": self.raw_model.state_dict(),
+            "model_spec": model_spec(self.raw_model),  # what the loader rebuilds before the weights
             "model_config": self.raw_model.config.to_dict() if isinstance(self.raw_model, GPT) else {},
             "run_config": self.cfg.to_dict(),
             "tokenizer": ckpt_io.tokenizer_info(self.tokenizer) if self.tokenizer is not None else None,
@@ -871,8 +893,7 @@ class Trainer:
 
     def _train(self) -> dict:
         cfg = self.cfg
-        resumed = self.step > 0
-        self._open_outputs(resumed)
+        self._open_outputs(self.step > 0)
         self.log(f"{self.dist.world_size} process(es) on {self.device} ({self.dtype}); "
                  f"{self.accum_steps} micro-steps of {cfg.batch_size} x {cfg.block_size} tokens per step "
                  f"({self.micro_steps} per process) = {self.tokens_per_step:,} tokens/step; "
@@ -885,86 +906,119 @@ class Trainer:
             self._evaluate(rec, "eval_only")
             return {"step": self.step, "stopped": "eval_only", **rec}
 
-        stopped, test_rec = None, None
-        win_tokens, win_time, last_rec = 0, 0.0, None
+        stopped, last_rec = None, None
+        self._window = [0, 0.0]  # tokens and seconds of training steps since the last logged step
         while self.step < self.max_steps:
             rec = self._train_step()
             self.step += 1
             self.tokens_seen += self.tokens_per_step
-            win_tokens += self.tokens_per_step
-            win_time += self.last_step_time
-            if rec.get("bad_step") and self.bad_steps_in_row >= cfg.max_bad_steps:
-                last_good = ckpt_io.list_checkpoints(self.out_dir)
-                where = f"the last good checkpoint is {last_good[-1]}" if last_good else "no checkpoint was written yet"
-                raise NanoGPT2Error(
-                    f"the loss was non-finite for {self.bad_steps_in_row} steps in a row (steps "
-                    f"{self.step - self.bad_steps_in_row + 1}-{self.step}); stopping without saving; {where}. "
-                    f"Lower learning_rate, use dtype=bfloat16/float32 or set grad_clip")
+            self._window[0] += self.tokens_per_step
+            self._window[1] += self.last_step_time
+            self._check_bad_steps(rec)
             epoch_end = bool(self.steps_per_epoch) and self.step % self.steps_per_epoch == 0
             if epoch_end:
                 self.epoch += 1
             rec["epoch"] = self.epoch
             rec["ppl"] = math.exp(min(rec["loss"], 700.0)) if math.isfinite(rec["loss"]) else float("nan")
             final = self.step == self.max_steps
-
-            # Evaluation: every eval_interval steps, at each epoch end, at the end.
-            if self.eval_fn is not None:
-                reason = ("interval" if cfg.eval_interval and self.step % cfg.eval_interval == 0 else
-                          "epoch end" if epoch_end else "end" if final else None)
-                if reason:
-                    self._evaluate(rec, reason)
-            logged = self.step % cfg.log_interval == 0 or self.step == 1 or final or "val_loss" in rec
-            if logged:
-                tps = win_tokens / win_time if win_time > 0 else float("nan")
-                rec["tokens_per_sec"] = tps
-                rec["mfu"] = mfu(self.flops_per_token, tps / self.dist.world_size, self.peak_flops)
-                step_time = win_time * self.tokens_per_step / win_tokens if win_tokens else self.last_step_time
-                rec.update(self._time_left(step_time))
-                rec["tokens"] = self.tokens_seen
-                if self.step % cfg.log_interval == 0 or self.step == 1 or final:
-                    self.log(self._progress_line(rec))
-                self._write_record(rec)
-                win_tokens, win_time = 0, 0.0
+            self._evaluate_if_due(rec, epoch_end, final)
+            self._log_step(rec, final)
             last_rec = self.last_record = rec
-            if cfg.sample_interval and self.step % cfg.sample_interval == 0:
-                text = self.sample()
-                if text is not None:
-                    self.log(f"--- sample at step {self.step} ---\n{text}\n---")
-                    with open(self.out_dir / "samples.txt", "a") as f:
-                        f.write(f"--- step {self.step} ---\n{text}\n")
-            if cfg.checkpoint_interval and self.step % cfg.checkpoint_interval == 0 and not final:
-                self.save(f"step_{self.step}")
-                if self.dist.master:
-                    ckpt_io.prune_checkpoints(self.out_dir, "step", cfg.keep_last)
-            if epoch_end and not final:
-                self.save(f"epoch_{self.epoch}")
-                if self.dist.master:
-                    ckpt_io.prune_checkpoints(self.out_dir, "epoch", cfg.keep_last)
+            self._periodic_outputs(epoch_end, final)
             self._emit("step_end")
-
-            # Stops: a signal, or the wall-clock budget (would the next step cross it?). All processes agree.
-            elapsed = time.time() - self.t_start
-            limit = cfg.max_training_hours * 3600
-            sig = self._stop_signal is not None
-            time_up = limit > 0 and elapsed + self.last_step_time >= limit
-            if self.dist.enabled:
-                flags = torch.tensor([float(sig), float(time_up)], device=self.device)
-                sig, time_up = (bool(v) for v in self._all_reduce(flags, op="max").tolist())
+            sig, time_up, elapsed = self._agreed_stops()  # every process calls it every step (a collective)
             if final:
                 break
-            if sig:
-                path = self.save("interrupted")
-                self.log(f"stopped by {self._stop_signal or 'a signal on another process'} after step {self.step}: "
-                         f"saved {path}; continue with --resume_from auto")
-                stopped = "signal"
+            stopped = self._stop(sig, time_up, elapsed)
+            if stopped:
                 break
-            if time_up:
-                path = self.save("time_limit")
-                self.log(f"wall-clock limit max_training_hours={cfg.max_training_hours} reached after step {self.step} "
-                         f"(Elapsed: {_fmt_hours(elapsed)}): saved {path}; continue with --resume_from auto")
-                stopped = "time_limit"
-                break
+        return self._finish(stopped, last_rec)
 
+    # --- pieces of the loop, in the order they run ---------------------------------------------------------
+
+    def _check_bad_steps(self, rec: dict):
+        if rec.get("bad_step") and self.bad_steps_in_row >= self.cfg.max_bad_steps:
+            last_good = ckpt_io.list_checkpoints(self.out_dir)
+            where = f"the last good checkpoint is {last_good[-1]}" if last_good else "no checkpoint was written yet"
+            raise NanoGPT2Error(
+                f"the loss was non-finite for {self.bad_steps_in_row} steps in a row (steps "
+                f"{self.step - self.bad_steps_in_row + 1}-{self.step}); stopping without saving; {where}. "
+                f"Lower learning_rate, use dtype=bfloat16/float32 or set grad_clip")
+
+    def _evaluate_if_due(self, rec: dict, epoch_end: bool, final: bool):
+        """Evaluation: every eval_interval steps, at each epoch end, at the end."""
+        if self.eval_fn is None:
+            return
+        cfg = self.cfg
+        reason = ("interval" if cfg.eval_interval and self.step % cfg.eval_interval == 0 else
+                  "epoch end" if epoch_end else "end" if final else None)
+        if reason:
+            self._evaluate(rec, reason)
+
+    def _log_step(self, rec: dict, final: bool):
+        """Throughput, MFU and time left into the record; the progress line; metrics.jsonl."""
+        cfg = self.cfg
+        if not (self.step % cfg.log_interval == 0 or self.step == 1 or final or "val_loss" in rec):
+            return
+        win_tokens, win_time = self._window
+        tps = win_tokens / win_time if win_time > 0 else float("nan")
+        rec["tokens_per_sec"] = tps
+        rec["mfu"] = mfu(self.flops_per_token, tps / self.dist.world_size, self.peak_flops)
+        step_time = win_time * self.tokens_per_step / win_tokens if win_tokens else self.last_step_time
+        rec.update(self._time_left(step_time))
+        rec["tokens"] = self.tokens_seen
+        if self.step % cfg.log_interval == 0 or self.step == 1 or final:
+            self.log(self._progress_line(rec))
+        self._write_record(rec)
+        self._window = [0, 0.0]
+
+    def _periodic_outputs(self, epoch_end: bool, final: bool):
+        """Samples every sample_interval steps; step and epoch checkpoints (the final one is saved at the end)."""
+        cfg = self.cfg
+        if cfg.sample_interval and self.step % cfg.sample_interval == 0:
+            text = self.sample()
+            if text is not None:
+                self.log(f"--- sample at step {self.step} ---\n{text}\n---")
+                with open(self.out_dir / "samples.txt", "a") as f:
+                    f.write(f"--- step {self.step} ---\n{text}\n")
+        if cfg.checkpoint_interval and self.step % cfg.checkpoint_interval == 0 and not final:
+            self.save(f"step_{self.step}")
+            if self.dist.master:
+                ckpt_io.prune_checkpoints(self.out_dir, "step", cfg.keep_last)
+        if epoch_end and not final:
+            self.save(f"epoch_{self.epoch}")
+            if self.dist.master:
+                ckpt_io.prune_checkpoints(self.out_dir, "epoch", cfg.keep_last)
+
+    def _agreed_stops(self):
+        """(a signal arrived, the next step would cross the wall-clock budget, elapsed seconds): agreed by all
+        processes (an all-reduce), so that every one stops after the same step."""
+        elapsed = time.time() - self.t_start
+        limit = self.cfg.max_training_hours * 3600
+        sig = self._stop_signal is not None
+        time_up = limit > 0 and elapsed + self.last_step_time >= limit
+        if self.dist.enabled:
+            flags = torch.tensor([float(sig), float(time_up)], device=self.device)
+            sig, time_up = (bool(v) for v in self._all_reduce(flags, op="max").tolist())
+        return sig, time_up, elapsed
+
+    def _stop(self, sig: bool, time_up: bool, elapsed: float) -> Optional[str]:
+        """Save and say why when a signal or the budget stops the run early; None to go on."""
+        if sig:
+            path = self.save("interrupted")
+            self.log(f"stopped by {self._stop_signal or 'a signal on another process'} after step {self.step}: "
+                     f"saved {path}; continue with --resume_from auto")
+            return "signal"
+        if time_up:
+            path = self.save("time_limit")
+            self.log(f"wall-clock limit max_training_hours={self.cfg.max_training_hours} reached after step {self.step} "
+                     f"(Elapsed: {_fmt_hours(elapsed)}): saved {path}; continue with --resume_from auto")
+            return "time_limit"
+        return None
+
+    def _finish(self, stopped: Optional[str], last_rec) -> dict:
+        """The final checkpoint and test evaluation of a finished run, the plot, and the summary."""
+        test_rec = None
         if stopped is None:
             path = self.save("final")
             self.log(f"done: {self.step} steps in {_fmt_hours(time.time() - self.t_start)}; saved {path}; "
@@ -987,20 +1041,8 @@ class Trainer:
         return {"step": self.step, "stopped": stopped, "best_val_loss": self.best_val_loss,
                 "last": last_rec, "test": test_rec, "bad_steps": self.bad_steps_total, "overflow_steps": self.overflow_steps}
 
-
 # ----------------------------------------------------------------------------------------------------
-# Model surgery
-
-
-def crop_block_size(model: GPT, block_size: int):
-    """Shrink a model's context (positional table) to `block_size` positions, e.g. GPT-2's 1024 -> 256."""
-    assert block_size <= model.config.block_size
-    model.config.block_size = block_size
-    model.transformer.wpe.weight = nn.Parameter(model.transformer.wpe.weight[:block_size].detach().clone())
-
-
-# ----------------------------------------------------------------------------------------------------
-# Command line
+# train.py
 
 
 def main(argv=None, default_config=None, hooks=(), cls=RunConfig):

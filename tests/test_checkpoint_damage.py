@@ -38,6 +38,7 @@ import torch
 
 from nanogpt2 import checkpoint as ckpt_io
 from nanogpt2.errors import NanoGPT2Error
+from nanogpt2.loader import load_checkpoint_model
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = str(ROOT / "configs" / "tiny.py")
@@ -233,7 +234,7 @@ def test_checkpoints_without_a_checksum_still_load(env, trained, tmp_path):
     legacy = edited(trained / "checkpoint_final.pt", tmp_path / "checkpoint_final.pt", lambda s: None,
                     keep_checksum=False)
     assert ckpt_io.CHECKSUM not in torch.load(legacy, weights_only=True)
-    model, info = ckpt_io.load_model(legacy)
+    model, info = load_checkpoint_model(legacy)
     assert info["step"] == 10 and info["verified"] is False
     res = ok(run(env, *TRAIN[:1], "--max_iters=11", f"--out_dir={tmp_path / 'run'}", f"--resume_from={legacy}"))
     assert "has no checksum" in res.stdout and "at step 10" in res.stdout and "done: 11 steps" in res.stdout
@@ -378,9 +379,17 @@ def _exp_avg_cut(state):
     moments["exp_avg"] = moments["exp_avg"][:1]
 
 
+def _edit_config(**changes):
+    """Edit the model's config as a hand-edit would: in the model spec the loader rebuilds (and model_config)."""
+    def edit(state):
+        state["model_spec"]["config"].update(changes)
+        state["model_config"].update(changes)
+    return edit
+
+
 EDITS = {
-    "n_head=0": (lambda s: s["model_config"].update(n_head=0), "the model", "ZeroDivisionError"),
-    "extra config key": (lambda s: s["model_config"].update(n_experts=4), "the model", "n_experts"),
+    "n_head=0": (_edit_config(n_head=0), "the model", "ZeroDivisionError"),
+    "extra config key": (_edit_config(n_experts=4), "the model", "n_experts"),
     "extra weight": (lambda s: s["model"].update({"extra.weight": torch.ones(2)}), "the model weights", "extra.weight"),
     "bad optimizer state": (_exp_avg_cut, "the optimizer state", "exp_avg of shape"),
     "bad rng state": (lambda s: s["rng"].update(python="garbage"), "the random number generator states", ""),

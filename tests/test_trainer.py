@@ -25,6 +25,7 @@ from http_fixture import serve
 from nanogpt2 import checkpoint as ckpt_io
 from nanogpt2.config import load_config
 from nanogpt2.errors import NanoGPT2Error
+from nanogpt2.loader import load_checkpoint_model
 from nanogpt2.model import GPT, GPTConfig
 from nanogpt2.perf import measured_matmul_flops
 from nanogpt2.tokenizer import CharTokenizer
@@ -138,6 +139,7 @@ def test_trainer_applies_schedule_per_step(tmp_path):
     for step, lr in logged.items():
         assert lr == tr.schedule.lr_at(step - 1)  # record `step` is optimizer step step-1 (0-based)
     assert tr.optimizer.param_groups[0]["lr"] == tr.schedule.lr_at(11)
+    assert tr.last_loss_tokens == tr.rows_per_step * cfg.block_size  # default loss_fn: every target scored
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -275,7 +277,7 @@ def test_real_data_run_with_eval_best_checkpoints_and_sample(tmp_path, capsys):
     samples = (out / "samples.txt").read_text()
     assert "--- step 15 ---" in samples and "--- step 30 ---" in samples
     # load_model gives back the trained weights and the char vocabulary
-    model, info = ckpt_io.load_model(out / "checkpoint_final.pt")
+    model, info = load_checkpoint_model(out / "checkpoint_final.pt")
     tok = ckpt_io.tokenizer_from_info(info["tokenizer"])
     assert tok.chars == tr.tokenizer.chars and info["step"] == 30
     x = torch.tensor([tok.encode("ROMEO:")])
@@ -447,9 +449,10 @@ def test_non_finite_loss_is_skipped_then_stops_the_run(tmp_path):
                   "--vocab_size=65")
     bad = {2} | set(range(7, 20))  # one transient NaN (0-based step 2), then NaN from step 7 on
 
-    def loss_fn(model, batch):
+    def loss_fn(trainer, model, batch):
+        assert trainer is tr
         loss = model(*batch)[1]
-        return loss * float("nan") if tr.step in bad else loss
+        return (loss * float("nan") if tr.step in bad else loss), batch[1].numel()
 
     weights = []
     tr = tiny_trainer(cfg, loss_fn=loss_fn,

@@ -1,0 +1,165 @@
+"""
+One loader for every `init_from`, and the model spec that checkpoints record.
+
+`init_from` is one of:
+  scratch          a new model from the run's settings (built by the trainer: it knows the settings)
+  a GPT-2 name     gpt2, gpt2-medium, gpt2-large, gpt2-xl, distilgpt2 (downloaded once, then cached)
+  an HF folder     config.json + model.safetensors / pytorch_model.bin (sharded or not)
+  a run folder     a train.py out_dir: its checkpoint of the highest step (damaged ones skipped, said so)
+  a .pt file       one checkpoint
+train.py, sample.py, bench.py and `python -m nanogpt2.evaluate` all load through `load_model` here.
+
+The model spec: a checkpoint records what model it holds as a small dict, `{"kind": "gpt", "config":
+GPTConfig.to_dict()}`, and the loader rebuilds exactly that (`build_model(spec)`) before loading the weights.
+It can grow: a module that wraps or extends the GPT (PEFT methods, task heads) registers its kind with
+`register_model_kind(kind, build)` and gives its models a `model_spec()` method returning
+`{"kind": kind, ...}`; checkpoints written before specs existed hold only `model_config` and read as "gpt".
+
+    from nanogpt2.loader import load_model, load_model_and_tokenizer
+    model, info = load_model("out-shakespeare")          # info: path, tokenizer, step, spec, ...
+    model, tok, description = load_model_and_tokenizer("gpt2", device="cuda")
+"""
+
+import difflib
+import sys
+from pathlib import Path
+from typing import Callable
+
+import torch.nn as nn
+
+from nanogpt2 import checkpoint as ckpt_io
+from nanogpt2.errors import NanoGPT2Error
+from nanogpt2.model import GPT, GPTConfig
+
+# ----------------------------------------------------------------------------------------------------
+# Model specs
+
+
+MODEL_KINDS: dict = {}  # kind -> build(spec) -> nn.Module
+
+
+def register_model_kind(kind: str, build: Callable[[dict], nn.Module]) -> None:
+    """Teach the loader to rebuild models whose spec has this `kind`."""
+    MODEL_KINDS[kind] = build
+
+
+register_model_kind("gpt", lambda spec: GPT(GPTConfig(**spec["config"])))
+
+
+def model_spec(model: nn.Module) -> dict:
+    """What a checkpoint records about `model` so that `build_model` can rebuild it (before its weights)."""
+    own = getattr(model, "model_spec", None)
+    if callable(own):
+        return own()
+    if isinstance(model, GPT):
+        return {"kind": "gpt", "config": model.config.to_dict()}
+    raise NanoGPT2Error(f"cannot describe a {type(model).__name__} for a checkpoint: give it a model_spec() method "
+                        f"and register its kind with nanogpt2.loader.register_model_kind")
+
+
+def spec_of(state: dict) -> dict:
+    """The model spec of a loaded checkpoint (one written before specs existed holds only model_config)."""
+    spec = state.get("model_spec")
+    if spec is None:
+        spec = {"kind": "gpt", "config": state["model_config"]}
+    return spec
+
+
+def build_model(spec: dict) -> nn.Module:
+    """A freshly initialised model of the kind and shape the spec describes."""
+    kind = spec.get("kind") if isinstance(spec, dict) else None
+    if kind not in MODEL_KINDS:
+        raise NanoGPT2Error(f"unknown model kind {kind!r} in a checkpoint's model spec (known: {', '.join(MODEL_KINDS)}); "
+                            f"was it written by a newer nanogpt2 or with a module that is not imported?")
+    return MODEL_KINDS[kind](spec)
+
+
+def set_dropout(model: nn.Module, p: float) -> None:
+    """Every dropout of `model` (and its config) to p: a run's own setting, not the checkpoint's."""
+    for mod in model.modules():
+        if isinstance(mod, nn.Dropout):
+            mod.p = p
+    if hasattr(getattr(model, "config", None), "dropout"):
+        model.config.dropout = p
+
+
+# ----------------------------------------------------------------------------------------------------
+# Loading by init_from
+
+
+def _warn(msg: str):
+    print(f"warning: {msg}", file=sys.stderr, flush=True)
+
+
+def is_hf_folder(path: Path) -> bool:
+    return path.is_dir() and (path / "config.json").exists() and any(
+        (path / f).exists() for f in ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
+                                      "pytorch_model.bin.index.json"))
+
+
+def is_checkpoint(path: Path) -> bool:
+    return path.is_file() or (path.is_dir() and bool(ckpt_io.list_checkpoints(path)))
+
+
+def load_checkpoint_model(path_or_dir, which: str = "auto", log=_warn):
+    """(model, info) from a checkpoint file or a run folder: the spec's model with the saved weights, on the CPU.
+
+    info: path, tokenizer, config (the run config dict), spec, model_config, step, epoch, best_val_loss, verified
+    (False for a checkpoint written before checksums)."""
+    p = Path(path_or_dir)
+    if p.is_dir() and which in ("auto", "latest"):
+        path, ckpt, skipped = ckpt_io.load_latest(p)
+        for bad, why in skipped:
+            log(f"skipping {bad.name}: {why}")
+        if skipped:
+            log(f"using {path.name} (step {ckpt.get('step')}) instead")
+    else:
+        path = ckpt_io.find_checkpoint(path_or_dir, which)
+        ckpt = ckpt_io.load_checkpoint(path, map_location="cpu")
+    with ckpt_io.rebuilding(path, "the model"):
+        spec = spec_of(ckpt)
+        model = build_model(spec)
+        model.load_state_dict(ckpt_io.strip_prefixes(ckpt["model"]))
+    info = {
+        "path": str(path),
+        "tokenizer": ckpt.get("tokenizer", {"name": "gpt2"}),
+        "config": ckpt.get("run_config", {}),
+        "spec": spec,
+        "model_config": spec.get("config"),
+        "step": ckpt.get("step"),
+        "epoch": ckpt.get("epoch"),
+        "best_val_loss": ckpt.get("best_val_loss"),
+        "verified": ckpt_io.CHECKSUM in ckpt,
+    }
+    return model, info
+
+
+def load_model(init_from: str, device="cpu", dropout=None, log=_warn):
+    """(model on `device`, info) for any init_from but scratch (see the module docstring). `dropout`: set every
+    dropout to it (a run's own setting); None keeps the loaded model's. info holds at least path (or the name),
+    tokenizer ({"name": ...}), spec and description."""
+    from nanogpt2.convert import HF_REPOS, load_pretrained
+
+    path = Path(init_from)
+    if is_checkpoint(path) and not (init_from in HF_REPOS and is_hf_folder(path)):
+        model, info = load_checkpoint_model(path, log=log)
+        info["description"] = f"{info['path']} (step {info.get('step')})"
+    elif init_from in HF_REPOS or path.is_dir():  # a folder that is no run folder: HF layout (clear errors if not)
+        model = load_pretrained(init_from)
+        info = {"path": init_from, "tokenizer": {"name": "gpt2"}, "spec": model_spec(model),
+                "description": f"{init_from} (Hugging Face GPT-2 weights)"}
+    else:
+        close = difflib.get_close_matches(init_from, ["scratch", "resume", *HF_REPOS], n=2)
+        hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+        raise NanoGPT2Error(f"init_from {init_from!r} is not a GPT-2 name ({', '.join(HF_REPOS)}), an HF folder, "
+                            f"a train.py run folder or a checkpoint file{hint}")
+    if dropout is not None:
+        set_dropout(model, dropout)
+    return model.to(device), info
+
+
+def load_model_and_tokenizer(init_from: str, device="cpu"):
+    """(model in eval mode on `device`, its tokenizer, a description) for sample.py and evaluation."""
+    model, info = load_model(init_from, device=device)
+    tok = ckpt_io.tokenizer_from_info(info["tokenizer"], path=info["path"] if "step" in info else None)
+    return model.eval(), tok, info["description"]
