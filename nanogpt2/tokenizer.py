@@ -754,10 +754,6 @@ class BPETokenizer(_Base):
             pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
-    def clear_cache(self):
-        """Forget the encoded pre-tokens (the next encode runs 'cold')."""
-        self._cache.clear()
-
 
 # Process-pool workers: the ranks arrive once per worker through the initializer, never per task.
 _WORKER = None
