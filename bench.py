@@ -456,9 +456,10 @@ def _attention_plot(rows, args, path):
 
 
 def configure_optimizer(model, args):
-    """Our AdamW, as the training loop builds it (`nanogpt2.optim`: two groups, weight decay on matrices, none
-    on biases and LayerNorm gains; fused on CUDA and CPU), so the benchmark times the real training step.
-    Returns (optimizer, source)."""
+    """Our AdamW, built as the training loop's default (`nanogpt2.optim.make_optimizer` of a RunConfig with the
+    defaults eps 1e-8 and decay_pos_emb on): `param_groups` (weight decay on matrices, none on biases and
+    LayerNorm gains) and `make_adamw` (fused on CUDA and CPU), so the step times the trainer's optimizer
+    update. Returns (optimizer, source)."""
     groups = param_groups(model, args.weight_decay)
     return make_adamw(groups, args.lr, (args.beta1, args.beta2), device_type=args.device.type), "nanogpt2.optim.make_adamw"
 
@@ -489,26 +490,32 @@ def build_hf(args):
 
 
 def _make_train_step(loss_fn, model, optimizer, args):
-    """One training step closure; fp16 uses a GradScaler, bf16/fp32 do not need one."""
+    """The timed training step, one closure for our model and for transformers' (so both sides do the same
+    work). It mirrors `Trainer._train_step` (nanogpt2/trainer.py) with one micro-batch and one process, call
+    for call: forward under `nanogpt2.runtime.autocast`, backward through a GradScaler that is enabled only for
+    float16 (otherwise its calls pass straight through, as in the trainer), unscale, clip the global gradient
+    norm at --grad_clip (not called at --grad_clip 0, where the trainer still computes the norm for its log),
+    optimizer step, `zero_grad(set_to_none=True)`. Our optimizer is the trainer's too (`configure_optimizer`).
+
+    It does not call the trainer because `_train_step` is a method of a `Trainer`, built from a RunConfig
+    around a prepared dataset, and it does more than the step: it draws the batch from the run's sampler,
+    sets the scheduled learning rate, all-reduces the loss under DDP, and reads the loss and gradient norm
+    back to the host every step (`.tolist()`, a device sync) to log them and skip non-finite steps. None of
+    that is timed here: the batch is fixed and already on the device, the learning rate constant, and the
+    device is synchronised around each timed block rather than after each step."""
     device = args.device
-    scaler = torch.amp.GradScaler(device.type) if args.dtype == "float16" else None
+    scaler = torch.amp.GradScaler(device.type, enabled=args.dtype == "float16")
     params = [p for p in model.parameters() if p.requires_grad]
 
     def step():
         with autocast(device, args.dtype):
             loss = loss_fn()
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-        else:
-            loss.backward()
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)  # no-op unless float16: clip the true gradients
         if args.grad_clip:
             torch.nn.utils.clip_grad_norm_(params, args.grad_clip)
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
+        scaler.step(optimizer)  # optimizer.step(), skipped by an enabled scaler on inf/NaN gradients
+        scaler.update()
         optimizer.zero_grad(set_to_none=True)
         return loss
     return step
