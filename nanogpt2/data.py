@@ -47,6 +47,7 @@ import regex
 from nanogpt2.download import FileLock
 from nanogpt2.errors import DataWarning, NanoGPT2Error, write_error
 from nanogpt2.progress import ProgressLine
+from nanogpt2.tokenizer import ASSETS, ENDOFTEXT, CharTokenizer, get_tokenizer
 
 __all__ = [
     "DATASETS", "DatasetSpec", "Remote", "register_dataset", "list_datasets", "DataWarning",
@@ -56,14 +57,12 @@ __all__ = [
 
 # --- constants ------------------------------------------------------------------------------------------------
 
-ASSETS = Path(__file__).resolve().parent / "assets"
 CACHE_FORMAT = "nanogpt2-tokens"
 CACHE_VERSION = 1
 DEFAULT_VAL_FRACTION = 0.005
 SPLITS = ("train", "val", "test")
 _SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test",
                   "all": "all"}
-ENDOFTEXT = "<|endoftext|>"
 CHAR_DOC_SEPARATOR = "\n\n"      # the char tokenizer has no end-of-text token: documents are joined by a blank line
 TEXT_SUFFIXES = (".txt", ".text", ".raw", ".md")
 JSONL_SUFFIXES = (".jsonl",)
@@ -728,7 +727,6 @@ class PreparedDataset:
 
     def tokenizer(self, backend: str = "auto"):
         """The tokenizer the tokens were made with (for "char": its vocabulary, saved beside the tokens)."""
-        from nanogpt2.tokenizer import CharTokenizer, get_tokenizer
         t = self.meta["tokenizer"]
         if t.get("vocab_file"):
             return CharTokenizer.load(self.dir / t["vocab_file"])
@@ -885,7 +883,6 @@ def prepare_dataset(name_or_path="shakespeare", tokenizer=None, data_path=None, 
 
 def _resolve_tokenizer(tokenizer, spec, backend):
     """(tokenizer object, or None for a char vocabulary still to be built from the data; tokenizer name)."""
-    from nanogpt2.tokenizer import get_tokenizer
     pinned = spec.tokenizer if spec is not None else None
     if pinned is not None:
         asked = tokenizer if tokenizer is None or isinstance(tokenizer, str) else getattr(tokenizer, "name", None)
@@ -921,7 +918,6 @@ def _tokenizing_progress(desc: str, total: int, quiet: bool):
 
 def _build_char_vocab(source: _Source):
     """The character tokenizer for a source: every character of every split (plus the document separator)."""
-    from nanogpt2.tokenizer import CharTokenizer
     chars, n_docs, stats = set(), 0, _Stats()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DataWarning)  # warned once, when the text is encoded

@@ -20,10 +20,11 @@ import sys
 import time
 from pathlib import Path
 
+from nanogpt2.data import DATASETS
 from nanogpt2.errors import NanoGPT2Error, read_text
 from nanogpt2.tokenizer import ASSETS, BPETokenizer, TiktokenTokenizer, _num_workers, load_tiktoken_ranks
 
-DEFAULT_TEXT = ASSETS / "tinyshakespeare.txt"
+DEFAULT_TEXT = ASSETS / DATASETS["shakespeare"].bundled  # the bundled Tiny Shakespeare (the data registry's copy)
 
 # ---------------------------------------------------------------------------------------------------------
 # Timing: wall and CPU seconds, the batch encoder's worker processes included
