@@ -11,7 +11,8 @@ Sub-benchmarks (pick one, or `all`):
              `transformers.GPT2LMHeadModel` (attn_implementation="sdpa") and a plain AdamW loop, in the same
              process, interleaved with ours, and prints the ratio. `--profile` writes torch.profiler traces.
   generate   KV-cache decoding (`nanogpt2.benchmarks.decode.benchmark_decode`).
-  tokenizer  BPE encode throughput (`nanogpt2.tokenizer.benchmark`).
+  tokenizer  BPE encode throughput, the python backend against tiktoken
+             (`nanogpt2.benchmarks.tokenizer.benchmark_tokenizer`; `--tokenizer_text FILE` picks the text).
 
 Timing: warmup iterations are excluded, the device is synchronised around each timed block, compared
 variants are interleaved (A B B A ...) and each figure is the median of `--repeats` blocks, so that load
@@ -50,7 +51,7 @@ from pathlib import Path
 import torch
 
 from nanogpt2 import perf
-from nanogpt2.errors import NanoGPT2Error, run_cli
+from nanogpt2.errors import NanoGPT2Error, read_text, run_cli
 from nanogpt2.model import PRESETS, CausalSelfAttention, GPT, GPTConfig
 from nanogpt2.optim import make_adamw, param_groups
 from nanogpt2.runtime import DTYPE_ALIASES, DTYPES, autocast, resolve_device, resolve_dtype
@@ -91,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=None, help="untimed iterations first (default 5 GPU, 1 CPU)")
     p.add_argument("--repeats", type=int, default=None,
                    help="interleaved timed blocks per variant; the median is reported (default 5)")
+    p.add_argument("--tokenizer_text", default=None, metavar="FILE",
+                   help="tokenizer: the UTF-8 text to encode (default: the bundled Tiny Shakespeare; the figures in "
+                        "docs/benchmarks.md use WikiText-2's wiki.test.raw)")
     p.add_argument("--seq_lens", default=None,
                    help="attention sweep, comma-separated (default 128..4096 GPU, 128..1024 CPU)")
     p.add_argument("--attn_block_time", type=float, default=None,
@@ -155,6 +159,8 @@ def resolve(args) -> argparse.Namespace:
         raise NanoGPT2Error(f"bad model size: {e}")
     if args.json:
         check_writable(Path(args.json))
+    if args.tokenizer_text is not None:  # a missing or non-UTF-8 file is one line now, not a failure at the end
+        read_text(args.tokenizer_text, "benchmark text")
     if gpu:
         torch.set_float32_matmul_precision("high")  # TF32 matmuls for fp32 work, as nanoGPT does
     return args
@@ -450,9 +456,10 @@ def _attention_plot(rows, args, path):
 
 
 def configure_optimizer(model, args):
-    """Our AdamW, as the training loop builds it (`nanogpt2.optim`: two groups, weight decay on matrices, none
-    on biases and LayerNorm gains; fused on CUDA and CPU), so the benchmark times the real training step.
-    Returns (optimizer, source)."""
+    """Our AdamW, built as the training loop's default (`nanogpt2.optim.make_optimizer` of a RunConfig with the
+    defaults eps 1e-8 and decay_pos_emb on): `param_groups` (weight decay on matrices, none on biases and
+    LayerNorm gains) and `make_adamw` (fused on CUDA and CPU), so the step times the trainer's optimizer
+    update. Returns (optimizer, source)."""
     groups = param_groups(model, args.weight_decay)
     return make_adamw(groups, args.lr, (args.beta1, args.beta2), device_type=args.device.type), "nanogpt2.optim.make_adamw"
 
@@ -483,26 +490,32 @@ def build_hf(args):
 
 
 def _make_train_step(loss_fn, model, optimizer, args):
-    """One training step closure; fp16 uses a GradScaler, bf16/fp32 do not need one."""
+    """The timed training step, one closure for our model and for transformers' (so both sides do the same
+    work). It mirrors `Trainer._train_step` (nanogpt2/trainer.py) with one micro-batch and one process, call
+    for call: forward under `nanogpt2.runtime.autocast`, backward through a GradScaler that is enabled only for
+    float16 (otherwise its calls pass straight through, as in the trainer), unscale, clip the global gradient
+    norm at --grad_clip (not called at --grad_clip 0, where the trainer still computes the norm for its log),
+    optimizer step, `zero_grad(set_to_none=True)`. Our optimizer is the trainer's too (`configure_optimizer`).
+
+    It does not call the trainer because `_train_step` is a method of a `Trainer`, built from a RunConfig
+    around a prepared dataset, and it does more than the step: it draws the batch from the run's sampler,
+    sets the scheduled learning rate, all-reduces the loss under DDP, and reads the loss and gradient norm
+    back to the host every step (`.tolist()`, a device sync) to log them and skip non-finite steps. None of
+    that is timed here: the batch is fixed and already on the device, the learning rate constant, and the
+    device is synchronised around each timed block rather than after each step."""
     device = args.device
-    scaler = torch.amp.GradScaler(device.type) if args.dtype == "float16" else None
+    scaler = torch.amp.GradScaler(device.type, enabled=args.dtype == "float16")
     params = [p for p in model.parameters() if p.requires_grad]
 
     def step():
         with autocast(device, args.dtype):
             loss = loss_fn()
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-        else:
-            loss.backward()
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)  # no-op unless float16: clip the true gradients
         if args.grad_clip:
             torch.nn.utils.clip_grad_norm_(params, args.grad_clip)
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
+        scaler.step(optimizer)  # optimizer.step(), skipped by an enabled scaler on inf/NaN gradients
+        scaler.update()
         optimizer.zero_grad(set_to_none=True)
         return loss
     return step
@@ -687,11 +700,11 @@ def bench_generate(args) -> dict:
 
 
 def bench_tokenizer(args) -> dict:
-    """GPT-2 BPE encode throughput of the pure-Python backend and of tiktoken (MB/s)."""
-    from nanogpt2 import tokenizer
+    """GPT-2 BPE encode throughput of the pure-Python backend and of tiktoken (MB/s) on --tokenizer_text."""
+    from nanogpt2.benchmarks import tokenizer
 
-    return _external(tokenizer.benchmark, tokenizer.format_benchmark,
-                     lambda benchmark: benchmark(repeats=args.repeats))
+    return _external(tokenizer.benchmark_tokenizer, tokenizer.format_benchmark,
+                     lambda benchmark: benchmark(args.tokenizer_text, repeats=args.repeats))
 
 
 def _jsonable(obj):
@@ -809,7 +822,8 @@ def main(argv=None):
                     dtype=args.dtype, compile=args.compile, compile_mode=args.compile_mode, device=str(args.device), steps=args.steps,
                     warmup=args.warmup, repeats=args.repeats, seq_lens=args.seq_lens, vs=args.vs,
                     hf_optim=args.hf_optim, hf_compile=args.hf_compile, lr=args.lr, betas=[args.beta1, args.beta2],
-                    weight_decay=args.weight_decay, grad_clip=args.grad_clip, seed=args.seed),
+                    weight_decay=args.weight_decay, grad_clip=args.grad_clip, seed=args.seed,
+                    tokenizer_text=args.tokenizer_text),
         results={},
     )
     print_header(report)

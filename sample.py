@@ -25,6 +25,7 @@ from nanogpt2.errors import NanoGPT2Error, read_text, run_cli
 from nanogpt2.loader import load_model_and_tokenizer
 from nanogpt2.generate import TextStreamer, check_sampling_args, generate
 from nanogpt2.runtime import autocast, resolve_device, resolve_dtype
+from nanogpt2.tokenizer import ENDOFTEXT
 
 # The strategies --compare shows: (label, generate keywords)
 COMPARE = [
@@ -78,7 +79,7 @@ def read_prompt(start: str) -> str:
 def encode_prompt(tok, text: str) -> list:
     """Prompt ids; an empty prompt starts from <|endoftext|> (a char vocabulary: from a newline)."""
     if text:
-        return tok.encode(text, allowed_special={"<|endoftext|>"}) if getattr(tok, "eot_token", None) is not None else tok.encode(text)
+        return tok.encode(text, allowed_special={ENDOFTEXT}) if getattr(tok, "eot_token", None) is not None else tok.encode(text)
     if getattr(tok, "eot_token", None) is not None:
         return [tok.eot_token]
     if "\n" in getattr(tok, "chars", []):

@@ -46,6 +46,8 @@ import regex
 
 from nanogpt2.download import FileLock
 from nanogpt2.errors import DataWarning, NanoGPT2Error, write_error
+from nanogpt2.progress import ProgressLine
+from nanogpt2.tokenizer import ASSETS, ENDOFTEXT, CharTokenizer, get_tokenizer
 
 __all__ = [
     "DATASETS", "DatasetSpec", "Remote", "register_dataset", "list_datasets", "DataWarning",
@@ -55,14 +57,12 @@ __all__ = [
 
 # --- constants ------------------------------------------------------------------------------------------------
 
-ASSETS = Path(__file__).resolve().parent / "assets"
 CACHE_FORMAT = "nanogpt2-tokens"
 CACHE_VERSION = 1
 DEFAULT_VAL_FRACTION = 0.005
 SPLITS = ("train", "val", "test")
 _SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test",
                   "all": "all"}
-ENDOFTEXT = "<|endoftext|>"
 CHAR_DOC_SEPARATOR = "\n\n"      # the char tokenizer has no end-of-text token: documents are joined by a blank line
 TEXT_SUFFIXES = (".txt", ".text", ".raw", ".md")
 JSONL_SUFFIXES = (".jsonl",)
@@ -727,7 +727,6 @@ class PreparedDataset:
 
     def tokenizer(self, backend: str = "auto"):
         """The tokenizer the tokens were made with (for "char": its vocabulary, saved beside the tokens)."""
-        from nanogpt2.tokenizer import CharTokenizer, get_tokenizer
         t = self.meta["tokenizer"]
         if t.get("vocab_file"):
             return CharTokenizer.load(self.dir / t["vocab_file"])
@@ -884,7 +883,6 @@ def prepare_dataset(name_or_path="shakespeare", tokenizer=None, data_path=None, 
 
 def _resolve_tokenizer(tokenizer, spec, backend):
     """(tokenizer object, or None for a char vocabulary still to be built from the data; tokenizer name)."""
-    from nanogpt2.tokenizer import get_tokenizer
     pinned = spec.tokenizer if spec is not None else None
     if pinned is not None:
         asked = tokenizer if tokenizer is None or isinstance(tokenizer, str) else getattr(tokenizer, "name", None)
@@ -911,37 +909,15 @@ def _resolve_tokenizer(tokenizer, spec, backend):
 # Building the cache: tokenize into a temporary folder, write meta.json last, rename into place
 # ---------------------------------------------------------------------------------------------------------------
 
-class _Progress:
-    """`tokenizing <what>: 45% 5.0 / 11.0 MB, 2.4 MB/s, 1.1M tokens` on stderr (\\r on a terminal, every 10 s
-    in a log)."""
-
-    def __init__(self, desc, total, quiet):
-        self.desc, self.total, self.quiet = desc, total, quiet
-        self.tty = sys.stderr.isatty()
-        self.interval = 0.2 if self.tty else 10.0
-        self.t0 = self.last = time.monotonic()
-
-    def update(self, done, tokens, final=False):
-        if self.quiet:
-            return
-        now = time.monotonic()
-        if not final and now - self.last < self.interval:
-            return
-        self.last = now
-        rate = done / max(now - self.t0, 1e-9) / 1e6
-        pct = f"{100 * done / self.total:3.0f}% " if self.total else ""
-        line = f"tokenizing {self.desc}: {pct}{done / 1e6:.1f} / {self.total / 1e6:.1f} MB, {rate:.1f} MB/s, " \
-               f"{tokens:,} tokens"
-        if self.tty:
-            sys.stderr.write("\r" + line.ljust(79) + ("\n" if final else ""))
-        else:
-            sys.stderr.write(line + "\n")
-        sys.stderr.flush()
+def _tokenizing_progress(desc: str, total: int, quiet: bool):
+    """progress(done_bytes, tokens, final=False) for one split: the shared progress line (nanogpt2.progress),
+    `tokenizing <desc>: 5.0 MB / 11.0 MB (45%) 2.4 MB/s, 1,090,233 tokens`."""
+    line = ProgressLine(f"tokenizing {desc}", quiet)
+    return lambda done, tokens, final=False: line.update(done, total, final, note=f"{tokens:,} tokens")
 
 
 def _build_char_vocab(source: _Source):
     """The character tokenizer for a source: every character of every split (plus the document separator)."""
-    from nanogpt2.tokenizer import CharTokenizer
     chars, n_docs, stats = set(), 0, _Stats()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DataWarning)  # warned once, when the text is encoded
@@ -958,8 +934,8 @@ def _build_char_vocab(source: _Source):
 
 
 def _encode_split(entries, tok, out_path, dtype, sep_ids, progress, num_workers, crlf, want_sha):
-    """Encode a split's documents into `out_path` (raw ids), documents joined by `sep_ids`.
-    Returns dict(tokens, documents, text_bytes, replaced_bytes, text_sha256)."""
+    """Encode a split's documents into `out_path` (raw ids), documents joined by `sep_ids`; `progress(bytes
+    read, tokens)` after each batch. Returns dict(tokens, documents, text_bytes, replaced_bytes, text_sha256)."""
     stats = _Stats()
     n_tokens = n_docs = text_bytes = 0
     hasher = hashlib.sha256() if want_sha else None
@@ -986,7 +962,7 @@ def _encode_split(entries, tok, out_path, dtype, sep_ids, progress, num_workers,
             f.write(arr.astype(dtype).tobytes())
             n_tokens += count
             batch, batch_chars = [], 0
-            progress.update(stats.read, n_tokens)
+            progress(stats.read, n_tokens)
 
         for doc in _documents(entries, stats, crlf):
             new_doc = True
@@ -1028,11 +1004,11 @@ def _build(d: Path, name, source: _Source, tok, tok_name, val_fraction, quiet, n
         splits, total_src = {}, 0
         for split, entries in source.splits.items():
             size = sum(e.size for e in entries)
-            progress = _Progress(Path(name).name + ("" if split == "all" else f" {split}"), size, quiet)
+            progress = _tokenizing_progress(Path(name).name + ("" if split == "all" else f" {split}"), size, quiet)
             want_sha = source.split_sha256.get(split)
             info = _encode_split(entries, tok, tmp / f"{split}.bin", dtype, sep_ids, progress, num_workers,
                                  source.crlf, want_sha)
-            progress.update(info["source_bytes"], info["tokens"], final=True)
+            progress(info["source_bytes"], info["tokens"], final=True)
             total_src += info["source_bytes"]
             if want_sha and info["text_sha256"] != want_sha:
                 warnings.warn(f"the {split} text of {name} from {source.label} differs from the official release "

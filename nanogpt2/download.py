@@ -35,6 +35,7 @@ from urllib.parse import quote
 import requests
 
 from .errors import NanoGPT2Error
+from .progress import ProgressLine, fmt_mb
 
 __all__ = ["DownloadError", "cache_dir", "download", "hf_url", "USER_AGENT"]
 
@@ -124,51 +125,6 @@ def _reason(e: BaseException, timeout: float) -> str:
         if needle in s:
             return reason
     return type(e).__name__
-
-
-def _fmt_mb(n: int) -> str:
-    return f"{n / 1e6:.1f} MB"
-
-
-class _Progress:
-    """One stderr line `desc: done / total MB (pct) speed MB/s`, redrawn with \\r at most every few tenths of a
-    second (on a terminal) or every 10 s as separate lines (in a log file)."""
-
-    def __init__(self, desc: str, quiet: bool):
-        self.desc, self.quiet = desc, quiet
-        self.tty = sys.stderr.isatty()
-        self.interval = 0.2 if self.tty else 10.0
-        self.t0 = time.monotonic()
-        self.last = 0.0
-        self.start_bytes = 0
-        self.drawn = False
-
-    def begin(self, start_bytes: int):
-        self.t0, self.start_bytes = time.monotonic(), start_bytes
-        self.last = self.t0  # first line after one interval, when the speed means something
-
-    def update(self, done: int, total: int | None, final: bool = False):
-        if self.quiet:
-            return
-        now = time.monotonic()
-        if not final and (now - self.last < self.interval or done == total):
-            return
-        self.last = now
-        rate = (done - self.start_bytes) / max(now - self.t0, 1e-6) / 1e6
-        of = f" / {_fmt_mb(total)} ({100 * done / total:.0f}%)" if total else ""
-        line = f"{self.desc}: {_fmt_mb(done)}{of} {rate:.1f} MB/s"
-        if self.tty:
-            sys.stderr.write("\r" + line.ljust(79) + ("\n" if final else ""))
-        else:
-            sys.stderr.write(line + "\n")
-        sys.stderr.flush()
-        self.drawn = self.tty and not final  # an unfinished \r line is on screen
-
-    def close(self):
-        if self.drawn and self.tty and not self.quiet:  # end an unfinished \r line before an error message
-            sys.stderr.write("\n")
-            sys.stderr.flush()
-            self.drawn = False
 
 
 class FileLock:
@@ -386,7 +342,7 @@ def _attempt(session, url, part: _Part, req_headers, timeout, progress, state, w
                     progress.update(start + written, state["total"])
         except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError,
                 requests.exceptions.Timeout) as e:
-            raise _Retry(f"connection lost after {_fmt_mb(start + written)} ({_reason(e, timeout)})",
+            raise _Retry(f"connection lost after {fmt_mb(start + written)} ({_reason(e, timeout)})",
                          written=written) from None
         if length is not None and written < length:
             raise _Retry(f"the server closed the connection after {written} of {length} bytes", written=written)
@@ -399,7 +355,7 @@ def _attempt(session, url, part: _Part, req_headers, timeout, progress, state, w
 def _fetch(url, dest: Path, *, sha256, size, headers, what, hint, timeout, quiet, allow_restart=True) -> Path:
     part = _Part(dest.with_name(dest.name + ".part"))
     req_headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity", **(headers or {})}
-    progress = _Progress(what if len(what) <= 40 else dest.name, quiet)
+    progress = ProgressLine(what if len(what) <= 40 else dest.name, quiet)
     state = {"responded": False, "server_sha": None, "total": size, "size": size}
     resumed = part.size() > 0
     if size is not None and part.size() > size:  # a stale .part of some other file

@@ -25,7 +25,7 @@ OpenAI's gpt-2 `src/encoder.py`; tiktoken (`src/lib.rs`, `tiktoken/load.py`); Se
 Run:
     python -m nanogpt2.tokenizer "Hello world"        # learner's view: the merges, the pieces, the ids
     python -m nanogpt2.tokenizer --decode 15496 995   # ids -> text
-    python -m nanogpt2.tokenizer --bench              # MB/s of both backends (WikiText-2 test if present)
+Speed of both backends: python -m nanogpt2.benchmarks.tokenizer (docs/tokenizer.md#benchmark).
 
 Use:
     from nanogpt2.tokenizer import get_tokenizer
@@ -41,7 +41,6 @@ import json
 import multiprocessing
 import os
 import sys
-import time
 import weakref
 from array import array
 from collections import Counter
@@ -53,7 +52,7 @@ from pathlib import Path
 
 import regex
 
-from nanogpt2.errors import NanoGPT2Error, read_text
+from nanogpt2.errors import NanoGPT2Error
 
 # ---------------------------------------------------------------------------------------------------------
 # Constants: where the ranks live, the pre-tokenizer pattern, the special token
@@ -755,10 +754,6 @@ class BPETokenizer(_Base):
             pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
-    def clear_cache(self):
-        """Forget the encoded pre-tokens (the next encode runs 'cold')."""
-        self._cache.clear()
-
 
 # Process-pool workers: the ranks arrive once per worker through the initializer, never per task.
 _WORKER = None
@@ -1070,131 +1065,6 @@ def explain(text: str, tokenizer=None) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Benchmark: MB/s of both backends, cold and warm, and of the batch encoders
-# ---------------------------------------------------------------------------------------------------------
-
-DEFAULT_BENCH_TEXT = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "wikitext-2-raw" / "wiki.test.raw"
-
-
-def benchmark(text_path=None, repeats=5, num_workers=None) -> dict:
-    """Encode throughput (MB of UTF-8 per second) of the python backend and of tiktoken, in this process.
-
-    text_path: defaults to ../shared/data/wikitext-2-raw/wiki.test.raw beside the project, else the
-    bundled Tiny Shakespeare.
-    - One text, one core: "cold" is the first pass of a fresh tokenizer (empty pre-token cache), "warm"
-      the best of `repeats` later passes, python and tiktoken taking turns so that both see the same
-      machine load. `*_cpu_mbps` divide by CPU seconds instead of wall seconds: on a shared machine those
-      barely move with the load, wall figures do.
-    - Batch: the text's lines as a list, serially (num_workers=1) and with `num_workers` workers (default
-      one per core), warm. "cores busy" is the CPU seconds of the parent and its workers over the wall
-      seconds (2.0 = both cores of a 2-core machine all the time); "cpu cost" is that CPU over the serial
-      call's CPU (1.0 = parallelism costs nothing extra).
-    Returns a dict of figures; `python -m nanogpt2.tokenizer --bench` prints them.
-    """
-    if text_path is None:
-        text_path = DEFAULT_BENCH_TEXT if DEFAULT_BENCH_TEXT.exists() else ASSETS / "tinyshakespeare.txt"
-    text = read_text(text_path, "benchmark text")
-    mb = len(text.encode("utf-8")) / 1e6
-    workers = _num_workers(num_workers)
-    lines = text.splitlines(keepends=True)
-    ranks = _bundled_ranks()
-
-    def timed(fn, pool=None):
-        """(wall seconds, CPU seconds of this process and of the pool's workers, result)"""
-        w0, c0, p0 = time.perf_counter(), time.process_time(), _workers_cpu(pool)
-        out = fn()
-        wall, cpu = time.perf_counter() - w0, time.process_time() - c0
-        return wall, cpu + (_workers_cpu(pool) - p0 if pool is not None else 0.0), out
-
-    res = {"text": str(text_path), "mb": round(mb, 3), "cpus": _num_workers(None), "num_workers": workers,
-           "date": time.strftime("%Y-%m-%d"), "load_avg_1min": round(os.getloadavg()[0], 2)}
-    try:
-        tk = TiktokenTokenizer(ranks)
-    except NanoGPT2Error:
-        tk = None
-        res["tiktoken"] = "not installed"
-
-    # one text, one core: cold then warm, python and tiktoken taking turns
-    py = BPETokenizer(ranks)
-    wall, cpu, ids = timed(lambda: py.encode_ordinary(text))
-    res.update(n_tokens=len(ids), python_cold_mbps=mb / wall, python_cold_cpu_mbps=mb / cpu)
-    if tk is not None:
-        wall, cpu, tk_ids = timed(lambda: tk.encode_ordinary(text))
-        res.update(tiktoken_first_mbps=mb / wall, ids_equal=ids == tk_ids)
-    py_runs, tk_runs = [], []
-    for _ in range(repeats):
-        py_runs.append(timed(lambda: py.encode_ordinary(text))[:2])
-        if tk is not None:
-            tk_runs.append(timed(lambda: tk.encode_ordinary(text))[:2])
-    res["python_warm_mbps"] = mb / min(w for w, _ in py_runs)
-    res["python_warm_cpu_mbps"] = mb / min(c for _, c in py_runs)
-    if tk is not None:
-        res["tiktoken_warm_mbps"] = mb / min(w for w, _ in tk_runs)
-        res["tiktoken_warm_cpu_mbps"] = mb / min(c for _, c in tk_runs)
-        res["ratio_warm"] = res["tiktoken_warm_mbps"] / res["python_warm_mbps"]
-        res["ratio_warm_cpu"] = res["tiktoken_warm_cpu_mbps"] / res["python_warm_cpu_mbps"]
-
-    # batch encoders: the lines of the text, serial then parallel, warm
-    def batch(prefix, tok, pool_of=lambda: None):
-        serial = [timed(lambda: tok.encode_batch(lines, 1)) for _ in range(repeats)]
-        out = tok.encode_batch(lines, workers)  # starts the workers, warms their caches
-        par = [timed(lambda: tok.encode_batch(lines, workers), pool_of()) for _ in range(repeats)]
-        res[f"{prefix}_batch_serial_mbps"] = mb / min(w for w, _, _ in serial)
-        res[f"{prefix}_batch_mbps"] = mb / min(w for w, _, _ in par)
-        res[f"{prefix}_batch_cores_busy"] = sum(c for _, c, _ in par) / sum(w for w, _, _ in par)
-        res[f"{prefix}_batch_cpu_cost"] = sum(c for _, c, _ in par) / sum(c for _, c, _ in serial)
-        return out
-
-    py_batch = BPETokenizer(ranks)
-    batch_ids = batch("python", py_batch, lambda: py_batch._pool[1] if py_batch._pool else None)
-    py_batch.close()
-    if tk is not None:
-        tk_batch_ids = batch("tiktoken", tk)
-        res["ids_equal"] = res["ids_equal"] and batch_ids == tk_batch_ids == [tk.encode_ordinary(t) for t in lines]
-    return {k: round(v, 2) if isinstance(v, float) else v for k, v in res.items()}
-
-
-def _workers_cpu(pool) -> float:
-    """CPU seconds used so far by a process pool's workers (from /proc on Linux; 0.0 where unknown)."""
-    if pool is None:
-        return 0.0
-    total = 0.0
-    for pid in list(getattr(pool, "_processes", None) or {}):
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-        except (OSError, ValueError, IndexError):
-            pass
-    return total
-
-
-def format_benchmark(res: dict) -> str:
-    rows = [f"tokenizer benchmark, {res['date']}: {res['text']} ({res['mb']} MB, {res.get('n_tokens')} tokens); "
-            f"{res['cpus']} CPU(s), {res['num_workers']} batch workers, load average {res['load_avg_1min']}",
-            f"  {'':<44} {'MB/s':>7} {'MB/cpu-s':>9}"]
-    for key, label in [
-        ("python_cold", "python backend, one text, cold cache"),
-        ("python_warm", "python backend, one text, warm cache"),
-        ("tiktoken_first", "tiktoken, one text, first call"),
-        ("tiktoken_warm", "tiktoken, one text, warm"),
-        ("python_batch_serial", "python encode_batch(lines, 1)"),
-        ("python_batch", f"python encode_batch(lines, {res['num_workers']}), processes"),
-        ("tiktoken_batch_serial", "tiktoken encode_batch(lines, 1)"),
-        ("tiktoken_batch", f"tiktoken encode_batch(lines, {res['num_workers']}), threads"),
-    ]:
-        if f"{key}_mbps" in res:
-            cpu = res.get(f"{key}_cpu_mbps")
-            extra = ""
-            if f"{key}_cores_busy" in res:
-                extra = f"   cores busy {res[key + '_cores_busy']:.2f}, cpu cost {res[key + '_cpu_cost']:.2f}x serial"
-            rows.append(f"  {label:<44} {res[key + '_mbps']:7.2f} {cpu if cpu is not None else '':>9}{extra}")
-    if "ratio_warm" in res:
-        rows.append(f"  tiktoken / python, warm: {res['ratio_warm']:.2f}x wall, {res['ratio_warm_cpu']:.2f}x CPU; "
-                    f"same ids: {res['ids_equal']}")
-    return "\n".join(rows)
-
-
-# ---------------------------------------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------------------------------------
 
@@ -1202,15 +1072,12 @@ def format_benchmark(res: dict) -> str:
 def main(argv=None):
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m nanogpt2.tokenizer", description="GPT-2 tokenizer: show the merges for a text, decode ids, or benchmark.")
+    p = argparse.ArgumentParser(prog="python -m nanogpt2.tokenizer", description="GPT-2 tokenizer: show the merges for a text, or decode ids.",
+                                epilog="Speed: python -m nanogpt2.benchmarks.tokenizer (both backends, MB/s).")
     p.add_argument("text", nargs="*", help="text to explain (the words are joined with spaces)")
     p.add_argument("--decode", nargs="+", type=int, metavar="ID", help="decode these ids")
-    p.add_argument("--bench", action="store_true", help="benchmark both backends")
-    p.add_argument("--bench-text", default=None, help="text file for --bench (default: WikiText-2 test if present)")
     args = p.parse_args(argv)
-    if args.bench:
-        print(format_benchmark(benchmark(args.bench_text)))
-    elif args.decode:
+    if args.decode:
         print(get_tokenizer("gpt2").decode(args.decode))
     elif args.text:
         print(explain(" ".join(args.text)))

@@ -1,7 +1,8 @@
 """
 Tests of bench.py and nanogpt2/perf.py: the JSON a tiny run writes, the FLOPs/token formula against a hand
 computation, the `--vs hf` comparison (and its skip when transformers is absent), the attention memory
-measurement, the peak table. No speed is asserted here: speed goals live in docs/benchmarks.md.
+measurement, the peak table, the tokenizer benchmark module (nanogpt2/benchmarks/tokenizer.py) and its command
+line. No speed is asserted here: speed goals live in docs/benchmarks.md.
 
     python -m pytest -q tests/test_bench.py
 """
@@ -17,6 +18,7 @@ import torch
 
 from conftest import ROOT, oracle
 
+SHAKESPEARE = ROOT / "nanogpt2" / "assets" / "tinyshakespeare.txt"
 TINY = ["--n_layer", "2", "--n_head", "2", "--n_embd", "64", "--vocab_size", "256",
         "--block_size", "32", "--batch_size", "2", "--device", "cpu", "--threads", "1"]
 
@@ -187,14 +189,17 @@ def test_attention_sweep_and_memory(tmp_path):
 
 
 def test_generate_and_tokenizer_sub_benchmarks(tmp_path):
-    proc, report = run_bench(["generate", "tokenizer", *TINY, "--repeats", "1"], tmp_path)
+    text = tmp_path / "text.txt"
+    text.write_text(SHAKESPEARE.read_text(encoding="utf-8")[:100_000], encoding="utf-8")
+    proc, report = run_bench(["generate", "tokenizer", *TINY, "--repeats", "1", "--tokenizer_text", str(text)], tmp_path)
     gen, tok = (report["results"][k] for k in ("generate", "tokenizer"))
     assert gen["status"] == "ok" and gen["source"] == "nanogpt2.benchmarks.decode.benchmark_decode"
     for row in gen["figures"]["rows"]:
         assert row["cache_tok_s"] > 0 and row["no_cache_tok_s"] > 0
         assert row["same_tokens"] is not False  # transformers' generate gave our tokens
-    assert tok["status"] == "ok" and tok["source"] == "nanogpt2.tokenizer.benchmark"
-    assert "tiktoken" in tok["table"]
+    assert tok["status"] == "ok" and tok["source"] == "nanogpt2.benchmarks.tokenizer.benchmark_tokenizer"
+    assert tok["figures"]["text"] == str(text) and report["config"]["tokenizer_text"] == str(text)
+    assert tok["figures"]["ids_equal"] is True and "tiktoken" in tok["table"]
 
 
 def test_compile_mode_reaches_torch_compile(monkeypatch):
@@ -232,6 +237,16 @@ def test_bad_option_is_one_line_error():
     assert proc.returncode == 2 and proc.stderr.startswith("error: --compile_mode max-autotune needs --compile")
 
 
+def test_bad_tokenizer_text_fails_before_the_benchmarks(tmp_path):
+    """A non-UTF-8 --tokenizer_text is one line at start, not a failed sub-benchmark after the others ran."""
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("na\u00efve text\n".encode("latin-1"))
+    proc = subprocess.run([sys.executable, "bench.py", "train", "tokenizer", *TINY, "--tokenizer_text", str(bad)],
+                          cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith(f"error: the benchmark text {bad} is not UTF-8 text") and proc.stdout == ""
+
+
 @pytest.mark.parametrize("target", ["a_file/out.json", "a_folder"])
 def test_unwritable_json_path_fails_before_the_benchmarks(tmp_path, target):
     """--json that cannot be written (a file where its folder should be; an existing folder) is refused up front,
@@ -266,3 +281,46 @@ def test_peak_table_lookup():
         assert peak_flops("cpu", "float32")[0] == 123e12
     finally:
         del os.environ["NANOGPT2_PEAK_FLOPS"]
+
+
+# ----------------------------------------------------------------------------------------------------
+# The tokenizer benchmark module (nanogpt2/benchmarks/tokenizer.py) on its own
+
+
+def test_tokenizer_benchmark_defaults_to_the_bundled_text(tmp_path, monkeypatch):
+    from nanogpt2.benchmarks import tokenizer as B
+
+    assert B.DEFAULT_TEXT == ROOT / "nanogpt2" / "assets" / "tinyshakespeare.txt" and B.DEFAULT_TEXT.is_file()
+    small = tmp_path / "small.txt"
+    small.write_text(SHAKESPEARE.read_text(encoding="utf-8")[:3_000], encoding="utf-8")
+    monkeypatch.setattr(B, "DEFAULT_TEXT", small)  # what text_path=None reads, kept small for speed
+    res = B.benchmark_tokenizer(repeats=1, num_workers=1)
+    assert res["text"] == str(small) and res["ids_equal"] is True and res["n_tokens"] > 500
+
+
+@pytest.mark.parametrize("content", [None, "na\u00efve text\n".encode("latin-1")], ids=["missing", "latin-1"])
+def test_tokenizer_benchmark_bad_text_is_one_line_naming_the_file(tmp_path, content):
+    """--bench-text with a Latin-1 file was a UnicodeDecodeError traceback; now: status 2, one line, before any timing."""
+    bad = tmp_path / "text.txt"
+    if content is not None:
+        bad.write_bytes(content)
+    r = subprocess.run([sys.executable, "-m", "nanogpt2.benchmarks.tokenizer", "--bench-text", str(bad)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    want = f"error: the benchmark text {bad} is not UTF-8 text" if content else f"error: cannot read the benchmark text {bad}"
+    assert len(lines) == 1 and lines[0].startswith(want), r.stderr
+    assert (content is None or "0xef" in lines[0]) and r.stdout == ""
+
+
+@pytest.mark.slow
+def test_tokenizer_benchmark_returns_figures(tmp_path):
+    from nanogpt2.benchmarks.tokenizer import benchmark_tokenizer, format_benchmark
+
+    (tmp_path / "t.txt").write_text(SHAKESPEARE.read_text(encoding="utf-8")[:250_000], encoding="utf-8")
+    res = benchmark_tokenizer(tmp_path / "t.txt", repeats=1, num_workers=2)
+    for key in ["python_cold_mbps", "python_warm_mbps", "python_warm_cpu_mbps", "python_batch_serial_mbps", "python_batch_mbps",
+                "python_batch_cores_busy", "tiktoken_warm_mbps", "tiktoken_warm_cpu_mbps", "tiktoken_batch_mbps", "ratio_warm"]:
+        assert res[key] > 0, key
+    assert res["ids_equal"] is True and res["num_workers"] == 2
+    assert "MB/s" in format_benchmark(res)

@@ -780,7 +780,7 @@ def test_cli_prints_statistics(cache, capsys):
     data.main(["shakespeare", "--cache_root", str(cache)])
     out, err = capsys.readouterr()
     assert "338,025" in out and "bytes/token" in out and "train" in out and "val" in out
-    assert "tokenizing shakespeare" in err and "100%" in err  # the progress line
+    assert "tokenizing shakespeare: 1.1 MB / 1.1 MB (100%)" in err and "MB/s, 338,025 tokens" in err  # the progress line
     data.main(["shakespeare", "--cache_root", str(cache), "--quiet"])
     out, err = capsys.readouterr()
     assert "reused" in out and err == ""

@@ -21,17 +21,23 @@ RUNTIME = {"torch", "numpy", "tiktoken", "regex", "requests"}
 
 
 def test_importing_the_package_loads_no_oracle_or_extra():
+    """...and imports point one way: no library module loads the benchmarks (nanogpt2/benchmarks/ imports the
+    library, never the reverse)."""
     modules = sorted(p.stem for p in (ROOT / "nanogpt2").glob("*.py") if p.stem != "__init__")
+    benchmarks = sorted(p.stem for p in (ROOT / "nanogpt2" / "benchmarks").glob("*.py") if p.stem != "__init__")
     code = ("import json, sys\n"
             + "".join(f"import nanogpt2.{m}\n" for m in modules)
+            + "from_library = sorted(m for m in sys.modules if m.startswith('nanogpt2.benchmarks'))\n"
+            + "".join(f"import nanogpt2.benchmarks.{m}\n" for m in benchmarks)
             + "import runpy\n"
             # the scripts' module-level imports, without running their main()
             + "".join(f"runpy.run_path({str(ROOT / s)!r}, run_name='not_main')\n" for s in ("train.py", "sample.py", "bench.py"))
-            + f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {FORBIDDEN!r})))\n")
+            + f"print(json.dumps([sorted(m for m in sys.modules if m.split('.')[0] in {FORBIDDEN!r}), from_library]))\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
-    assert len(modules) >= 12  # every module was imported, not an empty list
+    forbidden, from_library = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert forbidden == [] and from_library == []
+    assert len(modules) >= 12 and {"decode", "tokenizer"} <= set(benchmarks)  # every module was imported
 
 
 def test_pyproject_declares_exactly_the_runtime_dependencies():

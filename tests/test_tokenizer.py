@@ -670,7 +670,7 @@ def test_char_tokenizer_errors(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Learner's view, command line, benchmark
+# Learner's view, command line
 # ---------------------------------------------------------------------------------------------------------
 
 
@@ -694,29 +694,6 @@ def test_command_line(capsys):
     # and as a module, in a fresh process
     r = subprocess.run([sys.executable, "-m", "nanogpt2.tokenizer", "Hello world"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "ids: [15496, 995]" in r.stdout, r.stderr
-
-
-def test_non_utf8_bench_text_is_one_line_naming_the_file(tmp_path):
-    """--bench-text with a Latin-1 file was a UnicodeDecodeError traceback; now: status 2, one line, before any timing."""
-    bad = tmp_path / "latin1.txt"
-    bad.write_bytes("na\u00efve text\n".encode("latin-1"))
-    r = subprocess.run([sys.executable, "-m", "nanogpt2.tokenizer", "--bench", "--bench-text", str(bad)], cwd=ROOT,
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
-    lines = [line for line in r.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith(f"error: the benchmark text {bad} is not UTF-8 text"), r.stderr
-    assert "0xef" in lines[0] and r.stdout == ""
-
-
-@pytest.mark.slow
-def test_benchmark_returns_figures(tmp_path):
-    (tmp_path / "t.txt").write_text(SHAKESPEARE_ASSET.read_text(encoding="utf-8")[:250_000], encoding="utf-8")
-    res = T.benchmark(tmp_path / "t.txt", repeats=1, num_workers=2)
-    for key in ["python_cold_mbps", "python_warm_mbps", "python_warm_cpu_mbps", "python_batch_serial_mbps", "python_batch_mbps",
-                "python_batch_cores_busy", "tiktoken_warm_mbps", "tiktoken_warm_cpu_mbps", "tiktoken_batch_mbps", "ratio_warm"]:
-        assert res[key] > 0, key
-    assert res["ids_equal"] is True and res["num_workers"] == 2
-    assert "MB/s" in T.format_benchmark(res)
 
 
 # ---------------------------------------------------------------------------------------------------------

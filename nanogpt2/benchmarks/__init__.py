@@ -1,4 +1,5 @@
 """
 Benchmarks of library parts that `bench.py` runs (and that can be called on their own): decoding against
-transformers' `generate`. Library modules hold no benchmark code; these import the library, never the reverse.
+transformers' `generate` (decode.py), BPE encoding against tiktoken (tokenizer.py). Library modules hold no
+benchmark code; these import the library, never the reverse (tests/test_dependencies.py checks it).
 """
