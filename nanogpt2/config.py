@@ -72,7 +72,8 @@ class RunConfig:
         "checkpoint (.pt file or run folder; weights only) | resume (= resume_from auto, but a checkpoint must exist)",
         "output")
     resume_from: str = setting(
-        "", "'' (start fresh), 'auto' (latest checkpoint in out_dir if there is one) or a checkpoint path: "
+        "", "'' (start fresh), 'auto' (the checkpoint of out_dir with the highest step, damaged ones skipped, if there is "
+        "one) or a checkpoint path: "
         "restores model, optimizer, scaler, step, sampler and RNG states", "output")
     checkpoint_interval: int = setting(1000, "save checkpoint_step_N.pt every this many steps (0: never)", "output")
     keep_last: int = setting(3, "keep only the newest this many step (and epoch) checkpoints (0: keep all)", "output")

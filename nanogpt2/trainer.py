@@ -53,7 +53,7 @@ import torch.nn as nn
 
 from nanogpt2 import checkpoint as ckpt_io
 from nanogpt2.config import RunConfig, format_config, load_config, save_config, settings_text, wants_help
-from nanogpt2.errors import EXIT_INTERRUPTED, NanoGPT2Error
+from nanogpt2.errors import EXIT_INTERRUPTED, NanoGPT2Error, write_error
 from nanogpt2.generate import generate
 from nanogpt2.loader import build_model, load_model, model_spec, spec_of
 from nanogpt2.model import GPT, GPTConfig, IGNORE_INDEX
@@ -171,8 +171,9 @@ class Trainer:
             # Setup, in the one order that works: each stage needs the ones above it.
             self._setup_processes()                    # torchrun ranks, device, dtype, process group, seeds
             self._setup_batch_geometry()               # accumulation steps, rows and tokens per step
-            self._setup_outputs()                      # the config line, out_dir, config.json (rank 0)
             self._setup_data(make_sampler)             # the sampler; the tokenizer (the dataset's by default)
+            self._setup_outputs()                      # the config line, out_dir, config.json (rank 0): written
+                                                       # only once the data and the sample prompt are known good
             self._setup_run_length()                   # epochs -> steps, the schedule
             resume_state = self._find_resume()         # before the model: a checkpoint holds its architecture
             self._setup_model(model, resume_state)     # model, optimizer, scaler, counters (restored on resume)
@@ -772,12 +773,21 @@ class Trainer:
     def _write_record(self, rec: dict):
         if not self.dist.master:
             return
-        with open(self._metrics_path, "a") as f:
-            f.write(json.dumps(rec) + "\n")
+        self._append(self._metrics_path, json.dumps(rec) + "\n", "metrics")
         if self._tb is not None:
             for key in ("loss", "ppl", "lr", "grad_norm", "tokens_per_sec", "mfu", "val_loss", "val_ppl", "loss_scale"):
                 if key in rec and rec[key] is not None and math.isfinite(rec[key]):
                     self._tb.add_scalar(key if key.startswith("val") else f"train/{key}", rec[key], rec["step"])
+
+    def _append(self, path: Path, text: str, what: str):
+        """Append to a log file of out_dir; a full disk is one line naming the file and the free space."""
+        try:
+            with open(path, "a") as f:
+                f.write(text)
+        except OSError as e:
+            raise write_error(e, f"the {what} {path}", self.out_dir,
+                              "free some space (the checkpoints so far are intact), then --resume_from auto",
+                              any_os_error=True) from None
 
     def _time_left(self, step_time: float) -> dict:
         """elapsed_h; eta_h, the hours to the end of the run (steps left x `step_time`, the mean training-step
@@ -938,8 +948,8 @@ class Trainer:
 
     def _check_bad_steps(self, rec: dict):
         if rec.get("bad_step") and self.bad_steps_in_row >= self.cfg.max_bad_steps:
-            last_good = ckpt_io.list_checkpoints(self.out_dir)
-            where = f"the last good checkpoint is {last_good[-1]}" if last_good else "no checkpoint was written yet"
+            last_good, _ = ckpt_io.by_step(self.out_dir)  # the highest stored step first
+            where = f"the last good checkpoint is {last_good[0]}" if last_good else "no checkpoint was written yet"
             raise NanoGPT2Error(
                 f"the loss was non-finite for {self.bad_steps_in_row} steps in a row (steps "
                 f"{self.step - self.bad_steps_in_row + 1}-{self.step}); stopping without saving; {where}. "
@@ -979,8 +989,7 @@ class Trainer:
             text = self.sample()
             if text is not None:
                 self.log(f"--- sample at step {self.step} ---\n{text}\n---")
-                with open(self.out_dir / "samples.txt", "a") as f:
-                    f.write(f"--- step {self.step} ---\n{text}\n")
+                self._append(self.out_dir / "samples.txt", f"--- step {self.step} ---\n{text}\n", "samples")
         if cfg.checkpoint_interval and self.step % cfg.checkpoint_interval == 0 and not final:
             self.save(f"step_{self.step}")
             if self.dist.master:

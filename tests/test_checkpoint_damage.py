@@ -449,3 +449,14 @@ def test_random_and_hostile_files_are_not_valid_checkpoints(env, tmp_path, kind)
                 run(env, *TRAIN, f"--out_dir={tmp_path / 'run'}", f"--resume_from={path}")):
         one_error(res, str(path), "is not a valid checkpoint", why)
     assert not marker.exists() and path.read_bytes() == before
+
+
+def test_full_disk_while_logging_metrics_is_one_line(env, tmp_path):
+    """The file-size limit is reached by metrics.jsonl (no checkpoint is due before it): one error line naming
+    the file and the free space, not a traceback."""
+    ok(run(env, TINY, "--max_iters=1", f"--out_dir={tmp_path / 'warm'}"))  # the token cache, built without a limit
+    out = tmp_path / "run"
+    res = run(env, TINY, "--max_iters=200", "--checkpoint_interval=0", "--eval_interval=0", f"--out_dir={out}",
+              fsize_limit=6000)
+    one_error(res, "cannot write the metrics", str(out / "metrics.jsonl"), "free in", "--resume_from auto")
+    assert 0 < (out / "metrics.jsonl").stat().st_size <= 6000
