@@ -117,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out_dir", default="out-bench", help="where plots and profiler traces go (default %(default)s)")
     p.add_argument("--json", default=None, metavar="PATH", help="write every figure with its unit as JSON")
     p.add_argument("--seed", type=int, default=1337, help="default %(default)s")
+    p.add_argument("--init_from", default=None, metavar="NAME_OR_PATH",
+                   help="time a real model (GPT-2 name, HF folder, run folder or .pt, as train.py's init_from) instead "
+                        "of a randomly initialised one; its shape replaces --preset and the size options")
     return p
 
 
@@ -130,6 +133,7 @@ def resolve(args) -> argparse.Namespace:
 
     dims = dict(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd, vocab_size=args.vocab_size,
                 block_size=args.block_size)
+    given_preset = args.preset
     preset = args.preset or ("gpt2" if gpu else "shakespeare-char")
     base = {"vocab_size": 50257, "block_size": 1024, **{**PRESETS, **BENCH_PRESETS}[preset]}
     overridden = [k for k, v in dims.items() if v is not None and v != base[k]]
@@ -157,6 +161,9 @@ def resolve(args) -> argparse.Namespace:
         args.model_config = GPTConfig(dropout=args.dropout, **model_kw)
     except ValueError as e:
         raise NanoGPT2Error(f"bad model size: {e}")
+    args.init_state = None
+    if args.init_from:
+        _load_init_from(args, [k for k, v in dims.items() if v is not None and k != "block_size"] + (["--preset"] if given_preset else []))
     if args.json:
         check_writable(Path(args.json))
     if args.tokenizer_text is not None:  # a missing or non-UTF-8 file is one line now, not a failure at the end
@@ -164,6 +171,32 @@ def resolve(args) -> argparse.Namespace:
     if gpu:
         torch.set_float32_matmul_precision("high")  # TF32 matmuls for fp32 work, as nanoGPT does
     return args
+
+
+def _load_init_from(args, clashing: list) -> None:
+    """--init_from: the model comes from the one loader (nanogpt2.loader), as in train.py; its shape and weights
+    are used by the train and generate benchmarks (a --block_size shorter than its context crops it)."""
+    if clashing:
+        raise NanoGPT2Error(f"--init_from sets the model's shape; drop {', '.join(clashing)}")
+    from nanogpt2.loader import load_model
+
+    model, info = load_model(args.init_from, dropout=args.dropout)
+    if not isinstance(model, GPT):
+        raise NanoGPT2Error(f"--init_from {args.init_from}: bench.py times plain GPT models, not a {type(model).__name__}")
+    if args.block_size is not None and args.block_size < model.config.block_size:
+        model.crop_block_size(args.block_size)
+    args.model_config = model.config
+    args.block_size, args.vocab_size = model.config.block_size, model.config.vocab_size
+    args.init_state = model.state_dict()
+    args.preset = info["description"]
+
+
+def new_model(args, **overrides) -> GPT:
+    """A model of this run's shape: random (seeded by the caller), or --init_from's weights."""
+    model = GPT(GPTConfig(**{**args.model_config.to_dict(), **overrides}))
+    if args.init_state is not None:
+        model.load_state_dict(args.init_state)
+    return model
 
 
 def check_writable(path: Path) -> None:
@@ -529,7 +562,7 @@ def bench_train(args) -> dict:
     device, cfg = args.device, args.model_config
     B, T = args.batch_size, args.block_size
     torch.manual_seed(args.seed)
-    model = GPT(GPTConfig(**cfg.to_dict())).to(device)
+    model = new_model(args).to(device)
     model.train()
     optimizer, optim_source = configure_optimizer(model, args)
     fwd = torch.compile(model, mode=args.compile_mode) if args.compile else model
@@ -685,12 +718,12 @@ def _external(benchmark, formatter, call) -> dict:
 
 def bench_generate(args) -> dict:
     """Decode speed with and without the KV cache (and transformers' generate, when installed) of a
-    randomly initialised model of this run's size, fp32 weights (autocast with --dtype)."""
+    randomly initialised model of this run's size (or --init_from's), fp32 weights (autocast with --dtype)."""
     from nanogpt2.benchmarks import decode
 
     def call(benchmark_decode):
         torch.manual_seed(args.seed)
-        model = GPT(GPTConfig(**{**args.model_config.to_dict(), "dropout": 0.0}))
+        model = new_model(args, dropout=0.0)
         prompt_len = min(16, args.block_size // 2)
         new_tokens = min(32, args.block_size - prompt_len)  # prompt + new tokens must fit the context
         return benchmark_decode(model=model, device=str(args.device), dtype=args.dtype, seed=args.seed,

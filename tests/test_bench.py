@@ -324,3 +324,17 @@ def test_tokenizer_benchmark_returns_figures(tmp_path):
         assert res[key] > 0, key
     assert res["ids_equal"] is True and res["num_workers"] == 2
     assert "MB/s" in format_benchmark(res)
+
+
+def test_init_from_times_the_loaded_model(tmp_path):
+    """--init_from goes through the one loader: the train and generate benchmarks run the fixture's shape and
+    weights (its description in the report), and a size option beside it is refused."""
+    hf = ROOT / "tests" / "fixtures" / "openai-gpt2-tiny-hf"
+    proc, report = run_bench(["train", "--init_from", str(hf), "--block_size", "16", "--batch_size", "2", "--device",
+                              "cpu", "--threads", "1", "--steps", "1", "--warmup", "0", "--repeats", "1"], tmp_path)
+    config = report["config"]
+    assert "openai-gpt2-tiny-hf" in config["preset"] and config["block_size"] == 16
+    assert config["model"]["vocab_size"] == 96 and config["model"]["n_embd"] == 16  # the fixture's shape
+    bad = subprocess.run([sys.executable, "bench.py", "train", "--init_from", str(hf), "--n_layer", "4"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.strip() == "error: --init_from sets the model's shape; drop n_layer"
