@@ -11,7 +11,8 @@ train.py, sample.py, bench.py and `python -m nanogpt2.evaluate` all load through
 
 The model spec: a checkpoint records what model it holds as a small dict, `{"kind": "gpt", "config":
 GPTConfig.to_dict()}`, and the loader rebuilds exactly that (`build_model(spec)`) before loading the weights.
-It can grow: a module that wraps or extends the GPT (PEFT methods, task heads) registers its kind with
+A GPT with LoRA applied (nanogpt2.peft) records `"lora": {rank, alpha, targets, ...}` beside its config, and is
+rebuilt with it. It can grow: a module that wraps or extends the GPT (task heads) registers its kind with
 `register_model_kind(kind, build)` and gives its models a `model_spec()` method returning
 `{"kind": kind, ...}`; checkpoints written before specs existed hold only `model_config` and read as "gpt".
 
@@ -30,6 +31,7 @@ import torch.nn as nn
 from nanogpt2 import checkpoint as ckpt_io
 from nanogpt2.errors import NanoGPT2Error
 from nanogpt2.model import GPT, GPTConfig
+from nanogpt2.peft import apply_lora, lora_layers
 
 # ----------------------------------------------------------------------------------------------------
 # Model specs
@@ -43,16 +45,32 @@ def register_model_kind(kind: str, build: Callable[[dict], nn.Module]) -> None:
     MODEL_KINDS[kind] = build
 
 
-register_model_kind("gpt", lambda spec: GPT(GPTConfig(**spec["config"])))
+def _build_gpt(spec: dict) -> GPT:
+    """A GPT, with the PEFT method of the spec applied (its weights come after)."""
+    model = GPT(GPTConfig(**spec["config"]))
+    lora = spec.get("lora")
+    if lora is not None:
+        apply_lora(model, int(lora["rank"]), float(lora["alpha"]), lora["targets"], float(lora.get("dropout", 0.0)),
+                   bool(lora.get("use_rslora", False)))
+    return model
+
+
+register_model_kind("gpt", _build_gpt)
 
 
 def model_spec(model: nn.Module) -> dict:
-    """What a checkpoint records about `model` so that `build_model` can rebuild it (before its weights)."""
+    """What a checkpoint records about `model` so that `build_model` can rebuild it (before its weights): for a
+    GPT its config and, when LoRA is applied, `"lora": {rank, alpha, targets, dropout, use_rslora}`."""
     own = getattr(model, "model_spec", None)
     if callable(own):
         return own()
     if isinstance(model, GPT):
-        return {"kind": "gpt", "config": model.config.to_dict()}
+        spec = {"kind": "gpt", "config": model.config.to_dict()}
+        if getattr(model, "lora_config", None) is not None:
+            if any(layer.merged for layer in lora_layers(model).values()):
+                raise NanoGPT2Error("the model's LoRA layers are merged: unmerge_lora(model) before saving it")
+            spec["lora"] = dict(model.lora_config)
+        return spec
     raise NanoGPT2Error(f"cannot describe a {type(model).__name__} for a checkpoint: give it a model_spec() method "
                         f"and register its kind with nanogpt2.loader.register_model_kind")
 
