@@ -163,7 +163,8 @@ def resolve(args) -> argparse.Namespace:
         raise NanoGPT2Error(f"bad model size: {e}")
     args.init_state = None
     if args.init_from:
-        _load_init_from(args, [k for k, v in dims.items() if v is not None and k != "block_size"] + (["--preset"] if given_preset else []))
+        _load_init_from(args, [k for k, v in dims.items() if v is not None and k != "block_size"] + (["--preset"] if given_preset else []),
+                        dims["block_size"])
     if args.json:
         check_writable(Path(args.json))
     if args.tokenizer_text is not None:  # a missing or non-UTF-8 file is one line now, not a failure at the end
@@ -173,9 +174,9 @@ def resolve(args) -> argparse.Namespace:
     return args
 
 
-def _load_init_from(args, clashing: list) -> None:
+def _load_init_from(args, clashing: list, requested_block) -> None:
     """--init_from: the model comes from the one loader (nanogpt2.loader), as in train.py; its shape and weights
-    are used by the train and generate benchmarks (a --block_size shorter than its context crops it)."""
+    are used by the train and generate benchmarks (its own context, or a shorter --block_size: cropped)."""
     if clashing:
         raise NanoGPT2Error(f"--init_from sets the model's shape; drop {', '.join(clashing)}")
     from nanogpt2.loader import load_model
@@ -183,8 +184,11 @@ def _load_init_from(args, clashing: list) -> None:
     model, info = load_model(args.init_from, dropout=args.dropout)
     if not isinstance(model, GPT):
         raise NanoGPT2Error(f"--init_from {args.init_from}: bench.py times plain GPT models, not a {type(model).__name__}")
-    if args.block_size is not None and args.block_size < model.config.block_size:
-        model.crop_block_size(args.block_size)
+    if requested_block is not None and requested_block > model.config.block_size:
+        raise NanoGPT2Error(f"--block_size {requested_block} is longer than the context of {args.init_from} "
+                            f"({model.config.block_size}); leave it out or pick at most that")
+    if requested_block is not None and requested_block < model.config.block_size:
+        model.crop_block_size(requested_block)
     args.model_config = model.config
     args.block_size, args.vocab_size = model.config.block_size, model.config.vocab_size
     args.init_state = model.state_dict()
@@ -192,8 +196,10 @@ def _load_init_from(args, clashing: list) -> None:
 
 
 def new_model(args, **overrides) -> GPT:
-    """A model of this run's shape: random (seeded by the caller), or --init_from's weights."""
-    model = GPT(GPTConfig(**{**args.model_config.to_dict(), **overrides}))
+    """A model of this run's shape from the one loader: random (seeded by the caller), or --init_from's weights."""
+    from nanogpt2.loader import load_model
+
+    model, _ = load_model("scratch", config=GPTConfig(**{**args.model_config.to_dict(), **overrides}))
     if args.init_state is not None:
         model.load_state_dict(args.init_state)
     return model

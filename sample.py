@@ -118,13 +118,14 @@ def main(argv=None):
     if args.num_samples < 1:
         raise NanoGPT2Error(f"--num_samples must be >= 1, got {args.num_samples}")
     device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)  # checked before the model loads (or downloads)
     prompt = read_prompt(args.start)  # before the model loads: a bad prompt file fails at once
     init_from = args.out_dir if args.init_from == "resume" else args.init_from
     model, tok, desc = load_model_and_tokenizer(init_from, device)
     print(f"loaded {desc}", file=sys.stderr)
     if args.compile:
         model = torch.compile(model, mode=args.compile_mode)
-    ctx = autocast(device, resolve_dtype(args.dtype, device))
+    ctx = autocast(device, dtype)
 
     prompt_ids = encode_prompt(tok, prompt)
     block = model.config.block_size

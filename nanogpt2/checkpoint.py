@@ -1,10 +1,12 @@
 """
-Training checkpoints: written atomically, read back with clear errors, found by name, loaded as models.
+Training checkpoints: written atomically, checksummed, read back with clear errors, found by name. (Models
+are rebuilt from them by nanogpt2/loader.py.)
 
 A checkpoint is one `torch.save` file holding a dict:
 
     model          raw state_dict (never the DDP or torch.compile wrapper's)
-    model_config   GPTConfig.to_dict()
+    model_spec     what nanogpt2.loader rebuilds before the weights ({"kind": "gpt", "config": ..., "lora": ...})
+    model_config   GPTConfig.to_dict() (for readers from before model_spec)
     run_config     the effective RunConfig as a dict
     tokenizer      {"name": "gpt2"} or {"name": "char", "chars": "..."} (the ids mean nothing without it)
     optimizer      AdamW state_dict (fp32 moments)
@@ -13,6 +15,7 @@ A checkpoint is one `torch.save` file holding a dict:
     step, epoch, best_val_loss, tokens_seen
     sampler        the data sampler's state_dict
     rng            {"python", "numpy", "torch", "cuda"} of rank 0, and "per_rank" (a list) under DDP
+    world_size     the number of processes that wrote it
     checksum       "sha256:<hex>" of every other entry (tensor bytes, dtypes, shapes, keys and plain values)
 
 It is written to a temporary file in the same folder, flushed to disk and renamed over the target

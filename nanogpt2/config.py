@@ -34,7 +34,8 @@ import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
-from typing import ClassVar, Optional
+from types import MappingProxyType
+from typing import ClassVar, Mapping, Optional
 
 from nanogpt2.errors import NanoGPT2Error, read_text
 
@@ -50,19 +51,20 @@ def setting(default, help: str, group: str):
 @dataclass
 class RunConfig:
     script: ClassVar[str] = "train.py"  # what --help and error hints call the script
-    groups: ClassVar[dict] = {  # setting group -> heading in --help and docs (a subclass may add its own)
+    groups: ClassVar[Mapping] = MappingProxyType({  # setting group -> heading in --help and docs; a subclass
+        # extends it with its own: groups = MappingProxyType({**RunConfig.groups, "peft": "..."})
         "output": "Output, checkpoints, resume",
         "logging": "Evaluation, logging, samples",
         "data": "Data and batch",
         "model": "Model (init_from=scratch)",
         "optimizer": "Optimizer and learning-rate schedule",
         "system": "System",
-    }
-    choices: ClassVar[dict] = {  # settings whose value must be one of a few names
+    })
+    choices: ClassVar[Mapping] = MappingProxyType({  # settings whose value must be one of a few names
         "tokenizer": ("auto", "gpt2", "char"),
         "lr_schedule": ("cosine", "linear", "constant"),
         "dtype": ("auto", "float32", "bfloat16", "float16"),
-    }
+    })
 
     # --- output, checkpoints, resume ---
     out_dir: str = setting("out", "folder for checkpoints, metrics.jsonl, config.json, plots, TensorBoard events", "output")
@@ -138,7 +140,7 @@ class RunConfig:
     max_bad_steps: int = setting(5, "stop the run after this many non-finite losses in a row (each is skipped)", "optimizer")
 
     # --- system ---
-    device: str = setting("auto", "auto (cuda if available, else cpu) | cpu | cuda | cuda:N | mps", "system")
+    device: str = setting("auto", "auto (cuda if available, else mps if available, else cpu; under torchrun: cuda or cpu) | cpu | cuda | cuda:N | mps", "system")
     dtype: str = setting("auto", "auto (bfloat16 on CUDA if supported, else float16; float32 elsewhere) | float32 | bfloat16 | float16", "system")
     compile: Optional[bool] = setting(None, "torch.compile the model (none: on for CUDA, off elsewhere)", "system")
     seed: int = setting(1337, "random seed (model init, data order, dropout)", "system")
@@ -170,18 +172,25 @@ GROUPS = RunConfig.groups
 CHOICES = RunConfig.choices
 
 
+SETTING_TYPES = (bool, int, float, str)
+
+
 @lru_cache(maxsize=None)
 def settings_of(cls=RunConfig) -> dict:
-    """{name: dataclass field} of a config class, in declaration order."""
-    return {f.name: f for f in fields(cls)}
+    """{name: dataclass field} of a config class, in declaration order. Every setting is a bool, int, float or
+    str (optionally None): what a config file and the command line can say and this module type-checks."""
+    out = {f.name: f for f in fields(cls)}
+    for name in out:
+        typ, _ = setting_type(name, cls)
+        if typ not in SETTING_TYPES:
+            raise TypeError(f"setting {cls.__name__}.{name} has type {typ}; settings are bool, int, float or str "
+                            f"(a list is a comma-separated str)")
+    return out
 
 
 @lru_cache(maxsize=None)
 def _hints(cls) -> dict:
     return typing.get_type_hints(cls)
-
-
-FIELDS = settings_of(RunConfig)
 
 
 def setting_type(name: str, cls=RunConfig):
@@ -191,6 +200,9 @@ def setting_type(name: str, cls=RunConfig):
     if args and type(None) in args:
         return next(a for a in args if a is not type(None)), True
     return hint, False
+
+
+FIELDS = settings_of(RunConfig)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -15,15 +15,20 @@ Every field of HF's `GPT2Config` that changes the forward pass is either honoure
 naming it; a checkpoint is never loaded silently wrong. Every tensor's name and shape is checked.
 """
 
+from __future__ import annotations
+
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from nanogpt2.download import cache_dir, download, hf_url
 from nanogpt2.errors import NanoGPT2Error
-from nanogpt2.model import ACTIVATIONS, GPT, GPTConfig
 from nanogpt2.safetensors_io import load_file, save_file
+
+if TYPE_CHECKING:  # model.py imports this module lazily (GPT.from_pretrained): no import back at module level
+    from nanogpt2.model import GPT, GPTConfig
 
 # ----------------------------------------------------------------------------------------------------
 # Names the Hub knows
@@ -47,6 +52,8 @@ IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
 
 def config_from_hf(hf: dict, source: str = "config.json", **overrides) -> GPTConfig:
     """GPTConfig from an HF GPT-2 config dict; refuses fields whose effect we do not implement."""
+    from nanogpt2.model import ACTIVATIONS, GPTConfig  # (lazily: model.py imports this module from from_pretrained)
+
     model_type = hf.get("model_type", "gpt2")
     if model_type != "gpt2":
         raise NanoGPT2Error(f"{source}: model_type is {model_type!r}; only GPT-2 checkpoints (model_type 'gpt2') are supported")
@@ -101,6 +108,7 @@ _HF_NAMES = dict(block_size="n_positions", vocab_size="vocab_size", n_layer="n_l
 def _check_types(kwargs: dict, source: str):
     """Sizes must be positive ints, epsilon a positive number, switches booleans (a hand-edited config.json
     with "12" or 1.5 fails here, naming the field, rather than deep inside torch)."""
+    from nanogpt2.model import GPTConfig
     for key, hf_key in _HF_NAMES.items():
         v = kwargs[key]
         if key == "n_inner" and v is None:
@@ -248,6 +256,8 @@ def load_hf_folder(folder, **overrides) -> GPT:
         raise NanoGPT2Error(f"{config_path} is not valid JSON ({e})") from None
     config = config_from_hf(hf_config, source=str(config_path), **overrides)
     hf_state = read_hf_state_dict(folder)
+    from nanogpt2.model import GPT
+
     model = GPT(config)
     load_hf_state_dict_into(model, hf_state, source=str(folder))
     return model

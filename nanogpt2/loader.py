@@ -2,7 +2,7 @@
 One loader for every `init_from`, and the model spec that checkpoints record.
 
 `init_from` is one of:
-  scratch          a new model from the run's settings (built by the trainer: it knows the settings)
+  scratch          a new, randomly initialised GPT of a given config (the run's settings; bench.py's preset)
   a GPT-2 name     gpt2, gpt2-medium, gpt2-large, gpt2-xl, distilgpt2 (downloaded once, then cached)
   an HF folder     config.json + model.safetensors / pytorch_model.bin (sharded or not)
   a run folder     a train.py out_dir: its checkpoint of the highest step (damaged ones skipped, said so)
@@ -152,21 +152,38 @@ def load_checkpoint_model(path_or_dir, which: str = "auto", log=_warn):
     return model, info
 
 
-def load_model(init_from: str, device="cpu", dropout=None, log=_warn):
-    """(model on `device`, info) for any init_from but scratch (see the module docstring). `dropout`: set every
-    dropout to it (a run's own setting); None keeps the loaded model's. info holds at least path (or the name),
-    tokenizer ({"name": ...}), spec and description."""
-    from nanogpt2.convert import HF_REPOS, load_pretrained
+def load_model(init_from: str, device="cpu", dropout=None, log=_warn, config: GPTConfig = None):
+    """(model on `device`, info) for any init_from (see the module docstring); "scratch" needs the `config` of the
+    new, randomly initialised GPT (seed torch first). `dropout`: set every dropout to it (a run's own setting);
+    None keeps the loaded model's. info holds at least path (or the name), tokenizer ({"name": ...} or None for a
+    new model), spec and description."""
+    from nanogpt2.convert import HF_REPOS, download_hf_model, load_hf_folder
 
     path = Path(init_from)
-    if is_checkpoint(path) and not (init_from in HF_REPOS and is_hf_folder(path)):
+    hf_folder = None
+    if init_from == "scratch":
+        if config is None:
+            raise NanoGPT2Error("init_from=scratch needs a model config (n_layer, n_head, n_embd, ...)")
+        model = GPT(config)
+        info = {"path": "scratch", "tokenizer": None, "spec": model_spec(model),
+                "description": f"GPT from scratch ({config.n_layer} layers, {config.n_embd} wide)"}
+    elif is_checkpoint(path) and not is_hf_folder(path):
         model, info = load_checkpoint_model(path, log=log)
         info["description"] = f"{info['path']} (step {info.get('step')})"
-    elif init_from in HF_REPOS or path.is_dir():  # a folder that is no run folder: HF layout (clear errors if not)
-        model = load_pretrained(init_from)
+    elif is_hf_folder(path):
+        hf_folder = path
+    elif init_from in HF_REPOS:  # the name wins over a folder of that name holding no model
+        hf_folder = download_hf_model(init_from)
+    elif path.is_dir():
+        if (path / "config.json").exists() and (path / "metrics.jsonl").exists():
+            raise NanoGPT2Error(f"{path} is a train.py run folder with no checkpoint yet; train it longer, or pick "
+                                f"a checkpoint_*.pt of another run")
+        hf_folder = path  # HF layout expected: load_hf_folder says what is missing
+    if hf_folder is not None:
+        model = load_hf_folder(hf_folder)
         info = {"path": init_from, "tokenizer": {"name": "gpt2"}, "spec": model_spec(model),
                 "description": f"{init_from} (Hugging Face GPT-2 weights)"}
-    else:
+    elif init_from != "scratch" and not is_checkpoint(path):
         close = difflib.get_close_matches(init_from, ["scratch", "resume", *HF_REPOS], n=2)
         hint = f" (did you mean {' or '.join(close)}?)" if close else ""
         raise NanoGPT2Error(f"init_from {init_from!r} is not a GPT-2 name ({', '.join(HF_REPOS)}), an HF folder, "

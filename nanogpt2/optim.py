@@ -12,9 +12,9 @@ Optimization pieces of the one training loop: the learning-rate schedule, AdamW 
 
 References: Loshchilov & Hutter 2019 (AdamW); Karpathy's nanoGPT `configure_optimizers` and `get_lr`.
 
-    from nanogpt2.optim import make_optimizer, param_groups, freeze
+    from nanogpt2.optim import make_adamw, param_groups, freeze
     freeze(model, ["transformer.h.0.*", "transformer.wte.*"])
-    opt = make_optimizer(param_groups(model, 0.1), lr=6e-4, betas=(0.9, 0.95), eps=1e-8, device_type="cpu")
+    opt = make_adamw(param_groups(model, 0.1), lr=6e-4, betas=(0.9, 0.95), eps=1e-8, device_type="cpu")
 """
 
 import math

@@ -3,7 +3,7 @@ Where and in what precision code runs: one meaning of `device="auto"` and `dtype
 (train.py, finetune.py, sample.py, bench.py, `python -m nanogpt2.evaluate`), the dtype table, and autocast.
 
 - device `auto`: CUDA when available (under torchrun, `cuda:LOCAL_RANK`: one GPU per process), else Apple's
-  MPS when available, else the CPU. Explicit: `cpu`, `cuda`, `cuda:N`, `mps`, each checked against this
+  MPS when available (one process only: gloo cannot all-reduce MPS tensors), else the CPU. Explicit: `cpu`, `cuda`, `cuda:N`, `mps`, each checked against this
   machine (a missing CUDA or MPS, a GPU index out of range, an unknown name: one clear error).
 - dtype `auto`: bfloat16 on a CUDA device that supports it, float16 on an older CUDA device (with a
   GradScaler when training), float32 everywhere else. Half precision is refused on MPS.
@@ -36,8 +36,8 @@ def resolve_device(spec: str = "auto", local_rank: Optional[int] = None) -> torc
     """The torch.device for a --device setting (see the module docstring). `local_rank`: this process's
     rank on its machine under torchrun; a CUDA device is then always `cuda:local_rank`."""
     spec = str(spec).strip()
-    if spec == "auto":
-        spec = "cuda" if torch.cuda.is_available() else ("mps" if _mps_available() else "cpu")
+    if spec == "auto":  # (under torchrun without CUDA: the CPU, since gloo cannot all-reduce MPS tensors)
+        spec = "cuda" if torch.cuda.is_available() else ("mps" if _mps_available() and local_rank is None else "cpu")
     try:
         device = torch.device(spec)
     except (RuntimeError, ValueError, TypeError):
@@ -46,12 +46,18 @@ def resolve_device(spec: str = "auto", local_rank: Optional[int] = None) -> torc
         if not torch.cuda.is_available():
             raise NanoGPT2Error(f"device {spec} was asked for but this torch has no usable CUDA device; use --device cpu")
         if local_rank is not None:
+            if local_rank >= torch.cuda.device_count():
+                raise NanoGPT2Error(f"torchrun started more processes per node than this machine has CUDA devices "
+                                    f"({torch.cuda.device_count()}); use --nproc_per_node={torch.cuda.device_count()}")
             return torch.device("cuda", local_rank)  # one GPU per process
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise NanoGPT2Error(f"device {spec}: this machine has {torch.cuda.device_count()} CUDA device(s), "
                                 f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
         return device
     if device.type == "mps":
+        if local_rank is not None:
+            raise NanoGPT2Error("device=mps cannot run under torchrun (DDP's gloo backend has no MPS support); "
+                                "use --device=cpu, or one process")
         if not _mps_available():
             raise NanoGPT2Error(f"device {spec} was asked for but MPS is not available here; use --device cpu")
         return device

@@ -107,8 +107,12 @@ def split_batch(batch, n: int) -> list:
 
 
 def _architecture(spec: dict) -> dict:
-    """A model spec without the run settings a resume may change (dropout)."""
-    config = {k: v for k, v in (spec.get("config") or {}).items() if k != "dropout"}
+    """A model spec without what a resume may change: dropout and the attention kernel (attn_impl); a GPT's
+    config completed with today's defaults (a checkpoint written before a field existed)."""
+    config = dict(spec.get("config") or {})
+    if spec.get("kind") == "gpt":
+        config = GPTConfig(**config).to_dict()
+    config = {k: v for k, v in config.items() if k not in ("dropout", "attn_impl")}
     return {**spec, "config": config}
 
 
@@ -171,12 +175,14 @@ class Trainer:
             # Setup, in the one order that works: each stage needs the ones above it.
             self._setup_processes()                    # torchrun ranks, device, dtype, process group, seeds
             self._setup_batch_geometry()               # accumulation steps, rows and tokens per step
+            self._check_out_dir()                      # writable? (checked without writing anything yet)
             self._setup_data(make_sampler)             # the sampler; the tokenizer (the dataset's by default)
-            self._setup_outputs()                      # the config line, out_dir, config.json (rank 0): written
-                                                       # only once the data and the sample prompt are known good
             self._setup_run_length()                   # epochs -> steps, the schedule
             resume_state = self._find_resume()         # before the model: a checkpoint holds its architecture
             self._setup_model(model, resume_state)     # model, optimizer, scaler, counters (restored on resume)
+            self._setup_outputs()                      # the config line, out_dir, config.json (rank 0): written
+                                                       # only once everything above passed (a refused run
+                                                       # leaves out_dir as it was)
             self._setup_wrappers()                     # torch.compile, DDP (checkpoints come from raw_model)
             self._setup_mfu()
             if resume_state is not None:  # last: model init and the MFU probe above draw random numbers
@@ -223,6 +229,23 @@ class Trainer:
         self.micro_steps = accum // W  # micro-steps each process runs per optimizer step
         self.rows_per_step = cfg.batch_size * self.micro_steps  # rows this process gets per step
         self.tokens_per_step = cfg.batch_size * cfg.block_size * accum  # global
+
+    def _check_out_dir(self):
+        """Refuse an out_dir that cannot be created or written before any work (data, downloads) starts, without
+        creating it: a run refused later leaves the file system as it was."""
+        failed, error = torch.zeros(1, device=self.device), None
+        if self.dist.master:
+            existing = self.out_dir.absolute()
+            while not existing.exists() and existing != existing.parent:
+                existing = existing.parent
+            why = ("Not a directory" if not existing.is_dir() else
+                   "Permission denied" if not os.access(existing, os.W_OK | os.X_OK) else None)
+            if why:
+                failed[0] = 1.0
+                error = NanoGPT2Error(f"cannot write to out_dir={self.cfg.out_dir} ({why}: {existing}); "
+                                      f"pick a folder you can write to")
+        if self._all_reduce(failed, op="max").item():
+            raise error or NanoGPT2Error(f"cannot write to out_dir={self.cfg.out_dir} (see rank 0's error)")
 
     def _setup_outputs(self):
         cfg = self.cfg
@@ -398,7 +421,7 @@ class Trainer:
         model settings of this config that the checkpoint's architecture overrides."""
         cfg, path = self.cfg, state["_path"]
         with ckpt_io.rebuilding(path, "the model"):
-            mc = spec_of(state).get("config") or {}
+            spec = spec_of(state)
         saved = state.get("tokenizer")
         mine = ckpt_io.tokenizer_info(self.tokenizer) if self.tokenizer is not None else None
         if isinstance(saved, dict) and mine is not None and saved != mine:
@@ -408,8 +431,10 @@ class Trainer:
             raise NanoGPT2Error(f"{path} was trained with the tokenizer {desc(saved)}, but this run's data "
                                 f"(dataset={cfg.dataset}) uses {desc(mine)}: the token ids would mean other things; "
                                 f"resume with the checkpoint's dataset and tokenizer settings, or start a new run")
+        if spec.get("kind") != "gpt":  # another registered kind: its own module checks its shape
+            return
         with ckpt_io.rebuilding(path, "the model"):
-            mconf = GPTConfig(**mc)
+            mconf = GPTConfig(**(spec.get("config") or {}))
             ctx, vocab = int(mconf.block_size), int(mconf.vocab_size)
         if cfg.block_size > ctx:
             raise NanoGPT2Error(f"block_size={cfg.block_size} is longer than the context of {path} ({ctx} positions): "
@@ -451,6 +476,9 @@ class Trainer:
             raise NanoGPT2Error(f"init_from={cfg.init_from} was trained with tokenizer {info['tokenizer'].get('name')!r} "
                                 f"(another vocabulary than this run's {mine['name']!r}); use the same tokenizer "
                                 f"(tokenizer=gpt2 for GPT-2 weights)")
+        if not isinstance(m, GPT):
+            raise NanoGPT2Error(f"init_from={cfg.init_from} holds a {type(m).__name__} ({info['spec'].get('kind')}); "
+                                f"train.py starts from a GPT: resume that run with --resume_from instead")
         if cfg.block_size < m.config.block_size:
             m.crop_block_size(cfg.block_size)
         elif cfg.block_size > m.config.block_size:
@@ -466,8 +494,8 @@ class Trainer:
             raise NanoGPT2Error("vocab_size is not set and there is no tokenizer to take it from")
         if n_vocab is not None and vocab < n_vocab:
             raise NanoGPT2Error(f"vocab_size={vocab} is smaller than the tokenizer's {n_vocab} tokens")
-        m = GPT(GPTConfig(block_size=cfg.block_size, vocab_size=vocab, n_layer=cfg.n_layer, n_head=cfg.n_head,
-                          n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias))
+        m, _ = load_model("scratch", config=GPTConfig(block_size=cfg.block_size, vocab_size=vocab, n_layer=cfg.n_layer,
+                                                      n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias))
         self.log(f"model: GPT from scratch, {m.param_counts()['total'] / 1e6:.2f}M parameters")
         return m
 

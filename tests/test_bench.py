@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from conftest import ROOT, oracle
+from nanogpt2.errors import NanoGPT2Error
 
 SHAKESPEARE = ROOT / "nanogpt2" / "assets" / "tinyshakespeare.txt"
 TINY = ["--n_layer", "2", "--n_head", "2", "--n_embd", "64", "--vocab_size", "256",
@@ -338,3 +339,17 @@ def test_init_from_times_the_loaded_model(tmp_path):
     bad = subprocess.run([sys.executable, "bench.py", "train", "--init_from", str(hf), "--n_layer", "4"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.strip() == "error: --init_from sets the model's shape; drop n_layer"
+
+
+def test_init_from_weights_and_context_in_process():
+    import bench
+    from nanogpt2.model import GPT
+
+    hf = ROOT / "tests" / "fixtures" / "openai-gpt2-tiny-hf"
+    args = bench.resolve(bench.build_parser().parse_args(["train", "--init_from", str(hf), "--device", "cpu"]))
+    loaded = GPT.from_pretrained(str(hf))
+    assert args.block_size == 32  # the model's own context, not the preset's
+    model = bench.new_model(args)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+    with pytest.raises(NanoGPT2Error, match="longer than the context"):
+        bench.resolve(bench.build_parser().parse_args(["train", "--init_from", str(hf), "--block_size", "64"]))

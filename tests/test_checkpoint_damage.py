@@ -363,6 +363,13 @@ def test_resume_with_another_vocabulary_or_a_longer_context_is_refused(env, trai
     one_error(run(env, *TRAIN, f"--out_dir={tmp_path / 'c'}", f"--resume_from={final}", "--block_size=64"),
               "block_size=64", str(final), "(32 positions)", "--block_size=32")
     assert checkpoints(trained) == before
+    assert not any((tmp_path / d).exists() for d in "abc")  # refused runs create no out_dir (nor config.json)
+
+
+def test_a_refused_resume_leaves_every_file_of_the_run_as_it_was(env, run_copy):
+    files = {p.name: p.read_bytes() for p in run_copy.iterdir() if p.is_file()}
+    one_error(run(env, *TRAIN, f"--out_dir={run_copy}", "--resume_from=auto", "--block_size=64"), "--block_size=32")
+    assert {p.name: p.read_bytes() for p in run_copy.iterdir() if p.is_file()} == files  # config.json included
 
 
 def test_resume_names_each_ignored_model_setting(env, run_copy):

@@ -178,6 +178,17 @@ def test_a_subclass_gets_the_same_parsing_checks_and_help(tmp_path):
     assert "| `lora_alpha` | float | `16.0` | LoRA alpha |" in settings_markdown(SubConfig)
 
 
+def test_a_setting_type_the_command_line_cannot_say_is_refused():
+    from nanogpt2.config import settings_of
+
+    @dataclass
+    class Bad(RunConfig):
+        targets: tuple = setting(("c_attn",), "LoRA targets", "model")
+
+    with pytest.raises(TypeError, match="settings are bool, int, float or str"):
+        settings_of(Bad)
+
+
 def test_parse_argv_keeps_order_and_files():
     files, overrides = parse_argv(["a.py", "--max-iters=1", "b.py", "--seed", "5"])
     assert files == ["a.py", "b.py"] and overrides == {"max_iters": "1", "seed": "5"}

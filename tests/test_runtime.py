@@ -77,3 +77,15 @@ def test_no_other_module_or_script_owns_device_or_dtype_policy():
         if re.search(r"torch\.autocast\(|\"bfloat16\": torch\.bfloat16|def resolve_device|def resolve_dtype", text):
             owners.append(path.relative_to(ROOT).as_posix())
     assert owners == []
+
+
+def test_under_torchrun_auto_never_picks_mps_and_ranks_must_have_a_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert resolve_device("auto", local_rank=0) == torch.device("cpu")  # gloo cannot all-reduce MPS tensors
+    with pytest.raises(NanoGPT2Error, match="cannot run under torchrun"):
+        resolve_device("mps", local_rank=1)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(NanoGPT2Error, match="--nproc_per_node=2"):
+        resolve_device("auto", local_rank=2)

@@ -46,6 +46,19 @@ def test_no_import_cycles():
             visit(m, [m])
 
 
+def test_lazy_imports_of_the_model_do_not_import_it_back():
+    """model.py may import a module lazily (GPT.from_pretrained -> convert, GPT.generate -> generate) only if that
+    module does not import model.py at module level."""
+    graph = module_imports()
+    lazy = set()
+    for node in ast.walk(ast.parse((PACKAGE / "model.py").read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("nanogpt2"):
+            lazy.add(node.module)
+    assert {"nanogpt2.convert", "nanogpt2.generate"} <= lazy
+    for module in lazy:
+        assert "nanogpt2.model" not in graph[module], f"{module} imports nanogpt2.model back"
+
+
 def test_library_modules_import_no_script_and_generate_no_loader():
     graph = module_imports()
     for path in PACKAGE.rglob("*.py"):
