@@ -11,8 +11,8 @@ train.py, sample.py, bench.py and `python -m nanogpt2.evaluate` all load through
 
 The model spec: a checkpoint records what model it holds as a small dict, `{"kind": "gpt", "config":
 GPTConfig.to_dict()}`, and the loader rebuilds exactly that (`build_model(spec)`) before loading the weights.
-A GPT with LoRA applied (nanogpt2.peft) records `"lora": {rank, alpha, targets, ...}` beside its config, and is
-rebuilt with it. It can grow: a module that wraps or extends the GPT (task heads) registers its kind with
+A GPT with LoRA or Houlsby adapters applied (nanogpt2.peft) records `"lora": {rank, alpha, targets, ...}` /
+`"adapters": {adapter_size, train_layernorms}` beside its config, and is rebuilt with them. It can grow: a module that wraps or extends the GPT (task heads) registers its kind with
 `register_model_kind(kind, build)` and gives its models a `model_spec()` method returning
 `{"kind": kind, ...}`; checkpoints written before specs existed hold only `model_config` and read as "gpt".
 
@@ -31,7 +31,7 @@ import torch.nn as nn
 from nanogpt2 import checkpoint as ckpt_io
 from nanogpt2.errors import NanoGPT2Error
 from nanogpt2.model import GPT, GPTConfig
-from nanogpt2.peft import apply_lora, lora_layers
+from nanogpt2.peft import apply_adapters, apply_lora, lora_layers
 
 # ----------------------------------------------------------------------------------------------------
 # Model specs
@@ -48,6 +48,9 @@ def register_model_kind(kind: str, build: Callable[[dict], nn.Module]) -> None:
 def _build_gpt(spec: dict) -> GPT:
     """A GPT, with the PEFT method of the spec applied (its weights come after)."""
     model = GPT(GPTConfig(**spec["config"]))
+    adapters = spec.get("adapters")
+    if adapters is not None:
+        apply_adapters(model, int(adapters["adapter_size"]), bool(adapters.get("train_layernorms", True)))
     lora = spec.get("lora")
     if lora is not None:
         apply_lora(model, int(lora["rank"]), float(lora["alpha"]), lora["targets"], float(lora.get("dropout", 0.0)),
@@ -70,6 +73,8 @@ def model_spec(model: nn.Module) -> dict:
             if any(layer.merged for layer in lora_layers(model).values()):
                 raise NanoGPT2Error("the model's LoRA layers are merged: unmerge_lora(model) before saving it")
             spec["lora"] = dict(model.lora_config)
+        if getattr(model, "adapter_config", None) is not None:
+            spec["adapters"] = dict(model.adapter_config)
         return spec
     raise NanoGPT2Error(f"cannot describe a {type(model).__name__} for a checkpoint: give it a model_spec() method "
                         f"and register its kind with nanogpt2.loader.register_model_kind")

@@ -1,6 +1,6 @@
 """
-Parameter-efficient fine-tuning, hand-rolled: LoRA (this slice), with HF peft's adapter files read and written
-both ways. The model file knows nothing of it: these are plain modules and functions over a `GPT`.
+Parameter-efficient fine-tuning, hand-rolled: LoRA, with HF peft's adapter files read and written both ways, and
+Houlsby adapters. The model file knows nothing of it: these are plain modules and functions over a `GPT`.
 
 LoRA (Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models"): a frozen linear layer W gets a
 trainable low-rank update, y = W x + b + s * B (A dropout(x)), with A (r, in) Kaiming-uniform(a=sqrt(5)), B
@@ -17,7 +17,13 @@ peft interop: `load_peft_adapter(model, folder)` applies an HF peft LoRA folder 
 `peft.PeftModel.from_pretrained(GPT2LMHeadModel...)` loads. GPT-2's HF layers are `Conv1D` (weight stored
 (in, out)); peft keeps lora_A (r, in) and lora_B (out, r) either way, so the tensors map one to one.
 
-References: Hu et al. 2021; HF peft `tuners/lora` (key names, config fields); torchtune / litgpt `LoRALinear`.
+Houlsby adapters (Houlsby et al. 2019, "Parameter-Efficient Transfer Learning for NLP"): two per block, after the
+attention output projection (and its dropout) and after the MLP, each before the residual add: h + up(GELU(down(h))),
+down d -> m, up m -> d with the up matrix zero (step 0 equals the base model), 2md + d + m parameters each; the
+block's LayerNorms train too unless `train_layernorms=False` (the paper trains them).
+
+References: Hu et al. 2021; Houlsby et al. 2019; HF peft `tuners/lora` (key names, config fields); torchtune /
+litgpt `LoRALinear`.
 
     from nanogpt2.peft import apply_lora, merge_lora, trainable_report
     apply_lora(model, rank=8, alpha=16, targets=["c_attn"])   # base frozen, only A and B train
@@ -172,6 +178,66 @@ def trainable_report(model: nn.Module) -> str:
         total += p.numel()
         trainable += p.numel() if p.requires_grad else 0
     return f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / total:.4f}"
+
+
+# ----------------------------------------------------------------------------------------------------
+# Houlsby adapters
+
+
+class Adapter(nn.Module):
+    """h + up(GELU(down(h))): a bottleneck with an internal skip; up is zero, so it starts as the identity."""
+
+    def __init__(self, d: int, m: int):
+        super().__init__()
+        self.down = nn.Linear(d, m)
+        self.up = nn.Linear(m, d)
+        nn.init.normal_(self.down.weight, std=0.02)
+        nn.init.zeros_(self.down.bias)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, h):
+        return h + self.up(F.gelu(self.down(h)))  # (..., d)
+
+
+class WithAdapter(nn.Module):
+    """A sublayer (a block's attention or MLP) followed by an Adapter on its output, before the residual add."""
+
+    def __init__(self, sublayer: nn.Module, d: int, m: int):
+        super().__init__()
+        self.sublayer = sublayer
+        self.adapter = Adapter(d, m)
+
+    def forward(self, *args, **kwargs):
+        return self.adapter(self.sublayer(*args, **kwargs))
+
+
+def apply_adapters(model: nn.Module, adapter_size: int, train_layernorms: bool = True) -> int:
+    """Two Houlsby adapters in every block of a GPT (after attention and after the MLP); everything else frozen
+    but the adapters (and the blocks' and final LayerNorms when `train_layernorms`). Returns the number of
+    adapter parameters."""
+    if not (isinstance(adapter_size, int) and adapter_size >= 1):
+        raise NanoGPT2Error(f"adapter_size must be an integer >= 1, not {adapter_size!r}")
+    blocks = getattr(getattr(model, "transformer", None), "h", None)
+    if blocks is None:
+        raise NanoGPT2Error("adapters go into a GPT's blocks (model.transformer.h); this model has none")
+    if any(isinstance(m, WithAdapter) for m in model.modules()):
+        raise NanoGPT2Error("the model already has adapters")
+    d = model.config.n_embd
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for block in blocks:
+        block.attn = WithAdapter(block.attn, d, adapter_size)
+        block.mlp = WithAdapter(block.mlp, d, adapter_size)
+    n = 0
+    for name, p in model.named_parameters():
+        if ".adapter." in name:
+            p.requires_grad_(True)
+            n += p.numel()
+        elif train_layernorms and (".ln_" in name or "ln_f" in name):
+            p.requires_grad_(True)
+    model.adapter_config = {"adapter_size": adapter_size, "train_layernorms": bool(train_layernorms)}
+    return n
 
 
 # ----------------------------------------------------------------------------------------------------

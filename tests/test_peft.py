@@ -146,3 +146,81 @@ def test_lora_run_freezes_the_base_and_its_checkpoint_rebuilds(tmp_path, monkeyp
     x = torch.randint(0, 65, (2, 16))
     with torch.no_grad():
         assert torch.equal(rebuilt.eval()(x)[0], model.eval()(x)[0])
+
+
+# ----------------------------------------------------------------------------------------------------
+# Houlsby adapters
+
+
+def test_adapters_start_as_identity_and_count_2md_plus_d_plus_m():
+    from nanogpt2.peft import apply_adapters
+
+    model, ref = base(), base()
+    n = apply_adapters(model, adapter_size=4)
+    d, m, layers = 16, 4, 2
+    assert n == layers * 2 * (2 * m * d + d + m)
+    with torch.no_grad():
+        assert torch.equal(model(ids())[0], ref(ids())[0])  # up = 0: the base model exactly
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert all(".adapter." in t or ".ln_" in t or "ln_f" in t for t in trainable)
+    assert any("ln_1" in t for t in trainable) and "transformer.wte.weight" not in trainable
+    frozen_ln = base()
+    apply_adapters(frozen_ln, adapter_size=4, train_layernorms=False)
+    assert sum(p.numel() for p in frozen_ln.parameters() if p.requires_grad) == n
+    with pytest.raises(NanoGPT2Error, match="adapter_size must be an integer >= 1"):
+        apply_adapters(base(), adapter_size=0)
+
+
+def test_adapter_run_changes_only_adapters_and_layernorms_and_rebuilds(tmp_path, monkeypatch):
+    from nanogpt2.peft import apply_adapters
+
+    monkeypatch.setenv("NANOGPT2_CACHE", str(tmp_path / "cache"))
+    cfg = cfg_for(tmp_path, "--max_iters=3", "--checkpoint_interval=0", "--eval_interval=0", "--vocab_size=65",
+                  "--learning_rate=1e-2")
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=32, vocab_size=65, n_layer=2, n_head=2, n_embd=32))
+    before = {n.replace(".sublayer", ""): p.detach().clone() for n, p in model.named_parameters()}
+    apply_adapters(model, adapter_size=8, train_layernorms=False)
+    tiny_trainer(cfg, model=model).train()
+    for n, p in model.named_parameters():
+        if ".adapter." not in n:
+            assert torch.equal(p, before[n.replace(".sublayer", "")]), f"{n} changed"
+    assert any(p.abs().max() > 0 for n, p in model.named_parameters() if n.endswith("adapter.up.weight"))
+    rebuilt, info = load_checkpoint_model(tmp_path / "run" / "checkpoint_final.pt")
+    assert info["spec"]["adapters"] == {"adapter_size": 8, "train_layernorms": False}
+    x = torch.randint(0, 65, (2, 16))
+    with torch.no_grad():
+        assert torch.equal(rebuilt.eval()(x)[0], model.eval()(x)[0])
+
+
+def test_lora_run_resumes_bit_for_bit(tmp_path, monkeypatch):
+    """Stop a LoRA run after step 3 (as SIGTERM does), resume it into a fresh LoRA model: the same losses as the
+    uninterrupted run, bit for bit."""
+    monkeypatch.setenv("NANOGPT2_CACHE", str(tmp_path / "cache"))
+
+    def lora_model():
+        torch.manual_seed(0)
+        model = GPT(GPTConfig(block_size=32, vocab_size=65, n_layer=2, n_head=2, n_embd=32))
+        apply_lora(model, rank=4, alpha=8, targets=["c_attn", "c_fc"])
+        return model
+
+    def losses(out):
+        import json
+        return [float.hex(json.loads(line)["loss"]) for line in (out / "metrics.jsonl").read_text().splitlines()
+                if "loss" in json.loads(line)]
+
+    args = ("--max_iters=6", "--checkpoint_interval=0", "--eval_interval=0", "--vocab_size=65", "--learning_rate=1e-2")
+    whole = cfg_for(tmp_path / "whole", *args)
+    tiny_trainer(whole, fixed=False, model=lora_model()).train()
+
+    cut = cfg_for(tmp_path / "cut", *args)
+
+    def stop_at_3(trainer, event):
+        if event == "step_end" and trainer.step == 3:
+            trainer._stop_signal = "SIGTERM"
+
+    assert tiny_trainer(cut, fixed=False, model=lora_model(), hooks=[stop_at_3]).train()["stopped"] == "signal"
+    resumed = tiny_trainer(cut.replace(resume_from="auto"), fixed=False, model=lora_model())
+    assert resumed.step == 3
+    resumed.train()
+    assert losses(tmp_path / "cut" / "run") == losses(tmp_path / "whole" / "run")
