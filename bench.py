@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hf_compile", action="store_true", help="torch.compile the transformers model too")
     p.add_argument("--hf_optim", default="plain", choices=["plain", "same"],
                    help="plain: torch.optim.AdamW(hf.parameters()) with library defaults; same: our "
-                        "optimizer setup (groups, fused on CUDA), to separate optimizer from model speed")
+                        "optimizer setup (groups, fused on CUDA and CPU), to separate optimizer from model speed")
     p.add_argument("--lr", type=float, default=6e-4, help="default %(default)s (same for both models)")
     p.add_argument("--weight_decay", type=float, default=0.1, help="default %(default)s (same for both models)")
     p.add_argument("--beta1", type=float, default=0.9, help="default %(default)s (same for both models)")
