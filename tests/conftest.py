@@ -48,3 +48,13 @@ def shared_data(relpath: str) -> Path:
     if not p.exists():
         pytest.skip(f"real-data check: {p} is not present (the ../shared folder beside the project)")
     return p
+
+
+def one_error_line(res) -> str:
+    """A script failed the way every user error must: status 2, exactly one `error:` line on stderr, no
+    traceback. Returns that line."""
+    assert res.returncode == 2, res.stdout[-2000:] + res.stderr[-2000:]
+    assert "Traceback" not in res.stderr
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+    return lines[0]

@@ -16,6 +16,7 @@ import pytest
 
 from nanogpt2.config import (FIELDS, GROUPS, RunConfig, load_config, parse_argv, read_config_file, setting, settings_markdown,
                              settings_text)
+from conftest import one_error_line
 from nanogpt2.errors import NanoGPT2Error
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -233,15 +234,6 @@ def test_train_py_errors_are_one_line(args, message, tmp_path):
     assert "Traceback" not in res.stderr
     lines = [line for line in res.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], res.stderr
-
-
-def one_error_line(res) -> str:
-    """The script failed the way every user error must: status 2, one `error:` line, no traceback."""
-    assert res.returncode == 2, res.stdout[-2000:] + res.stderr[-2000:]
-    assert "Traceback" not in res.stderr
-    lines = [line for line in res.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
-    return lines[0]
 
 
 @pytest.mark.parametrize("args, message", [

@@ -33,6 +33,18 @@ def ids():
     return torch.from_numpy(np.load(ADAPTER / "input_ids.npy")).long()  # (1, 32)
 
 
+def tiny_gpt():
+    torch.manual_seed(0)
+    return GPT(GPTConfig(block_size=32, vocab_size=65, n_layer=2, n_head=2, n_embd=32))
+
+
+def run_cfg(tmp_path, monkeypatch, iters):
+    """A tiny char-level run of `iters` steps (no checkpoints before the final one, no evaluation)."""
+    monkeypatch.setenv("NANOGPT2_CACHE", str(tmp_path / "cache"))
+    return cfg_for(tmp_path, f"--max_iters={iters}", "--checkpoint_interval=0", "--eval_interval=0", "--vocab_size=65",
+                   "--learning_rate=1e-2")
+
+
 def randomize_b(model, seed=0):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -126,11 +138,8 @@ def test_bad_inputs_are_clear_errors(tmp_path):
 
 
 def test_lora_run_freezes_the_base_and_its_checkpoint_rebuilds(tmp_path, monkeypatch):
-    monkeypatch.setenv("NANOGPT2_CACHE", str(tmp_path / "cache"))
-    cfg = cfg_for(tmp_path, "--max_iters=4", "--checkpoint_interval=0", "--eval_interval=0", "--vocab_size=65",
-                  "--learning_rate=1e-2")
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(block_size=32, vocab_size=65, n_layer=2, n_head=2, n_embd=32))
+    cfg = run_cfg(tmp_path, monkeypatch, 4)
+    model = tiny_gpt()
     frozen = {n: p.detach().clone() for n, p in model.named_parameters()}
     apply_lora(model, rank=4, alpha=8, targets=["c_attn", "c_fc"])
     tr = tiny_trainer(cfg, model=model)
@@ -174,11 +183,8 @@ def test_adapters_start_as_identity_and_count_2md_plus_d_plus_m():
 def test_adapter_run_changes_only_adapters_and_layernorms_and_rebuilds(tmp_path, monkeypatch):
     from nanogpt2.peft import apply_adapters
 
-    monkeypatch.setenv("NANOGPT2_CACHE", str(tmp_path / "cache"))
-    cfg = cfg_for(tmp_path, "--max_iters=3", "--checkpoint_interval=0", "--eval_interval=0", "--vocab_size=65",
-                  "--learning_rate=1e-2")
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(block_size=32, vocab_size=65, n_layer=2, n_head=2, n_embd=32))
+    cfg = run_cfg(tmp_path, monkeypatch, 3)
+    model = tiny_gpt()
     before = {n.replace(".sublayer", ""): p.detach().clone() for n, p in model.named_parameters()}
     apply_adapters(model, adapter_size=8, train_layernorms=False)
     tiny_trainer(cfg, model=model).train()
@@ -199,8 +205,7 @@ def test_lora_run_resumes_bit_for_bit(tmp_path, monkeypatch):
     monkeypatch.setenv("NANOGPT2_CACHE", str(tmp_path / "cache"))
 
     def lora_model():
-        torch.manual_seed(0)
-        model = GPT(GPTConfig(block_size=32, vocab_size=65, n_layer=2, n_head=2, n_embd=32))
+        model = tiny_gpt()
         apply_lora(model, rank=4, alpha=8, targets=["c_attn", "c_fc"])
         return model
 

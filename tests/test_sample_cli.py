@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, oracle
+from conftest import ROOT, one_error_line, oracle
 from http_fixture import serve
 from nanogpt2.errors import NanoGPT2Error
 from nanogpt2.generate import generate
@@ -200,15 +200,6 @@ def test_bad_options_exit_2_with_one_line(hf_folder):
                              text=True, timeout=120)
         assert res.returncode == 2 and res.stderr.startswith("error:") and word in res.stderr, res.stderr
         assert len(res.stderr.strip().splitlines()) == 1
-
-
-def one_error_line(res) -> str:
-    """Status 2, exactly one `error:` line on stderr, no traceback."""
-    assert res.returncode == 2, res.stdout[-2000:] + res.stderr[-2000:]
-    assert "Traceback" not in res.stderr
-    lines = [line for line in res.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
-    return lines[0]
 
 
 def test_non_utf8_prompt_file_is_one_line_naming_the_file(hf_folder, tmp_path):
