@@ -233,37 +233,33 @@ class Trainer:
     def _check_out_dir(self):
         """Refuse an out_dir that cannot be created or written before any work (data, downloads) starts, without
         creating it: a run refused later leaves the file system as it was."""
-        failed, error = torch.zeros(1, device=self.device), None
-        if self.dist.master:
+        def check():
             existing = self.out_dir.absolute()
             while not existing.exists() and existing != existing.parent:
                 existing = existing.parent
             why = ("Not a directory" if not existing.is_dir() else
                    "Permission denied" if not os.access(existing, os.W_OK | os.X_OK) else None)
             if why:
-                failed[0] = 1.0
-                error = NanoGPT2Error(f"cannot write to out_dir={self.cfg.out_dir} ({why}: {existing}); "
-                                      f"pick a folder you can write to")
-        if self._all_reduce(failed, op="max").item():
-            raise error or NanoGPT2Error(f"cannot write to out_dir={self.cfg.out_dir} (see rank 0's error)")
+                raise NanoGPT2Error(f"cannot write to out_dir={self.cfg.out_dir} ({why}: {existing}); "
+                                    f"pick a folder you can write to")
+
+        self._together(self.dist.master, check, f"cannot write to out_dir={self.cfg.out_dir} (see rank 0's error)")
 
     def _setup_outputs(self):
         cfg = self.cfg
         self.log(format_config(cfg))
-        # Rank 0 writes; its failure flag is all-reduced so that the other ranks stop with it, not hang later.
-        failed, error = torch.zeros(1, device=self.device), None
-        if self.dist.master:
+
+        def write():  # rank 0 writes
             try:
                 self.out_dir.mkdir(parents=True, exist_ok=True)
                 save_config(cfg, self.out_dir / "config.json")
                 for stray in ckpt_io.remove_stray_temp_files(self.out_dir):
                     self.log(f"removed {stray.name}, left by a checkpoint save that was killed")
             except OSError as e:
-                failed[0] = 1.0
-                error = NanoGPT2Error(f"cannot write to out_dir={cfg.out_dir} ({e.strerror or e}); "
-                                      f"pick a folder you can write to")
-        if self._all_reduce(failed, op="max").item():
-            raise error or NanoGPT2Error(f"cannot write to out_dir={cfg.out_dir} (see rank 0's error)")
+                raise NanoGPT2Error(f"cannot write to out_dir={cfg.out_dir} ({e.strerror or e}); "
+                                    f"pick a folder you can write to") from None
+
+        self._together(self.dist.master, write, f"cannot write to out_dir={cfg.out_dir} (see rank 0's error)")
         self._metrics_path = self.out_dir / "metrics.jsonl"
 
     def _setup_data(self, make_sampler):
@@ -349,14 +345,8 @@ class Trainer:
             return prepare_dataset(cfg.dataset, tokenizer=None if cfg.tokenizer == "auto" else cfg.tokenizer,
                                    data_path=cfg.data_path or None, val_fraction=cfg.val_fraction, quiet=quiet)
 
-        failed, error = torch.zeros(1, device=self.device), None
-        if self.dist.local_rank == 0:
-            try:
-                ds = prepare(quiet=not self.dist.master)
-            except NanoGPT2Error as e:
-                failed[0], error = 1.0, e
-        if self._all_reduce(failed, op="max").item():
-            raise error or NanoGPT2Error("preparing the dataset failed on another process (see its error)")
+        ds = self._together(self.dist.local_rank == 0, lambda: prepare(quiet=not self.dist.master),
+                            "preparing the dataset failed on another process (see its error)")
         if self.dist.local_rank != 0:
             ds = prepare(quiet=True)
         self.dataset = ds
@@ -544,6 +534,20 @@ class Trainer:
 
     def autocast(self):
         return autocast(self.device, self.dtype)
+
+    def _together(self, runs_here: bool, fn, elsewhere: str):
+        """fn() on the processes where `runs_here` (rank 0, or each machine's first); a NanoGPT2Error there
+        stops every process (its failure flag is all-reduced), so none hangs at a later collective. Returns fn's
+        result (None where it did not run); the others raise NanoGPT2Error(elsewhere)."""
+        failed, error, result = torch.zeros(1, device=self.device), None, None
+        if runs_here:
+            try:
+                result = fn()
+            except NanoGPT2Error as e:
+                failed[0], error = 1.0, e
+        if self._all_reduce(failed, op="max").item():
+            raise error or NanoGPT2Error(elsewhere)
+        return result
 
     def _all_reduce(self, t: torch.Tensor, op="sum") -> torch.Tensor:
         if self.dist.enabled:
@@ -763,14 +767,8 @@ class Trainer:
         A failed write (a full disk) is a NanoGPT2Error on every process; the previous checkpoints stay as they were."""
         state = self.state_dict()
         path = self.out_dir / f"{ckpt_io.PREFIX}{name}{ckpt_io.SUFFIX}"
-        failed, error = torch.zeros(1, device=self.device), None
-        if self.dist.master:
-            try:
-                ckpt_io.save_checkpoint(path, state)
-            except NanoGPT2Error as e:
-                failed[0], error = 1.0, e
-        if self._all_reduce(failed, op="max").item():  # the other ranks stop with rank 0, not hang later
-            raise error or NanoGPT2Error(f"writing {path} failed on rank 0 (see its error)")
+        self._together(self.dist.master, lambda: ckpt_io.save_checkpoint(path, state),
+                       f"writing {path} failed on rank 0 (see its error)")
         return path
 
     # --- logging outputs ----------------------------------------------------------------------------------
