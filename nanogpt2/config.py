@@ -439,10 +439,14 @@ def _grouped(cls):
     return [(title, [f for f in fields(cls) if f.metadata["group"] == group]) for group, title in cls.groups.items()]
 
 
-def settings_markdown(cls=RunConfig) -> str:
-    """Markdown tables of every setting with type, default and description (used in docs/training.md)."""
+def settings_markdown(cls=RunConfig, groups=None) -> str:
+    """Markdown tables of every setting (of the named `groups` only, when given) with type, default and
+    description (used in docs/training.md and docs/finetuning.md)."""
     out = []
+    titles = None if groups is None else {cls.groups[g] for g in groups}
     for title, group_fields in _grouped(cls):
+        if titles is not None and title not in titles:
+            continue
         out.append(f"### {title}\n\n| setting | type | default | meaning |\n|---|---|---|---|")
         for f in group_fields:
             default = f.default if f.default is not MISSING else None

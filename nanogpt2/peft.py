@@ -333,3 +333,48 @@ def save_peft_adapter(model: nn.Module, folder, base_model_name_or_path: str = "
     }
     (folder / "adapter_config.json").write_text(json.dumps(peft_config, indent=2) + "\n", encoding="utf-8")
     return folder
+
+
+# ----------------------------------------------------------------------------------------------------
+# Adapter-only weights (nanogpt2's own format, for methods peft cannot express)
+
+ADAPTER_WEIGHTS = "adapter_weights.pt"
+
+
+def save_adapter_weights(model: nn.Module, folder) -> Path:
+    """`folder/adapter_weights.pt`: the model spec and the trainable tensors alone (a few MB for GPT-2 small with
+    adapters), for sharing; `load_adapter_weights` puts them back on the same base model."""
+    from nanogpt2.loader import model_spec
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+    path = folder / ADAPTER_WEIGHTS
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model_spec": model_spec(model), "tensors": tensors}, tmp)
+    tmp.replace(path)
+    return path
+
+
+def load_adapter_weights(model: nn.Module, path) -> list:
+    """Load `adapter_weights.pt` (or its folder) onto `model`, which must already have the same method applied
+    (e.g. rebuilt by nanogpt2.loader.build_model from the file's model_spec). Returns the tensor names loaded."""
+    path = Path(path)
+    path = path / ADAPTER_WEIGHTS if path.is_dir() else path
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        tensors = state["tensors"]
+    except FileNotFoundError:
+        raise NanoGPT2Error(f"{path} does not exist; give the adapter folder a fine-tuning run wrote (out_dir/adapter)") from None
+    except Exception as e:
+        raise NanoGPT2Error(f"{path} is not an adapter weights file ({type(e).__name__}: {e})") from None
+    params = dict(model.named_parameters())
+    for name, t in tensors.items():
+        if name not in params or params[name].shape != t.shape:
+            have = tuple(params[name].shape) if name in params else "no such tensor"
+            raise NanoGPT2Error(f"{path}: {name} {tuple(t.shape)} does not fit this model ({have}); was it made for "
+                                f"another base model or method?")
+    with torch.no_grad():
+        for name, t in tensors.items():
+            params[name].copy_(t)
+    return sorted(tensors)

@@ -151,15 +151,20 @@ class Trainer:
                     the step's n_tokens on this process are summed into `trainer.last_loss_tokens`
       make_optimizer  f(trainer, model) -> optimizer over the raw model's parameters; groups may carry an
                     `lr_scale` (default: nanogpt2.optim.make_optimizer from the run config)
+      prepare_model f(trainer, model) -> model, applied to a new model (from init_from or scratch; never to
+                    the `model` given here nor to one rebuilt from a checkpoint's spec on resume): finetune.py
+                    applies its PEFT method there, so the spec the checkpoints record includes it
       steps_per_epoch  optimizer steps per epoch (default: train tokens / tokens per step)
-      hooks         callables hook(trainer, event), event in "step_end", "eval_end", "train_end"
+      hooks         callables hook(trainer, event), event in "train_start" (before the first step of this
+                    process, after a resume), "step_end", "eval_end", "train_end"
     """
 
     def __init__(self, cfg: RunConfig, *, model: Optional[nn.Module] = None, tokenizer=None,
                  make_sampler: Optional[Callable] = None, eval_fn: Optional[Callable] = None,
                  loss_fn: Optional[Callable] = None, steps_per_epoch: Optional[int] = None, hooks=(),
-                 make_optimizer: Optional[Callable] = None):
+                 make_optimizer: Optional[Callable] = None, prepare_model: Optional[Callable] = None):
         self.cfg = cfg
+        self.prepare_model = prepare_model
         self.make_optimizer = make_optimizer or default_optimizer
         self.t_start = time.time()
         self.hooks = list(hooks)
@@ -352,6 +357,9 @@ class Trainer:
         self.dataset = ds
         if self.tokenizer is None:
             self.tokenizer = ds.tokenizer()
+        elif ckpt_io.tokenizer_info(self.tokenizer) != ckpt_io.tokenizer_info(ds.tokenizer()):
+            raise NanoGPT2Error(f"{cfg.dataset} is tokenized with {ds.tokenizer().name!r}, but this run's model uses "
+                                f"{self.tokenizer.name!r}; set tokenizer={self.tokenizer.name} (or another dataset)")
         train, val = ds.tokens("train"), ds.tokens("val")
         T = cfg.block_size
         for split, toks in (("train", train), ("val", val)):
@@ -458,8 +466,12 @@ class Trainer:
             return model
         if model is not None:
             return model
-        if cfg.init_from in ("scratch", "resume"):
-            return self._scratch_model()
+        fresh = self._scratch_model() if cfg.init_from in ("scratch", "resume") else self._init_model()
+        return self.prepare_model(self, fresh) if self.prepare_model is not None else fresh
+
+    def _init_model(self) -> GPT:
+        """The GPT of init_from (a GPT-2 name, an HF folder, a checkpoint), checked against this run."""
+        cfg = self.cfg
         m, info = load_model(cfg.init_from, dropout=cfg.dropout, log=lambda msg: self.log(f"warning: {msg}"))
         mine = ckpt_io.tokenizer_info(self.tokenizer) if self.tokenizer is not None else None
         if mine is not None and info["tokenizer"] != mine:
@@ -943,6 +955,7 @@ class Trainer:
             return {"step": self.step, "stopped": "eval_only", **rec}
 
         stopped, last_rec = None, None
+        self._emit("train_start")
         self._window = [0, 0.0]  # tokens and seconds of training steps since the last logged step
         while self.step < self.max_steps:
             rec = self._train_step()

@@ -199,8 +199,18 @@ def test_parse_argv_keeps_order_and_files():
 # Shipped configs
 
 
+def load_shipped(path):
+    """A shipped config with train.py's settings, else finetune.py's (every file must load with one)."""
+    from nanogpt2.finetuning import FinetuneConfig
+
+    try:
+        return load_config([str(path)])
+    except NanoGPT2Error:
+        return load_config([str(path)], cls=FinetuneConfig)
+
+
 def test_shipped_configs_load_with_the_issue_values():
-    configs = {p.name: load_config([str(p)]) for p in sorted((ROOT / "configs").glob("*.py"))}
+    configs = {p.name: load_shipped(p) for p in sorted((ROOT / "configs").glob("*.py"))}
     assert {"shakespeare.py", "wikitext2.py", "wikitext2_finetune.py", "tiny.py"} <= set(configs)
     w = configs["wikitext2.py"]
     assert (w.init_from, w.dataset, w.n_layer, w.n_head, w.n_embd, w.block_size) == ("scratch", "wikitext2", 12, 12, 768, 1024)
@@ -211,6 +221,11 @@ def test_shipped_configs_load_with_the_issue_values():
     assert (f.init_from, f.learning_rate, f.lr_schedule, f.warmup_ratio, f.min_lr) == ("gpt2", 5e-5, "linear", 0.1, 1e-7)
     s = configs["shakespeare.py"]
     assert s.n_layer * s.n_embd <= 4 * 128 and s.sample_interval > 0  # small, prints samples
+    lora, small = configs["finetune_lora.py"], configs["finetune_lora_r4.py"]
+    assert (lora.method, lora.lora_rank, lora.lora_alpha, small.lora_rank, small.lora_alpha) == ("lora", 16, 32.0, 4, 8.0)
+    assert (configs["finetune_adapter.py"].method, configs["finetune_adapter.py"].adapter_size) == ("adapter", 64)
+    sel = configs["finetune_selective.py"]
+    assert (sel.method, sel.freeze_layers, sel.layer_lr_scales) == ("selective", "0,1,2,3", "0.1,0.5,1.0")
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -1,0 +1,355 @@
+"""
+Fine-tuning on the one training loop: a method (how much of the model trains) times a task (what it learns).
+
+    python finetune.py configs/finetune_lora.py --init_from gpt2 --method lora --lora_rank 8 --lora_alpha 16
+    python finetune.py configs/finetune_selective.py --freeze_layers 0,1,2,3 --layer_lr_scales 0.1,0.5,1.0
+    python finetune.py --help                       # every setting with its default (docs/finetuning.md)
+
+Methods (`method`):
+  full        every parameter trains (train.py from pretrained weights, with the fine-tuning extras below)
+  lora        LoRA on `lora_targets` (nanogpt2.peft.apply_lora); the base is frozen
+  adapter     Houlsby adapters of `adapter_size` in every block (nanogpt2.peft.apply_adapters)
+  selective   full, but the blocks of `freeze_layers` (and the embeddings / head with `freeze_embeddings` /
+              `freeze_head`) stay frozen
+For every method: `layer_lr_scales` gives the blocks contiguous groups with their own multiple of the scheduled
+learning rate (three scales: lower / middle / top thirds; embeddings take the first scale, everything above the
+blocks the last), and `head_only_steps` / `head_only_epochs` train only the task's head first, then the method's
+whole trainable set.
+
+Tasks (`task`) are modules with a `task(cfg) -> TaskParts` function, registered in `TASKS`: `lm` (here: any
+dataset train.py knows, validation perplexity each eval_interval, the final strided test perplexity). A task
+says what its model is built from, its data, losses and evaluations; the method and the loop are shared.
+
+What a run leaves in out_dir, besides train.py's checkpoints (full resume state, exact as in train.py) and logs:
+`adapter/`, the trainable weights alone for sharing (an HF peft folder for LoRA; `adapter_weights.pt` for the
+others), and with `merge_and_export=DIR` an HF GPT-2 folder of the merged model.
+"""
+
+import importlib
+import math
+import re
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Callable, Optional
+
+import torch.nn as nn
+
+from nanogpt2.config import RunConfig, load_config, setting, settings_text, wants_help
+from nanogpt2.errors import EXIT_INTERRUPTED, NanoGPT2Error
+from nanogpt2.optim import make_adamw, param_groups
+from nanogpt2.peft import apply_adapters, apply_lora, lora_layers, save_adapter_weights, save_peft_adapter, trainable_report
+from nanogpt2.trainer import Trainer
+
+METHODS = ("full", "lora", "adapter", "selective")
+# task name -> module whose `task(cfg)` returns its TaskParts (imported when the task is chosen)
+TASKS = {"lm": "nanogpt2.finetuning"}
+
+# ----------------------------------------------------------------------------------------------------
+# Settings
+
+
+@dataclass
+class FinetuneConfig(RunConfig):
+    script = "finetune.py"
+    groups = MappingProxyType({**RunConfig.groups, "method": "Fine-tuning method", "task": "Task"})
+    choices = MappingProxyType({**RunConfig.choices, "method": METHODS, "task": tuple(TASKS)})
+
+    # --- defaults that differ from train.py's ---
+    out_dir: str = setting("out-finetune", "folder for checkpoints, metrics.jsonl, config.json, plots, the adapter", "output")
+    init_from: str = setting(
+        "gpt2", "the model to fine-tune: gpt2 | gpt2-medium | gpt2-large | gpt2-xl | distilgpt2 | a local HF folder | a "
+        "train.py run folder or checkpoint | scratch (a new model of the model settings, for tests)", "output")
+
+    # --- the method ---
+    method: str = setting("lora", "full | lora | adapter | selective (see docs/finetuning.md)", "method")
+    lora_rank: int = setting(8, "LoRA rank r", "method")
+    lora_alpha: float = setting(16.0, "LoRA alpha: the update is scaled by alpha / r (alpha / sqrt(r) with use_rslora)", "method")
+    lora_dropout: float = setting(0.0, "dropout on the LoRA branch's input", "method")
+    lora_targets: str = setting(
+        "c_attn", "comma-separated GPT-2 layers that get LoRA: c_attn, c_proj, attn.c_proj, mlp.c_proj, c_fc, c_attn.q, "
+        "c_attn.k, c_attn.v", "method")
+    use_rslora: bool = setting(False, "rank-stabilised LoRA scaling alpha / sqrt(r)", "method")
+    adapter_size: int = setting(64, "Houlsby adapter bottleneck width m", "method")
+    adapter_train_layernorms: bool = setting(True, "with adapters, train the LayerNorms too (Houlsby et al. do)", "method")
+    freeze_layers: str = setting("", "method=selective: comma-separated block indices to freeze, e.g. 0,1,2,3", "method")
+    freeze_embeddings: bool = setting(False, "method=selective: freeze the token and position embeddings (a tied LM "
+                                      "head shares the token embedding, so it freezes too)", "method")
+    freeze_head: bool = setting(False, "method=selective: freeze the task's head (lm: the final LayerNorm and the head)", "method")
+    layer_lr_scales: str = setting(
+        "", "comma-separated multiples of the learning rate for contiguous groups of blocks, lowest first ('': all "
+        "1.0); 0.1,0.5,1.0: thirds at 0.1x / 0.5x / 1x (12 layers: blocks 0-3, 4-7, 8-11)", "method")
+    head_only_steps: int = setting(0, "train only the task's head for this many steps first, then the method's whole set", "method")
+    head_only_epochs: int = setting(0, "the same in epochs (adds to head_only_steps)", "method")
+    merge_and_export: str = setting(
+        "", "at the end, write the fine-tuned model (LoRA merged) as an HF GPT-2 folder here ('': no export)", "method")
+
+    # --- the task ---
+    task: str = setting("lm", "what to fine-tune for: " + " | ".join(TASKS), "task")
+
+    def validate(self) -> "FinetuneConfig":
+        super().validate()
+        positive = ["lora_rank", "adapter_size"]
+        for key in positive:
+            if getattr(self, key) < 1:
+                raise NanoGPT2Error(f"{key} must be >= 1, not {getattr(self, key)}")
+        for key in ("head_only_steps", "head_only_epochs", "lora_alpha"):
+            if getattr(self, key) < 0:
+                raise NanoGPT2Error(f"{key} must be >= 0, not {getattr(self, key)}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise NanoGPT2Error(f"lora_dropout must be in [0, 1), not {self.lora_dropout}")
+        layer_scales(self.layer_lr_scales)
+        frozen_blocks(self.freeze_layers)
+        if self.method != "selective" and (self.freeze_layers or self.freeze_embeddings or self.freeze_head):
+            raise NanoGPT2Error(f"freeze_layers / freeze_embeddings / freeze_head choose what trains with "
+                                f"method=selective, not method={self.method}; add --method selective")
+        if self.merge_and_export and self.method == "adapter":
+            raise NanoGPT2Error("Houlsby adapters cannot be merged into GPT-2 weights, so merge_and_export cannot "
+                                "write an HF GPT-2 folder; share out_dir/adapter/ instead, or use method=lora")
+        return self
+
+
+def layer_scales(text: str) -> list:
+    """`layer_lr_scales` as floats ('' -> [])."""
+    try:
+        scales = [float(s) for s in text.split(",")] if text.strip() else []
+    except ValueError:
+        raise NanoGPT2Error(f"layer_lr_scales must be comma-separated numbers, e.g. 0.1,0.5,1.0, not {text!r}") from None
+    if any(not (math.isfinite(s) and s >= 0) for s in scales):
+        raise NanoGPT2Error(f"layer_lr_scales must be finite numbers >= 0, not {text!r}")
+    return scales
+
+
+def frozen_blocks(text: str) -> list:
+    """`freeze_layers` as sorted block indices ('' -> [])."""
+    try:
+        blocks = sorted({int(s) for s in text.split(",")}) if text.strip() else []
+    except ValueError:
+        raise NanoGPT2Error(f"freeze_layers must be comma-separated block indices, e.g. 0,1,2,3, not {text!r}") from None
+    if blocks and blocks[0] < 0:
+        raise NanoGPT2Error(f"freeze_layers holds a negative block index: {text!r}")
+    return blocks
+
+
+# ----------------------------------------------------------------------------------------------------
+# Tasks
+
+
+@dataclass
+class TaskParts:
+    """What a task gives the trainer (see nanogpt2.trainer.Trainer for the callables' signatures)."""
+
+    model: Optional[nn.Module] = None            # a ready model; None: the trainer builds one from init_from
+    prepare_model: Optional[Callable] = None     # f(trainer, base GPT) -> the task's model (before the method)
+    tokenizer: object = None
+    make_sampler: Optional[Callable] = None
+    eval_fn: Optional[Callable] = None
+    loss_fn: Optional[Callable] = None
+    steps_per_epoch: Optional[int] = None
+    hooks: list = field(default_factory=list)
+    # The task's head, as fnmatch patterns of parameter names: what trains alone during head_only_steps and what
+    # freeze_head freezes. The LM head is tied to the token embedding, so for `lm` that is the head too.
+    head_patterns: tuple = ("transformer.ln_f.*", "lm_head.*", "transformer.wte.*")
+    modules_to_save: tuple = ()  # new parameters of the task (a classifier's score): trainable under every method
+    before_train: Optional[Callable] = None      # f(trainer): e.g. a baseline evaluation
+    after_train: Optional[Callable] = None       # f(trainer, summary): e.g. the test evaluation
+
+
+def task(cfg: FinetuneConfig) -> TaskParts:
+    """`lm`: language modelling on any dataset train.py knows, with train.py's data, loss and evaluations."""
+    return TaskParts()
+
+
+def load_task(name: str) -> Callable:
+    if name not in TASKS:
+        raise NanoGPT2Error(f"unknown task {name!r}; known: {', '.join(TASKS)}")
+    return importlib.import_module(TASKS[name]).task
+
+
+# ----------------------------------------------------------------------------------------------------
+# The method: what trains, at what rate
+
+
+def apply_method(model: nn.Module, cfg: FinetuneConfig) -> nn.Module:
+    """The method's modules (recorded in the model spec, so checkpoints rebuild them)."""
+    if cfg.method == "lora":
+        apply_lora(model, cfg.lora_rank, cfg.lora_alpha, [t.strip() for t in cfg.lora_targets.split(",") if t.strip()],
+                   cfg.lora_dropout, cfg.use_rslora)
+    elif cfg.method == "adapter":
+        apply_adapters(model, cfg.adapter_size, cfg.adapter_train_layernorms)
+    return model
+
+
+def _block_of(name: str) -> Optional[int]:
+    m = re.search(r"(?:^|\.)h\.(\d+)\.", name)
+    return int(m.group(1)) if m else None
+
+
+def _matches(name: str, patterns) -> bool:
+    from fnmatch import fnmatchcase
+
+    return any(fnmatchcase(name, p) for p in patterns)
+
+
+def set_trainable(model: nn.Module, cfg: FinetuneConfig, head_patterns, modules_to_save=()) -> None:
+    """requires_grad by the method: full trains everything, selective all but its frozen blocks (and embeddings /
+    head); the PEFT methods froze the base when they were applied, and the task's `modules_to_save` (a new head)
+    train with them."""
+    n_layer = len(model.transformer.h)
+    if cfg.method == "selective":
+        blocks = frozen_blocks(cfg.freeze_layers)
+        if blocks and blocks[-1] >= n_layer:
+            raise NanoGPT2Error(f"freeze_layers={cfg.freeze_layers!r} names block {blocks[-1]}, but the model has "
+                                f"{n_layer} blocks (0-{n_layer - 1})")
+        for name, p in model.named_parameters():
+            embedding = cfg.freeze_embeddings and re.search(r"(^|\.)(wte|wpe)\.", name) is not None
+            head = cfg.freeze_head and _matches(name, head_patterns)
+            p.requires_grad_(not (_block_of(name) in blocks or embedding or head))
+    elif cfg.method != "full":
+        for name, p in model.named_parameters():
+            if _matches(name, modules_to_save):
+                p.requires_grad_(True)
+
+
+def lr_scale_fn(cfg: FinetuneConfig, n_layer: int) -> Optional[Callable[[str], float]]:
+    """name -> the multiple of the learning rate its group gets: block i of n in group i * k // n of the k scales;
+    the embeddings take the first scale, everything else outside the blocks the last. None: all 1.0."""
+    scales = layer_scales(cfg.layer_lr_scales)
+    if not scales:
+        return None
+    if len(scales) > n_layer:
+        raise NanoGPT2Error(f"layer_lr_scales has {len(scales)} groups but the model has {n_layer} blocks")
+
+    def scale(name: str) -> float:
+        block = _block_of(name)
+        if block is not None:
+            return scales[block * len(scales) // n_layer]
+        return scales[0] if re.search(r"(^|\.)(wte|wpe)\.", name) else scales[-1]
+
+    return scale
+
+
+def make_finetune_optimizer(head_patterns, modules_to_save=()):
+    """The trainer's make_optimizer for fine-tuning: set what trains, then AdamW groups with lr_scale (decay on
+    matrices only). Called on fresh runs and on resume alike, so the groups always match."""
+    def make(trainer, model):
+        cfg = trainer.cfg
+        set_trainable(model, cfg, head_patterns, modules_to_save)
+        groups = param_groups(model, cfg.weight_decay, cfg.decay_pos_emb, lr_scale=lr_scale_fn(cfg, len(model.transformer.h)))
+        if not any(g["params"] for g in groups):
+            raise NanoGPT2Error(f"method={cfg.method} leaves nothing to train; freeze fewer parts")
+        trainer.log(trainable_report(model))
+        return make_adamw(groups, cfg.learning_rate, (cfg.beta1, cfg.beta2), cfg.eps, trainer.device.type)
+
+    return make
+
+
+class HeadOnlyPhase:
+    """A trainer hook: for the first `head_only` steps only the head's parameters train (the others keep
+    requires_grad False, so AdamW leaves them alone), then the method's whole trainable set. Pure function of
+    the step, so a resumed run lands in the right phase."""
+
+    def __init__(self, head_patterns, steps: int, epochs: int):
+        self.head_patterns, self.steps, self.epochs = head_patterns, steps, epochs
+        self.trainable = None
+
+    def __call__(self, trainer, event: str):
+        if event not in ("train_start", "step_end"):
+            return
+        model = trainer.raw_model
+        if self.trainable is None:  # the method's set, as the optimizer was built with it
+            if trainer.dist.enabled:
+                raise NanoGPT2Error("head_only_steps / head_only_epochs are not supported under torchrun (DDP needs "
+                                    "the same trainable set at every step); run the phases as two runs")
+            self.trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+            self.steps += self.epochs * (trainer.steps_per_epoch or 0)
+            if self.epochs and not trainer.steps_per_epoch:
+                raise NanoGPT2Error("head_only_epochs needs the epoch length; use head_only_steps")
+            head = {n for n in self.trainable if _matches(n, self.head_patterns)}
+            if not head:
+                raise NanoGPT2Error("head_only_steps: this task's head has no trainable parameter under "
+                                    f"method={trainer.cfg.method}")
+            trainer.log(f"head only for the first {self.steps} steps ({len(head)} tensors), then "
+                        f"{len(self.trainable)} tensors")
+        head_phase = trainer.step < self.steps
+        for n, p in model.named_parameters():
+            p.requires_grad_(n in self.trainable and (not head_phase or _matches(n, self.head_patterns)))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Outputs of a run
+
+
+def save_adapter(model: nn.Module, folder) -> str:
+    """The trainable weights alone, for sharing: an HF peft folder for LoRA (when peft can express it), else
+    `adapter_weights.pt` (nanogpt2.peft.save_adapter_weights). Returns what was written."""
+    if getattr(model, "lora_config", None) is not None and not any(l.partial for l in lora_layers(model).values()):
+        return str(save_peft_adapter(model, folder))
+    return str(save_adapter_weights(model, folder))
+
+
+def export_merged(model: nn.Module, folder) -> str:
+    """An HF GPT-2 folder of the fine-tuned model, LoRA merged on a copy (the run's model stays unmerged)."""
+    import copy
+
+    from nanogpt2.convert import save_pretrained
+    from nanogpt2.peft import merge_lora
+
+    merged = copy.deepcopy(model)
+    merge_lora(merged)
+    return str(save_pretrained(merged, folder))
+
+
+class FinishOutputs:
+    """A trainer hook at train_end (rank 0): the adapter folder and the merge_and_export folder."""
+
+    def __call__(self, trainer, event: str):
+        if event != "train_end" or not trainer.dist.master:
+            return
+        cfg, model = trainer.cfg, trainer.raw_model
+        if cfg.method != "full" and cfg.method != "selective":
+            trainer.log(f"adapter weights: {save_adapter(model, trainer.out_dir / 'adapter')}")
+        if cfg.merge_and_export:
+            trainer.log(f"exported to {export_merged(model, cfg.merge_and_export)} (HF GPT-2 folder)")
+
+
+# ----------------------------------------------------------------------------------------------------
+# finetune.py
+
+
+def run(cfg: FinetuneConfig, hooks=()) -> dict:
+    """One fine-tuning run: the task's parts, the method on its model, the trainer."""
+    parts = load_task(cfg.task)(cfg)
+    head_patterns = tuple(parts.head_patterns)
+
+    def prepare(trainer, base):
+        model = parts.prepare_model(trainer, base) if parts.prepare_model is not None else base
+        return apply_method(model, cfg)
+
+    model = apply_method(parts.model, cfg) if parts.model is not None else None
+    all_hooks = [*parts.hooks, FinishOutputs(), *hooks]
+    if cfg.head_only_steps or cfg.head_only_epochs:
+        all_hooks.insert(0, HeadOnlyPhase(head_patterns, cfg.head_only_steps, cfg.head_only_epochs))
+    trainer = Trainer(cfg, model=model, tokenizer=parts.tokenizer, make_sampler=parts.make_sampler,
+                      eval_fn=parts.eval_fn, loss_fn=parts.loss_fn, steps_per_epoch=parts.steps_per_epoch,
+                      hooks=all_hooks, make_optimizer=make_finetune_optimizer(head_patterns, tuple(parts.modules_to_save)), prepare_model=prepare)
+    if parts.before_train is not None:
+        parts.before_train(trainer)
+    summary = trainer.train()
+    if parts.after_train is not None and summary["stopped"] == "done":
+        parts.after_train(trainer, summary)
+    return summary
+
+
+def main(argv=None, default_config=None, hooks=()):
+    """`python finetune.py [config.py ...] [--key=value | --key value]...` (see docs/finetuning.md)."""
+    import sys
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if wants_help(argv):
+        print(settings_text(FinetuneConfig))
+        return None
+    cfg = load_config(argv, default_config_file=default_config, cls=FinetuneConfig)
+    summary = run(cfg, hooks)
+    if summary["stopped"] == "signal":  # saved and resumable: a scheduler should requeue the job
+        raise SystemExit(EXIT_INTERRUPTED)
+    return summary
