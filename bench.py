@@ -11,6 +11,10 @@ Sub-benchmarks (pick one, or `all`):
              `transformers.GPT2LMHeadModel` (attn_implementation="sdpa") and a plain AdamW loop, in the same
              process, interleaved with ours, and prints the ratio. `--profile` writes torch.profiler traces.
   generate   KV-cache decoding (`nanogpt2.benchmarks.decode.benchmark_decode`).
+  finetune   a fine-tuning step (`--method lora|adapter|full`, LoRA r/alpha/targets as finetune.py's) of `GPT`;
+             `--vs peft` times transformers' GPT2LMHeadModel wrapped by HF peft with the same LoRA config, batch,
+             dtype and optimizer (ours), both eager or both compiled (--compile), interleaved: tokens/s and
+             step peak memory ratios (`ratio_tokens_per_sec`, `ratio_peak_memory`).
   tokenizer  BPE encode throughput, the python backend against tiktoken
              (`nanogpt2.benchmarks.tokenizer.benchmark_tokenizer`; `--tokenizer_text FILE` picks the text).
 
@@ -28,6 +32,7 @@ Output: a table on stdout and, with `--json PATH`, every figure with its unit (s
     python bench.py train --vs hf --json out-bench/train.json
     python bench.py train --preset gpt2 --block_size 1024 --batch_size 16 --dtype bfloat16 --compile --vs hf
     python bench.py attention --seq_lens 128,256,512,1024
+    python bench.py finetune --method lora --vs peft --preset gpt2-6x384   # LoRA step vs transformers + peft
     python bench.py train --n_layer 2 --n_head 2 --n_embd 64 --vocab_size 256 --block_size 32 --batch_size 2 \\
         --steps 2 --warmup 1 --json out.json              # a tiny model, seconds
 
@@ -56,11 +61,13 @@ from nanogpt2.model import PRESETS, CausalSelfAttention, GPT, GPTConfig
 from nanogpt2.optim import make_adamw, param_groups
 from nanogpt2.runtime import DTYPE_ALIASES, DTYPES, autocast, resolve_device, resolve_dtype
 
-BENCHMARKS = ("attention", "train", "generate", "tokenizer")
+BENCHMARKS = ("attention", "train", "generate", "tokenizer", "finetune")
 # Bench-only sizes beside the model presets (GPT-2 family: vocab 50257, block 1024). "shakespeare-char" is
 # nanoGPT's config/train_shakespeare_char.py model (6 layers, 6 heads, 384 wide, block 256, 65-character
 # vocabulary): the default on a CPU and the CPU goal in docs/benchmarks.md.
-BENCH_PRESETS = {"shakespeare-char": dict(n_layer=6, n_head=6, n_embd=384, vocab_size=65, block_size=256)}
+BENCH_PRESETS = {"shakespeare-char": dict(n_layer=6, n_head=6, n_embd=384, vocab_size=65, block_size=256),
+                 # GPT-2-shaped (its vocabulary) at shakespeare-char's size: the CPU fine-tuning benchmark
+                 "gpt2-6x384": dict(n_layer=6, n_head=6, n_embd=384, vocab_size=50257, block_size=256)}
 MiB = 2 ** 20
 
 # ----------------------------------------------------------------------------------------------------
@@ -99,7 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="attention sweep, comma-separated (default 128..4096 GPU, 128..1024 CPU)")
     p.add_argument("--attn_block_time", type=float, default=None,
                    help="attention: seconds per timed block, iterations calibrated to it (default 0.1 GPU, 0.25 CPU)")
-    p.add_argument("--vs", default=None, choices=["hf"], help="also time transformers' GPT2LMHeadModel (train)")
+    p.add_argument("--vs", default=None, choices=["hf", "peft"],
+                   help="train: hf times transformers' GPT2LMHeadModel; finetune: peft times transformers + HF peft LoRA")
+    p.add_argument("--method", default="lora", choices=["lora", "adapter", "full"], help="finetune: the method (default %(default)s)")
+    p.add_argument("--lora_rank", type=int, default=8, help="finetune: LoRA rank (default %(default)s)")
+    p.add_argument("--lora_alpha", type=float, default=16.0, help="finetune: LoRA alpha (default %(default)s)")
+    p.add_argument("--lora_targets", default="c_attn", help="finetune: LoRA targets, comma-separated (default %(default)s)")
+    p.add_argument("--adapter_size", type=int, default=64, help="finetune: adapter bottleneck (default %(default)s)")
     p.add_argument("--compile_mode", default=None, choices=["default", "reduce-overhead", "max-autotune"],
                    help="torch.compile mode when compiling (default: torch's default); reduce-overhead adds CUDA graphs")
     p.add_argument("--hf_compile", action="store_true", help="torch.compile the transformers model too")
@@ -600,6 +613,79 @@ def bench_train(args) -> dict:
                               optimizer=f"{args.hf_optim}: {_describe_optimizer(hf_opt)}",
                               params=sum(p.numel() for p in hf.parameters()))
 
+    out = _measure(steps, info, args, model.flops_per_token(T), B * T, other="hf")
+    if args.vs == "hf" and "hf" not in steps:
+        out["hf"] = dict(skipped=skipped)
+    if args.profile:
+        out["profile"] = _profile_steps(steps, args)
+    return out
+
+
+def build_peft(args, hf):
+    """transformers' model wrapped by HF peft with our LoRA settings (None, reason when peft is missing)."""
+    try:
+        import peft
+    except ImportError as e:
+        return None, f"peft is not installed ({e}); pip install peft to compare"
+    config = peft.LoraConfig(r=args.lora_rank, lora_alpha=args.lora_alpha, lora_dropout=0.0, fan_in_fan_out=True,
+                             target_modules=args.lora_targets.split(","), bias="none")
+    return peft.get_peft_model(hf, config), f"peft {peft.__version__} LoraConfig(r={args.lora_rank}, alpha={args.lora_alpha})"
+
+
+def bench_finetune(args) -> dict:
+    """A fine-tuning step of `--method` (LoRA, adapters or all weights) on our GPT; `--vs peft` (LoRA) times
+    transformers + peft with the same config, batch, dtype and optimizer (ours, fused AdamW over the
+    trainable parameters), compiled when --compile, interleaved with ours."""
+    from nanogpt2.peft import apply_adapters, apply_lora
+
+    device, cfg = args.device, args.model_config
+    B, T = args.batch_size, args.block_size
+    torch.manual_seed(args.seed)
+    model = new_model(args).to(device)
+    targets = args.lora_targets.split(",")
+    if args.method == "lora":
+        apply_lora(model, args.lora_rank, args.lora_alpha, targets)
+    elif args.method == "adapter":
+        apply_adapters(model, args.adapter_size)
+    model.train()
+    optimizer, optim_source = configure_optimizer(model, args)
+    fwd = torch.compile(model, mode=args.compile_mode) if args.compile else model
+    x = torch.randint(0, cfg.vocab_size, (B, T), device=device)  # (B, T)
+    y = torch.roll(x, -1, dims=1)  # (B, T)
+    compiled = _compiled_name(args) if args.compile else "eager"
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    steps = {"ours": _make_train_step(lambda: fwd(x, y)[1], model, optimizer, args)}
+    info = {"ours": dict(model=f"nanogpt2 GPT + method {args.method} ({compiled})", params=model.param_counts()["total"],
+                         trainable=trainable, optimizer=f"{optim_source}: {_describe_optimizer(optimizer)}")}
+    skipped = None
+    if args.vs == "peft":
+        hf, note = build_hf(args) if args.method == "lora" else (None, "--vs peft compares LoRA (--method lora)")
+        theirs, peft_note = build_peft(args, hf) if hf is not None else (None, note)
+        if theirs is None:
+            skipped = peft_note
+            print(f"--vs peft skipped: {peft_note}")
+        else:
+            theirs.train()
+            their_opt, _ = configure_optimizer(theirs, args)  # like for like: the same groups, fused AdamW
+            their_fwd = torch.compile(theirs, mode=args.compile_mode) if args.compile else theirs
+            steps["peft"] = _make_train_step(lambda: their_fwd(input_ids=x, labels=x).loss, theirs, their_opt, args)
+            info["peft"] = dict(model=f"{note} + {peft_note} ({compiled})", params=sum(p.numel() for p in theirs.parameters()),
+                                trainable=sum(p.numel() for p in theirs.parameters() if p.requires_grad),
+                                optimizer=f"same: {_describe_optimizer(their_opt)}")
+    # Frozen weights need no weight gradient: 4N + 8LTC FLOPs per token instead of 6N + 12LTC (2/3 of training).
+    flops = model.flops_per_token(T) * (1.0 if args.method == "full" else 2 / 3)
+    out = _measure(steps, info, args, int(flops), B * T, other="peft")
+    out["method"] = args.method
+    if args.vs == "peft" and "peft" not in steps:
+        out["peft"] = dict(skipped=skipped)
+    return out
+
+
+def _measure(steps: dict, info: dict, args, flops_tok: int, tokens_per_step: int, other: str) -> dict:
+    """Warm up, then time the training steps `steps` (name -> step function; "ours" and maybe `other`) in
+    interleaved rounds with a CPU matmul probe; per side ms/iter, tokens/s, MFU, step peak memory; and the
+    ours/other ratios (of the medians, paired per round, in CPU time; peak memory)."""
+    device = args.device
     # Warm up (compilation, allocator, first-touch); record the first losses as a sanity check.
     losses = {}
     for name, step in steps.items():
@@ -619,7 +705,6 @@ def bench_train(args) -> dict:
     cpu_times = {}
     times = interleaved_times(timed, iters, args.repeats, device, cpu_times)
 
-    flops_tok = model.flops_per_token(T)
     if args.peak_tflops:
         peak, peak_source = args.peak_tflops * 1e12, f"--peak_tflops {args.peak_tflops}"
     elif probe is not None:
@@ -629,7 +714,7 @@ def bench_train(args) -> dict:
                        f"interleaved with the steps, {torch.get_num_threads()} threads)")
     else:
         peak, peak_source = perf.peak_flops(device, args.dtype)
-    out = dict(tokens_per_step=B * T, flops_per_token=fig(flops_tok, "FLOP/token"),
+    out = dict(tokens_per_step=tokens_per_step, flops_per_token=fig(flops_tok, "FLOP/token"),
                peak=fig(peak / 1e12, "TFLOP/s"), peak_source=peak_source)
     if probe is not None:
         out["cpu_probe"] = dict(
@@ -638,7 +723,7 @@ def bench_train(args) -> dict:
             rounds_gflops=[round(r / 1e9, 2) for r in rounds], best=fig(max(rounds) / 1e9, "GFLOP/s"))
     for name in steps:
         sec = statistics.median(times[name])
-        tok_s = B * T / sec
+        tok_s = tokens_per_step / sec
         mem, method = peak_memory(steps[name], device)
         out[name] = dict(
             **info[name],
@@ -652,23 +737,22 @@ def bench_train(args) -> dict:
         if device.type == "cpu":
             out[name]["cpu_ms_per_iter"] = fig(1e3 * statistics.median(cpu_times[name]), "CPU-ms (process time, all threads)")
         out["memory_method"] = method
-    if "hf" in steps:
-        out["ratio_tokens_per_sec"] = fig(out["ours"]["tokens_per_sec"]["value"] / out["hf"]["tokens_per_sec"]["value"],
-                                          "x (ours / transformers, ratio of the medians)")
+    if other in steps:
+        out["ratio_tokens_per_sec"] = fig(out["ours"]["tokens_per_sec"]["value"] / out[other]["tokens_per_sec"]["value"],
+                                          f"x (ours / {other}, ratio of the medians)")
+        mine, theirs = out["ours"]["step_peak_memory"]["value"], out[other]["step_peak_memory"]["value"]
+        out["ratio_peak_memory"] = fig(mine / theirs if mine is not None and theirs else None,
+                                       f"x (ours / {other} step peak memory)")
         # Each round times ours and hf back to back, so their ratio within a round is immune to load that
         # drifts between rounds; the median of these per-round ratios is the robust figure on a busy machine.
-        paired = [h / o for o, h in zip(times["ours"], times["hf"])]
-        out["ratio_paired"] = fig(statistics.median(paired), "x (median over rounds of hf ms / ours ms)")
+        paired = [h / o for o, h in zip(times["ours"], times[other])]
+        out["ratio_paired"] = fig(statistics.median(paired), f"x (median over rounds of {other} ms / ours ms)")
         out["ratio_paired_rounds"] = [round(p, 3) for p in paired]
         if device.type == "cpu":
             # The work each side does, in CPU-seconds: robust to time spent descheduled on a busy machine.
-            cpu_paired = [h / o for o, h in zip(cpu_times["ours"], cpu_times["hf"])]
-            out["ratio_cpu_time"] = fig(statistics.median(cpu_paired), "x (median over rounds of hf CPU-s / ours CPU-s)")
+            cpu_paired = [h / o for o, h in zip(cpu_times["ours"], cpu_times[other])]
+            out["ratio_cpu_time"] = fig(statistics.median(cpu_paired), f"x (median over rounds of {other} CPU-s / ours CPU-s)")
             out["ratio_cpu_time_rounds"] = [round(p, 3) for p in cpu_paired]
-    elif args.vs == "hf":
-        out["hf"] = dict(skipped=skipped)
-    if args.profile:
-        out["profile"] = _profile_steps(steps, args)
     return out
 
 
@@ -806,11 +890,11 @@ def print_attention(res):
     print(f"   plot: {res['plot']}")
 
 
-def print_train(res, args):
-    print(f"\n== train: forward + backward + clip + AdamW step, {res['tokens_per_step']} tokens/step "
+def print_train(res, args, other="hf", title="train"):
+    print(f"\n== {title}: forward + backward + clip + AdamW step, {res['tokens_per_step']} tokens/step "
           f"(median of {args.repeats} interleaved blocks of {args.steps} steps, {args.warmup} warmup steps excluded)")
-    names = [n for n in ("ours", "hf") if n in res and "ms_per_iter" in res[n]]
-    print(f"{'':<22}" + "".join(f"{n:>14}" for n in names) + ("   ours/hf" if len(names) == 2 else ""))
+    names = [n for n in ("ours", other) if n in res and "ms_per_iter" in res[n]]
+    print(f"{'':<22}" + "".join(f"{n:>14}" for n in names) + (f"   ours/{other}" if len(names) == 2 else ""))
     rows = [("ms/iter", "ms_per_iter", "{:.1f}"), ("CPU-ms/iter", "cpu_ms_per_iter", "{:.1f}"),
             ("tokens/s", "tokens_per_sec", "{:.0f}"), ("MFU %", "mfu", "{:.2f}"),
             ("step peak mem MiB", "step_peak_memory", "{:.0f}"), ("first loss", "first_loss", "{:.3f}")]
@@ -821,18 +905,21 @@ def print_train(res, args):
         if len(names) == 2 and key == "tokens_per_sec":
             line += f"   {res['ratio_tokens_per_sec']['value']:.2f}x"
         print(line)
+    if res.get("ratio_peak_memory", {}).get("value") is not None:
+        print(f"   ours/{other} step peak memory: {res['ratio_peak_memory']['value']:.2f}x")
     if len(names) == 2:
-        print(f"   ours/hf tokens/s: {res['ratio_tokens_per_sec']['value']:.2f}x (ratio of medians), "
+        print(f"   ours/{other} tokens/s: {res['ratio_tokens_per_sec']['value']:.2f}x (ratio of medians), "
               f"{res['ratio_paired']['value']:.2f}x (median of per-round paired ratios: "
               f"{', '.join(f'{p:.2f}' for p in res['ratio_paired_rounds'])})")
         if "ratio_cpu_time" in res:
-            print(f"   ours/hf in process CPU time: {res['ratio_cpu_time']['value']:.2f}x (median of per-round ratios: "
+            print(f"   ours/{other} in process CPU time: {res['ratio_cpu_time']['value']:.2f}x (median of per-round ratios: "
                   f"{', '.join(f'{p:.2f}' for p in res['ratio_cpu_time_rounds'])})")
     for n in names:
         print(f"   {n}: {res[n]['model']}; {res[n]['optimizer']}")
-    if "hf" in res and "skipped" in res["hf"]:
-        print(f"   hf: skipped ({res['hf']['skipped']})")
-    print(f"   FLOPs/token {res['flops_per_token']['value']:,} (6N + 12·L·T·C); peak {_v(res['peak'], '{:.3f}')} TFLOP/s "
+    if other in res and "skipped" in res[other]:
+        print(f"   {other}: skipped ({res[other]['skipped']})")
+    flops_how = "6N + 12·L·T·C" if title == "train" or res.get("method") == "full" else "2/3 of 6N + 12·L·T·C: no weight gradients for frozen weights"
+    print(f"   FLOPs/token {res['flops_per_token']['value']:,} ({flops_how}); peak {_v(res['peak'], '{:.3f}')} TFLOP/s "
           f"from {res['peak_source']}")
     print(f"   step peak memory: {res['memory_method']}")
 
@@ -878,6 +965,9 @@ def main(argv=None):
         elif name == "train":
             res = bench_train(args)
             print_train(res, args)
+        elif name == "finetune":
+            res = bench_finetune(args)
+            print_train(res, args, other="peft", title=f"finetune ({res['method']})")
         elif name == "generate":
             res = bench_generate(args)
             print_external(name, res)

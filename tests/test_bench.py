@@ -159,6 +159,22 @@ def test_vs_hf_skipped_without_transformers(tmp_path):
     assert "ratio_tokens_per_sec" not in train
 
 
+def test_finetune_lora_vs_peft_gives_both_ratios(tmp_path):
+    oracle("transformers")
+    oracle("peft")
+    proc, report = run_bench(["finetune", *TINY, "--steps", "1", "--warmup", "1", "--repeats", "2", "--vs", "peft",
+                              "--lora_rank", "4", "--lora_targets", "c_attn,c_fc"], tmp_path)
+    res = report["results"]["finetune"]
+    ours, theirs = res["ours"], res["peft"]
+    assert "peft" in theirs["model"] and "r=4" in theirs["model"]
+    assert ours["trainable"] == theirs["trainable"] == 2 * 4 * ((64 + 192) + (64 + 256))  # 2 layers, c_attn + c_fc
+    assert ours["params"] == theirs["params"]
+    assert value(res["ratio_tokens_per_sec"]) == pytest.approx(value(ours["tokens_per_sec"]) / value(theirs["tokens_per_sec"]))
+    assert value(res["ratio_peak_memory"]) == pytest.approx(value(ours["step_peak_memory"]) / value(theirs["step_peak_memory"]))
+    assert "fused" in theirs["optimizer"] and "fused" in ours["optimizer"]  # like for like: the same optimizer
+    assert "ours/peft" in proc.stdout
+
+
 # ----------------------------------------------------------------------------------------------------
 # bench.py attention
 
