@@ -1,6 +1,7 @@
 """
-Parameter-efficient fine-tuning, hand-rolled: LoRA, with HF peft's adapter files read and written both ways, and
-Houlsby adapters. The model file knows nothing of it: these are plain modules and functions over a `GPT`.
+Parameter-efficient fine-tuning, hand-rolled: LoRA, Houlsby adapters and prefix tuning, with HF peft's LoRA and
+prefix folders read and written both ways. The model file knows nothing of it: these are plain modules and functions
+over a `GPT` (and, for the prefix, a GPT subclass whose body puts the prefix in front of the caller's cache).
 
 LoRA (Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models"): a frozen linear layer W gets a
 trainable low-rank update, y = W x + b + s * B (A dropout(x)), with A (r, in) Kaiming-uniform(a=sqrt(5)), B
@@ -22,12 +23,26 @@ attention output projection (and its dropout) and after the MLP, each before the
 down d -> m, up m -> d with the up matrix zero (step 0 equals the base model), 2md + d + m parameters each; the
 block's LayerNorms train too unless `train_layernorms=False` (the paper trains them).
 
-References: Hu et al. 2021; Houlsby et al. 2019; HF peft `tuners/lora` (key names, config fields); torchtune /
-litgpt `LoRALinear`.
+Prefix tuning (Li & Liang 2021, "Prefix-Tuning: Optimizing Continuous Prompts for Generation"): every layer's
+attention sees P learned virtual keys/values before the real tokens; the base stays frozen. `apply_prefix` turns a
+GPT into a `PrefixGPT` in place: its `body` hands the base body a cache view holding the prefix's keys/values before
+the caller's cache (a KVCache, a StaticKVCache, or none), puts P ones before an attention_mask and P onto explicit
+position ids. The real tokens are numbered P, P+1, ... (HF peft's convention: with the prefix as past_key_values
+transformers' GPT-2 numbers them from the cache length, and peft adds P to explicit position_ids), so a sequence
+holds block_size - P real tokens (`context_length`, which generate and evaluate read). Optionally reparameterised
+during training (embedding -> Linear -> tanh -> Linear, peft's prefix_projection) and collapsed to the plain table
+by `collapse_prefix`. The table (P, n_layer * 2 * n_embd) is peft's `prompt_embeddings`: peft views it as
+(P, 2 * n_layer, n_head, head_size), permutes to (2 * n_layer, B, n_head, P, head_size) and splits it in pairs
+(layer i: key 2i, value 2i + 1).
 
-    from nanogpt2.peft import apply_lora, merge_lora, trainable_report
+References: Hu et al. 2021; Houlsby et al. 2019; Li & Liang 2021; HF peft `tuners/lora` (key names, config fields),
+`tuners/prefix_tuning` and `PeftModel.get_prompt` (the prefix layout); torchtune / litgpt `LoRALinear`.
+
+    from nanogpt2.peft import apply_lora, apply_prefix, collapse_prefix, trainable_report
     apply_lora(model, rank=8, alpha=16, targets=["c_attn"])   # base frozen, only A and B train
     print(trainable_report(model))
+    apply_prefix(other, prefix_length=20, projection_hidden=512)   # another GPT: only the prefix (and its MLP) trains
+    collapse_prefix(other)                                         # after training: the plain table, no MLP
 """
 
 import json
@@ -271,8 +286,8 @@ class PrefixEncoder(nn.Module):
 
 
 class _PrefixedCache(KVCache):
-    """What a prefixed model's body is given as its cache: the prefix's keys/values, then those of the caller's
-    KVCache (or, without one, only this forward's). `length` counts the prefix, so the body numbers the real
+    """What a prefixed model's body is given as its cache (a view, no storage of its own): the prefix's keys/values,
+    then those of the caller's KVCache (or, without one, only this forward's). `length` counts the prefix, so the body numbers the real
     tokens from P on and lets them see every prefix slot; the caller's cache holds real tokens only."""
 
     def __init__(self, keys: list, values: list, inner=None):
@@ -382,7 +397,7 @@ def apply_prefix(model: GPT, prefix_length: int, projection_hidden=None) -> Pref
         p.requires_grad_(False)
     weight = model.transformer.wte.weight
     cfg = model.config
-    model.__class__ = PrefixGPT
+    model.__class__ = PrefixGPT  # surgery in place: the same module and weights, its body now puts the prefix first
     model.prefix_encoder = PrefixEncoder(prefix_length, cfg.n_layer, cfg.n_embd, projection_hidden,
                                          device=weight.device, dtype=weight.dtype)
     model.prefix_config = {"prefix_length": prefix_length, "projection_hidden": projection_hidden}

@@ -255,6 +255,47 @@ def test_generation_past_the_context_crops_within_it(static):
     assert out.shape == (1, 45)
 
 
+def test_compiled_prefixed_decoding_compiles_the_step_once_and_reuses_its_cache(monkeypatch, sharp):
+    """Compiled (a counting backend: graphs, no code generation), a prefixed model decodes into its static cache with
+    one graph for the prefill and one for the step, as the plain model does; a kept cache, zeroed for the next
+    request, holds only real tokens, so the prefix survives the reuse."""
+    import torch._dynamo
+
+    from nanogpt2 import generate as generate_module
+
+    ours = ours_like(peft_prefix(seed=19, folder=sharp), folder=sharp)
+    graphs = []
+
+    def counting_backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    monkeypatch.setattr(generate_module, "REUSE_STATIC_CACHES_ON", ("cuda", "cpu"))
+    torch._dynamo.reset()
+    compiled = torch.compile(ours, backend=counting_backend, dynamic=False)
+    x = token_ids(B=1, T=6, seed=23)
+    assert torch.equal(generate(compiled, x, 8, greedy=True), generate(ours, x, 8, greedy=True))
+    first = len(graphs)
+    assert first <= 2
+    assert torch.equal(generate(compiled, x, 20, greedy=True), generate(ours, x, 20, greedy=True))
+    assert len(graphs) == first and len(generate_module._STATIC_CACHES[compiled]) == 1
+    generate_module.release_static_caches(compiled)
+    torch._dynamo.reset()
+
+
+def test_prefix_follows_autocast():
+    """Under autocast the prefix's keys/values take the keys' dtype (bf16), in the forward and in both caches."""
+    ours, x = ours_like(peft_prefix()), token_ids()
+    with torch.no_grad():
+        want = ours(x)[0]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = ours(x)[0]
+    torch.testing.assert_close(got.float(), want, atol=0.1, rtol=0.05)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        for static in (False, True):
+            assert generate(ours, x, 5, greedy=True, static_cache=static).shape == (2, 15)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Training, evaluation
 
