@@ -128,7 +128,7 @@ def main(argv=None):
     ctx = autocast(device, dtype)
 
     prompt_ids = encode_prompt(tok, prompt)
-    block = model.config.block_size
+    block = model.context_length
     if len(prompt_ids) > block:
         print(f"warning: the prompt has {len(prompt_ids)} tokens; the model sees only the last {block}", file=sys.stderr)
     x = torch.tensor([prompt_ids], dtype=torch.long, device=device)  # (1, T)

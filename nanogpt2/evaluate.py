@@ -57,7 +57,7 @@ def evaluate_perplexity(
 ) -> dict:
     """Strided perplexity of `model` on one long sequence of token ids (1-D tensor, list or np array).
 
-    block_size: window length (default and maximum: the model's block_size); stride: step between window
+    block_size: window length (default and maximum: the model's context_length); stride: step between window
     starts (clamped to block_size); batch_size: windows per forward pass; dtype: None/"float32", or
     "bfloat16"/"float16" for autocast (the log-softmax is always fp32); n_bytes: UTF-8 bytes of the text
     the ids came from, for bits per byte. Sharded (DDP): process `rank` of `world_size` scores every
@@ -68,9 +68,10 @@ def evaluate_perplexity(
     "block_size", "stride", and "bits_per_byte" when n_bytes is given}.
     """
     cfg = model.config
-    block = cfg.block_size if block_size is None else int(block_size)
-    if block > cfg.block_size:
-        raise NanoGPT2Error(f"block_size {block} is longer than the model's context ({cfg.block_size})")
+    context = model.context_length  # block_size, less any positions the model keeps for itself (a prefix)
+    block = context if block_size is None else int(block_size)
+    if block > context:
+        raise NanoGPT2Error(f"block_size {block} is longer than the model's context ({context} tokens)")
     stride = min(int(stride), block)
     if batch_size < 1:
         raise NanoGPT2Error(f"batch_size must be >= 1, got {batch_size}")

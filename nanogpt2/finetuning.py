@@ -299,17 +299,15 @@ def export_merged(model: nn.Module, folder) -> str:
     return str(save_pretrained(merged, folder))
 
 
-class FinishOutputs:
-    """A trainer hook at train_end (rank 0): the adapter folder and the merge_and_export folder."""
-
-    def __call__(self, trainer, event: str):
-        if event != "train_end" or not trainer.dist.master:
-            return
-        cfg, model = trainer.cfg, trainer.raw_model
-        if cfg.method != "full" and cfg.method != "selective":
-            trainer.log(f"adapter weights: {save_adapter(model, trainer.out_dir / 'adapter')}")
-        if cfg.merge_and_export:
-            trainer.log(f"exported to {export_merged(model, cfg.merge_and_export)} (HF GPT-2 folder)")
+def write_outputs(trainer) -> None:
+    """After a finished run (rank 0): the adapter folder and the merge_and_export folder."""
+    cfg, model = trainer.cfg, trainer.raw_model
+    if not trainer.dist.master:
+        return
+    if cfg.method not in ("full", "selective"):
+        trainer.log(f"adapter weights: {save_adapter(model, trainer.out_dir / 'adapter')}")
+    if cfg.merge_and_export:
+        trainer.log(f"exported to {export_merged(model, cfg.merge_and_export)} (HF GPT-2 folder)")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -326,7 +324,7 @@ def run(cfg: FinetuneConfig, hooks=()) -> dict:
         return apply_method(model, cfg)
 
     model = apply_method(parts.model, cfg) if parts.model is not None else None
-    all_hooks = [*parts.hooks, FinishOutputs(), *hooks]
+    all_hooks = [*parts.hooks, *hooks]
     if cfg.head_only_steps or cfg.head_only_epochs:
         all_hooks.insert(0, HeadOnlyPhase(head_patterns, cfg.head_only_steps, cfg.head_only_epochs))
     trainer = Trainer(cfg, model=model, tokenizer=parts.tokenizer, make_sampler=parts.make_sampler,
@@ -335,8 +333,10 @@ def run(cfg: FinetuneConfig, hooks=()) -> dict:
     if parts.before_train is not None:
         parts.before_train(trainer)
     summary = trainer.train()
-    if parts.after_train is not None and summary["stopped"] == "done":
-        parts.after_train(trainer, summary)
+    if summary["stopped"] == "done":  # not after a signal or the time limit: that model is not the finished one
+        write_outputs(trainer)
+        if parts.after_train is not None:
+            parts.after_train(trainer, summary)
     return summary
 
 

@@ -317,7 +317,8 @@ def generate(
     - An empty prompt (T == 0) starts from `eos_token_id` (GPT-2's <|endoftext|>), which is then part of
       the returned prompt. A prompt longer than `block_size` is kept in the output, but the model sees
       only its last `block_size` tokens (a warning says so).
-    - Context past block_size: without a cache each step sees the last block_size tokens (nanoGPT). With
+    - Context past block_size (the model's `context_length`: fewer with a learned prefix, nanogpt2/peft.py):
+      without a cache each step sees the last block_size tokens (nanoGPT). With
       the cache, when it is full the last `crop_keep` tokens (default block_size // 2) are prefilled again
       into a fresh cache, and one-token steps resume; with absolute learned positions the old keys cannot
       be shifted, so this trades a re-prefill every block_size - crop_keep tokens for a context that
@@ -336,7 +337,7 @@ def generate(
     """
     check_sampling_args(temperature, top_k, top_p, repetition_penalty, max_new_tokens)
     cfg = model.config
-    block = cfg.block_size
+    block = model.context_length  # block_size, less any positions the model keeps for itself (a prefix)
     device = next(model.parameters()).device
     eot_from_tok = getattr(tokenizer, "eot_token", None) if tokenizer is not None else None
 

@@ -31,7 +31,7 @@ import torch.nn as nn
 from nanogpt2 import checkpoint as ckpt_io
 from nanogpt2.errors import NanoGPT2Error
 from nanogpt2.model import GPT, GPTConfig
-from nanogpt2.peft import apply_adapters, apply_lora, lora_layers
+from nanogpt2.peft import apply_adapters, apply_lora, apply_prefix, lora_layers
 
 # ----------------------------------------------------------------------------------------------------
 # Model specs
@@ -55,6 +55,9 @@ def _build_gpt(spec: dict) -> GPT:
     if lora is not None:
         apply_lora(model, int(lora["rank"]), float(lora["alpha"]), lora["targets"], float(lora.get("dropout", 0.0)),
                    bool(lora.get("use_rslora", False)))
+    prefix = spec.get("prefix")
+    if prefix is not None:
+        apply_prefix(model, int(prefix["prefix_length"]), prefix.get("projection_hidden"))
     return model
 
 
@@ -63,7 +66,8 @@ register_model_kind("gpt", _build_gpt)
 
 def model_spec(model: nn.Module) -> dict:
     """What a checkpoint records about `model` so that `build_model` can rebuild it (before its weights): for a
-    GPT its config and, when LoRA is applied, `"lora": {rank, alpha, targets, dropout, use_rslora}`."""
+    GPT its config and, when LoRA is applied, `"lora": {rank, alpha, targets, dropout, use_rslora}` (adapters and a
+    prefix likewise: `"adapters": {...}`, `"prefix": {prefix_length, projection_hidden}`)."""
     own = getattr(model, "model_spec", None)
     if callable(own):
         return own()
@@ -75,6 +79,8 @@ def model_spec(model: nn.Module) -> dict:
             spec["lora"] = dict(model.lora_config)
         if getattr(model, "adapter_config", None) is not None:
             spec["adapters"] = dict(model.adapter_config)
+        if getattr(model, "prefix_config", None) is not None:
+            spec["prefix"] = dict(model.prefix_config)  # projection_hidden None once collapsed: the weights say so too
         return spec
     raise NanoGPT2Error(f"cannot describe a {type(model).__name__} for a checkpoint: give it a model_spec() method "
                         f"and register its kind with nanogpt2.loader.register_model_kind")

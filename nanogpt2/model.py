@@ -419,15 +419,21 @@ class GPT(nn.Module):
         self.config.block_size = block_size
         self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size].detach().clone())
 
+    @property
+    def context_length(self) -> int:
+        """How many tokens one sequence may hold (forward inputs plus cache): block_size here. A subclass that
+        spends some positions on something else says fewer; generate and evaluate read this, not block_size."""
+        return self.config.block_size
+
     def new_kv_cache(self, max_len: Optional[int] = None, static: bool = False, batch_size: Optional[int] = None,
                      dtype: Optional[torch.dtype] = None):
-        """An empty cache for up to `max_len` positions (default: block_size): a KVCache that grows, or with
+        """An empty cache for up to `max_len` positions (default: context_length): a KVCache that grows, or with
         static=True a StaticKVCache of fixed shape (for torch.compile); with `batch_size` (and `dtype`, the
         keys' dtype: the autocast dtype under autocast, default the weights') a static cache is allocated
         now, on the model's device."""
-        max_len = max_len or self.config.block_size
-        if max_len > self.config.block_size:
-            raise ValueError(f"max_len {max_len} is longer than block_size {self.config.block_size}")
+        max_len = max_len or self.context_length
+        if max_len > self.context_length:
+            raise ValueError(f"max_len {max_len} is longer than the model's context ({self.context_length} tokens)")
         if not static:
             return KVCache(self.config.n_layer, max_len)
         if batch_size is None:

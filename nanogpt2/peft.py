@@ -1,6 +1,7 @@
 """
-Parameter-efficient fine-tuning, hand-rolled: LoRA, with HF peft's adapter files read and written both ways, and
-Houlsby adapters. The model file knows nothing of it: these are plain modules and functions over a `GPT`.
+Parameter-efficient fine-tuning, hand-rolled: LoRA, Houlsby adapters and prefix tuning, with HF peft's LoRA and
+prefix folders read and written both ways. The model file knows nothing of it: these are plain modules and functions
+over a `GPT` (and, for the prefix, a GPT subclass whose body puts the prefix in front of the caller's cache).
 
 LoRA (Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models"): a frozen linear layer W gets a
 trainable low-rank update, y = W x + b + s * B (A dropout(x)), with A (r, in) Kaiming-uniform(a=sqrt(5)), B
@@ -22,12 +23,26 @@ attention output projection (and its dropout) and after the MLP, each before the
 down d -> m, up m -> d with the up matrix zero (step 0 equals the base model), 2md + d + m parameters each; the
 block's LayerNorms train too unless `train_layernorms=False` (the paper trains them).
 
-References: Hu et al. 2021; Houlsby et al. 2019; HF peft `tuners/lora` (key names, config fields); torchtune /
-litgpt `LoRALinear`.
+Prefix tuning (Li & Liang 2021, "Prefix-Tuning: Optimizing Continuous Prompts for Generation"): every layer's
+attention sees P learned virtual keys/values before the real tokens; the base stays frozen. `apply_prefix` turns a
+GPT into a `PrefixGPT` in place: its `body` hands the base body a cache view holding the prefix's keys/values before
+the caller's cache (a KVCache, a StaticKVCache, or none), puts P ones before an attention_mask and P onto explicit
+position ids. The real tokens are numbered P, P+1, ... (HF peft's convention: with the prefix as past_key_values
+transformers' GPT-2 numbers them from the cache length, and peft adds P to explicit position_ids), so a sequence
+holds block_size - P real tokens (`context_length`, which generate and evaluate read). Optionally reparameterised
+during training (embedding -> Linear -> tanh -> Linear, peft's prefix_projection) and collapsed to the plain table
+by `collapse_prefix`. The table (P, n_layer * 2 * n_embd) is peft's `prompt_embeddings`: peft views it as
+(P, 2 * n_layer, n_head, head_size), permutes to (2 * n_layer, B, n_head, P, head_size) and splits it in pairs
+(layer i: key 2i, value 2i + 1).
 
-    from nanogpt2.peft import apply_lora, merge_lora, trainable_report
+References: Hu et al. 2021; Houlsby et al. 2019; Li & Liang 2021; HF peft `tuners/lora` (key names, config fields),
+`tuners/prefix_tuning` and `PeftModel.get_prompt` (the prefix layout); torchtune / litgpt `LoRALinear`.
+
+    from nanogpt2.peft import apply_lora, apply_prefix, collapse_prefix, trainable_report
     apply_lora(model, rank=8, alpha=16, targets=["c_attn"])   # base frozen, only A and B train
     print(trainable_report(model))
+    apply_prefix(other, prefix_length=20, projection_hidden=512)   # another GPT: only the prefix (and its MLP) trains
+    collapse_prefix(other)                                         # after training: the plain table, no MLP
 """
 
 import json
@@ -39,6 +54,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from nanogpt2.errors import NanoGPT2Error
+from nanogpt2.model import GPT, KVCache, StaticKVCache
 
 LORA_TARGETS = ("c_attn", "c_proj", "attn.c_proj", "mlp.c_proj", "c_fc", "c_attn.q", "c_attn.k", "c_attn.v")
 PEFT_PREFIX = "base_model.model."  # peft's key prefix around the wrapped transformers model
@@ -241,6 +257,169 @@ def apply_adapters(model: nn.Module, adapter_size: int, train_layernorms: bool =
 
 
 # ----------------------------------------------------------------------------------------------------
+# Prefix tuning
+
+
+class PrefixEncoder(nn.Module):
+    """The learned prefix: every layer's key and value for each of P virtual tokens, as one table (P, n_layer * 2 *
+    n_embd) laid out as HF peft's `prompt_embeddings`: per token, layer 0's key, layer 0's value, layer 1's key, ...,
+    each n_embd wide with the heads side by side. Plain: the table is `embedding.weight`. Reparameterised (`hidden`):
+    embedding (P, n_embd) -> Linear(n_embd, hidden) -> tanh -> Linear(hidden, n_layer * 2 * n_embd), peft's
+    PrefixEncoder with prefix_projection=True (same names: embedding, transform.0, transform.2). Initialised as peft
+    does: N(0, 1) embeddings, PyTorch's default Linear init."""
+
+    def __init__(self, prefix_length: int, n_layer: int, n_embd: int, hidden=None, device=None, dtype=None):
+        super().__init__()
+        width = n_layer * 2 * n_embd
+        if hidden is None:
+            self.embedding = nn.Embedding(prefix_length, width, device=device, dtype=dtype)  # (P, 2LC)
+        else:
+            self.embedding = nn.Embedding(prefix_length, n_embd, device=device, dtype=dtype)  # (P, C)
+            self.transform = nn.Sequential(nn.Linear(n_embd, hidden, device=device, dtype=dtype), nn.Tanh(),
+                                           nn.Linear(hidden, width, device=device, dtype=dtype))
+
+    def forward(self) -> torch.Tensor:
+        """The (P, n_layer * 2 * n_embd) table of keys and values."""
+        if hasattr(self, "transform"):
+            return self.transform(self.embedding.weight)  # (P, 2LC)
+        return self.embedding.weight  # (P, 2LC)
+
+
+class _PrefixedCache(KVCache):
+    """What a prefixed model's body is given as its cache (a view, no storage of its own): the prefix's keys/values,
+    then those of the caller's KVCache (or, without one, only this forward's). `length` counts the prefix, so the body numbers the real
+    tokens from P on and lets them see every prefix slot; the caller's cache holds real tokens only."""
+
+    def __init__(self, keys: list, values: list, inner=None):
+        self.prefix_k, self.prefix_v, self.inner = keys, values, inner  # per layer (B, nh, P, hs)
+        self.n_prefix = keys[0].size(2)
+
+    @property
+    def length(self) -> int:
+        return self.n_prefix + (self.inner.length if self.inner is not None else 0)
+
+    @length.setter
+    def length(self, value: int):  # the body advances the cache after its forward
+        if self.inner is not None:
+            self.inner.length = value - self.n_prefix
+
+    def _join(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        pk = self.prefix_k[layer].to(k.dtype)  # (B, nh, P, hs) in the keys' dtype (autocast's under autocast)
+        pv = self.prefix_v[layer].to(v.dtype)  # (B, nh, P, hs)
+        return torch.cat([pk, k], dim=2), torch.cat([pv, v], dim=2)  # (B, nh, P + S, hs) each
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        if self.inner is not None:
+            k, v = self.inner.update(layer, k, v)  # (B, nh, S, hs): the caller's cache so far
+        return self._join(layer, k, v)
+
+
+class _PrefixedStaticCache(StaticKVCache):
+    """The same for a StaticKVCache: the prefix occupies P slots before the caller's max_len ones, so the body's
+    slot-causal mask lets every query see it; the caller's cache is written at its own slots."""
+
+    def __init__(self, keys: list, values: list, inner: StaticKVCache, cache_position: torch.Tensor):
+        self.joined = _PrefixedCache(keys, values)
+        self.inner, self.inner_position = inner, cache_position  # (T,) the caller's slots
+        self.max_len = self.joined.n_prefix + inner.max_len
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor, cache_position: torch.Tensor):
+        k, v = self.inner.update(layer, k, v, self.inner_position)  # (B, nh, max_len, hs)
+        return self.joined._join(layer, k, v)  # (B, nh, P + max_len, hs)
+
+
+class PrefixGPT(GPT):
+    """A GPT whose attention sees `prefix_length` learned virtual tokens before the real ones (apply_prefix turns a
+    GPT into one). Callers use it as a GPT: `body` adds the prefix's keys/values before the caller's cache, puts P
+    ones before an attention_mask and P onto explicit position ids, so the real tokens are numbered P, P+1, ... as
+    HF peft numbers them; a sequence holds at most block_size - P real tokens (`context_length`)."""
+
+    prefix_config: dict
+    prefix_encoder: PrefixEncoder
+
+    @property
+    def context_length(self) -> int:
+        return self.config.block_size - self.prefix_config["prefix_length"]
+
+    def prefix_kv(self, batch_size: int):
+        """Each layer's prefix keys and values, two lists of (B, nh, P, hs) (expanded views, no copies)."""
+        cfg, P = self.config, self.prefix_config["prefix_length"]
+        table = self.prefix_encoder()  # (P, 2LC)
+        kv = table.view(P, cfg.n_layer, 2, cfg.n_head, cfg.n_embd // cfg.n_head).permute(1, 2, 3, 0, 4)  # (L, 2, nh, P, hs)
+        kv = kv[:, :, None].expand(-1, -1, batch_size, -1, -1, -1)  # (L, 2, B, nh, P, hs)
+        return list(kv[:, 0]), list(kv[:, 1])
+
+    def body(self, idx, attention_mask=None, position_ids=None, kv_cache=None, cache_position=None):
+        """GPT.body with the prefix in front (see the class docstring); the arguments mean what they mean there."""
+        P = self.prefix_config["prefix_length"]
+        if P == 0:  # the cheap path: no prefix, the base model exactly
+            return super().body(idx, attention_mask, position_ids, kv_cache, cache_position)
+        B, T = idx.size()
+        keys, values = self.prefix_kv(B)
+        if isinstance(kv_cache, StaticKVCache):
+            if cache_position is None:
+                raise ValueError("a StaticKVCache needs cache_position, the (T,) slots of the inputs")
+            view = _PrefixedStaticCache(keys, values, kv_cache, cache_position)
+            cache_position = cache_position + P  # (T,) slots behind the prefix's
+        else:
+            past = kv_cache.length if kv_cache is not None else 0
+            if past + T > self.context_length:
+                raise NanoGPT2Error(f"cannot take {past + T} tokens: with a prefix of {P} virtual tokens this model "
+                                    f"reads at most block_size - {P} = {self.context_length} (the real tokens take "
+                                    f"positions {P} and up); use windows of at most {self.context_length} tokens")
+            view = _PrefixedCache(keys, values, kv_cache)
+        if attention_mask is not None:
+            ones = attention_mask.new_ones(attention_mask.size(0), P)  # (B, P) the prefix is never padding
+            attention_mask = torch.cat([ones, attention_mask], dim=1)  # (B, P + S)
+        if position_ids is not None:
+            position_ids = position_ids + P  # (B|1, T)
+        return super().body(idx, attention_mask, position_ids, view, cache_position)
+
+
+def apply_prefix(model: GPT, prefix_length: int, projection_hidden=None) -> PrefixGPT:
+    """Prefix tuning (Li & Liang 2021): freeze `model` (a GPT) and give every layer's attention `prefix_length`
+    learned virtual keys/values (a PrefixEncoder, reparameterised through an MLP of `projection_hidden` units when
+    given; collapse_prefix folds it away). The model becomes a PrefixGPT in place (returned too); its spec records
+    `"prefix": {prefix_length, projection_hidden}`. prefix_length 0 is the base model."""
+    if not isinstance(model, GPT):
+        raise NanoGPT2Error(f"prefix tuning applies to a GPT, not a {type(model).__name__}")
+    if isinstance(model, PrefixGPT):
+        raise NanoGPT2Error("the model already has a prefix; start from the base model")
+    if isinstance(prefix_length, bool) or not isinstance(prefix_length, int) or prefix_length < 0:
+        raise NanoGPT2Error(f"prefix_length must be an integer >= 0 (virtual tokens per layer), not {prefix_length!r}")
+    if prefix_length >= model.config.block_size:
+        raise NanoGPT2Error(f"prefix_length {prefix_length} leaves no room for real tokens in a context of "
+                            f"{model.config.block_size}; use fewer than {model.config.block_size}")
+    if projection_hidden is not None and (isinstance(projection_hidden, bool) or not isinstance(projection_hidden, int)
+                                          or projection_hidden < 1):
+        raise NanoGPT2Error(f"projection_hidden must be an integer >= 1 (the MLP's width) or None, not {projection_hidden!r}")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    weight = model.transformer.wte.weight
+    cfg = model.config
+    model.__class__ = PrefixGPT  # surgery in place: the same module and weights, its body now puts the prefix first
+    model.prefix_encoder = PrefixEncoder(prefix_length, cfg.n_layer, cfg.n_embd, projection_hidden,
+                                         device=weight.device, dtype=weight.dtype)
+    model.prefix_config = {"prefix_length": prefix_length, "projection_hidden": projection_hidden}
+    return model
+
+
+@torch.no_grad()
+def collapse_prefix(model: PrefixGPT) -> None:
+    """Replace a reparameterised prefix by the table its MLP computes (plain tensors: same logits, no MLP per forward;
+    what is saved and what peft holds). A plain prefix stays as it is."""
+    if not isinstance(model, PrefixGPT):
+        raise NanoGPT2Error("the model has no prefix to collapse (apply_prefix first)")
+    if model.prefix_config["projection_hidden"] is None:
+        return
+    cfg, table = model.config, model.prefix_encoder()  # (P, 2LC)
+    encoder = PrefixEncoder(table.size(0), cfg.n_layer, cfg.n_embd, device=table.device, dtype=table.dtype)
+    encoder.embedding.weight.copy_(table)
+    model.prefix_encoder = encoder
+    model.prefix_config = {**model.prefix_config, "projection_hidden": None}
+
+
+# ----------------------------------------------------------------------------------------------------
 # HF peft adapter folders
 
 
@@ -257,13 +436,15 @@ def _read_adapter_config(folder: Path) -> dict:
         raise NanoGPT2Error(f"{folder} is not a peft adapter folder: no adapter_config.json") from None
     except (OSError, ValueError) as e:
         raise NanoGPT2Error(f"cannot read {path}: {e}") from None
-    if config.get("peft_type") != "LORA":
-        raise NanoGPT2Error(f"{path}: peft_type {config.get('peft_type')!r} is not supported here (LORA only)")
-    if config.get("bias", "none") != "none":
-        raise NanoGPT2Error(f"{path}: bias={config['bias']!r} is not supported (only 'none')")
-    for key in _SUPPORTED_FALSY:
-        if config.get(key):
-            raise NanoGPT2Error(f"{path}: {key}={config[key]!r} is not supported")
+    if config.get("peft_type") not in ("LORA", "PREFIX_TUNING"):
+        raise NanoGPT2Error(f"{path}: peft_type {config.get('peft_type')!r} is not supported here (LORA and "
+                            f"PREFIX_TUNING only)")
+    if config["peft_type"] == "LORA":
+        if config.get("bias", "none") != "none":
+            raise NanoGPT2Error(f"{path}: bias={config['bias']!r} is not supported (only 'none')")
+        for key in _SUPPORTED_FALSY:
+            if config.get(key):
+                raise NanoGPT2Error(f"{path}: {key}={config[key]!r} is not supported")
     return config
 
 
@@ -278,11 +459,14 @@ def _read_adapter_weights(folder: Path) -> dict:
 
 
 def load_peft_adapter(model: nn.Module, folder) -> list:
-    """Apply an HF peft LoRA adapter folder to `model` (a GPT with GPT-2 module names); returns the wrapped
-    module names. The layout of GPT-2's Conv1D is decided by the module, not by `fan_in_fan_out`."""
+    """Apply an HF peft adapter folder to `model` (a GPT with GPT-2 module names): LoRA (returns the wrapped module
+    names; the layout of GPT-2's Conv1D is decided by the module, not by `fan_in_fan_out`) or PREFIX_TUNING (returns
+    ["prefix_encoder"]; see _load_peft_prefix)."""
     folder = Path(folder)
     config = _read_adapter_config(folder)
     tensors = _read_adapter_weights(folder)
+    if config["peft_type"] == "PREFIX_TUNING":
+        return _load_peft_prefix(model, folder, config, tensors)
     targets = config.get("target_modules") or []
     targets = [targets] if isinstance(targets, str) else list(targets)
     wrapped = apply_lora(model, int(config["r"]), float(config["lora_alpha"]), targets,
@@ -305,9 +489,14 @@ def load_peft_adapter(model: nn.Module, folder) -> list:
 
 
 def save_peft_adapter(model: nn.Module, folder, base_model_name_or_path: str = "") -> Path:
-    """Write the model's LoRA layers as an HF peft folder (adapter_config.json + adapter_model.safetensors)."""
+    """Write the model's LoRA layers, or its prefix, as an HF peft folder (adapter_config.json +
+    adapter_model.safetensors)."""
     from nanogpt2.safetensors_io import save_file
 
+    if isinstance(model, PrefixGPT):
+        if lora_layers(model):
+            raise NanoGPT2Error("the model has both LoRA layers and a prefix; a peft folder holds one method")
+        return _save_peft_prefix(model, Path(folder), base_model_name_or_path)
     layers = lora_layers(model)
     config = getattr(model, "lora_config", None)
     if not layers or config is None:
@@ -330,6 +519,53 @@ def save_peft_adapter(model: nn.Module, folder, base_model_name_or_path: str = "
         "target_modules": config["targets"], "use_rslora": config["use_rslora"], "fan_in_fan_out": True,
         "bias": "none", "use_dora": False, "init_lora_weights": True, "inference_mode": True,
         "modules_to_save": None, "layers_to_transform": None, "rank_pattern": {}, "alpha_pattern": {},
+    }
+    (folder / "adapter_config.json").write_text(json.dumps(peft_config, indent=2) + "\n", encoding="utf-8")
+    return folder
+
+
+def _load_peft_prefix(model: nn.Module, folder: Path, config: dict, tensors: dict) -> list:
+    """A peft PREFIX_TUNING folder: one tensor `prompt_embeddings` (P, n_layer * 2 * n_embd), the table of
+    PrefixEncoder. With prefix_projection=True peft saves the table its MLP computed (not the MLP), so such a folder
+    loads as a plain (collapsed) prefix, as peft itself loads it."""
+    if not isinstance(model, GPT):
+        raise NanoGPT2Error(f"a peft prefix applies to a GPT, not a {type(model).__name__}")
+    cfg = model.config
+    want = {"num_layers": cfg.n_layer, "token_dim": cfg.n_embd, "num_attention_heads": cfg.n_head,
+            "num_transformer_submodules": 1}
+    for key, value in want.items():
+        if config.get(key, value) != value:
+            raise NanoGPT2Error(f"{folder}: the prefix does not fit this model ({key}={config.get(key)!r}, this model "
+                                f"needs {value}); was it made for another base model?")
+    P = config.get("num_virtual_tokens")
+    table = tensors.get("prompt_embeddings")
+    shape = (P, cfg.n_layer * 2 * cfg.n_embd)
+    if table is None or set(tensors) != {"prompt_embeddings"} or tuple(table.shape) != shape:
+        found = {k: tuple(v.shape) for k, v in tensors.items()}
+        raise NanoGPT2Error(f"{folder}: expected one tensor prompt_embeddings of shape {shape} "
+                            f"(num_virtual_tokens x n_layer * 2 * n_embd), found {found}; was it made for another "
+                            f"base model?")
+    apply_prefix(model, int(P))
+    with torch.no_grad():
+        model.prefix_encoder.embedding.weight.copy_(table)
+    return ["prefix_encoder"]
+
+
+def _save_peft_prefix(model: "PrefixGPT", folder: Path, base_model_name_or_path: str) -> Path:
+    """The prefix as a peft PREFIX_TUNING folder: the (collapsed) table as `prompt_embeddings`, prefix_projection
+    false (the table is all there is to load; peft saves a projected prefix the same way)."""
+    from nanogpt2.safetensors_io import save_file
+
+    cfg, P = model.config, model.prefix_config["prefix_length"]
+    folder.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        table = model.prefix_encoder().detach().contiguous()  # (P, 2LC)
+    save_file({"prompt_embeddings": table}, folder / "adapter_model.safetensors")
+    peft_config = {
+        "peft_type": "PREFIX_TUNING", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model_name_or_path,
+        "num_virtual_tokens": P, "token_dim": cfg.n_embd, "num_layers": cfg.n_layer,
+        "num_attention_heads": cfg.n_head, "num_transformer_submodules": 1, "encoder_hidden_size": cfg.n_embd,
+        "prefix_projection": False, "init_weights": None, "inference_mode": True, "modules_to_save": None,
     }
     (folder / "adapter_config.json").write_text(json.dumps(peft_config, indent=2) + "\n", encoding="utf-8")
     return folder
