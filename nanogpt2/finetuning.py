@@ -9,6 +9,8 @@ Methods (`method`):
   full        every parameter trains (train.py from pretrained weights, with the fine-tuning extras below)
   lora        LoRA on `lora_targets` (nanogpt2.peft.apply_lora); the base is frozen
   adapter     Houlsby adapters of `adapter_size` in every block (nanogpt2.peft.apply_adapters)
+  prefix      prefix tuning: `prefix_length` learned keys/values per layer (nanogpt2.peft.apply_prefix); the
+              windows (`block_size`) must leave those positions free in the model's context
   selective   full, but the blocks of `freeze_layers` (and the embeddings / head with `freeze_embeddings` /
               `freeze_head`) stay frozen
 For every method: `layer_lr_scales` gives the blocks contiguous groups with their own multiple of the scheduled
@@ -37,10 +39,11 @@ import torch.nn as nn
 from nanogpt2.config import RunConfig, load_config, setting, settings_text, wants_help
 from nanogpt2.errors import EXIT_INTERRUPTED, NanoGPT2Error
 from nanogpt2.optim import make_adamw, param_groups
-from nanogpt2.peft import apply_adapters, apply_lora, lora_layers, save_adapter_weights, save_peft_adapter, trainable_report
+from nanogpt2.peft import (apply_adapters, apply_lora, apply_prefix, lora_layers, save_adapter_weights, save_peft_adapter,
+                           trainable_report)
 from nanogpt2.trainer import Trainer
 
-METHODS = ("full", "lora", "adapter", "selective")
+METHODS = ("full", "lora", "adapter", "prefix", "selective")
 # task name -> module whose `task(cfg)` returns its TaskParts (imported when the task is chosen)
 TASKS = {"lm": "nanogpt2.finetuning"}
 
@@ -61,7 +64,7 @@ class FinetuneConfig(RunConfig):
         "train.py run folder or checkpoint | scratch (a new model of the model settings, for tests)", "output")
 
     # --- the method ---
-    method: str = setting("lora", "full | lora | adapter | selective (see docs/finetuning.md)", "method")
+    method: str = setting("lora", "full | lora | adapter | prefix | selective (see docs/finetuning.md)", "method")
     lora_rank: int = setting(8, "LoRA rank r", "method")
     lora_alpha: float = setting(16.0, "LoRA alpha: the update is scaled by alpha / r (alpha / sqrt(r) with use_rslora)", "method")
     lora_dropout: float = setting(0.0, "dropout on the LoRA branch's input", "method")
@@ -71,6 +74,10 @@ class FinetuneConfig(RunConfig):
     use_rslora: bool = setting(False, "rank-stabilised LoRA scaling alpha / sqrt(r)", "method")
     adapter_size: int = setting(64, "Houlsby adapter bottleneck width m", "method")
     adapter_train_layernorms: bool = setting(True, "with adapters, train the LayerNorms too (Houlsby et al. do)", "method")
+    prefix_length: int = setting(20, "prefix tuning: virtual tokens per layer (their keys and values are learned)", "method")
+    prefix_projection: int = setting(
+        0, "prefix tuning: hidden size of the reparameterisation MLP used in training (0: learn the table directly); "
+        "collapsed to the table at the end of the run", "method")
     freeze_layers: str = setting("", "method=selective: comma-separated block indices to freeze, e.g. 0,1,2,3", "method")
     freeze_embeddings: bool = setting(False, "method=selective: freeze the token and position embeddings (a tied LM "
                                       "head shares the token embedding, so it freezes too)", "method")
@@ -88,11 +95,11 @@ class FinetuneConfig(RunConfig):
 
     def validate(self) -> "FinetuneConfig":
         super().validate()
-        positive = ["lora_rank", "adapter_size"]
+        positive = ["lora_rank", "adapter_size", "prefix_length"]
         for key in positive:
             if getattr(self, key) < 1:
                 raise NanoGPT2Error(f"{key} must be >= 1, not {getattr(self, key)}")
-        for key in ("head_only_steps", "head_only_epochs", "lora_alpha"):
+        for key in ("head_only_steps", "head_only_epochs", "lora_alpha", "prefix_projection"):
             if getattr(self, key) < 0:
                 raise NanoGPT2Error(f"{key} must be >= 0, not {getattr(self, key)}")
         if not 0.0 <= self.lora_dropout < 1.0:
@@ -176,6 +183,8 @@ def apply_method(model: nn.Module, cfg: FinetuneConfig) -> nn.Module:
                    cfg.lora_dropout, cfg.use_rslora)
     elif cfg.method == "adapter":
         apply_adapters(model, cfg.adapter_size, cfg.adapter_train_layernorms)
+    elif cfg.method == "prefix":
+        model = apply_prefix(model, cfg.prefix_length, cfg.prefix_projection or None)
     return model
 
 
@@ -280,17 +289,21 @@ class HeadOnlyPhase:
 
 
 def save_adapter(model: nn.Module, folder) -> str:
-    """The trainable weights alone, for sharing: an HF peft folder for LoRA (when peft can express it), else
-    `adapter_weights.pt` (nanogpt2.peft.save_adapter_weights). Returns what was written."""
-    if getattr(model, "lora_config", None) is not None and not any(l.partial for l in lora_layers(model).values()):
+    """The trainable weights alone, for sharing: an HF peft folder for LoRA (when peft can express it) and prefix
+    tuning, else `adapter_weights.pt` (nanogpt2.peft.save_adapter_weights). Returns what was written."""
+    lora = getattr(model, "lora_config", None) is not None and not any(l.partial for l in lora_layers(model).values())
+    if lora or getattr(model, "prefix_config", None) is not None:
         return str(save_peft_adapter(model, folder))
     return str(save_adapter_weights(model, folder))
 
 
 def export_merged(model: nn.Module, folder) -> str:
-    """An HF GPT-2 folder of the fine-tuned model, LoRA merged on a copy (the run's model stays unmerged)."""
+    """An HF GPT-2 folder of the fine-tuned model, LoRA merged on a copy (the run's model stays unmerged); a
+    prefix cannot merge into GPT-2's weights, so it is exported as an HF peft PREFIX_TUNING folder."""
     import copy
 
+    if getattr(model, "prefix_config", None) is not None:
+        return str(save_peft_adapter(model, folder)) + " (peft prefix-tuning folder; the base model is init_from)"
     from nanogpt2.convert import save_pretrained
     from nanogpt2.peft import merge_lora
 
@@ -307,7 +320,7 @@ def write_outputs(trainer) -> None:
     if cfg.method not in ("full", "selective"):
         trainer.log(f"adapter weights: {save_adapter(model, trainer.out_dir / 'adapter')}")
     if cfg.merge_and_export:
-        trainer.log(f"exported to {export_merged(model, cfg.merge_and_export)} (HF GPT-2 folder)")
+        trainer.log(f"exported to {export_merged(model, cfg.merge_and_export)}")
 
 
 # ----------------------------------------------------------------------------------------------------

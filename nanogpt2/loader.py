@@ -31,7 +31,7 @@ import torch.nn as nn
 from nanogpt2 import checkpoint as ckpt_io
 from nanogpt2.errors import NanoGPT2Error
 from nanogpt2.model import GPT, GPTConfig
-from nanogpt2.peft import apply_adapters, apply_lora, apply_prefix, lora_layers
+from nanogpt2.peft import apply_adapters, apply_lora, apply_prefix, collapse_prefix, lora_layers
 
 # ----------------------------------------------------------------------------------------------------
 # Model specs
@@ -205,7 +205,10 @@ def load_model(init_from: str, device="cpu", dropout=None, log=_warn, config: GP
 
 
 def load_model_and_tokenizer(init_from: str, device="cpu"):
-    """(model in eval mode on `device`, its tokenizer, a description) for sample.py and evaluation."""
+    """(model in eval mode on `device`, its tokenizer, a description) for sample.py and evaluation. A prefix
+    trained through its reparameterisation MLP is collapsed to its table (the same outputs, no MLP per step)."""
     model, info = load_model(init_from, device=device)
+    if (getattr(model, "prefix_config", None) or {}).get("projection_hidden") is not None:
+        collapse_prefix(model)
     tok = ckpt_io.tokenizer_from_info(info["tokenizer"], path=info["path"] if "step" in info else None)
     return model.eval(), tok, info["description"]

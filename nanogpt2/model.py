@@ -417,7 +417,8 @@ class GPT(nn.Module):
         if not 1 <= block_size <= self.config.block_size:
             raise ValueError(f"block_size must be in [1, {self.config.block_size}], not {block_size}")
         self.config.block_size = block_size
-        self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size].detach().clone())
+        old = self.transformer.wpe.weight
+        self.transformer.wpe.weight = nn.Parameter(old[:block_size].detach().clone(), requires_grad=old.requires_grad)
 
     @property
     def context_length(self) -> int:

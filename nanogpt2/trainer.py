@@ -467,7 +467,24 @@ class Trainer:
         if model is not None:
             return model
         fresh = self._scratch_model() if cfg.init_from in ("scratch", "resume") else self._init_model()
-        return self.prepare_model(self, fresh) if self.prepare_model is not None else fresh
+        model = self.prepare_model(self, fresh) if self.prepare_model is not None else fresh
+        self._fit_context(model)
+        return model
+
+    def _fit_context(self, model):
+        """Crop the positional table to the run's windows (nanoGPT's model surgery: GPT-2's 1024 -> block_size),
+        keeping the positions a method spends on itself (a prefix: context_length = block_size - P)."""
+        context = getattr(model, "context_length", None)
+        if context is None:
+            return
+        cfg = self.cfg
+        if cfg.block_size > context:
+            spent = model.config.block_size - context
+            raise NanoGPT2Error(f"block_size={cfg.block_size} exceeds the model's context of {context} tokens"
+                                + (f" ({model.config.block_size} positions, {spent} of them taken by the prefix)" if spent else "")
+                                + f"; lower block_size to {context}")
+        if cfg.block_size < context:
+            model.crop_block_size(model.config.block_size - (context - cfg.block_size))
 
     def _init_model(self) -> GPT:
         """The GPT of init_from (a GPT-2 name, an HF folder, a checkpoint), checked against this run."""
@@ -481,10 +498,6 @@ class Trainer:
         if not isinstance(m, GPT):
             raise NanoGPT2Error(f"init_from={cfg.init_from} holds a {type(m).__name__} ({info['spec'].get('kind')}); "
                                 f"train.py starts from a GPT: resume that run with --resume_from instead")
-        if cfg.block_size < m.config.block_size:
-            m.crop_block_size(cfg.block_size)
-        elif cfg.block_size > m.config.block_size:
-            raise NanoGPT2Error(f"block_size={cfg.block_size} exceeds the pretrained model's {m.config.block_size}")
         self.log(f"model: {info['description']}, {m.param_counts()['total'] / 1e6:.2f}M parameters")
         return m
 

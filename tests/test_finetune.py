@@ -37,6 +37,16 @@ def ft_cfg(out, *overrides):
                        cls=FinetuneConfig)
 
 
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory):
+    """A train.py run folder of the tiny model (block 32): a base to fine-tune."""
+    from nanogpt2.trainer import Trainer
+
+    out = tmp_path_factory.mktemp("base") / "run"
+    Trainer(load_config([TINY, f"--out_dir={out}", "--max_iters=2", "--eval_interval=0", "--test_eval=false"])).train()
+    return out
+
+
 class Snapshot:
     """A hook keeping the weights as they were at the start of training, and after each step."""
 
@@ -65,9 +75,11 @@ def losses(out: Path) -> list:
     ("lora", ("--lora_targets=c_attn,c_fc", "--lora_rank=4"), lambda n: "lora_" in n),
     ("adapter", ("--adapter_size=8", "--adapter_train_layernorms=false"), lambda n: ".adapter." in n),
     ("selective", ("--freeze_layers=0", "--freeze_embeddings=true"), lambda n: ".h.1." in n or "ln_f" in n),
+    ("prefix", ("--prefix_length=4", "--prefix_projection=8", "--block_size=28", "BASE"), lambda n: "prefix_encoder" in n),
 ])
-def test_each_method_trains_exactly_its_parameters_and_the_run_loads_back(tmp_path, method, extra, trained):
+def test_each_method_trains_exactly_its_parameters_and_the_run_loads_back(tmp_path, base_run, method, extra, trained):
     snap = Snapshot()
+    extra = [f"--init_from={base_run}" if e == "BASE" else e for e in extra]
     cfg = ft_cfg(tmp_path / method, f"--method={method}", *extra)
     summary = run(cfg, hooks=[snap])
     assert summary["stopped"] == "done"
@@ -78,8 +90,8 @@ def test_each_method_trains_exactly_its_parameters_and_the_run_loads_back(tmp_pa
     model, info = load_model(str(tmp_path / method))  # the run folder, as sample.py / evaluate load it
     weights = dict(model.named_parameters())
     assert all(torch.equal(weights[n], end[n]) for n in end)
-    if method in ("lora", "adapter"):
-        assert info["spec"]["lora" if method == "lora" else "adapters"]
+    if method in ("lora", "adapter", "prefix"):
+        assert info["spec"][{"lora": "lora", "adapter": "adapters", "prefix": "prefix"}[method]]
         assert (tmp_path / method / "adapter").is_dir()
 
 
@@ -159,6 +171,7 @@ def test_lora_head_only_has_no_head_to_train(tmp_path):
     (["--layer_lr_scales=a,b"], "layer_lr_scales must be comma-separated numbers"),
     (["--method=adapter", "--merge_and_export=x"], "cannot be merged"),
     (["--task=chat"], "task must be one of"),
+    (["--method=prefix", "--prefix_length=8"], "block_size=32 exceeds the model's context of 24 tokens"),
 ])
 def test_bad_settings_are_one_error_line(tmp_path, args, message):
     res = subprocess.run([sys.executable, str(ROOT / "finetune.py"), TINY, "--init_from=scratch", "--max_iters=2",
