@@ -379,5 +379,6 @@ def test_size_name_offline_names_the_url_and_the_local_folder(tmp_path, monkeypa
     monkeypatch.setenv("NANOGPT2_CACHE", str(tmp_path / "cache"))
     base = unused_url("").rstrip("/")
     monkeypatch.setenv("NANOGPT2_OPENAI_ENDPOINT", base)
-    with pytest.raises(NanoGPT2Error, match=rf"{base}/models/355M/checkpoint is unreachable .*pass --init_from DIR"):
+    with pytest.raises(NanoGPT2Error, match=rf"{base}/models/355M/checkpoint is unreachable .*into a folder DIR and "
+                                            rf"pass DIR instead of '355M'"):
         load_model("345M")
