@@ -1,18 +1,28 @@
 """
-Hugging Face GPT-2 checkpoints <-> our GPT, without the `transformers` package.
+GPT-2 checkpoints in and out of our GPT: Hugging Face folders both ways, OpenAI's original TensorFlow release in,
+and the converter CLI. No `transformers`, no `tensorflow`.
 
 An HF GPT-2 folder holds `config.json` and the weights as `model.safetensors` (or `pytorch_model.bin`, or
 shards listed in `model.safetensors.index.json` / `pytorch_model.bin.index.json`). Its tensor names are
 ours with an optional `transformer.` prefix; the only other difference is that HF's `Conv1D` layers store
 their weight as (in, out), where `nn.Linear` stores (out, in), so those four matrices are transposed.
 
+OpenAI's release (`hparams.json` + a TensorFlow checkpoint `model.ckpt.*`, read by nanogpt2/tf_checkpoint.py)
+names the same tensors `model/h3/attn/c_attn/w` etc.; its `w` are TF conv1d kernels [1, in, out], i.e. HF's
+Conv1D with a leading 1, so they are renamed to HF's names and loaded like an HF folder.
+
     from nanogpt2.model import GPT
     model = GPT.from_pretrained("gpt2")               # downloads config.json + model.safetensors once
     model = GPT.from_pretrained("/path/to/hf/folder") # any HF GPT-2 folder, e.g. a fine-tuned one
+    model = GPT.from_pretrained("124M")               # OpenAI's release (also 355M, 774M, 1558M), or its folder
     save_pretrained(model, "out/hf")                  # a folder transformers.GPT2LMHeadModel can load
+
+    python -m nanogpt2.convert SRC DST [--to hf|nanogpt2]   # any model source -> an HF folder or a .pt
 
 Every field of HF's `GPT2Config` that changes the forward pass is either honoured or refused with a message
 naming it; a checkpoint is never loaded silently wrong. Every tensor's name and shape is checked.
+The formats and the export rules: docs/conversion.md. Tests: tests/test_model.py, test_tf_checkpoint.py,
+test_convert.py.
 """
 
 from __future__ import annotations
@@ -359,12 +369,27 @@ def download_openai_model(size: str, quiet: bool = False) -> Path:
     return folder
 
 
+# sha256 of OpenAI's encoder.json and vocab.bpe (the same for every size; tiktoken pins the same hashes)
+GPT2_BPE_SHA256 = {"encoder.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
+                   "vocab.bpe": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"}
+
+
 def openai_tokenizer_info(folder) -> dict:
-    """The tokenizer of an OpenAI folder: its encoder.json + vocab.bpe when it has them, else GPT-2's."""
-    folder = Path(folder)
-    if (folder / "encoder.json").is_file() and (folder / "vocab.bpe").is_file():
-        return {"name": "gpt2", "bpe_dir": str(folder.resolve())}
-    return {"name": "gpt2"}
+    """The tokenizer entry of an OpenAI folder: {"name": "gpt2"} when its encoder.json + vocab.bpe are GPT-2's
+    own (or absent), else {"name": "gpt2", "bpe_dir": folder} (its own vocabulary, read from there)."""
+    from nanogpt2.checkpoint import tokenizer_from_info
+    from nanogpt2.tokenizer import get_tokenizer
+
+    folder = Path(folder).resolve()
+    files = [folder / name for name in GPT2_BPE_SHA256]
+    if not all(f.is_file() for f in files):
+        return {"name": "gpt2"}
+    if all(hashlib.sha256(f.read_bytes()).hexdigest() == GPT2_BPE_SHA256[f.name] for f in files):
+        return {"name": "gpt2"}
+    own = {"name": "gpt2", "bpe_dir": str(folder)}
+    if tokenizer_from_info(own).checksum == get_tokenizer("gpt2").checksum:  # the same vocabulary, other bytes
+        return {"name": "gpt2"}
+    return own
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -519,21 +544,6 @@ def _file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _portable_tokenizer(info: dict, log=_note) -> dict:
-    """The tokenizer entry a .pt records: an OpenAI folder's encoder.json + vocab.bpe that are GPT-2's own become
-    {"name": "gpt2"} (the bundled ranks); others keep the folder's path (said so: the .pt needs it later)."""
-    if not info or not info.get("bpe_dir"):
-        return info
-    from nanogpt2.checkpoint import tokenizer_from_info
-    from nanogpt2.tokenizer import get_tokenizer
-
-    if tokenizer_from_info(info).checksum == get_tokenizer("gpt2").checksum:
-        return {"name": info.get("name", "gpt2")}
-    log(f"the tokenizer is read from {info['bpe_dir']} (encoder.json + vocab.bpe, not GPT-2's own): the checkpoint "
-        f"refers to that folder, keep it there")
-    return info
-
-
 def _write_pt(model, info: dict, dst: Path, src: str) -> Path:
     """A nanogpt2 checkpoint that nanogpt2.loader reads back (weights, model spec, tokenizer, checksum)."""
     from nanogpt2.checkpoint import save_checkpoint
@@ -541,7 +551,7 @@ def _write_pt(model, info: dict, dst: Path, src: str) -> Path:
 
     spec = model_spec(model)
     state = {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "model_spec": spec,
-             "model_config": spec.get("config") or {}, "tokenizer": _portable_tokenizer(info.get("tokenizer")),
+             "model_config": spec.get("config") or {}, "tokenizer": info.get("tokenizer"),
              "run_config": info.get("config") or {}, "step": info.get("step") or 0, "converted_from": src}
     return save_checkpoint(dst, state)
 
@@ -582,6 +592,9 @@ def convert(src: str, dst, to: str | None = None, log=_note) -> dict:
     if params * 4 >= _BIG:
         print(f"writing {dst} ({params * 4 / 1e6:,.0f} MB) ...", file=sys.stderr, flush=True)
     if to == "nanogpt2":
+        if (info.get("tokenizer") or {}).get("bpe_dir"):
+            log(f"the tokenizer is read from {info['tokenizer']['bpe_dir']} (its encoder.json + vocab.bpe are not "
+                f"GPT-2's): the checkpoint refers to that folder, keep it there")
         written = _write_pt(model, info, dst, src)
         architecture = info["spec"].get("kind", "gpt")
     else:

@@ -20,9 +20,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FIXTURES, oracle
+from conftest import FIXTURES, oracle, shared_data
 from http_fixture import serve, unused_url
 from nanogpt2 import tf_checkpoint as tfc
+from nanogpt2.convert import openai_tokenizer_info
 from nanogpt2.errors import NanoGPT2Error
 from nanogpt2.loader import load_model, load_model_and_tokenizer
 from nanogpt2.model import GPT
@@ -213,6 +214,20 @@ def test_loader_takes_an_openai_folder_with_its_own_tokenizer(tf_copy):
     model, tok, _ = load_model_and_tokenizer(str(tf_copy))
     assert tok.n_vocab == 258 and tok.encode("hehe") == [256, 256] and tok.decode([256, 104]) == "heh"
     assert reference_logits(model) <= 1e-5
+
+
+def test_openais_own_encoder_json_and_vocab_bpe_are_gpt2s_tokenizer(tf_copy):
+    bpe = shared_data("gpt2_bpe")  # OpenAI's files (tiktoken's pinned hashes)
+    for name in ("encoder.json", "vocab.bpe"):
+        shutil.copy(bpe / name, tf_copy / name)
+    assert openai_tokenizer_info(tf_copy) == {"name": "gpt2"}  # by sha256
+    lines = (tf_copy / "vocab.bpe").read_text(encoding="utf-8").split("\n")
+    (tf_copy / "vocab.bpe").write_text("\n".join(lines[1:]), encoding="utf-8")  # no "#version" line: other bytes
+    assert openai_tokenizer_info(tf_copy) == {"name": "gpt2"}  # by the vocabulary's checksum
+    _, info = load_model(str(tf_copy))
+    assert info["tokenizer"] == {"name": "gpt2"}  # so train.py's tokenizer check accepts it
+    tiny_bpe(tf_copy)
+    assert openai_tokenizer_info(tf_copy) == {"name": "gpt2", "bpe_dir": str(tf_copy.resolve())}
 
 
 # ----------------------------------------------------------------------------------------------------
