@@ -136,6 +136,18 @@ def _shift(state: int, nbytes: int) -> int:
     return state
 
 
+def _matrix_for(nbytes: int) -> list:
+    """The matrix of a shift by `nbytes` zero bytes."""
+    mat = [1 << j for j in range(32)]
+    k = 0
+    while nbytes:
+        if nbytes & 1:
+            mat = _compose(_POW[k], mat)
+        nbytes >>= 1
+        k += 1
+    return mat
+
+
 def _byte_tables(mat: list) -> np.ndarray:
     """(4, 256) uint32 tables so that mat @ v = T[0][v & 255] ^ T[1][v >> 8 & 255] ^ ... (for whole arrays)."""
     out = np.zeros((4, 256), dtype=np.uint32)
@@ -183,18 +195,6 @@ def _register(buf: np.ndarray) -> int:
         mat = _compose(mat, mat)
     tail = buf[bulk:]
     return _shift(int(s[0]), tail.size) ^ _register(tail)
-
-
-def _matrix_for(nbytes: int) -> list:
-    """The matrix of a shift by `nbytes` zero bytes."""
-    mat = [1 << j for j in range(32)]
-    k = 0
-    while nbytes:
-        if nbytes & 1:
-            mat = _compose(_POW[k], mat)
-        nbytes >>= 1
-        k += 1
-    return mat
 
 
 def crc32c(data, crc: int = 0) -> int:
@@ -353,7 +353,8 @@ def read_table(path) -> list[tuple[bytes, bytes]]:
             offset, size, _ = _block_handle(handle)
             out.extend(_block_entries(_read_block(table, offset, size, path, "data block")))
     except _Corrupt as e:
-        raise TFCheckpointError(f"{path}: the index file is corrupt ({e}); copy or download the checkpoint again") from None
+        raise TFCheckpointError(f"{path}: the index file is corrupt ({e}); copy or download the checkpoint "
+                                f"again") from None
     return out
 
 
@@ -384,7 +385,9 @@ class TensorEntry:
 
     def dtype_name(self) -> str:
         t = self.dtype
-        return str(t).removeprefix("torch.") if t is not None else _OTHER_DTYPES.get(self.dtype_id, f"DataType {self.dtype_id}")
+        if t is not None:
+            return str(t).removeprefix("torch.")
+        return _OTHER_DTYPES.get(self.dtype_id, f"DataType {self.dtype_id}")
 
 
 def _parse_shape(buf: bytes) -> tuple:
@@ -489,7 +492,7 @@ def checkpoint_prefix(path) -> Path:
         if state.is_file():
             m = re.search(r'^model_checkpoint_path:\s*"((?:[^"\\]|\\.)*)"', state.read_text(errors="replace"), re.M)
             if m:
-                prefix = path / m.group(1).encode().decode("unicode_escape")  # absolute paths stay absolute
+                prefix = path / re.sub(r"\\(.)", r"\1", m.group(1))  # unescaped; an absolute path stays absolute
                 if Path(str(prefix) + ".index").is_file():
                     return prefix
                 local = path / prefix.name  # a folder copied from elsewhere: its absolute path is stale
@@ -552,8 +555,9 @@ def load_checkpoint(path, names=None, quiet: bool = True) -> dict[str, torch.Ten
             raise TFCheckpointError(f"{prefix}.index: tensor {e.name!r} is a partitioned variable (saved in slices), "
                                     f"which this reader does not support")
         if e.dtype is None:
+            known = ", ".join(str(t).removeprefix("torch.") for t in DTYPES.values())
             raise TFCheckpointError(f"{prefix}.index: tensor {e.name!r} has dtype {e.dtype_name()}, which this "
-                                    f"reader does not support (only fixed-size numbers: {', '.join(str(t)[6:] for t in DTYPES.values())})")
+                                    f"reader does not support (only fixed-size numbers: {known})")
         by_shard.setdefault(e.shard_id, []).append(e)
     total = sum(e.size for e in entries.values())
     progress, done = ProgressLine(f"reading {prefix.name}", quiet), 0
