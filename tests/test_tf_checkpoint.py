@@ -335,6 +335,21 @@ def test_missing_pieces_of_the_folder(tf_copy):
         GPT.from_pretrained(tf_copy)
 
 
+def test_hparams_that_do_not_fit(tf_copy):
+    hparams = tf_copy / "hparams.json"
+    good = json.loads(hparams.read_text())
+    for change, message in [({"n_head": 5}, r"hparams.json: n_embd \(16\) must be divisible by n_head \(5\)"),
+                            ({"n_ctx": "32"}, r"hparams.json: n_ctx='32' must be a positive integer"),
+                            ({"n_layer": 3}, r"model.ckpt does not match .*missing tensors \['transformer.h.2."),
+                            ({"n_vocab": 97}, r"tensor wte.weight has shape \(96, 16\), expected \(97, 16\)")]:
+        hparams.write_text(json.dumps({**good, **change}))
+        with pytest.raises(NanoGPT2Error, match=message):
+            GPT.from_pretrained(tf_copy)
+    hparams.write_text("{")
+    with pytest.raises(NanoGPT2Error, match=r"cannot read .*hparams.json"):
+        GPT.from_pretrained(tf_copy)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Bundles the fixture does not show: float16, shards, compression, other dtypes
 
