@@ -42,7 +42,8 @@ def parse_args(argv):
     ap = argparse.ArgumentParser(prog="sample.py", description="Sample from a GPT-2 model.",
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--init_from", default="gpt2",
-                    help="a train.py out_dir or checkpoint .pt, a GPT-2 name (gpt2, gpt2-medium, ...), or an HF folder; "
+                    help="a train.py out_dir or checkpoint .pt, a GPT-2 name (gpt2, gpt2-medium, ...), an OpenAI size (124M, "
+                         "355M, ...), or an HF or OpenAI folder; "
                          "'resume' means --out_dir")
     ap.add_argument("--out_dir", default="out", help="run folder used when --init_from resume (nanoGPT)")
     ap.add_argument("--start", default="",

@@ -345,6 +345,7 @@ def tokenizer_info(tok) -> dict:
 
 def tokenizer_from_info(info, path=None):
     """The tokenizer a checkpoint was trained with (inverse of tokenizer_info; a bare name also works).
+    `{"name": "gpt2", "bpe_dir": DIR}` reads DIR's encoder.json + vocab.bpe (OpenAI's release folders).
     With the checkpoint's `path`, a malformed entry is a NanoGPT2Error naming the file."""
     from nanogpt2.tokenizer import get_tokenizer
 
@@ -353,6 +354,8 @@ def tokenizer_from_info(info, path=None):
             info = {"name": info}
         if info.get("name") == "char":
             return get_tokenizer("char", chars=info["chars"])
+        if info.get("bpe_dir"):
+            return get_tokenizer(info.get("name", "gpt2"), bpe_dir=info["bpe_dir"])
         return get_tokenizer(info.get("name", "gpt2"))
 
 

@@ -70,8 +70,9 @@ class RunConfig:
     out_dir: str = setting("out", "folder for checkpoints, metrics.jsonl, config.json, plots, TensorBoard events", "output")
     init_from: str = setting(
         "scratch",
-        "scratch | gpt2 | gpt2-medium | gpt2-large | gpt2-xl | distilgpt2 | a local HF folder | a training "
-        "checkpoint (.pt file or run folder; weights only) | resume (= resume_from auto, but a checkpoint must exist)",
+        "scratch | gpt2 | gpt2-medium | gpt2-large | gpt2-xl | distilgpt2 | 124M | 355M | 774M | 1558M (OpenAI's "
+        "release) | a local HF or OpenAI folder | a training checkpoint (.pt file or run folder; weights only) | "
+        "resume (= resume_from auto, but a checkpoint must exist)",
         "output")
     resume_from: str = setting(
         "", "'' (start fresh), 'auto' (the checkpoint of out_dir with the highest step, damaged ones skipped, if there is "

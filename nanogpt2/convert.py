@@ -1,30 +1,44 @@
 """
-Hugging Face GPT-2 checkpoints <-> our GPT, without the `transformers` package.
+GPT-2 checkpoints in and out of our GPT: Hugging Face folders both ways, OpenAI's original TensorFlow release in,
+and the converter CLI. No `transformers`, no `tensorflow`.
 
 An HF GPT-2 folder holds `config.json` and the weights as `model.safetensors` (or `pytorch_model.bin`, or
 shards listed in `model.safetensors.index.json` / `pytorch_model.bin.index.json`). Its tensor names are
 ours with an optional `transformer.` prefix; the only other difference is that HF's `Conv1D` layers store
 their weight as (in, out), where `nn.Linear` stores (out, in), so those four matrices are transposed.
 
+OpenAI's release (`hparams.json` + a TensorFlow checkpoint `model.ckpt.*`, read by nanogpt2/tf_checkpoint.py)
+names the same tensors `model/h3/attn/c_attn/w` etc.; its `w` are TF conv1d kernels [1, in, out], i.e. HF's
+Conv1D with a leading 1, so they are renamed to HF's names and loaded like an HF folder.
+
     from nanogpt2.model import GPT
     model = GPT.from_pretrained("gpt2")               # downloads config.json + model.safetensors once
     model = GPT.from_pretrained("/path/to/hf/folder") # any HF GPT-2 folder, e.g. a fine-tuned one
+    model = GPT.from_pretrained("124M")               # OpenAI's release (also 355M, 774M, 1558M), or its folder
     save_pretrained(model, "out/hf")                  # a folder transformers.GPT2LMHeadModel can load
+
+    python -m nanogpt2.convert SRC DST [--to hf|nanogpt2]   # any model source -> an HF folder or a .pt
 
 Every field of HF's `GPT2Config` that changes the forward pass is either honoured or refused with a message
 naming it; a checkpoint is never loaded silently wrong. Every tensor's name and shape is checked.
+The formats and the export rules: docs/conversion.md. Tests: tests/test_model.py, test_tf_checkpoint.py,
+test_convert.py.
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import json
+import re
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
-from nanogpt2.download import cache_dir, download, hf_url
-from nanogpt2.errors import NanoGPT2Error
+from nanogpt2.download import cache_dir, download, hf_url, openai_url
+from nanogpt2.errors import NanoGPT2Error, write_error
 from nanogpt2.safetensors_io import load_file, save_file
 
 if TYPE_CHECKING:  # model.py imports this module lazily (GPT.from_pretrained): no import back at module level
@@ -230,14 +244,152 @@ def load_hf_state_dict_into(model: GPT, hf_state: dict, source: str = "checkpoin
 
 
 def to_hf_state_dict(model: GPT) -> dict:
-    """Our state dict under HF's GPT2LMHeadModel names, Conv1D weights transposed, tied head omitted."""
+    """Our state dict under HF's GPT2LMHeadModel names, Conv1D weights transposed, tied head omitted. LoRA
+    layers must be merged (their weight then holds the update); their own A and B are left out."""
+    from nanogpt2.peft import lora_layers
+
+    lora = lora_layers(model)
+    if any(not layer.merged for layer in lora.values()):
+        raise NanoGPT2Error("the model's LoRA layers are not merged: merge_lora first (save_pretrained merges a copy)")
+    skip = {f"{name}.{p}" for name in lora for p in ("lora_A", "lora_B")}
     hf = {}
     for name, tensor in model.state_dict().items():
-        if name == "lm_head.weight" and model.config.tie_word_embeddings:
+        if (name == "lm_head.weight" and model.config.tie_word_embeddings) or name in skip:
             continue
         tensor = tensor.detach().cpu()
         hf[name] = (tensor.t() if name.endswith(TRANSPOSED) else tensor).contiguous()
     return hf
+
+
+# ----------------------------------------------------------------------------------------------------
+# OpenAI's original TensorFlow release (the bundle format itself: nanogpt2/tf_checkpoint.py)
+
+OPENAI_SIZES = ("124M", "355M", "774M", "1558M")
+OPENAI_ALIASES = {"117M": "124M", "345M": "355M"}  # the names of the 2019 releases, before the recount
+# what OpenAI's download_model.py fetches, less model.ckpt.meta (the TF graph, which nothing here needs)
+OPENAI_FILES = ("checkpoint", "hparams.json", "model.ckpt.index", "model.ckpt.data-00000-of-00001",
+                "encoder.json", "vocab.bpe")
+_HPARAMS = dict(n_vocab="vocab_size", n_ctx="block_size", n_embd="n_embd", n_head="n_head", n_layer="n_layer")
+_OPTIMIZER_SLOTS = ("/Adam", "/Adam_1")  # fine-tuning scripts (e.g. gpt-2-simple) save Adam's moments beside
+
+
+def openai_size(name: str):
+    """The canonical OpenAI size name ("124M", ...) for a size name or old alias ("117M"), else None."""
+    name = str(name)
+    return name if name in OPENAI_SIZES else OPENAI_ALIASES.get(name)
+
+
+def is_openai_folder(path) -> bool:
+    """A folder of OpenAI's release layout: hparams.json (beside a TensorFlow checkpoint), no HF config.json."""
+    path = Path(path)
+    return path.is_dir() and (path / "hparams.json").is_file() and not (path / "config.json").exists()
+
+
+def config_from_hparams(hp: dict, source: str = "hparams.json", **overrides) -> GPTConfig:
+    """GPTConfig from OpenAI's hparams.json (n_vocab, n_ctx, n_embd, n_head, n_layer; GELU with the tanh
+    approximation, LayerNorm epsilon 1e-5, tied head: OpenAI's model.py)."""
+    from nanogpt2.model import GPTConfig
+
+    if not isinstance(hp, dict):
+        raise NanoGPT2Error(f"{source}: expected a JSON object with {', '.join(_HPARAMS)}")
+    kwargs = {}
+    for key, ours in _HPARAMS.items():
+        v = hp.get(key)
+        if not (isinstance(v, int) and not isinstance(v, bool) and v > 0):
+            raise NanoGPT2Error(f"{source}: {key}={v!r} must be a positive integer; fix hparams.json (OpenAI's holds "
+                                f"{', '.join(_HPARAMS)})")
+        kwargs[ours] = v
+    unknown = set(overrides) - {"dropout", "attn_impl"}
+    if unknown:
+        raise NanoGPT2Error(f"from_pretrained can override only dropout and attn_impl, not {sorted(unknown)}")
+    try:
+        return GPTConfig(**kwargs, **overrides)
+    except ValueError as e:
+        raise NanoGPT2Error(f"{source}: {e}; this checkpoint cannot be loaded") from None
+
+
+def _hf_name(tf_name: str) -> str | None:
+    """HF's GPT-2 name of an OpenAI tensor name (model/h3/attn/c_attn/w -> h.3.attn.c_attn.weight), else None."""
+    m = re.fullmatch(r"model/(wte|wpe)", tf_name)
+    if m:
+        return f"{m.group(1)}.weight"
+    m = re.fullmatch(r"model/(?:h(\d+)/)?([a-z_0-9/]+)/([gbw])", tf_name)
+    if not m:
+        return None
+    block = f"h.{m.group(1)}." if m.group(1) is not None else ""
+    return f"{block}{m.group(2).replace('/', '.')}.{'bias' if m.group(3) == 'b' else 'weight'}"
+
+
+def openai_to_hf_state_dict(tensors: dict, source: str) -> dict:
+    """OpenAI's tensors under HF GPT-2 names; each `w` [1, in, out] (TF conv1d) becomes HF's Conv1D (in, out)."""
+    out = {}
+    for tf_name, t in tensors.items():
+        name = _hf_name(tf_name)
+        if name is None:
+            raise NanoGPT2Error(f"{source}: tensor {tf_name!r} is not part of OpenAI's GPT-2 (model/wte, model/wpe, "
+                                f"model/h<i>/..., model/ln_f/...); this is not a GPT-2 checkpoint")
+        if tf_name.endswith("/w"):
+            if t.dim() != 3 or t.shape[0] != 1:
+                raise NanoGPT2Error(f"{source}: tensor {tf_name!r} has shape {list(t.shape)}, expected [1, in, out]")
+            t = t[0]  # (in, out)
+        out[name] = t
+    return out
+
+
+def load_openai_folder(folder, quiet: bool = True, **overrides) -> GPT:
+    """A GPT from a folder of OpenAI's original release: hparams.json + a TensorFlow checkpoint."""
+    from nanogpt2 import tf_checkpoint
+    from nanogpt2.model import GPT
+
+    folder = Path(folder)
+    try:
+        hp = json.loads((folder / "hparams.json").read_text())
+    except (OSError, ValueError) as e:
+        raise NanoGPT2Error(f"cannot read {folder / 'hparams.json'} ({e}); OpenAI's release has one beside the "
+                            f"checkpoint") from None
+    config = config_from_hparams(hp, source=str(folder / "hparams.json"), **overrides)
+    prefix = tf_checkpoint.checkpoint_prefix(folder)
+    _, entries = tf_checkpoint.read_index(prefix)
+    names = [n for n in entries if n.startswith("model/") and not n.endswith(_OPTIMIZER_SLOTS)]
+    tensors = tf_checkpoint.load_checkpoint(prefix, names=names, quiet=quiet)
+    model = GPT(config)
+    load_hf_state_dict_into(model, openai_to_hf_state_dict(tensors, str(prefix)), source=str(prefix))
+    return model
+
+
+def download_openai_model(size: str, quiet: bool = False) -> Path:
+    """Download OpenAI's release of a size ("124M", or an alias) into the cache; return the folder."""
+    size = openai_size(size)
+    folder = cache_dir() / "models" / f"openai-{size}"
+    for filename in OPENAI_FILES:
+        download(openai_url(size, filename), folder / filename, desc=f"model '{size}' ({filename})", quiet=quiet,
+                 local_hint=f"Or copy OpenAI's {size} files (hparams.json, checkpoint, model.ckpt.index, "
+                            f"model.ckpt.data-00000-of-00001, encoder.json, vocab.bpe) into a folder DIR and pass DIR "
+                            f"instead of '{size}' (e.g. --init_from DIR).")
+    return folder
+
+
+# sha256 of OpenAI's encoder.json and vocab.bpe (the same for every size; tiktoken pins the same hashes)
+GPT2_BPE_SHA256 = {"encoder.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
+                   "vocab.bpe": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"}
+
+
+def openai_tokenizer_info(folder) -> dict:
+    """The tokenizer entry of an OpenAI folder: {"name": "gpt2"} when its encoder.json + vocab.bpe are GPT-2's
+    own (or absent), else {"name": "gpt2", "bpe_dir": folder} (its own vocabulary, read from there)."""
+    from nanogpt2.checkpoint import tokenizer_from_info
+    from nanogpt2.tokenizer import get_tokenizer
+
+    folder = Path(folder).resolve()
+    files = [folder / name for name in GPT2_BPE_SHA256]
+    if not all(f.is_file() for f in files):
+        return {"name": "gpt2"}
+    if all(hashlib.sha256(f.read_bytes()).hexdigest() == GPT2_BPE_SHA256[f.name] for f in files):
+        return {"name": "gpt2"}
+    own = {"name": "gpt2", "bpe_dir": str(folder)}
+    if tokenizer_from_info(own).checksum == get_tokenizer("gpt2").checksum:  # the same vocabulary, other bytes
+        return {"name": "gpt2"}
+    return own
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -277,19 +429,219 @@ def download_hf_model(name: str, quiet: bool = False) -> Path:
 
 
 def load_pretrained(name_or_dir, quiet: bool = False, **overrides) -> GPT:
-    """GPT-2 by name (downloaded once into the cache) or from a local HF folder."""
+    """GPT-2 by name (an HF name or an OpenAI size, downloaded once into the cache) or from a local folder
+    (HF layout, or OpenAI's TensorFlow release)."""
     path = Path(name_or_dir)
     if path.is_dir():
+        if is_openai_folder(path):
+            return load_openai_folder(path, quiet=quiet, **overrides)
         return load_hf_folder(path, **overrides)
     if str(name_or_dir) in HF_REPOS:
         return load_hf_folder(download_hf_model(str(name_or_dir), quiet=quiet), **overrides)
-    raise NanoGPT2Error(f"{name_or_dir!r} is neither a folder nor a known model name ({', '.join(HF_REPOS)})")
+    if openai_size(name_or_dir):
+        return load_openai_folder(download_openai_model(str(name_or_dir), quiet=quiet), quiet=quiet, **overrides)
+    raise NanoGPT2Error(f"{name_or_dir!r} is neither a folder nor a known model name ({', '.join(HF_REPOS)}, or "
+                        f"OpenAI's sizes {', '.join(OPENAI_SIZES)})")
 
 
-def save_pretrained(model: GPT, out_dir) -> Path:
-    """Write `model` as an HF GPT-2 folder (config.json + model.safetensors) that transformers loads."""
+# ----------------------------------------------------------------------------------------------------
+# Export: an HF folder
+
+
+def _note(msg: str):
+    print(f"note: {msg}", file=sys.stderr, flush=True)
+
+
+def generation_config(hf_config: dict) -> dict:
+    """generation_config.json for an LM (what transformers writes from the model config)."""
+    gen = {"_from_model_config": True}
+    for key in ("bos_token_id", "eos_token_id"):
+        if hf_config.get(key) is not None:
+            gen[key] = hf_config[key]
+    return gen
+
+
+def gpt_hf_export(model) -> dict:
+    """The parts of an HF GPT2LMHeadModel folder for a GPT (LoRA merged): config, tensors, generation_config.
+    A hook (see save_pretrained) can start from these: `model.config` and `transformer.*` names are all it needs."""
+    config = config_to_hf(model.config)
+    return {"config": config, "tensors": to_hf_state_dict(model), "generation_config": generation_config(config)}
+
+
+def _refuse_unexportable(model) -> None:
+    """HF GPT-2 has no adapter layers and no learned prefix: such a model cannot become a plain HF folder."""
+    for m in model.modules():
+        for attr, what in (("adapter_config", "Houlsby adapters"), ("prefix_config", "prefix tuning")):
+            if getattr(m, attr, None) is not None:
+                raise NanoGPT2Error(
+                    f"this model has {what} ({attr}={getattr(m, attr)!r}), which a plain HF GPT-2 folder cannot "
+                    f"express. Keep it as a nanogpt2 checkpoint (python -m nanogpt2.convert SRC DST.pt), or export "
+                    f"what peft supports with nanogpt2.peft.save_peft_adapter / finetune.py --merge_and_export")
+
+
+def _merged_copy(model):
+    """`model` itself, or with LoRA a deep copy with every LoRA update merged (the live model stays unmerged)."""
+    from nanogpt2.peft import lora_layers, merge_lora
+
+    if not lora_layers(model):
+        return model
+    merged = copy.deepcopy(model)
+    merge_lora(merged)
+    return merged
+
+
+def save_pretrained(model, out_dir, tokenizer=None, log=_note) -> Path:
+    """Write `model` as an HF folder transformers loads: config.json, model.safetensors, generation_config.json.
+
+    - LoRA is merged first, on a copy (the HF folder is plain GPT-2; `model` stays unmerged).
+    - Houlsby adapters (`adapter_config`) and prefix tuning (`prefix_config`) are refused with a message pointing to
+      the peft export (nanogpt2.peft.save_peft_adapter, finetune.py --merge_and_export) and the .pt format.
+    - A vocabulary padded past the `tokenizer` (e.g. 50304 rows for 50257 ids) is kept as it is and said so
+      through `log`: the rows past the tokenizer are never produced by it, and config.json's vocab_size counts them.
+
+    Export hook, for models beside the plain GPT (e.g. GPTForSequenceClassification in nanogpt2/heads.py): a
+    method `model.hf_export() -> {"config": dict, "tensors": dict, "generation_config": dict or None}` returns
+    config.json (with its "architectures", e.g. ["GPT2ForSequenceClassification"]), the tensors under HF names,
+    and generation_config.json (None: not written, as for models that do not generate). save_pretrained calls it
+    on the merged copy after the refusals and writes the files; `gpt_hf_export(model)` gives the plain GPT-2
+    parts to start from (it reads `model.config` and `model.state_dict()`: `transformer.*` names, other names
+    such as `score.weight` pass through).
+    """
+    _refuse_unexportable(model)
+    export = _merged_copy(model)
+    hook = getattr(export, "hf_export", None)
+    parts = hook() if callable(hook) else gpt_hf_export(export)
+    vocab = parts["config"].get("vocab_size")
+    n_vocab = getattr(tokenizer, "n_vocab", None)
+    if n_vocab is not None and vocab is not None and vocab > n_vocab and log is not None:
+        log(f"the model's vocabulary has {vocab} rows but the tokenizer {n_vocab} ids: all {vocab} are exported "
+            f"(config.json vocab_size={vocab}); the {vocab - n_vocab} rows past the tokenizer are padding it never "
+            f"produces")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.json").write_text(json.dumps(config_to_hf(model.config), indent=2))
-    save_file(to_hf_state_dict(model), out_dir / "model.safetensors", metadata={"format": "pt"})
+    (out_dir / "config.json").write_text(json.dumps(parts["config"], indent=2) + "\n")
+    save_file(parts["tensors"], out_dir / "model.safetensors", metadata={"format": "pt"})
+    gen = out_dir / "generation_config.json"
+    if parts.get("generation_config") is not None:
+        gen.write_text(json.dumps(parts["generation_config"], indent=2) + "\n")
+    elif gen.exists():
+        gen.unlink()  # from an earlier export of another kind of model
     return out_dir
+
+
+# ----------------------------------------------------------------------------------------------------
+# The command line: python -m nanogpt2.convert SRC DST [--to hf|nanogpt2]
+
+
+_BIG = 100_000_000  # bytes: a model this big takes seconds to write, so say what is happening
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_pt(model, info: dict, dst: Path, src: str) -> Path:
+    """A nanogpt2 checkpoint that nanogpt2.loader reads back (weights, model spec, tokenizer, checksum)."""
+    from nanogpt2.checkpoint import save_checkpoint
+    from nanogpt2.loader import model_spec
+
+    spec = model_spec(model)
+    state = {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "model_spec": spec,
+             "model_config": spec.get("config") or {}, "tokenizer": info.get("tokenizer"),
+             "run_config": info.get("config") or {}, "step": info.get("step") or 0, "converted_from": src}
+    return save_checkpoint(dst, state)
+
+
+def _check_destination(dst: Path, to: str) -> None:
+    if to == "nanogpt2":
+        if dst.suffix != ".pt" or dst.is_dir():
+            raise NanoGPT2Error(f"--to nanogpt2 writes one checkpoint file: give DST a .pt name (e.g. {dst.name}.pt), "
+                                f"not {dst}")
+        return
+    if dst.suffix == ".pt" or dst.is_file():
+        raise NanoGPT2Error(f"--to hf writes a folder, but DST {dst} is a file name; give a folder, or --to nanogpt2")
+    stale = [f for f in ("pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
+             if (dst / f).exists()]
+    if stale:
+        raise NanoGPT2Error(f"{dst} already holds {', '.join(stale)}, which loaders would read beside (or instead of) "
+                            f"the new model.safetensors; write into an empty folder or remove them")
+
+
+def convert(src: str, dst, to: str | None = None, log=_note) -> dict:
+    """Load `src` (anything nanogpt2.loader.load_model takes) and write it to `dst`: an HF folder (to="hf", the
+    default) or a nanogpt2 .pt (to="nanogpt2", or a dst ending in .pt). Returns {path, file, sha256, params,
+    format, architecture}."""
+    from nanogpt2.checkpoint import tokenizer_from_info
+    from nanogpt2.loader import load_model
+
+    dst = Path(dst)
+    to = to or ("nanogpt2" if dst.suffix == ".pt" else "hf")
+    if to not in ("hf", "nanogpt2"):
+        raise NanoGPT2Error(f"--to must be hf or nanogpt2, not {to!r}")
+    if src == "scratch":
+        raise NanoGPT2Error("SRC 'scratch' has no weights to convert; give a model name, folder or checkpoint")
+    _check_destination(dst, to)
+    model, info = load_model(src, log=log)
+    params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())  # a tied head once
+    if to == "hf":
+        _refuse_unexportable(model)  # before the line below: a refusal is the only line
+    if params * 4 >= _BIG:
+        print(f"writing {dst} ({params * 4 / 1e6:,.0f} MB) ...", file=sys.stderr, flush=True)
+    if to == "nanogpt2":
+        if (info.get("tokenizer") or {}).get("bpe_dir"):
+            log(f"the tokenizer is read from {info['tokenizer']['bpe_dir']} (its encoder.json + vocab.bpe are not "
+                f"GPT-2's): the checkpoint refers to that folder, keep it there")
+        written = _write_pt(model, info, dst, src)
+        architecture = info["spec"].get("kind", "gpt")
+    else:
+        tok_info = info.get("tokenizer") or {}
+        tokenizer = tokenizer_from_info(tok_info) if tok_info else None
+        if tok_info and tok_info.get("name") != "gpt2":
+            log(f"the {tok_info.get('name')} tokenizer is not written to the HF folder (only GPT-2's BPE has an HF "
+                f"GPT-2 equivalent); keep the source checkpoint for its vocabulary")
+        try:
+            save_pretrained(model, dst, tokenizer=tokenizer, log=log)
+        except OSError as e:  # a full disk, an unwritable folder (save_checkpoint says so itself)
+            raise write_error(e, f"the HF folder {dst}", dst.parent if dst.parent.exists() else Path("."),
+                              fix="free some space or choose another DST", any_os_error=True) from None
+        written = dst / "model.safetensors"
+        architecture = json.loads((dst / "config.json").read_text())["architectures"][0]
+    return {"path": str(dst), "file": str(written), "sha256": _file_sha256(written), "params": params,
+            "format": to, "architecture": architecture,
+            "description": info.get("description", src)}
+
+
+def main(argv=None):
+    import argparse
+
+    ap = argparse.ArgumentParser(
+        prog="python -m nanogpt2.convert",
+        description="Convert a GPT-2 checkpoint between formats: OpenAI's TensorFlow release, Hugging Face folders, "
+                    "nanogpt2 checkpoints. See docs/conversion.md.",
+        epilog="examples:\n  python -m nanogpt2.convert 124M out/gpt2-hf            # OpenAI's release -> HF folder\n"
+               "  python -m nanogpt2.convert out-shakespeare out/hf       # a train.py run -> HF folder\n"
+               "  python -m nanogpt2.convert path/to/hf-folder model.pt   # HF folder -> nanogpt2 checkpoint",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("src", metavar="SRC", help=f"a GPT-2 name ({', '.join(HF_REPOS)}), an OpenAI size "
+                    f"({', '.join(OPENAI_SIZES)}; 117M, 345M), an HF folder, an OpenAI TensorFlow folder, a train.py "
+                    f"run folder or a checkpoint .pt")
+    ap.add_argument("dst", metavar="DST", help="an HF folder to write, or a .pt checkpoint file")
+    ap.add_argument("--to", choices=["hf", "nanogpt2"], default=None,
+                    help="output format (default: nanogpt2 when DST ends in .pt, else hf)")
+    args = ap.parse_args(argv)
+    res = convert(args.src, args.dst, args.to)
+    what = f"HF {res['architecture']} folder" if res["format"] == "hf" else "nanogpt2 checkpoint"
+    print(f"converted {res['description']} -> {res['path']} ({what})")
+    print(f"parameters: {res['params']:,}")
+    print(f"sha256: {res['sha256']}  {res['file']}")
+    return res
+
+
+if __name__ == "__main__":
+    from nanogpt2.errors import run_cli
+
+    run_cli(main)

@@ -21,7 +21,8 @@ What `download` does:
   message that says what to do on every network failure: offline, HTTP 404, HTTP errors, bad checksums.
 
 Environment: NANOGPT2_CACHE (cache root, default ~/.cache/nanogpt2), NANOGPT2_HF_ENDPOINT (default
-https://huggingface.co). See docs/downloads.md. Tests: python -m pytest -q tests/test_download.py
+https://huggingface.co), NANOGPT2_OPENAI_ENDPOINT (OpenAI's original release, default
+https://openaipublic.blob.core.windows.net/gpt-2). See docs/downloads.md. Tests: python -m pytest -q tests/test_download.py
 """
 
 import hashlib
@@ -37,7 +38,7 @@ import requests
 from .errors import NanoGPT2Error
 from .progress import ProgressLine, fmt_mb
 
-__all__ = ["DownloadError", "cache_dir", "download", "hf_url", "USER_AGENT"]
+__all__ = ["DownloadError", "cache_dir", "download", "hf_url", "openai_url", "USER_AGENT"]
 
 
 class DownloadError(NanoGPT2Error):
@@ -56,6 +57,13 @@ def hf_url(repo_id: str, filename: str, revision: str = "main") -> str:
     """`{base}/{repo_id}/resolve/{revision}/{filename}` with base `$NANOGPT2_HF_ENDPOINT` or https://huggingface.co."""
     base = (os.environ.get("NANOGPT2_HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
     return f"{base}/{quote(repo_id, safe='/')}/resolve/{quote(revision, safe='')}/{quote(filename, safe='/')}"
+
+
+def openai_url(size: str, filename: str) -> str:
+    """`{base}/models/{size}/{filename}`, OpenAI's GPT-2 release (what its download_model.py fetches), with base
+    `$NANOGPT2_OPENAI_ENDPOINT` or https://openaipublic.blob.core.windows.net/gpt-2."""
+    base = (os.environ.get("NANOGPT2_OPENAI_ENDPOINT") or "https://openaipublic.blob.core.windows.net/gpt-2").rstrip("/")
+    return f"{base}/models/{quote(size, safe='')}/{quote(filename, safe='')}"
 
 
 # --- settings -------------------------------------------------------------------------------------------------

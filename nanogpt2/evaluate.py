@@ -189,7 +189,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(
         prog="python -m nanogpt2.evaluate",
         description="Strided perplexity (HF's method) and bits per byte of a model on a dataset split.")
-    ap.add_argument("--init_from", default="gpt2", help="GPT-2 name, HF folder, train.py out_dir or checkpoint file")
+    ap.add_argument("--init_from", default="gpt2", help="GPT-2 name, OpenAI size (124M, ...), HF or OpenAI folder, train.py out_dir or checkpoint file")
     ap.add_argument("--dataset", default="wikitext2", help="dataset name (see nanogpt2.data.DATASETS) or a text file")
     ap.add_argument("--split", default="test", help="split to score (wikitext: train/validation/test)")
     ap.add_argument("--data_path", default=None, help="local copy of the dataset (skips the download)")

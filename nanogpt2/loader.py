@@ -5,6 +5,8 @@ One loader for every `init_from`, and the model spec that checkpoints record.
   scratch          a new, randomly initialised GPT of a given config (the run's settings; bench.py's preset)
   a GPT-2 name     gpt2, gpt2-medium, gpt2-large, gpt2-xl, distilgpt2 (downloaded once, then cached)
   an HF folder     config.json + model.safetensors / pytorch_model.bin (sharded or not)
+  an OpenAI size   124M, 355M, 774M, 1558M (117M, 345M: the old names): OpenAI's TensorFlow release, downloaded once
+  an OpenAI folder hparams.json + model.ckpt.index / .data-* (+ encoder.json, vocab.bpe: then its tokenizer)
   a run folder     a train.py out_dir: its checkpoint of the highest step (damaged ones skipped, said so)
   a .pt file       one checkpoint
 train.py, sample.py, bench.py and `python -m nanogpt2.evaluate` all load through `load_model` here.
@@ -168,10 +170,11 @@ def load_model(init_from: str, device="cpu", dropout=None, log=_warn, config: GP
     new, randomly initialised GPT (seed torch first). `dropout`: set every dropout to it (a run's own setting);
     None keeps the loaded model's. info holds at least path (or the name), tokenizer ({"name": ...} or None for a
     new model), spec and description."""
-    from nanogpt2.convert import HF_REPOS, download_hf_model, load_hf_folder
+    from nanogpt2.convert import (HF_REPOS, OPENAI_SIZES, download_hf_model, download_openai_model, is_openai_folder,
+                                  load_hf_folder, load_openai_folder, openai_size, openai_tokenizer_info)
 
     path = Path(init_from)
-    hf_folder = None
+    hf_folder = openai_folder = None
     if init_from == "scratch":
         if config is None:
             raise NanoGPT2Error("init_from=scratch needs a model config (n_layer, n_head, n_embd, ...)")
@@ -183,8 +186,12 @@ def load_model(init_from: str, device="cpu", dropout=None, log=_warn, config: GP
         info["description"] = f"{info['path']} (step {info.get('step')})"
     elif is_hf_folder(path):
         hf_folder = path
+    elif is_openai_folder(path):
+        openai_folder = path
     elif init_from in HF_REPOS:  # the name wins over a folder of that name holding no model
         hf_folder = download_hf_model(init_from)
+    elif openai_size(init_from):
+        openai_folder = download_openai_model(init_from)
     elif path.is_dir():
         if (path / "config.json").exists() and (path / "metrics.jsonl").exists():
             raise NanoGPT2Error(f"{path} is a train.py run folder with no checkpoint yet; train it longer, or pick "
@@ -194,11 +201,16 @@ def load_model(init_from: str, device="cpu", dropout=None, log=_warn, config: GP
         model = load_hf_folder(hf_folder)
         info = {"path": init_from, "tokenizer": {"name": "gpt2"}, "spec": model_spec(model),
                 "description": f"{init_from} (Hugging Face GPT-2 weights)"}
+    elif openai_folder is not None:
+        model = load_openai_folder(openai_folder, quiet=False)
+        info = {"path": init_from, "tokenizer": openai_tokenizer_info(openai_folder), "spec": model_spec(model),
+                "description": f"{init_from} (OpenAI's TensorFlow GPT-2 weights)"}
     elif init_from != "scratch" and not is_checkpoint(path):
-        close = difflib.get_close_matches(init_from, ["scratch", "resume", *HF_REPOS], n=2)
+        close = difflib.get_close_matches(init_from, ["scratch", "resume", *HF_REPOS, *OPENAI_SIZES], n=2)
         hint = f" (did you mean {' or '.join(close)}?)" if close else ""
-        raise NanoGPT2Error(f"init_from {init_from!r} is not a GPT-2 name ({', '.join(HF_REPOS)}), an HF folder, "
-                            f"a train.py run folder or a checkpoint file{hint}")
+        raise NanoGPT2Error(f"init_from {init_from!r} is not a GPT-2 name ({', '.join(HF_REPOS)}), an OpenAI size "
+                            f"({', '.join(OPENAI_SIZES)}), an HF folder, an OpenAI TensorFlow folder, a train.py run "
+                            f"folder or a checkpoint file{hint}")
     if dropout is not None:
         set_dropout(model, dropout)
     return model.to(device), info

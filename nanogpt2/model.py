@@ -472,8 +472,9 @@ class GPT(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_dir: str, **overrides) -> "GPT":
-        """GPT-2 weights by name ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2") or from a
-        local HF-layout folder; `overrides` may set dropout or attn_impl. See nanogpt2/convert.py."""
+        """GPT-2 weights by name ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2"), by OpenAI size
+        ("124M", "355M", "774M", "1558M"), or from a local HF folder or OpenAI TensorFlow folder; `overrides` may set
+        dropout or attn_impl. See nanogpt2/convert.py."""
         from nanogpt2.convert import load_pretrained
 
         return load_pretrained(name_or_dir, **overrides)
