@@ -297,19 +297,15 @@ def save_adapter(model: nn.Module, folder) -> str:
     return str(save_adapter_weights(model, folder))
 
 
-def export_merged(model: nn.Module, folder) -> str:
-    """An HF GPT-2 folder of the fine-tuned model, LoRA merged on a copy (the run's model stays unmerged); a
-    prefix cannot merge into GPT-2's weights, so it is exported as an HF peft PREFIX_TUNING folder."""
-    import copy
+def export_merged(model: nn.Module, folder, tokenizer=None, log=None) -> str:
+    """An HF GPT-2 folder of the fine-tuned model (nanogpt2.convert.save_pretrained: LoRA merged on a copy, the
+    run's model stays unmerged); a prefix cannot merge into GPT-2's weights, so it is exported as an HF peft
+    PREFIX_TUNING folder."""
+    from nanogpt2.convert import save_pretrained
 
     if getattr(model, "prefix_config", None) is not None:
         return str(save_peft_adapter(model, folder)) + " (peft prefix-tuning folder; the base model is init_from)"
-    from nanogpt2.convert import save_pretrained
-    from nanogpt2.peft import merge_lora
-
-    merged = copy.deepcopy(model)
-    merge_lora(merged)
-    return str(save_pretrained(merged, folder))
+    return str(save_pretrained(model, folder, tokenizer=tokenizer, log=log)) + " (HF folder)"
 
 
 def write_outputs(trainer) -> None:
@@ -320,7 +316,7 @@ def write_outputs(trainer) -> None:
     if cfg.method not in ("full", "selective"):
         trainer.log(f"adapter weights: {save_adapter(model, trainer.out_dir / 'adapter')}")
     if cfg.merge_and_export:
-        trainer.log(f"exported to {export_merged(model, cfg.merge_and_export)}")
+        trainer.log(f"exported to {export_merged(model, cfg.merge_and_export, trainer.tokenizer, trainer.log)}")
 
 
 # ----------------------------------------------------------------------------------------------------

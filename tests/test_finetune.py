@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, one_error_line
+from conftest import ROOT, one_error_line, oracle
 from nanogpt2.config import load_config, settings_markdown
 from nanogpt2.errors import NanoGPT2Error
 from nanogpt2.finetuning import FinetuneConfig, lr_scale_fn, run
@@ -113,6 +113,17 @@ def test_adapter_folder_holds_only_the_trained_tensors_and_loads_back(tmp_path):
     other = build_model({**stored["model_spec"], "adapters": {"adapter_size": 8, "train_layernorms": True}})
     with pytest.raises(NanoGPT2Error, match="another base model or method"):
         load_adapter_weights(other, tmp_path / "a" / "adapter")
+
+
+def test_merge_and_export_writes_an_hf_folder_transformers_loads_with_our_logits(tmp_path):
+    transformers = oracle("transformers")
+    run(ft_cfg(tmp_path / "l", "--method=lora", "--lora_targets=c_attn,c_fc", f"--merge_and_export={tmp_path / 'hf'}"))
+    ours, _ = load_model(str(tmp_path / "l"))
+    assert getattr(ours, "lora_config", None) is not None  # the run's checkpoint stays unmerged
+    theirs = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path / "hf")).eval()
+    x = torch.randint(0, 65, (2, 16))
+    with torch.no_grad():
+        assert torch.allclose(theirs(x).logits, ours.eval()(x)[0], atol=1e-5)
 
 
 def test_layer_lr_scales_split_the_blocks_in_thirds():
