@@ -48,6 +48,12 @@ def setting(default, help: str, group: str):
     return field(default=default, metadata={"help": help, "group": group})
 
 
+def new_default(base, name: str, default):
+    """In a subclass of `base`: setting `name` again, with another default (the same description and group)."""
+    parent = {f.name: f for f in fields(base)}[name]
+    return field(default=default, metadata=parent.metadata)
+
+
 @dataclass
 class RunConfig:
     script: ClassVar[str] = "train.py"  # what --help and error hints call the script
@@ -438,6 +444,13 @@ def _grouped(cls):
     if unknown:
         raise ValueError(f"settings {unknown} of {cls.__name__} name a group missing from {cls.__name__}.groups")
     return [(title, [f for f in fields(cls) if f.metadata["group"] == group]) for group, title in cls.groups.items()]
+
+
+def defaults_markdown(cls, base=RunConfig) -> str:
+    """A markdown table of the settings whose default in `cls` differs from `base`'s."""
+    mine, theirs = {f.name: f.default for f in fields(cls)}, {f.name: f.default for f in fields(base)}
+    rows = [f"| `{k}` | `{theirs[k]!r}` | `{v!r}` |" for k, v in mine.items() if k in theirs and v != theirs[k]]
+    return "\n".join([f"| setting | {base.script} | {cls.script} |", "|---|---|---|", *rows]) + "\n"
 
 
 def settings_markdown(cls=RunConfig, groups=None) -> str:

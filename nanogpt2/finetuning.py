@@ -36,7 +36,7 @@ from typing import Callable, Optional
 
 import torch.nn as nn
 
-from nanogpt2.config import RunConfig, load_config, setting, settings_text, wants_help
+from nanogpt2.config import RunConfig, load_config, new_default, setting, settings_text, wants_help
 from nanogpt2.errors import EXIT_INTERRUPTED, NanoGPT2Error
 from nanogpt2.optim import make_adamw, param_groups
 from nanogpt2.peft import (apply_adapters, apply_lora, apply_prefix, lora_layers, save_adapter_weights, save_peft_adapter,
@@ -57,11 +57,28 @@ class FinetuneConfig(RunConfig):
     groups = MappingProxyType({**RunConfig.groups, "method": "Fine-tuning method", "task": "Task"})
     choices = MappingProxyType({**RunConfig.choices, "method": METHODS, "task": tuple(TASKS)})
 
-    # --- defaults that differ from train.py's ---
-    out_dir: str = setting("out-finetune", "folder for checkpoints, metrics.jsonl, config.json, plots, the adapter", "output")
-    init_from: str = setting(
-        "gpt2", "the model to fine-tune: gpt2 | gpt2-medium | gpt2-large | gpt2-xl | distilgpt2 | a local HF folder | a "
-        "train.py run folder or checkpoint | scratch (a new model of the model settings, for tests)", "output")
+    # --- defaults that differ from train.py's: the fine-tuning recipe of the configs (GPT-2 small, WikiText-2:
+    # 3 epochs of 16,384-token steps, linear warmup over 10 % then linear decay to 1e-7, weight decay 0.01, AdamW
+    # beta2 0.999, GPT-2's own dropout); a config file sets the method and its learning rate ---
+    out_dir: str = new_default(RunConfig, "out_dir", "out-finetune")
+    init_from: str = new_default(RunConfig, "init_from", "gpt2")
+    dataset: str = new_default(RunConfig, "dataset", "wikitext2")
+    dropout: float = new_default(RunConfig, "dropout", 0.1)
+    batch_size: int = new_default(RunConfig, "batch_size", 8)
+    gradient_accumulation_steps: int = new_default(RunConfig, "gradient_accumulation_steps", 2)
+    max_iters: int = new_default(RunConfig, "max_iters", 0)
+    max_epochs: int = new_default(RunConfig, "max_epochs", 3)
+    learning_rate: float = new_default(RunConfig, "learning_rate", 2e-4)
+    lr_schedule: str = new_default(RunConfig, "lr_schedule", "linear")
+    warmup_ratio: float = new_default(RunConfig, "warmup_ratio", 0.1)
+    min_lr: float = new_default(RunConfig, "min_lr", 1e-7)
+    weight_decay: float = new_default(RunConfig, "weight_decay", 0.01)
+    beta2: float = new_default(RunConfig, "beta2", 0.999)
+    eval_interval: int = new_default(RunConfig, "eval_interval", 100)
+    eval_iters: int = new_default(RunConfig, "eval_iters", 0)
+    checkpoint_interval: int = new_default(RunConfig, "checkpoint_interval", 200)
+    keep_last: int = new_default(RunConfig, "keep_last", 2)
+    sample_interval: int = new_default(RunConfig, "sample_interval", 200)
 
     # --- the method ---
     method: str = setting("lora", "full | lora | adapter | prefix | selective (see docs/finetuning.md)", "method")
