@@ -185,6 +185,9 @@ def test_lora_head_only_has_no_head_to_train(tmp_path):
     (["--method=prefix", "--prefix_length=8"], "block_size=32 exceeds the model's context of 24 tokens"),
 ])
 def test_bad_settings_are_one_error_line(tmp_path, args, message):
+    from nanogpt2.data import prepare_dataset
+
+    prepare_dataset("shakespeare_char", quiet=True)  # a warm cache: a cold one prints progress lines on stderr first
     res = subprocess.run([sys.executable, str(ROOT / "finetune.py"), TINY, "--init_from=scratch", "--max_iters=2",
                           f"--out_dir={tmp_path / 'out'}", *args], capture_output=True, text=True, cwd=tmp_path)
     assert res.returncode == 2, res.stderr
