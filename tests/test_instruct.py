@@ -452,3 +452,50 @@ def test_a_tiny_model_learns_to_answer_on_the_100_records(tmp_path, monkeypatch)
     summary = run(cfg, hooks=[baseline])
     assert summary["best_val_loss"] < seen["before"] - 0.5, (seen, summary["best_val_loss"])
     assert summary["last"]["val_loss"] < seen["before"] - 0.4, (seen, summary["last"])
+
+
+# ----------------------------------------------------------------------------------------------------
+# Configs, sample.py, bench.py
+
+
+def test_the_alpaca_configs_hold_the_users_recipe():
+    full = load_config([str(ROOT / "configs" / "instruct_alpaca_full.py")], cls=FinetuneConfig)
+    lora = load_config([str(ROOT / "configs" / "instruct_alpaca_lora.py")], cls=FinetuneConfig)
+    for cfg in (full, lora):
+        assert (cfg.task, cfg.dataset, cfg.max_epochs, cfg.batch_size, cfg.max_length) == ("instruct", "alpaca", 3, 8, 512)
+        assert cfg.warmup_ratio > 0 and cfg.lr_schedule in ("cosine", "linear") and not cfg.train_on_input
+    assert (full.method, full.learning_rate) == ("full", 1e-5)
+    assert (lora.method, lora.lora_rank, lora.lora_alpha, lora.learning_rate) == ("lora", 4, 8.0, 3e-4)
+
+
+def test_sample_formats_the_instruction_prompt(tmp_path, capsys):
+    import runpy
+
+    from nanogpt2.convert import save_pretrained
+
+    sample = runpy.run_path(str(ROOT / "sample.py"))
+    torch.manual_seed(0)
+    save_pretrained(GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=128)), tmp_path / "m")
+    common = ["--init_from", str(tmp_path / "m"), "--greedy", "--max_new_tokens", "3", "--num_samples", "1",
+              "--device", "cpu"]
+    for extra, record in [([], {"instruction": "Name three colors."}),
+                          (["--input", "red, green"], {"instruction": "Name three colors.", "input": "red, green"})]:
+        sample["main"]([*common, "--instruction", "Name three colors.", *extra])
+        assert capsys.readouterr().out.startswith(format_prompt(record))
+    for args, message in [(["--input", "x"], "add --instruction"), (["--start", "hi", "--instruction", "x"], "drop --start"),
+                          (["--instruction", "x", "--template", "Q: {question}"], "unknown placeholder")]:
+        with pytest.raises(NanoGPT2Error, match=message):
+            sample["main"]([*common, *args])
+
+
+def test_bench_instruct_compares_the_padding_choices(tmp_path):
+    import runpy
+
+    bench = runpy.run_path(str(ROOT / "bench.py"))
+    report = bench["main"](["instruct", "--n_layer", "2", "--n_head", "2", "--n_embd", "32", "--vocab_size", "128",
+                            "--block_size", "64", "--batch_size", "4", "--steps", "1", "--warmup", "0", "--repeats", "1",
+                            "--device", "cpu", "--json", str(tmp_path / "b.json")])
+    res = report["results"]["instruct"]
+    assert res["loss_difference_mask"]["value"] < 1e-5 and res["loss_difference_static"]["value"] < 1e-5
+    assert all(res[v]["ms_per_iter"]["value"] > 0 for v in ("no mask", "with mask", "static padding"))
+    assert json.loads((tmp_path / "b.json").read_text())["results"]["instruct"]["longest"] == max(res["lengths"])
