@@ -774,7 +774,7 @@ def bench_instruct(args) -> dict:
     the same rows, interleaved: `no mask` (nanogpt2.instruct's loss_fn: trimmed to the longest row, SDPA's causal
     path), `with mask` (the same rows with the padding mask, an explicit attention bias), `static padding` (every
     row padded to block_size, no mask)."""
-    from nanogpt2.instruct import _on_device, collate, make_loss_fn
+    from nanogpt2.instruct import collate, device_batch, make_loss_fn
     from nanogpt2.losses import masked_mean_loss
 
     device, T = args.device, args.block_size
@@ -783,7 +783,7 @@ def bench_instruct(args) -> dict:
     rows, lengths = _instruct_rows(args)
     pad = args.model_config.vocab_size - 1
     batch = collate(rows, pad)  # (B, longest) each
-    dynamic = _on_device(batch, device)
+    dynamic = device_batch(batch, device)
     mask = batch["attention_mask"].to(device)  # (B, longest)
     width = T - batch["input_ids"].shape[1]
     static_ids = F.pad(batch["input_ids"], (0, width), value=pad).to(device)  # (B, T)

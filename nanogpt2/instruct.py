@@ -43,9 +43,9 @@ Docs: docs/instruct.md. Tests: python -m pytest -q tests/test_instruct.py
 import argparse
 import json
 import math
-import os
 import re
 import sys
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -153,7 +153,7 @@ ALPACA_URL = "https://raw.githubusercontent.com/tatsu-lab/stanford_alpaca/main/a
 ALPACA_RECORDS = 52002
 # The release's size and sha256 are not pinned here (not verified by us); the download checks the length the
 # server announces, and the record count is compared with the release's after reading.
-DATASETS = {"alpaca": Remote("alpaca_data.json", urls=(ALPACA_URL,))}
+INSTRUCT_DATASETS = {"alpaca": Remote("alpaca_data.json", urls=(ALPACA_URL,))}
 
 
 def check_records(data, where: str) -> list:
@@ -210,7 +210,7 @@ def read_records(path) -> list:
 def _download(name: str, quiet: bool) -> Path:
     from nanogpt2.download import download
 
-    remote = DATASETS[name]
+    remote = INSTRUCT_DATASETS[name]
     return download(remote.urls[0], default_cache_root() / "downloads" / remote.filename, sha256=remote.sha256,
                     size=remote.size, quiet=quiet, desc=f"{name} ({remote.filename})",
                     local_hint=f"If you have a copy of {remote.filename}, pass it with --data_path PATH (data_path= in "
@@ -220,7 +220,7 @@ def _download(name: str, quiet: bool) -> Path:
 def load_records(dataset: str, data_path: str = "", quiet: bool = False):
     """(records, where they came from) for `alpaca` (your copy at data_path, else the cached download) or a
     local .json / .jsonl file. A cached download that no longer parses is fetched once more."""
-    if dataset in DATASETS:
+    if dataset in INSTRUCT_DATASETS:
         if data_path:
             return read_records(data_path), str(data_path)
         path = _download(dataset, quiet)
@@ -230,17 +230,22 @@ def load_records(dataset: str, data_path: str = "", quiet: bool = False):
             if not quiet:
                 print(f"{dataset}: the cached {path} does not read as instruction records; downloading it again",
                       file=sys.stderr)
-            path.unlink()
-            records = read_records(_download(dataset, quiet))
+            path.unlink(missing_ok=True)
+            try:
+                records = read_records(_download(dataset, quiet))
+            except NanoGPT2Error as e:
+                url = INSTRUCT_DATASETS[dataset].urls[0]
+                raise NanoGPT2Error(f"{url} served a file that is not instruction records ({e}); pass your copy of "
+                                    f"{path.name} with --data_path PATH") from None
         if dataset == "alpaca" and len(records) != ALPACA_RECORDS and not quiet:
             print(f"note: {path} holds {len(records):,} records; the Stanford Alpaca release has {ALPACA_RECORDS:,}",
                   file=sys.stderr)
         return records, str(path)
     path = Path(dataset).expanduser()
     if path.suffix not in (".json", ".jsonl") or not path.is_file():
-        raise NanoGPT2Error(f"task=instruct reads instruction data: dataset must be "
-                            f"{' | '.join(DATASETS)} or an existing .json / .jsonl file of instruction / input / "
-                            f"output records, not {dataset!r}")
+        raise NanoGPT2Error(f"task=instruct reads instruction data: dataset must be {' | '.join(INSTRUCT_DATASETS)} "
+                            f"or an existing .json / .jsonl file of instruction / input / output records, not "
+                            f"{dataset!r}")
     return read_records(path), str(path)
 
 
@@ -451,7 +456,7 @@ def collate(examples, pad_id: int) -> dict:
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
 
 
-def _on_device(batch: dict, device) -> dict:
+def device_batch(batch: dict, device) -> dict:
     """What the loss needs: input_ids and labels on the device; the rows' lengths stay on the CPU, so that
     trimming a micro-batch to its longest row needs no device sync."""
     move = (lambda t: t) if device is None else (lambda t: t.to(device, non_blocking=True))
@@ -475,10 +480,6 @@ class InstructSampler:
         self.step = 0
         self._perms = {}
 
-    @property
-    def steps_per_epoch(self) -> int:
-        return math.ceil(len(self.data) / (self.world_size * self.batch_size))
-
     def _perm(self, epoch: int) -> np.ndarray:
         if epoch not in self._perms:
             self._perms = {e: p for e, p in self._perms.items() if e >= epoch - 1}  # keep the previous one
@@ -494,15 +495,13 @@ class InstructSampler:
     def next_batch(self, device=None) -> dict:
         idx = self.indices(self.step)
         self.step += 1
-        return _on_device(collate([self.data.example(i) for i in idx], self.pad_id), device)
+        return device_batch(collate([self.data.example(i) for i in idx], self.pad_id), device)
 
     def state_dict(self) -> dict:
         return {"kind": "InstructSampler", "seed": self.seed, "step": self.step, "n_examples": len(self.data),
                 "batch_size": self.batch_size, "world_size": self.world_size}
 
     def load_state_dict(self, state: dict) -> None:
-        import warnings
-
         try:
             seed, step = int(state["seed"]), int(state["step"])
         except (KeyError, TypeError, ValueError):
@@ -561,7 +560,7 @@ def make_eval_fn(data: EncodedRecords, pad_id: int):
             n_batches = min(n_batches, cfg.eval_iters)
         for b in range(trainer.dist.rank, n_batches, trainer.dist.world_size):
             rows = range(b * cfg.batch_size, min((b + 1) * cfg.batch_size, len(data)))
-            batch = _on_device(collate([data.example(i) for i in rows], pad_id), trainer.device)
+            batch = device_batch(collate([data.example(i) for i in rows], pad_id), trainer.device)
             with trainer.autocast():
                 logits, y = _logits_and_targets(model, batch)
                 loss, n = masked_mean_loss(logits, y)
@@ -663,7 +662,8 @@ def split_records(n: int, val_fraction, seed: int):
 
 def instruct_tokenizer(cfg):
     if cfg.tokenizer == "char":
-        raise NanoGPT2Error("task=instruct needs the gpt2 tokenizer (responses end with <|endoftext|>); set tokenizer=gpt2")
+        raise NanoGPT2Error("task=instruct needs the gpt2 tokenizer (responses end with <|endoftext|>); "
+                            "set tokenizer=gpt2")
     return get_tokenizer("gpt2")
 
 
@@ -674,7 +674,7 @@ def global_rows(cfg) -> int:
     return cfg.batch_size * cfg.gradient_accumulation_steps
 
 
-def task(cfg) -> "TaskParts":
+def task(cfg):
     """`instruct`: the records, split, encoded and reported; the sampler, response-only loss, evaluation and
     answers hook for the trainer."""
     from nanogpt2.finetuning import TaskParts
@@ -704,7 +704,7 @@ def task(cfg) -> "TaskParts":
             res = eval_fn(trainer)
             trainer.raw_model.train()
             trainer.log(f"before training: response val loss {res['val_loss']:.4f} | val ppl {res['val_ppl']:.2f} "
-                        f"({res['val_tokens']:,} response tokens of {len(val):,} held-out records)")
+                        f"({res['val_tokens']:,} scored tokens of {len(val):,} held-out records)")
 
     return TaskParts(tokenizer=tok, make_sampler=make_sampler, eval_fn=eval_fn,
                      loss_fn=make_loss_fn(key_ids, cfg.key_token_alpha),
@@ -740,5 +740,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PYTHONIOENCODING", "utf-8")
     run_cli(main)

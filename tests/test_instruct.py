@@ -27,7 +27,7 @@ from nanogpt2.config import load_config
 from nanogpt2.data import Remote
 from nanogpt2.errors import NanoGPT2Error
 from nanogpt2.finetuning import FinetuneConfig, run
-from nanogpt2.instruct import (FIXED_INSTRUCTIONS, PROMPT_DICT, InstructSampler, collate, encode_example,
+from nanogpt2.instruct import (FIXED_INSTRUCTIONS, InstructSampler, collate, encode_example,
                                encode_records, format_prompt, load_records, make_loss_fn, read_records)
 from nanogpt2.losses import key_token_weighted_loss, masked_mean_loss, parse_key_tokens
 from nanogpt2.model import GPT, GPTConfig, IGNORE_INDEX
@@ -170,7 +170,7 @@ def test_right_padding_and_the_response_loss_match_transformers_with_and_without
         real = batch["attention_mask"].bool()
         assert torch.allclose(masked.logits[real], plain.logits[real], atol=1e-5, rtol=0)  # pads never reach real tokens
         assert abs(masked.loss.item() - plain.loss.item()) < 1e-6
-        loss, n = make_loss_fn()(None, ours, instruct._on_device(batch, None))
+        loss, n = make_loss_fn()(None, ours, instruct.device_batch(batch, None))
     assert n == (batch["labels"] != IGNORE_INDEX).sum() and abs(loss.item() - masked.loss.item()) < 1e-5
 
 
@@ -182,7 +182,7 @@ def test_prompt_tokens_are_never_part_of_the_objective():
 
     def grads(batch):
         model.zero_grad(set_to_none=False)
-        loss, n = make_loss_fn()(None, model, instruct._on_device(batch, None))
+        loss, n = make_loss_fn()(None, model, instruct.device_batch(batch, None))
         loss.backward()
         return loss.item(), torch.cat([p.grad.flatten() for p in model.parameters()])
 
@@ -272,7 +272,7 @@ def test_sampler_batches_are_a_pure_function_of_seed_step_and_rank():
 def serve_alpaca(monkeypatch, srv, blob: bytes, **remote):
     srv.files["/tatsu-lab/alpaca_data.json"] = blob
     url = srv.url("/tatsu-lab/alpaca_data.json")
-    monkeypatch.setitem(instruct.DATASETS, "alpaca", Remote("alpaca_data.json", urls=(url,), **remote))
+    monkeypatch.setitem(instruct.INSTRUCT_DATASETS, "alpaca", Remote("alpaca_data.json", urls=(url,), **remote))
     return url
 
 
@@ -294,11 +294,16 @@ def test_alpaca_corrupt_download_and_offline_name_the_url_and_data_path(file_ser
 
     blob = SLICE.read_bytes()
     url = serve_alpaca(monkeypatch, file_server, blob[:-10] + b"corrupted!", sha256=hashlib.sha256(blob).hexdigest())
+    # (the same URL serves garbage below)
     with pytest.raises(NanoGPT2Error, match="sha256 mismatch") as e:
         load_records("alpaca", quiet=True)
     assert url in str(e.value) and "--data_path" in str(e.value)
+    serve_alpaca(monkeypatch, file_server, b"<html>rate limited</html>")  # no checksum known: parsed, refused
+    with pytest.raises(NanoGPT2Error, match="served a file that is not instruction records") as e:
+        load_records("alpaca", quiet=True)
+    assert url in str(e.value) and "--data_path" in str(e.value)
     offline = unused_url("/alpaca_data.json")
-    monkeypatch.setitem(instruct.DATASETS, "alpaca", Remote("alpaca_data.json", urls=(offline,)))
+    monkeypatch.setitem(instruct.INSTRUCT_DATASETS, "alpaca", Remote("alpaca_data.json", urls=(offline,)))
     with pytest.raises(NanoGPT2Error, match="unreachable") as e:
         load_records("alpaca", quiet=True)
     assert offline in str(e.value) and "--data_path" in str(e.value)
