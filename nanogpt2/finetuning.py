@@ -38,6 +38,7 @@ import torch.nn as nn
 
 from nanogpt2.config import RunConfig, load_config, setting, settings_text, wants_help
 from nanogpt2.errors import EXIT_INTERRUPTED, NanoGPT2Error
+from nanogpt2.losses import key_token_entries
 from nanogpt2.optim import make_adamw, param_groups
 from nanogpt2.peft import apply_adapters, apply_lora, lora_layers, save_adapter_weights, save_peft_adapter, trainable_report
 from nanogpt2.trainer import Trainer
@@ -116,6 +117,7 @@ class FinetuneConfig(RunConfig):
         if self.method != "selective" and (self.freeze_layers or self.freeze_embeddings or self.freeze_head):
             raise NanoGPT2Error(f"freeze_layers / freeze_embeddings / freeze_head choose what trains with "
                                 f"method=selective, not method={self.method}; add --method selective")
+        key_token_entries(self.key_tokens)  # the syntax; each token is checked with the run's tokenizer at start
         if bool(self.key_tokens.strip()) != (self.key_token_alpha > 0):
             raise NanoGPT2Error("key_tokens and key_token_alpha > 0 go together (the weighted loss needs both); "
                                 "set both, or neither")

@@ -240,6 +240,8 @@ def test_key_tokens_as_ids_strings_or_a_json_list():
             parse_key_tokens(spec, TOK)
     with pytest.raises(NanoGPT2Error, match="go together"):
         FinetuneConfig(key_tokens="yes").validate()
+    with pytest.raises(NanoGPT2Error, match="not a JSON list"):
+        FinetuneConfig(key_tokens='[" yes"', key_token_alpha=1.0).validate()
 
 
 # ----------------------------------------------------------------------------------------------------
