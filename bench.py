@@ -17,6 +17,9 @@ Sub-benchmarks (pick one, or `all`):
              step peak memory ratios (`ratio_tokens_per_sec`, `ratio_peak_memory`).
   tokenizer  BPE encode throughput, the python backend against tiktoken
              (`nanogpt2.benchmarks.tokenizer.benchmark_tokenizer`; `--tokenizer_text FILE` picks the text).
+  instruct   forward + backward of the instruct task's response-only loss on right-padded rows of varied
+             length: no attention mask (what the task does), the padding mask passed, and every row padded to
+             block_size instead of the longest (static padding); the loss with and without the mask compared.
 
 Timing: warmup iterations are excluded, the device is synchronised around each timed block, compared
 variants are interleaved (A B B A ...) and each figure is the median of `--repeats` blocks, so that load
@@ -54,6 +57,7 @@ import warnings
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from nanogpt2 import perf
 from nanogpt2.errors import NanoGPT2Error, read_text, run_cli
@@ -61,7 +65,7 @@ from nanogpt2.model import PRESETS, CausalSelfAttention, GPT, GPTConfig
 from nanogpt2.optim import make_adamw, param_groups
 from nanogpt2.runtime import DTYPE_ALIASES, DTYPES, autocast, resolve_device, resolve_dtype
 
-BENCHMARKS = ("attention", "train", "generate", "tokenizer", "finetune")
+BENCHMARKS = ("attention", "train", "generate", "tokenizer", "finetune", "instruct")
 # Bench-only sizes beside the model presets (GPT-2 family: vocab 50257, block 1024). "shakespeare-char" is
 # nanoGPT's config/train_shakespeare_char.py model (6 layers, 6 heads, 384 wide, block 256, 65-character
 # vocabulary): the default on a CPU and the CPU goal in docs/benchmarks.md.
@@ -830,6 +834,77 @@ def bench_tokenizer(args) -> dict:
                      lambda benchmark: benchmark(args.tokenizer_text, repeats=args.repeats))
 
 
+# ----------------------------------------------------------------------------------------------------
+# Instruct: the response-only loss with and without the padding mask, dynamic vs static padding
+
+
+def _instruct_rows(args):
+    """batch_size rows like Alpaca's examples, random tokens: lengths from block_size / 8 to 5/8 of it, the first
+    40 % of each a prompt (labels -100). Returns (rows, their lengths)."""
+    from nanogpt2.model import IGNORE_INDEX
+
+    T, V = args.block_size, args.model_config.vocab_size
+    g = torch.Generator().manual_seed(args.seed)
+    lengths = (T // 8 + torch.randint(0, T // 2 + 1, (args.batch_size,), generator=g)).tolist()
+    rows = []
+    for n in lengths:
+        ids = torch.randint(0, V - 1, (n,), generator=g).tolist()
+        rows.append((ids, [IGNORE_INDEX] * (2 * n // 5) + ids[2 * n // 5:]))
+    return rows, lengths
+
+
+def bench_instruct(args) -> dict:
+    """The instruct task's step without the optimizer: forward + backward of the response-only loss. Variants on
+    the same rows, interleaved: `no mask` (nanogpt2.instruct's loss_fn: trimmed to the longest row, SDPA's causal
+    path), `with mask` (the same rows with the padding mask, an explicit attention bias), `static padding` (every
+    row padded to block_size, no mask)."""
+    from nanogpt2.instruct import collate, device_batch, make_loss_fn
+    from nanogpt2.losses import masked_mean_loss
+
+    device, T = args.device, args.block_size
+    torch.manual_seed(args.seed)
+    model = new_model(args).to(device).train()
+    rows, lengths = _instruct_rows(args)
+    pad = args.model_config.vocab_size - 1
+    batch = collate(rows, pad)  # (B, longest) each
+    dynamic = device_batch(batch, device)
+    mask = batch["attention_mask"].to(device)  # (B, longest)
+    width = T - batch["input_ids"].shape[1]
+    static_ids = F.pad(batch["input_ids"], (0, width), value=pad).to(device)  # (B, T)
+    static_labels = F.pad(batch["labels"], (0, width), value=-100).to(device)  # (B, T)
+    loss_fn = make_loss_fn()
+
+    def step(loss_of):
+        def run():
+            model.zero_grad(set_to_none=True)
+            with autocast(device, args.dtype):
+                loss = loss_of()
+            loss.backward()
+            return loss
+        return run
+
+    def masked():  # the same positions as loss_fn's, with the padding mask
+        logits = model(dynamic["input_ids"][:, :-1], attention_mask=mask[:, :-1])[0]  # (B, T-1, V)
+        return masked_mean_loss(logits, dynamic["labels"][:, 1:])[0]
+
+    variants = {"no mask": step(lambda: loss_fn(None, model, dynamic)[0]), "with mask": step(masked),
+                "static padding": step(lambda: masked_mean_loss(model(static_ids[:, :-1])[0], static_labels[:, 1:])[0])}
+    losses = {name: float(fn().detach()) for name, fn in variants.items()}  # also the warmup
+    for _ in range(args.warmup):
+        for fn in variants.values():
+            fn()
+    times = interleaved_times(variants, args.steps, args.repeats, device)
+    real = sum(lengths)
+    out = dict(rows=args.batch_size, lengths=lengths, real_tokens=real, longest=max(lengths), block_size=T,
+               loss_difference_mask=fig(abs(losses["no mask"] - losses["with mask"]), "nats"),
+               loss_difference_static=fig(abs(losses["no mask"] - losses["static padding"]), "nats"))
+    for name in variants:
+        sec = statistics.median(times[name])
+        out[name] = dict(ms_per_iter=fig(1e3 * sec, "ms"), ms_per_iter_blocks=[round(1e3 * t, 3) for t in times[name]],
+                         real_tokens_per_sec=fig(real / sec, "tokens/s"), loss=fig(losses[name], "nats"))
+    return out
+
+
 def _jsonable(obj):
     if isinstance(obj, dict):
         return {str(k): _jsonable(v) for k, v in obj.items()}
@@ -924,6 +999,18 @@ def print_train(res, args, other="hf", title="train"):
     print(f"   step peak memory: {res['memory_method']}")
 
 
+def print_instruct(res, args):
+    print(f"\n== instruct: forward + backward of the response-only loss, {res['rows']} rows of {res['real_tokens']} real "
+          f"tokens (longest {res['longest']}, block {res['block_size']}; median of {args.repeats} interleaved blocks)")
+    base = res["no mask"]["ms_per_iter"]["value"]
+    for name in ("no mask", "with mask", "static padding"):
+        r = res[name]
+        print(f"   {name:<16} {_v(r['ms_per_iter'], '{:.2f}'):>9} ms   {_v(r['real_tokens_per_sec'], '{:.0f}'):>9} real tokens/s"
+              f"   {r['ms_per_iter']['value'] / base:.2f}x the time of no mask")
+    print(f"   loss no mask vs with mask: |diff| {res['loss_difference_mask']['value']:.2e} nats; vs static padding: "
+          f"{res['loss_difference_static']['value']:.2e}")
+
+
 def print_external(name, res):
     print(f"\n== {name}: {res['status']}" + (f" ({res['source']})" if "source" in res else ""))
     if res.get("table"):
@@ -971,6 +1058,9 @@ def main(argv=None):
         elif name == "generate":
             res = bench_generate(args)
             print_external(name, res)
+        elif name == "instruct":
+            res = bench_instruct(args)
+            print_instruct(res, args)
         else:
             res = bench_tokenizer(args)
             print_external(name, res)

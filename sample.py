@@ -5,12 +5,14 @@ Sample text from a trained model, from GPT-2 by name, or from a Hugging Face GPT
     python sample.py --init_from out --num_samples 3 --temperature 0.8 --top_k 200   # a train.py run
     python sample.py --init_from gpt2 --start FILE:prompt.txt --top_p 0.9 --seed 7
     python sample.py --init_from gpt2 --start "Once upon a time" --compare            # strategies side by side
+    python sample.py --init_from out-instruct --template alpaca --instruction "Name three colors." --greedy
     python sample.py --help
 
 The option names are nanoGPT's (`--init_from`, `--start`, `--num_samples`, `--max_new_tokens`,
 `--temperature`, `--top_k`, `--seed`, `--device`, `--dtype`, `--compile`), plus `--top_p`, `--greedy`,
-`--repetition_penalty`, `--stop`, `--stream` and `--compare`. Generation is `nanogpt2.generate.generate`
-(KV cache); docs/sampling.md explains the strategies.
+`--repetition_penalty`, `--stop`, `--stream` and `--compare`, and `--instruction` / `--input` / `--template` (the
+prompt an instruction-tuned model was trained on, `nanogpt2.instruct.format_prompt`; docs/instruct.md). Generation
+is `nanogpt2.generate.generate` (KV cache); docs/sampling.md explains the strategies.
 """
 
 import argparse
@@ -48,6 +50,12 @@ def parse_args(argv):
     ap.add_argument("--out_dir", default="out", help="run folder used when --init_from resume (nanoGPT)")
     ap.add_argument("--start", default="",
                     help="prompt text, or FILE:path to read it from a file; empty starts from <|endoftext|>")
+    ap.add_argument("--instruction", default=None,
+                    help="an instruction: the prompt is --template filled with it and --input, as finetune.py --task "
+                         "instruct trains (instead of --start)")
+    ap.add_argument("--input", default="", help="the instruction's input (with --instruction; empty: none)")
+    ap.add_argument("--template", default=None,
+                    help="prompt template of --instruction: alpaca (the default), a file, or text with {instruction} and {input}")
     ap.add_argument("--num_samples", type=int, default=3, help="samples to draw")
     ap.add_argument("--max_new_tokens", type=int, default=200, help="tokens generated per sample")
     ap.add_argument("--temperature", type=float, default=0.8, help="< 1 sharper, > 1 more random; 0 = greedy")
@@ -75,6 +83,19 @@ def read_prompt(start: str) -> str:
     if start.startswith("FILE:"):
         return read_text(start[5:], "prompt file")
     return start
+
+
+def make_prompt(args) -> str:
+    """The prompt text: --start, or --instruction (and --input) in --template (nanogpt2.instruct.format_prompt)."""
+    if args.instruction is None:
+        if args.input or args.template:
+            raise NanoGPT2Error("--input and --template format an instruction; add --instruction \"...\"")
+        return read_prompt(args.start)
+    if args.start:
+        raise NanoGPT2Error("--instruction makes the prompt from the template; drop --start (or --instruction)")
+    from nanogpt2.instruct import format_prompt
+
+    return format_prompt({"instruction": args.instruction, "input": args.input}, args.template or "alpaca")
 
 
 def encode_prompt(tok, text: str) -> list:
@@ -120,7 +141,7 @@ def main(argv=None):
         raise NanoGPT2Error(f"--num_samples must be >= 1, got {args.num_samples}")
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)  # checked before the model loads (or downloads)
-    prompt = read_prompt(args.start)  # before the model loads: a bad prompt file fails at once
+    prompt = make_prompt(args)  # before the model loads: a bad prompt file or template fails at once
     init_from = args.out_dir if args.init_from == "resume" else args.init_from
     model, tok, desc = load_model_and_tokenizer(init_from, device)
     print(f"loaded {desc}", file=sys.stderr)

@@ -19,8 +19,10 @@ blocks the last), and `head_only_steps` / `head_only_epochs` train only the task
 whole trainable set.
 
 Tasks (`task`) are modules with a `task(cfg) -> TaskParts` function, registered in `TASKS`: `lm` (here: any
-dataset train.py knows, validation perplexity each eval_interval, the final strided test perplexity). A task
-says what its model is built from, its data, losses and evaluations; the method and the loop are shared.
+dataset train.py knows, validation perplexity each eval_interval, the final strided test perplexity; with
+`key_token_alpha` the key-token weighted loss of nanogpt2.losses), `instruct` (nanogpt2/instruct.py: Alpaca
+instruction tuning, loss on the response only). A task says what its model is built from, its data, losses and
+evaluations; the method and the loop are shared.
 
 What a run leaves in out_dir, besides train.py's checkpoints (full resume state, exact as in train.py) and logs:
 `adapter/`, the trainable weights alone for sharing (an HF peft folder for LoRA; `adapter_weights.pt` for the
@@ -38,6 +40,7 @@ import torch.nn as nn
 
 from nanogpt2.config import RunConfig, load_config, new_default, setting, settings_text, wants_help
 from nanogpt2.errors import EXIT_INTERRUPTED, NanoGPT2Error
+from nanogpt2.losses import key_token_entries
 from nanogpt2.optim import make_adamw, param_groups
 from nanogpt2.peft import (apply_adapters, apply_lora, apply_prefix, lora_layers, save_adapter_weights, save_peft_adapter,
                            trainable_report)
@@ -45,7 +48,7 @@ from nanogpt2.trainer import Trainer
 
 METHODS = ("full", "lora", "adapter", "prefix", "selective")
 # task name -> module whose `task(cfg)` returns its TaskParts (imported when the task is chosen)
-TASKS = {"lm": "nanogpt2.finetuning"}
+TASKS = {"lm": "nanogpt2.finetuning", "instruct": "nanogpt2.instruct"}
 
 # ----------------------------------------------------------------------------------------------------
 # Settings
@@ -109,6 +112,18 @@ class FinetuneConfig(RunConfig):
 
     # --- the task ---
     task: str = setting("lm", "what to fine-tune for: " + " | ".join(TASKS), "task")
+    max_length: int = setting(0, "tokens per example for classify / instruct, longer ones truncated (0: the task's default: classify the model's context up to 1024, instruct 512)", "task")
+    # --- task instruct ---
+    template: str = setting(
+        "alpaca", "instruct: the prompt template: alpaca (Stanford Alpaca's, with / without input), a file (template "
+        "text, or JSON with prompt_input / prompt_no_input), or the text itself with {instruction} and {input}", "task")
+    train_on_input: bool = setting(False, "instruct: the loss covers the prompt tokens too (default: the response only)", "task")
+    key_tokens: str = setting(
+        "", "lm / instruct: tokens that raise a sample's loss weight: comma-separated ids or strings, or a JSON list "
+        "(strings with leading spaces: [\" yes\", \" no\"]); each string one token", "task")
+    key_token_alpha: float = setting(
+        0.0, "lm / instruct: > 0 turns on the key-token weighted loss: per-sample mean cross-entropy, sample weight "
+        "1 + alpha x (key tokens among its targets), normalised over the batch", "task")
 
     def validate(self) -> "FinetuneConfig":
         super().validate()
@@ -116,7 +131,8 @@ class FinetuneConfig(RunConfig):
         for key in positive:
             if getattr(self, key) < 1:
                 raise NanoGPT2Error(f"{key} must be >= 1, not {getattr(self, key)}")
-        for key in ("head_only_steps", "head_only_epochs", "lora_alpha", "prefix_projection"):
+        for key in ("head_only_steps", "head_only_epochs", "lora_alpha", "prefix_projection", "max_length",
+                    "key_token_alpha"):
             if getattr(self, key) < 0:
                 raise NanoGPT2Error(f"{key} must be >= 0, not {getattr(self, key)}")
         if not 0.0 <= self.lora_dropout < 1.0:
@@ -126,6 +142,10 @@ class FinetuneConfig(RunConfig):
         if self.method != "selective" and (self.freeze_layers or self.freeze_embeddings or self.freeze_head):
             raise NanoGPT2Error(f"freeze_layers / freeze_embeddings / freeze_head choose what trains with "
                                 f"method=selective, not method={self.method}; add --method selective")
+        key_token_entries(self.key_tokens)  # the syntax; each token is checked with the run's tokenizer at start
+        if bool(self.key_tokens.strip()) != (self.key_token_alpha > 0):
+            raise NanoGPT2Error("key_tokens and key_token_alpha > 0 go together (the weighted loss needs both); "
+                                "set both, or neither")
         if self.merge_and_export and self.method == "adapter":
             raise NanoGPT2Error("Houlsby adapters cannot be merged into GPT-2 weights, so merge_and_export cannot "
                                 "write an HF GPT-2 folder; share out_dir/adapter/ instead, or use method=lora")
@@ -179,7 +199,12 @@ class TaskParts:
 
 
 def task(cfg: FinetuneConfig) -> TaskParts:
-    """`lm`: language modelling on any dataset train.py knows, with train.py's data, loss and evaluations."""
+    """`lm`: language modelling on any dataset train.py knows, with train.py's data, loss and evaluations (with
+    key_token_alpha > 0, the key-token weighted loss of nanogpt2.losses)."""
+    if cfg.key_token_alpha > 0:
+        from nanogpt2.losses import KeyTokenLoss
+
+        return TaskParts(loss_fn=KeyTokenLoss(cfg.key_tokens, cfg.key_token_alpha))
     return TaskParts()
 
 
