@@ -42,7 +42,7 @@ from nanogpt2.trainer import Trainer
 
 METHODS = ("full", "lora", "adapter", "selective")
 # task name -> module whose `task(cfg)` returns its TaskParts (imported when the task is chosen)
-TASKS = {"lm": "nanogpt2.finetuning"}
+TASKS = {"lm": "nanogpt2.finetuning", "distill": "nanogpt2.distill"}
 
 # ----------------------------------------------------------------------------------------------------
 # Settings
@@ -52,7 +52,8 @@ TASKS = {"lm": "nanogpt2.finetuning"}
 class FinetuneConfig(RunConfig):
     script = "finetune.py"
     groups = MappingProxyType({**RunConfig.groups, "method": "Fine-tuning method", "task": "Task"})
-    choices = MappingProxyType({**RunConfig.choices, "method": METHODS, "task": tuple(TASKS)})
+    choices = MappingProxyType({**RunConfig.choices, "method": METHODS, "task": tuple(TASKS),
+                                "student_init": ("teacher", "scratch")})
 
     # --- defaults that differ from train.py's ---
     out_dir: str = setting("out-finetune", "folder for checkpoints, metrics.jsonl, config.json, plots, the adapter", "output")
@@ -85,6 +86,20 @@ class FinetuneConfig(RunConfig):
 
     # --- the task ---
     task: str = setting("lm", "what to fine-tune for: " + " | ".join(TASKS), "task")
+
+    # --- task distill ---
+    teacher: str = setting("gpt2", "task=distill: the model the student learns from, anything init_from takes (a GPT-2 "
+                           "name, an HF folder, a train.py run folder or checkpoint); never trained", "task")
+    student_init: str = setting("teacher", "task=distill: teacher (the student's blocks, embeddings, final LayerNorm "
+                                "and head copied from the teacher) | scratch (a new GPT of n_layer, n_head, n_embd)", "task")
+    student_layers: str = setting("", "task=distill: comma-separated teacher blocks the student's blocks copy, e.g. "
+                                  "0,2,4,7,9,11 ('': half the teacher's depth, evenly spaced with the first and last: "
+                                  "gpt2 -> 0,2,4,7,9,11, DistilGPT2's choice)", "task")
+    temperature: float = setting(2.0, "task=distill: softmax temperature T of the KD term", "task")
+    alpha_ce: float = setting(0.5, "task=distill: weight of the KD term T^2 * KL(teacher || student), softened by T", "task")
+    alpha_clm: float = setting(0.5, "task=distill: weight of the language-modelling cross-entropy on the data", "task")
+    alpha_cos: float = setting(0.0, "task=distill: weight of 1 - cosine(student, teacher) of the final hidden states "
+                               "(needs the teacher's n_embd)", "task")
 
     def validate(self) -> "FinetuneConfig":
         super().validate()
