@@ -232,8 +232,9 @@ def compare(trainer, teacher: GPT) -> dict:
             res = _perplexity(model, trainer.dataset.tokens("test"), trainer, block, min(cfg.test_stride, block),
                               splits["test"].get("text_bytes"))
             rows[name].update(test_loss=res["loss"], test_ppl=res["ppl"])
-    prompt = torch.as_tensor(np.asarray(trainer.val_data[:8], dtype=np.int64), device=trainer.device)[None]  # (1, 8)
-    speeds = decode_speeds(models, prompt, min(64, block - prompt.size(1)), trainer.device, trainer.autocast)
+    prompt_len = min(8, block // 2)
+    prompt = torch.as_tensor(np.asarray(trainer.val_data[:prompt_len], dtype=np.int64), device=trainer.device)[None]  # (1, P)
+    speeds = decode_speeds(models, prompt, min(64, block - prompt_len), trainer.device, trainer.autocast)
     for name, tps in speeds.items():
         rows[name]["decode_tokens_per_sec"] = tps
     student.train()
@@ -259,7 +260,11 @@ def report_after_training(teacher: GPT):
     def after_train(trainer, summary):
         if not trainer.dist.master:
             return
-        report = compare(trainer, teacher)
+        try:
+            report = compare(trainer, teacher)
+        except NanoGPT2Error as e:  # the run itself succeeded: its checkpoints and metrics stand
+            trainer.log(f"warning: no student / teacher comparison: {e}")
+            return
         trainer.log("distillation: the student beside its teacher\n" + format_comparison(report))
         (trainer.out_dir / "distill.json").write_text(json.dumps(report, indent=1) + "\n")
         summary["distill"] = report
@@ -282,6 +287,10 @@ def check_settings(cfg: FinetuneConfig) -> None:
     if cfg.teacher in ("", "scratch", "resume"):
         raise NanoGPT2Error(f"teacher={cfg.teacher!r}: the teacher must be a trained model: a GPT-2 name, an HF "
                             f"folder, a train.py run folder or a checkpoint")
+    from nanogpt2.convert import HF_REPOS
+
+    if cfg.teacher in HF_REPOS:  # a GPT-2 name: its tokenizer is known before the download
+        check_vocabulary(cfg, "gpt2", 50257)
     if cfg.student_init == "scratch" and cfg.student_layers.strip():
         raise NanoGPT2Error("student_layers picks teacher blocks for student_init=teacher; a scratch student takes "
                             "n_layer, n_head, n_embd instead: drop student_layers or use student_init=teacher")
@@ -296,6 +305,15 @@ def _data_tokenizer(cfg: FinetuneConfig) -> str:
     return (spec.tokenizer if spec is not None else None) or (cfg.tokenizer if cfg.tokenizer != "auto" else "gpt2")
 
 
+def check_vocabulary(cfg: FinetuneConfig, teacher_tokenizer: str, vocab_size: int) -> None:
+    """The teacher must read the tokens the run's data is made of."""
+    data_tokenizer = _data_tokenizer(cfg)
+    if teacher_tokenizer != data_tokenizer:
+        raise NanoGPT2Error(f"teacher={cfg.teacher} reads {teacher_tokenizer!r} tokens (a {vocab_size}-token vocabulary), "
+                            f"but dataset={cfg.dataset} is tokenized with {data_tokenizer!r}: distill on data of the "
+                            f"teacher's tokenizer, or pick a teacher of this vocabulary")
+
+
 def load_teacher(cfg: FinetuneConfig):
     """(teacher GPT in eval mode with requires_grad off, its tokenizer, description), checked against the run."""
     from nanogpt2.loader import load_model
@@ -305,11 +323,7 @@ def load_teacher(cfg: FinetuneConfig):
         raise NanoGPT2Error(f"teacher={cfg.teacher} holds a {type(teacher).__name__} ({info['spec'].get('kind')}), "
                             f"not a GPT language model")
     tok_info = info.get("tokenizer") or {"name": "gpt2"}
-    data_tok = _data_tokenizer(cfg)
-    if tok_info.get("name") != data_tok:
-        raise NanoGPT2Error(f"teacher={cfg.teacher} reads {tok_info.get('name')!r} tokens (a {teacher.config.vocab_size}"
-                            f"-token vocabulary), but dataset={cfg.dataset} is tokenized with {data_tok!r}: distill "
-                            f"on data of the teacher's tokenizer, or pick a teacher of this vocabulary")
+    check_vocabulary(cfg, tok_info.get("name"), teacher.config.vocab_size)
     if cfg.block_size > teacher.config.block_size:
         raise NanoGPT2Error(f"block_size={cfg.block_size} exceeds the teacher's context ({teacher.config.block_size}); "
                             f"use --block_size {teacher.config.block_size} or less")
