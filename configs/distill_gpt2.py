@@ -8,8 +8,7 @@
 out_dir = "out-distill-gpt2"
 task = "distill"
 method = "full"
-teacher = "gpt2"
-student_layers = "0,2,4,7,9,11"
+teacher = "gpt2"  # student_layers: the default for 12 layers, blocks 0,2,4,7,9,11 (DistilGPT2's)
 dataset = "wikitext2"
 tokenizer = "gpt2"
 

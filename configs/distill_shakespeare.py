@@ -7,8 +7,7 @@
 out_dir = "out-distill-shakespeare"
 task = "distill"
 method = "full"
-teacher = "out-shakespeare"
-student_layers = "0,3"
+teacher = "out-shakespeare"  # student_layers: the default, blocks 0 and 3 of the 4
 dataset = "shakespeare_char"
 
 # the student's shape, for --student_init scratch and the --task lm baseline (a student from teacher blocks

@@ -216,7 +216,7 @@ def _perplexity(model, tokens, trainer, block: int, stride: int, n_bytes=None) -
 
 
 def compare(trainer, teacher: GPT) -> dict:
-    """{"student": {...}, "teacher": {...}, "ratio": {...}}: blocks, parameters, validation loss / perplexity
+    """{"student": {...}, "teacher": {...}, "student/teacher": {...}}: blocks, parameters, validation loss / perplexity
     (the first eval_iters batches of disjoint windows, as the run's validation; the whole split with eval_iters=0),
     test perplexity (strided, as the final test evaluation) when the dataset has a test split, and decode tokens/s."""
     cfg, student = trainer.cfg, trainer.raw_model

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from conftest import ROOT, one_error_line, oracle
 from nanogpt2.config import load_config
-from nanogpt2.distill import DistillLoss, default_layers, init_student_from_teacher, kd_loss
+from nanogpt2.distill import default_layers, init_student_from_teacher, kd_loss
 from nanogpt2.errors import NanoGPT2Error
 from nanogpt2.finetuning import FinetuneConfig, run
 from nanogpt2.loader import load_model
@@ -185,7 +185,8 @@ def test_kd_loss_gradient_is_finite_in_float16_autocast():
     torch.manual_seed(0)
     student, teacher = tiny_gpt(2), tiny_gpt(4)
     with torch.no_grad():
-        teacher.lm_head.weight.mul_(3000)  # a confident teacher (tied: the embeddings too, which ln_1 normalises): logits in the thousands
+        # a confident teacher, logits in the thousands (the head is tied: the embeddings grow too, ln_1 normalises them)
+        teacher.lm_head.weight.mul_(3000)
     x = torch.randint(0, 65, (2, 32))
     with autocast(torch.device("cpu"), "float16"):
         with torch.no_grad():
