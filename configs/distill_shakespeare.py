@@ -1,6 +1,6 @@
 # Distil a 4-layer character-level Tiny Shakespeare model into 2 layers (its blocks 0 and 3), on a CPU in minutes.
 # The teacher is a train.py run of configs/shakespeare.py (4 layers, 128 wide); docs/distill.md has the numbers.
-#   python train.py configs/shakespeare.py --max_iters 1000 --sample_interval 0          # the teacher: out-shakespeare
+#   python train.py configs/shakespeare.py --sample_interval 0                            # the teacher: out-shakespeare
 #   python finetune.py configs/distill_shakespeare.py                                     # the student
 #   python finetune.py configs/distill_shakespeare.py --task lm --init_from scratch --out_dir out-shakespeare-2l
 #                                                                   # the baseline: the same shape from scratch
