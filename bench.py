@@ -20,6 +20,9 @@ Sub-benchmarks (pick one, or `all`):
   instruct   forward + backward of the instruct task's response-only loss on right-padded rows of varied
              length: no attention mask (what the task does), the padding mask passed, and every row padded to
              block_size instead of the longest (static padding); the loss with and without the mask compared.
+  distill    a distillation training step (the teacher's forward, then the student's step on
+             `nanogpt2.distill.kd_loss`) against the student's plain step, interleaved; greedy decoding tokens/s of
+             the student and the teacher side by side. The teacher is the run's model, the student its half.
 
 Timing: warmup iterations are excluded, the device is synchronised around each timed block, compared
 variants are interleaved (A B B A ...) and each figure is the median of `--repeats` blocks, so that load
@@ -65,7 +68,7 @@ from nanogpt2.model import PRESETS, CausalSelfAttention, GPT, GPTConfig
 from nanogpt2.optim import make_adamw, param_groups
 from nanogpt2.runtime import DTYPE_ALIASES, DTYPES, autocast, resolve_device, resolve_dtype
 
-BENCHMARKS = ("attention", "train", "generate", "tokenizer", "finetune", "instruct")
+BENCHMARKS = ("attention", "train", "generate", "tokenizer", "finetune", "instruct", "distill")
 # Bench-only sizes beside the model presets (GPT-2 family: vocab 50257, block 1024). "shakespeare-char" is
 # nanoGPT's config/train_shakespeare_char.py model (6 layers, 6 heads, 384 wide, block 256, 65-character
 # vocabulary): the default on a CPU and the CPU goal in docs/benchmarks.md.
@@ -905,6 +908,51 @@ def bench_instruct(args) -> dict:
     return out
 
 
+# Distillation: what the teacher costs a training step, what the student gains at decoding
+
+
+def bench_distill(args) -> dict:
+    """The teacher is this run's model (random, or --init_from's), the student its default half
+    (`nanogpt2.distill.default_layers`: gpt2 -> blocks 0,2,4,7,9,11). Timed like train (the same step closure,
+    interleaved blocks): the distillation step (teacher forward under no_grad, student forward, kd_loss with
+    its defaults, backward, clip, AdamW) and the student's plain LM step; then greedy KV-cache decoding of each
+    model, side by side (`nanogpt2.distill.decode_speeds`)."""
+    from nanogpt2.distill import decode_speeds, default_layers, init_student_from_teacher, kd_loss
+
+    device, B, T = args.device, args.batch_size, args.block_size
+    torch.manual_seed(args.seed)
+    teacher = new_model(args, dropout=0.0).to(device).eval().requires_grad_(False)
+    layers = default_layers(teacher.config.n_layer)
+    student = init_student_from_teacher(teacher, layers).to(device).train()
+    optimizer, _ = configure_optimizer(student, args)
+    x = torch.randint(0, teacher.config.vocab_size, (B, T), device=device)  # (B, T)
+    y = torch.roll(x, -1, dims=1)  # (B, T) next-token targets
+
+    def distill_loss():
+        with torch.no_grad():
+            t_logits = teacher(x)[0]  # (B, T, V)
+        return kd_loss(student(x)[0], t_logits, y)
+
+    steps = {"distill": _make_train_step(distill_loss, student, optimizer, args),
+             "plain": _make_train_step(lambda: student(x, y)[1], student, optimizer, args)}
+    for step in steps.values():
+        for _ in range(max(1, args.warmup)):
+            step()
+    times = {name: statistics.median(t) for name, t in interleaved_times(steps, args.steps, args.repeats, device).items()}
+    prompt_len = min(16, T // 2)
+    speeds = decode_speeds({"student": student.eval(), "teacher": teacher}, x[:1, :prompt_len],
+                           min(32, T - prompt_len), device, lambda: autocast(device, args.dtype), rounds=args.repeats)
+    return dict(
+        layers=layers, tokens_per_step=B * T,
+        parameters={name: m.param_counts()["total"] for name, m in (("student", student), ("teacher", teacher))},
+        blocks={"student": len(layers), "teacher": teacher.config.n_layer},
+        **{name: dict(ms_per_iter=fig(1e3 * sec, "ms"), tokens_per_sec=fig(B * T / sec, "tokens/s"))
+           for name, sec in times.items()},
+        step_cost=fig(times["distill"] / times["plain"], "x (distillation step ms / plain student step ms)"),
+        decode={name: fig(tps, "tokens/s") for name, tps in speeds.items()},
+        decode_speedup=fig(speeds["student"] / speeds["teacher"], "x (student / teacher decode tokens/s)"))
+
+
 def _jsonable(obj):
     if isinstance(obj, dict):
         return {str(k): _jsonable(v) for k, v in obj.items()}
@@ -1011,6 +1059,18 @@ def print_instruct(res, args):
           f"{res['loss_difference_static']['value']:.2e}")
 
 
+def print_distill(res):
+    p, b = res["parameters"], res["blocks"]
+    print(f"\n== distill: teacher {b['teacher']} blocks ({p['teacher']:,} parameters) -> student {b['student']} blocks "
+          f"{res['layers']} ({p['student']:,}), {res['tokens_per_step']} tokens/step")
+    print(f"{'':<24}{'ms/iter':>10}{'tokens/s':>12}")
+    for name, label in (("plain", "student step"), ("distill", "distillation step")):
+        print(f"{label:<24}{_v(res[name]['ms_per_iter']):>10}{_v(res[name]['tokens_per_sec'], '{:.0f}'):>12}")
+    print(f"   the distillation step takes {_v(res['step_cost'], '{:.2f}')}x the plain step (the teacher's forward "
+          f"and the KD loss); decoding: student {_v(res['decode']['student'], '{:.0f}')} tokens/s, teacher "
+          f"{_v(res['decode']['teacher'], '{:.0f}')} tokens/s ({_v(res['decode_speedup'], '{:.2f}')}x)")
+
+
 def print_external(name, res):
     print(f"\n== {name}: {res['status']}" + (f" ({res['source']})" if "source" in res else ""))
     if res.get("table"):
@@ -1061,6 +1121,9 @@ def main(argv=None):
         elif name == "instruct":
             res = bench_instruct(args)
             print_instruct(res, args)
+        elif name == "distill":
+            res = bench_distill(args)
+            print_distill(res)
         else:
             res = bench_tokenizer(args)
             print_external(name, res)

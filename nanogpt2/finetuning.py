@@ -21,8 +21,9 @@ whole trainable set.
 Tasks (`task`) are modules with a `task(cfg) -> TaskParts` function, registered in `TASKS`: `lm` (here: any
 dataset train.py knows, validation perplexity each eval_interval, the final strided test perplexity; with
 `key_token_alpha` the key-token weighted loss of nanogpt2.losses), `instruct` (nanogpt2/instruct.py: Alpaca
-instruction tuning, loss on the response only). A task says what its model is built from, its data, losses and
-evaluations; the method and the loop are shared.
+instruction tuning, loss on the response only), `distill` (nanogpt2/distill.py: a student learns a teacher,
+docs/distill.md). A task says what its model is built from, its data, losses and evaluations; the method and the
+loop are shared.
 
 What a run leaves in out_dir, besides train.py's checkpoints (full resume state, exact as in train.py) and logs:
 `adapter/`, the trainable weights alone for sharing (an HF peft folder for LoRA; `adapter_weights.pt` for the
@@ -48,7 +49,7 @@ from nanogpt2.trainer import Trainer
 
 METHODS = ("full", "lora", "adapter", "prefix", "selective")
 # task name -> module whose `task(cfg)` returns its TaskParts (imported when the task is chosen)
-TASKS = {"lm": "nanogpt2.finetuning", "instruct": "nanogpt2.instruct"}
+TASKS = {"lm": "nanogpt2.finetuning", "instruct": "nanogpt2.instruct", "distill": "nanogpt2.distill"}
 
 # ----------------------------------------------------------------------------------------------------
 # Settings
@@ -58,7 +59,8 @@ TASKS = {"lm": "nanogpt2.finetuning", "instruct": "nanogpt2.instruct"}
 class FinetuneConfig(RunConfig):
     script = "finetune.py"
     groups = MappingProxyType({**RunConfig.groups, "method": "Fine-tuning method", "task": "Task"})
-    choices = MappingProxyType({**RunConfig.choices, "method": METHODS, "task": tuple(TASKS)})
+    choices = MappingProxyType({**RunConfig.choices, "method": METHODS, "task": tuple(TASKS),
+                                "student_init": ("teacher", "scratch")})
 
     # --- defaults that differ from train.py's: the fine-tuning recipe of the configs (GPT-2 small, WikiText-2:
     # 3 epochs of 16,384-token steps, linear warmup over 10 % then linear decay to 1e-7, weight decay 0.01, AdamW
@@ -124,6 +126,20 @@ class FinetuneConfig(RunConfig):
     key_token_alpha: float = setting(
         0.0, "lm / instruct: > 0 turns on the key-token weighted loss: per-sample mean cross-entropy, sample weight "
         "1 + alpha x (key tokens among its targets), normalised over the batch", "task")
+
+    # --- task distill ---
+    teacher: str = setting("gpt2", "task=distill: the model the student learns from, anything init_from takes (a GPT-2 "
+                           "name, an HF folder, a train.py run folder or checkpoint); never trained", "task")
+    student_init: str = setting("teacher", "task=distill: teacher (the student's blocks, embeddings, final LayerNorm "
+                                "and head copied from the teacher) | scratch (a new GPT of n_layer, n_head, n_embd)", "task")
+    student_layers: str = setting("", "task=distill: comma-separated teacher blocks the student's blocks copy, e.g. "
+                                  "0,2,4,7,9,11 ('': half the teacher's depth, evenly spaced with the first and last: "
+                                  "gpt2 -> 0,2,4,7,9,11, DistilGPT2's choice)", "task")
+    temperature: float = setting(2.0, "task=distill: softmax temperature T of the KD term", "task")
+    alpha_ce: float = setting(0.5, "task=distill: weight of the KD term T^2 * KL(teacher || student), softened by T", "task")
+    alpha_clm: float = setting(0.5, "task=distill: weight of the language-modelling cross-entropy on the data", "task")
+    alpha_cos: float = setting(0.0, "task=distill: weight of 1 - cosine(student, teacher) of the final hidden states "
+                               "(needs the teacher's n_embd)", "task")
 
     def validate(self) -> "FinetuneConfig":
         super().validate()

@@ -148,7 +148,10 @@ class Trainer:
       loss_fn       f(trainer, model, micro_batch) -> (loss, n_tokens): the micro-batch's mean loss and the
                     number of targets it averages over (default: model(x, y)[1] and the non-ignored targets).
                     Each micro-batch's mean counts 1/micro_steps of the step's loss (nanoGPT's accumulation);
-                    the step's n_tokens on this process are summed into `trainer.last_loss_tokens`
+                    the step's n_tokens on this process are summed into `trainer.last_loss_tokens`.
+                    It may return a third item, {name: scalar tensor} of terms to log (a distillation loss's
+                    KD and CLM terms): averaged like the loss (over micro-steps and processes) into the step
+                    record under those names, so they reach the progress line, metrics.jsonl and TensorBoard
       make_optimizer  f(trainer, model) -> optimizer over the raw model's parameters; groups may carry an
                     `lr_scale` (default: nanogpt2.optim.make_optimizer from the run config)
       prepare_model f(trainer, model) -> model, applied to a new model (from init_from or scratch; never to
@@ -302,6 +305,7 @@ class Trainer:
         self.overflow_steps = 0
         self.last_step_time = 0.0
         self.last_loss_tokens = 0  # targets the latest step's loss averaged over, on this process
+        self.loss_terms = ()  # names of the extra terms the loss_fn returned at the latest step
         self.last_record = None  # metrics of the latest step (for hooks)
         if resume_state is not None:
             self._restore(resume_state)
@@ -596,26 +600,33 @@ class Trainer:
         micro_batches = split_batch(self.sampler.next_batch(self.device), self.micro_steps)
         loss_sum = torch.zeros((), device=self.device)
         n_tokens = torch.zeros((), device=self.device)
+        terms = {}  # the loss_fn's extra terms to log, summed like the loss
         for i, mb in enumerate(micro_batches):
             last = i == len(micro_batches) - 1
             sync = self.model.no_sync() if self.dist.enabled and not last else contextlib.nullcontext()
             with sync:
                 with self.autocast():
-                    loss, n = self.loss_fn(self, self.model, mb)
+                    loss, n, *more = self.loss_fn(self, self.model, mb)
                     loss = loss / self.micro_steps  # each micro-batch's mean counts equally: one big batch's mean
                 self.scaler.scale(loss).backward()
             loss_sum += loss.detach().float()
             n_tokens += n
-        # The loss, averaged over every micro-batch of every process.
-        loss_sum = self._all_reduce(loss_sum) / self.dist.world_size
+            for name, value in (more[0] if more else {}).items():
+                terms[name] = terms.get(name, 0.0) + value.detach().float() / self.micro_steps
+        # The loss (and its terms), averaged over every micro-batch of every process: one all-reduce.
+        means = self._all_reduce(torch.stack([loss_sum, *terms.values()])) / self.dist.world_size  # (1 + terms,)
+        loss_sum = means[0]
+        self.loss_terms = tuple(terms)
         self.scaler.unscale_(self.optimizer)  # no-op unless float16
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-        loss_val, norm_val, n_val = torch.stack([loss_sum, grad_norm.float().to(loss_sum.device), n_tokens]).tolist()
+        loss_val, norm_val, n_val, *term_vals = torch.stack(
+            [loss_sum, grad_norm.float().to(loss_sum.device), n_tokens, *means[1:]]).tolist()
         self.last_loss_tokens = int(n_val)
 
-        rec = {"step": self.step + 1, "loss": loss_val, "lr": lr, "grad_norm": norm_val}
+        rec = {"step": self.step + 1, "loss": loss_val, **dict(zip(self.loss_terms, term_vals)), "lr": lr,
+               "grad_norm": norm_val}
         if not math.isfinite(loss_val) or (not self.scaler.is_enabled() and not math.isfinite(norm_val)):
             # A non-finite loss (or gradient without a scaler to catch it): skip the update.
             self.optimizer.zero_grad(set_to_none=True)
@@ -826,7 +837,8 @@ class Trainer:
             return
         self._append(self._metrics_path, json.dumps(rec) + "\n", "metrics")
         if self._tb is not None:
-            for key in ("loss", "ppl", "lr", "grad_norm", "tokens_per_sec", "mfu", "val_loss", "val_ppl", "loss_scale"):
+            for key in ("loss", *self.loss_terms, "ppl", "lr", "grad_norm", "tokens_per_sec", "mfu", "val_loss",
+                        "val_ppl", "loss_scale"):
                 if key in rec and rec[key] is not None and math.isfinite(rec[key]):
                     self._tb.add_scalar(key if key.startswith("val") else f"train/{key}", rec[key], rec["step"])
 
@@ -859,6 +871,7 @@ class Trainer:
         parts = [
             f"step {rec['step']}/{self.max_steps}",
             f"loss {rec['loss']:.4f}",
+            *(f"{name} {rec[name]:.4f}" for name in self.loss_terms if name in rec),
             f"ppl {rec['ppl']:.2f}",
             f"lr {rec['lr']:.2e}",
             f"grad {rec['grad_norm']:.3f}",

@@ -219,6 +219,19 @@ def test_generate_and_tokenizer_sub_benchmarks(tmp_path):
     assert tok["figures"]["ids_equal"] is True and "tiktoken" in tok["table"]
 
 
+def test_distill_sub_benchmark_times_both_steps_and_both_decoders(tmp_path):
+    assert TINY[:2] == ["--n_layer", "2"]
+    proc, report = run_bench(["distill", "--n_layer", "4", *TINY[2:], "--steps", "1", "--repeats", "1"], tmp_path)
+    res = report["results"]["distill"]
+    assert res["layers"] == [0, 3] and res["blocks"] == {"student": 2, "teacher": 4}
+    assert res["parameters"]["student"] < res["parameters"]["teacher"]
+    for name in ("distill", "plain"):
+        assert value(res[name]["tokens_per_sec"]) == pytest.approx(2 * 32 / (value(res[name]["ms_per_iter"]) / 1e3))
+    assert value(res["step_cost"]) == pytest.approx(value(res["distill"]["ms_per_iter"]) / value(res["plain"]["ms_per_iter"]))
+    assert value(res["decode"]["student"]) > 0 and value(res["decode"]["teacher"]) > 0
+    assert "distillation step" in proc.stdout
+
+
 def test_compile_mode_reaches_torch_compile(monkeypatch):
     """--compile_mode is handed to torch.compile (recorded here: compiling takes minutes on this CPU; the
     compiled decoder's tokens are checked in tests/test_generate.py and, with CUDA graphs, test_cuda.py)."""

@@ -201,6 +201,27 @@ def test_accumulation_equals_one_big_batch(tmp_path):
         torch.testing.assert_close(w1[k], w2[k], atol=1e-5, rtol=1e-5)
 
 
+def test_loss_terms_are_averaged_over_micro_steps_into_the_record_and_progress_line(tmp_path, capsys):
+    """A loss_fn's third item, {name: scalar}, is averaged like the loss: "same" (the micro-batch's loss) comes out
+    as the step's loss, "count" (1, 2, 3, 4 over the 4 micro-steps) as 2.5."""
+    cfg = cfg_for(tmp_path, "--batch_size=2", "--gradient_accumulation_steps=4", "--max_iters=2",
+                  "--checkpoint_interval=0", "--eval_interval=0", "--vocab_size=65")
+    calls = []
+
+    def loss_fn(trainer, model, batch):
+        calls.append(1)
+        loss = model(*batch)[1]
+        return loss, batch[1].numel(), {"same": loss, "count": torch.tensor(float((len(calls) - 1) % 4 + 1))}
+
+    tr = tiny_trainer(cfg, fixed=False, loss_fn=loss_fn)
+    tr.train()
+    recs = [r for r in records(cfg) if "loss" in r]
+    assert len(recs) == 2 and tr.loss_terms == ("same", "count")
+    for r in recs:
+        assert r["same"] == pytest.approx(r["loss"], rel=1e-6) and r["count"] == 2.5
+    assert re.search(r"loss \S+ \| same \S+ \| count 2\.5000 \| ppl", capsys.readouterr().out)
+
+
 def test_tokens_per_step_sets_accumulation(tmp_path):
     tr = tiny_trainer(cfg_for(tmp_path, "--tokens_per_step=512", "--vocab_size=65"))  # 512 / (4 * 32) = 4
     assert tr.accum_steps == 4 and tr.rows_per_step == 16 and tr.tokens_per_step == 512
