@@ -129,6 +129,7 @@ def register_classify_dataset(spec: ClassifySpec) -> ClassifySpec:
     return spec
 
 
+IMDB_URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
 _IMDB_REVIEW = re.compile(r"(?:^|/)(train|test)/(neg|pos)/(\d+)_\d+\.txt$")  # <split>/<label>/<id>_<stars>.txt
 
 
@@ -182,7 +183,7 @@ def _find_imdb(folder: Path) -> list:
 register_classify_dataset(ClassifySpec(
     name="imdb", description="IMDB Large Movie Review v1.0: 25,000 train + 25,000 test reviews, positive / negative",
     labels=("negative", "positive"),
-    remote=(Remote("imdb/aclImdb_v1.tar.gz", urls=("https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz",)),),
+    remote=(Remote("imdb/aclImdb_v1.tar.gz", urls=(IMDB_URL,)),),
     read=_read_imdb, find=_find_imdb,
     local="aclImdb_v1.tar.gz (or a tar.gz of one split, e.g. aclImdb_v1_test.tar.gz), a folder holding it, or an "
           "unpacked aclImdb folder",
@@ -191,10 +192,12 @@ register_classify_dataset(ClassifySpec(
 AG_NEWS_URL = "https://raw.githubusercontent.com/mhjabreel/CharCnn_Keras/master/data/ag_news_csv/"
 
 
+SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "dev": "val", "test": "test"}
+
+
 def _split_of(path: Path) -> str:
     """The split a local file holds, by its name: train / val (valid, validation, dev) / test, else "all"."""
-    stem = path.name.split(".")[0].lower()
-    return {"train": "train", "val": "val", "valid": "val", "validation": "val", "dev": "val", "test": "test"}.get(stem, "all")
+    return SPLIT_NAMES.get(path.name.split(".")[0].lower(), "all")
 
 
 def _read_ag_news(files) -> dict:
@@ -205,8 +208,8 @@ def _read_ag_news(files) -> dict:
             for n, row in enumerate(csv.reader(f), 1):
                 where = f"{path} line {n}"
                 if len(row) != 3 or row[0].strip() not in ("1", "2", "3", "4"):
-                    raise NanoGPT2Error(f"{where}: expected \"class\",\"title\",\"description\" with class 1-4 (AG News), "
-                                        f"got {row[:3]!r}; is it the AG News CSV?")
+                    raise NanoGPT2Error(f"{where}: expected \"class\",\"title\",\"description\" with class 1-4 "
+                                        f"(AG News), got {row[:3]!r}; is it the AG News CSV?")
                 texts.append(_check_text(f"{row[1]} {row[2]}".replace("\\", " "), where))
                 labels.append(int(row[0]) - 1)
         splits[_split_of(path)] = Examples(texts, np.array(labels, dtype=np.int64))
@@ -235,6 +238,8 @@ register_classify_dataset(ClassifySpec(
 
 @contextlib.contextmanager
 def _open_text(path: Path):
+    """A UTF-8 text file for csv / json reading; a missing, non-UTF-8 or malformed CSV file is one line."""
+    csv.field_size_limit(max(csv.field_size_limit(), 1 << 28))  # long texts (reviews) in one CSV field
     try:
         with open(path, encoding="utf-8", newline="") as f:
             yield f
@@ -242,6 +247,8 @@ def _open_text(path: Path):
         raise NanoGPT2Error(f"{path} does not exist") from None
     except UnicodeDecodeError as e:
         raise NanoGPT2Error(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") from None
+    except csv.Error as e:
+        raise NanoGPT2Error(f"{path} is not a valid CSV file ({e}); check its quoting") from None
 
 
 def _local_rows(path: Path):
@@ -300,7 +307,8 @@ def read_local(path: Path) -> tuple:
     ids, names = _label_ids([r[2] for r in flat], [r[0] for r in flat])
     splits, start = {}, 0
     for split, split_rows in rows.items():
-        splits[split] = Examples([r[1] for r in split_rows], np.array(ids[start:start + len(split_rows)], dtype=np.int64))
+        labels = np.array(ids[start:start + len(split_rows)], dtype=np.int64)
+        splits[split] = Examples([r[1] for r in split_rows], labels)
         start += len(split_rows)
     return splits, names
 
@@ -325,8 +333,8 @@ def load_data(name_or_path: str, data_path: Optional[str] = None, cache_root=Non
     if spec is None:
         path = Path(name_or_path)
         if not path.exists():
-            raise NanoGPT2Error(f"dataset {name_or_path!r} is neither a classification dataset ({', '.join(CLASSIFY_DATASETS)}) "
-                                f"nor a local .csv / .jsonl file or folder")
+            raise NanoGPT2Error(f"dataset {name_or_path!r} is neither a classification dataset "
+                                f"({', '.join(CLASSIFY_DATASETS)}) nor a local .csv / .jsonl file or folder")
         splits, names = read_local(path)
         return ClassifyData(path.stem, names, splits, str(path))
     if data_path:
@@ -374,7 +382,7 @@ def make_splits(data: ClassifyData, val_fraction: float, test_fraction: float, m
     for name, ex in data.splits.items():
         if max_examples and len(ex) > max_examples:
             ex = ex.take(stratified_order(ex.labels, seed, SALTS["sample"])[:max_examples])
-            notes.append(f"{name}: a stratified sample of {max_examples:,} of {len(data.splits[name]):,} rows")
+            notes.append(f"{name} split: a stratified sample of {max_examples:,} of {len(data.splits[name]):,} rows")
         splits[name] = ex
     if "train" not in splits:  # e.g. only the test set is here: train / val / test all come from it
         have = sorted(splits)
@@ -392,8 +400,9 @@ def make_splits(data: ClassifyData, val_fraction: float, test_fraction: float, m
                 notes.append(f"no {split} split: {fraction:g} of train held out (stratified, seed {seed})")
     for split in ("train", "val", "test"):
         if len(splits[split]) == 0:
-            raise NanoGPT2Error(f"{data.name}: the {split} split is empty ({sum(map(len, data.splits.values())):,} rows in "
-                                f"all); use more data or other val_fraction / test_fraction")
+            rows = sum(map(len, data.splits.values()))
+            raise NanoGPT2Error(f"{data.name}: the {split} split is empty ({rows:,} rows in all); use more data or "
+                                f"other val_fraction / test_fraction")
     note = f"{data.name}: " + "; ".join(notes + [f"train {len(splits['train']):,} / val {len(splits['val']):,} / "
                                                   f"test {len(splits['test']):,}"])
     return splits, note
@@ -693,7 +702,7 @@ def summary_markdown(title: str, note: str, run: str, baseline: Optional[dict], 
 
     lines = [f"# {title}", "", note + ".", "", run, "",
              "| model | test examples | accuracy | macro-F1 | loss |", "|---|---|---|---|---|"]
-    for name, m in (("baseline (pretrained body, fresh head)", baseline), ("fine-tuned", tuned)):
+    for name, m in (("baseline (before training: init_from's body, a fresh head)", baseline), ("fine-tuned", tuned)):
         lines.append(f"| {name} | {cells(m, 'examples', '{:,}')} | {cells(m, 'accuracy')} | {cells(m, 'macro_f1')} | "
                      f"{cells(m, 'loss')} |")
     lines += ["", "| class | baseline F1 | fine-tuned F1 | support |", "|---|---|---|---|"]
@@ -801,6 +810,12 @@ class ClassifyTask:
                                         cfg.max_examples, cfg.seed)
         self.dataset, self.source = data.name, data.source
         self.names = label_set(cfg.num_labels, data, splits, self.model)
+        if self.model is not None and self.model.labels != self.names:
+            generic = all(n == f"LABEL_{i}" for i, n in enumerate(self.model.labels))
+            if not generic:
+                self._log(f"warning: init_from names its classes {self.model.labels}, the data {self.names}; the "
+                          f"data's label ids are used, under the data's names")
+            self.model.labels = list(self.names)
         self.pad_id = self.tokenizer.eot_token
         if self.model is not None:
             if self.model.pad_token_id is None:
@@ -811,7 +826,8 @@ class ClassifyTask:
         self.steps_per_epoch = len(self.enc["train"]) // rows
         if self.steps_per_epoch == 0:
             raise NanoGPT2Error(f"the train split has {len(self.enc['train']):,} examples, fewer than one step's "
-                                f"batch (batch_size x gradient_accumulation_steps = {rows}); lower them or use more data")
+                                f"batch (batch_size x gradient_accumulation_steps = {rows}); lower them or use more "
+                                f"data")
         self.results, self.baseline, self.test = None, None, None
         self._log(f"{self.note} (from {self.source})")
         self._log(f"{len(self.names)} classes ({', '.join(self.names)}); max_length {self.max_length}: " + ", ".join(
@@ -951,7 +967,8 @@ def _evaluate_args(argv):
                     "classifier on a split of a classification dataset.")
     ap.add_argument("--init_from", required=True, help="a finetune.py --task classify run folder or checkpoint, its "
                     "results' train/weights folder, or an HF GPT2ForSequenceClassification folder")
-    ap.add_argument("--dataset", default=None, help="imdb | ag_news | a .csv / .jsonl file or folder (default: the run's)")
+    ap.add_argument("--dataset", default=None,
+                    help="imdb | ag_news | a .csv / .jsonl file or folder (default: the run's)")
     ap.add_argument("--data_path", default=None, help="local copy of the dataset (default: the run's)")
     ap.add_argument("--split", default="test", choices=("train", "val", "test"), help="the split to score")
     for key in ("max_examples", "max_length", "seed"):
@@ -991,7 +1008,8 @@ def evaluate_main(argv=None) -> dict:
     data = load_data(s["dataset"], s["data_path"] or None)
     splits, note = make_splits(data, s["val_fraction"], s["test_fraction"], s["max_examples"], s["seed"])
     names = label_set(0, data, splits, model)
-    enc = encode(splits[args.split], get_tokenizer("gpt2"), resolve_max_length(s["max_length"], model.config.block_size))
+    max_length = resolve_max_length(s["max_length"], model.config.block_size)
+    enc = encode(splits[args.split], get_tokenizer("gpt2"), max_length)
     pad = model.pad_token_id if model.pad_token_id is not None else get_tokenizer("gpt2").eot_token
     t0 = time.perf_counter()
     metrics = evaluate_classifier(model, enc, names, batch_size=args.batch_size, pad_id=pad, device=device,

@@ -153,7 +153,8 @@ class GPTForSequenceClassification(nn.Module):
         folder = Path(name_or_dir)
         if not folder.is_dir():
             if str(name_or_dir) not in HF_REPOS:
-                raise NanoGPT2Error(f"{name_or_dir!r} is neither a folder nor a known model name ({', '.join(HF_REPOS)})")
+                raise NanoGPT2Error(f"{name_or_dir!r} is neither a folder nor a known model name "
+                                    f"({', '.join(HF_REPOS)})")
             folder = download_hf_model(str(name_or_dir))
         hf = _read_json(folder)
         state = read_hf_state_dict(folder)
@@ -184,7 +185,8 @@ class GPTForSequenceClassification(nn.Module):
         """Copy a (num_labels, n_embd) `score.weight` from `source` into the head, shape checked."""
         if tuple(weight.shape) != tuple(self.score.weight.shape):
             raise NanoGPT2Error(f"{source}: score.weight has shape {tuple(weight.shape)}, this classifier needs "
-                                f"{tuple(self.score.weight.shape)} ({self.num_labels} labels, width {self.config.n_embd})")
+                                f"{tuple(self.score.weight.shape)} ({self.num_labels} labels, width "
+                                f"{self.config.n_embd})")
         with torch.no_grad():
             self.score.weight.copy_(weight)
 

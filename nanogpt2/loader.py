@@ -14,7 +14,10 @@ GPTConfig.to_dict()}`, and the loader rebuilds exactly that (`build_model(spec)`
 A GPT with LoRA or Houlsby adapters applied (nanogpt2.peft) records `"lora": {rank, alpha, targets, ...}` /
 `"adapters": {adapter_size, train_layernorms}` beside its config, and is rebuilt with them. It can grow: a module that wraps or extends the GPT (task heads) registers its kind with
 `register_model_kind(kind, build)` and gives its models a `model_spec()` method returning
-`{"kind": kind, ...}`; checkpoints written before specs existed hold only `model_config` and read as "gpt".
+`{"kind": kind, ...}` (listed in `LAZY_KINDS`, its module is imported when a spec names the kind: the classifier of
+nanogpt2.heads loads in a process that never imported it; an HF folder whose config.json names an architecture of
+`HF_ARCHITECTURES`, e.g. GPT2ForSequenceClassification, loads through that module); checkpoints written before
+specs existed hold only `model_config` and read as "gpt".
 
     from nanogpt2.loader import load_model, load_model_and_tokenizer
     model, info = load_model("out-shakespeare")          # info: path, tokenizer, step, spec, ...

@@ -133,7 +133,8 @@ def test_save_pretrained_is_a_transformers_folder_lora_merged(tmp_path):
         torch.testing.assert_close(back(input_ids=idx, attention_mask=mask).logits, ours(idx, mask)[0],
                                    atol=1e-5, rtol=1e-5)
     assert getattr(ours, "lora_config") and not any(l.merged for n, l in ours.named_modules() if hasattr(l, "merged"))
-    apply_adapters(fresh := GPTForSequenceClassification(GPTConfig(n_layer=1, n_head=2, n_embd=16, vocab_size=100), 2), 4)
+    fresh = GPTForSequenceClassification(GPTConfig(n_layer=1, n_head=2, n_embd=16, vocab_size=100), 2)
+    apply_adapters(fresh, 4)
     with pytest.raises(NanoGPT2Error, match="no HF GPT-2 equivalent"):
         fresh.save_pretrained(tmp_path / "adapters")
 
@@ -141,7 +142,8 @@ def test_save_pretrained_is_a_transformers_folder_lora_merged(tmp_path):
 def test_peft_seq_cls_adapter_both_ways(tmp_path):
     peft = oracle("peft")
     hf = hf_classifier(tmp_path / "hf")
-    pm = peft.get_peft_model(hf, peft.LoraConfig(task_type="SEQ_CLS", r=4, lora_alpha=8, target_modules=["c_attn", "c_proj"]))
+    config = peft.LoraConfig(task_type="SEQ_CLS", r=4, lora_alpha=8, target_modules=["c_attn", "c_proj"])
+    pm = peft.get_peft_model(hf, config)
     with torch.no_grad():  # B is zero at init; a trained head and B are what a real adapter holds
         for name, p in pm.named_parameters():
             if "lora_B" in name or "modules_to_save" in name:
@@ -185,7 +187,8 @@ def test_lora_and_adapters_on_the_classifier_rebuild_from_the_spec_without_impor
     apply_lora(model, rank=2, alpha=4, targets=["c_attn"])
     names = dict(model.named_parameters())
     assert "transformer.h.1.attn.sublayer.c_attn.lora_A" in names and "transformer.h.0.mlp.adapter.up.weight" in names
-    assert "score.weight" in names and not names["score.weight"].requires_grad  # the methods froze it; the task unfreezes
+    assert "score.weight" in names and not names["score.weight"].requires_grad  # frozen by the methods; the task
+    # unfreezes it (modules_to_save)
     spec = model_spec(model)
     assert spec["kind"] == "gpt_classifier" and spec["lora"]["rank"] == 2 and spec["adapters"]["adapter_size"] == 4
     with torch.no_grad():
@@ -263,6 +266,21 @@ def test_ag_news_csvs_labels_text_and_download(file_server, monkeypatch):
     assert list(one.splits) == ["all"] and one.splits["all"].texts == ex.texts
 
 
+def test_the_real_ag_news_test_file_holds_7600_rows_1900_a_class():
+    data = load_data("ag_news", data_path=str(shared_data("ag_news/test.csv")))
+    ex = data.splits["test"]
+    assert len(ex) == 7600 and np.bincount(ex.labels).tolist() == [1900] * 4
+    assert ex.texts[0].startswith("Fears for T N pension after talks Unions representing workers")  # title + " " + ...
+
+
+@pytest.mark.slow
+def test_the_real_imdb_test_tar_holds_25000_reviews():
+    data = load_data("imdb", data_path=str(shared_data("imdb/aclImdb_v1_test.tar.gz")))
+    assert list(data.splits) == ["test"] and np.bincount(data.splits["test"].labels).tolist() == [12500, 12500]
+    fixture = DATA / "imdb" / "aclImdb" / "test" / "pos" / "10020_8.txt"
+    assert fixture.read_text(encoding="utf-8") in data.splits["test"].texts
+
+
 def test_local_csv_and_jsonl_label_names_or_ints(tmp_path):
     (tmp_path / "named.csv").write_text("id,text,label\n1,good film,pos\n2,bad film,neg\n3,\"fine, fine\",pos\n")
     data = load_data(str(tmp_path / "named.csv"))
@@ -290,7 +308,8 @@ def test_stratified_holdout_is_seeded_disjoint_and_keeps_the_proportions():
     assert make_splits(data, 0.1, 0.2, seed=4)[0]["test"].texts != splits["test"].texts
     small, note = make_splits(data, 0.1, 0.2, max_examples=100, seed=3)
     assert sum(map(len, small.values())) == 100 and "a stratified sample of 100 of 1,000" in note
-    both = ClassifyData("toy", ["a", "b", "c"], {"train": data.splits["test"], "test": data.splits["test"].take([0, 999])}, "x")
+    rows = data.splits["test"]
+    both = ClassifyData("toy", ["a", "b", "c"], {"train": rows, "test": rows.take([0, 999])}, "x")
     splits, note = make_splits(both, 0.1, 0.2, seed=3)  # test kept as it is; val from train
     assert len(splits["test"]) == 2 and len(splits["val"]) == 100 and "no val split" in note
 
@@ -370,7 +389,8 @@ def test_classify_run_writes_the_results_tree_and_evaluate_scores_it(tmp_path, c
     assert want <= files, sorted(want - files)
     test = json.loads((root / "test" / "metrics" / "metrics.json").read_text())
     history = json.loads((root / "train" / "metrics" / "metrics.json").read_text())
-    assert test["examples"] == 8 and [r["step"] for r in history["val"]] == [3, 6, 8, 9, 12, 15, 16] and history["val"][-1]["accuracy"] is not None
+    assert test["examples"] == 8 and [r["step"] for r in history["val"]] == [3, 6, 8, 9, 12, 15, 16]
+    assert history["val"][-1]["accuracy"] is not None and len(history["train"]) == 16
     summary_md = (root / "summary.md").read_text()
     assert "| fine-tuned | 8 |" in summary_md and "seeded stratified hold-out" in summary_md
     from nanogpt2.evaluate import main as evaluate
@@ -383,12 +403,14 @@ def test_classify_run_writes_the_results_tree_and_evaluate_scores_it(tmp_path, c
                    "--data_path", str(AG_TINY), "--device", "cpu", "--json"])
     assert hf["accuracy"] == test["accuracy"] and hf["loss"] == pytest.approx(test["loss"], abs=1e-5)
     model, _ = load_model(str(tmp_path / "out"))
-    assert isinstance(model, GPTForSequenceClassification) and model.labels == ["World", "Sports", "Business", "Sci/Tech"]
+    assert isinstance(model, GPTForSequenceClassification)
+    assert model.labels == ["World", "Sports", "Business", "Sci/Tech"]
 
 
 @pytest.mark.parametrize("method, extra, trained", [
     ("lora", ("--lora_rank=2",), lambda n: "lora_" in n or n == "score.weight"),
-    ("adapter", ("--adapter_size=4", "--adapter_train_layernorms=false"), lambda n: ".adapter." in n or n == "score.weight"),
+    ("adapter", ("--adapter_size=4", "--adapter_train_layernorms=false"),
+     lambda n: ".adapter." in n or n == "score.weight"),
     ("full", ("--head_only_steps=2",), lambda n: True),
 ])
 def test_methods_train_the_head_too(tmp_path, method, extra, trained):
@@ -492,3 +514,15 @@ def test_a_small_model_learns_ag_news_from_2000_rows(tmp_path):
     base, test = (json.loads((root / s / "metrics" / "metrics.json").read_text()) for s in ("baseline", "test"))
     assert test["examples"] == 200 and test["accuracy"] >= 0.65 and test["macro_f1"] >= 0.6
     assert test["accuracy"] > base["accuracy"] + 0.3
+
+
+def test_bench_classify_times_ours_and_transformers_on_the_same_batch(tmp_path):
+    import bench  # (python -m pytest puts the project root on sys.path, as tests/test_bench.py relies on)
+
+    tiny = ["--n_layer", "2", "--n_head", "2", "--n_embd", "32", "--vocab_size", "128", "--block_size", "32"]
+    report = bench.main(["classify", "--vs", "hf", "--device", "cpu", *tiny, "--batch_size", "4", "--steps", "1",
+                         "--warmup", "1", "--repeats", "2", "--json", str(tmp_path / "b.json")])
+    res = report["results"]["classify"]
+    assert res["ours"]["examples_per_sec"]["value"] > 0 and res["hf"]["examples_per_sec"]["value"] > 0
+    assert res["ours"]["first_loss"]["value"] == pytest.approx(res["hf"]["first_loss"]["value"], abs=1e-5)
+    assert res["ratio_paired"]["value"] > 0 and json.loads((tmp_path / "b.json").read_text())["results"]["classify"]
