@@ -783,9 +783,9 @@ def given_classifier(cfg):
     model, info = load_model(cfg.init_from)
     if not isinstance(model, GPTForSequenceClassification):
         return None
-    if (info.get("tokenizer") or {}).get("name") != "gpt2":
-        raise NanoGPT2Error(f"init_from={cfg.init_from} uses the tokenizer {info['tokenizer'].get('name')!r}; classify "
-                            f"uses GPT-2's")
+    if (info.get("tokenizer") or {}).get("name") != "gpt2" or model.config.vocab_size < 50257:
+        raise NanoGPT2Error(f"init_from={cfg.init_from} has a vocabulary of {model.config.vocab_size} tokens "
+                            f"({(info.get('tokenizer') or {}).get('name')!r}); classify uses GPT-2's tokenizer (50,257)")
     set_dropout(model, cfg.dropout)
     model.dropout.p = cfg.classifier_dropout
     return model

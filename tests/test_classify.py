@@ -441,6 +441,30 @@ def test_methods_train_the_head_too(tmp_path, method, extra, trained):
         assert torch.equal(final["score.weight"], steps[-1]["score.weight"])
 
 
+def test_an_hf_classifier_as_init_from_keeps_its_head_and_takes_the_datas_names(tmp_path):
+    cfg = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=16, n_positions=48, num_labels=4, pad_token_id=50256)
+    torch.manual_seed(0)
+    transformers.GPT2ForSequenceClassification(cfg).save_pretrained(tmp_path / "hf")
+    seen = {}
+
+    def start(trainer, event):
+        if event == "train_start":
+            seen["model"] = trainer.raw_model
+            seen["head"] = trainer.raw_model.score.weight.detach().clone()
+
+    run(cls_cfg(tmp_path, f"--init_from={tmp_path / 'hf'}", "--max_iters=2", "--eval_interval=0"), hooks=[start])
+    hf_head = GPTForSequenceClassification.from_pretrained(tmp_path / "hf").score.weight
+    assert torch.equal(seen["head"], hf_head)  # the checkpoint's head, not a fresh one
+    assert seen["model"].labels == ["World", "Sports", "Business", "Sci/Tech"]
+    root, = (tmp_path / "results" / "hf").iterdir()
+    back = transformers.GPT2ForSequenceClassification.from_pretrained(root / "train" / "weights")
+    assert back.config.id2label[1] == "Sports"
+    small = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=100, num_labels=4, pad_token_id=0)
+    transformers.GPT2ForSequenceClassification(small).save_pretrained(tmp_path / "small")
+    with pytest.raises(NanoGPT2Error, match="vocabulary of 100 tokens"):
+        run(cls_cfg(tmp_path / "x", f"--init_from={tmp_path / 'small'}"))
+
+
 def test_classify_resume_reproduces_an_uninterrupted_run(tmp_path):
     def losses(out):
         return [json.dumps(r["loss"]) for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
