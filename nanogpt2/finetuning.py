@@ -17,7 +17,8 @@ blocks the last), and `head_only_steps` / `head_only_epochs` train only the task
 whole trainable set.
 
 Tasks (`task`) are modules with a `task(cfg) -> TaskParts` function, registered in `TASKS`: `lm` (here: any
-dataset train.py knows, validation perplexity each eval_interval, the final strided test perplexity). A task
+dataset train.py knows, validation perplexity each eval_interval, the final strided test perplexity), `classify`
+(nanogpt2/classify.py: GPT-2 as a text classifier, baseline and test accuracy, a results tree). A task
 says what its model is built from, its data, losses and evaluations; the method and the loop are shared.
 
 What a run leaves in out_dir, besides train.py's checkpoints (full resume state, exact as in train.py) and logs:
