@@ -876,8 +876,10 @@ class ClassifyTask:
 
     def before_train(self, trainer):
         """The results folder (a resumed run keeps its own), and the baseline: the model before any step."""
-        if trainer.dist.master:
-            self.results = self._results_folder(trainer)
+        # rank 0 makes the folder; a failure there stops every process (none waits at the baseline's all-reduce)
+        self.results = trainer._together(trainer.dist.master, lambda: self._results_folder(trainer),
+                                         "cannot create the results folder (see rank 0's error)")
+        if self.results is not None:
             trainer.log(f"results: {self.results.root}")
         if not self.cfg.baseline_eval or trainer.step > 0:  # a resumed run: the first run scored the baseline
             return
@@ -892,7 +894,7 @@ class ClassifyTask:
         if trainer.step > 0 and record.exists() and Path(record.read_text().strip()).is_dir():
             return Results(record.read_text().strip())
         results = Results.new(self.cfg.results_dir, model_name(self.cfg.init_from))
-        record.write_text(str(results.root) + "\n")
+        record.write_text(str(results.root.resolve()) + "\n")
         return results
 
     def test_at_end(self, trainer, event: str):

@@ -60,10 +60,12 @@ def one_thread_and_a_cache(tmp_path_factory, monkeypatch):
 # The head against transformers
 
 
-def hf_classifier(folder, num_labels=3, seed=0):
-    """A tiny transformers GPT2ForSequenceClassification, saved by transformers into `folder`."""
-    cfg = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=100, n_positions=64, num_labels=num_labels,
-                                  pad_token_id=PAD, bos_token_id=PAD, eos_token_id=PAD)
+def hf_classifier(folder, num_labels=3, seed=0, vocab=100):
+    """A tiny transformers GPT2ForSequenceClassification, saved by transformers into `folder` (pad = eos = the
+    vocabulary's last id)."""
+    pad = vocab - 1
+    cfg = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=vocab, n_positions=64, num_labels=num_labels,
+                                  pad_token_id=pad, bos_token_id=pad, eos_token_id=pad)
     torch.manual_seed(seed)
     model = transformers.GPT2ForSequenceClassification(cfg).eval()
     model.save_pretrained(folder)
@@ -499,7 +501,7 @@ def finetune_cli(tmp_path, *args):
 def test_a_label_outside_num_labels_or_another_head_size_is_one_error_line(tmp_path):
     five = local_file(tmp_path, "d.csv", "text,label\n" + "".join(f"t{i},{i % 5}\n" for i in range(40)))
     assert "label 4 ('4') of the" in one_error_line(finetune_cli(tmp_path, *five, "--num_labels=4"))
-    hf_classifier(tmp_path / "hf")
+    hf_classifier(tmp_path / "hf", vocab=50257)
     line = one_error_line(finetune_cli(tmp_path, f"--init_from={tmp_path / 'hf'}", "--num_labels=4"))
     assert "num_labels=4, but the model's classification head has 3 labels" in line
     assert not (tmp_path / "out").exists() and not (tmp_path / "res").exists()  # refused before anything is written
