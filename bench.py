@@ -10,6 +10,10 @@ Sub-benchmarks (pick one, or `all`):
              MFU. `--vs hf` times the same config, batch, dtype and step built with
              `transformers.GPT2LMHeadModel` (attn_implementation="sdpa") and a plain AdamW loop, in the same
              process, interleaved with ours, and prints the ratio. `--profile` writes torch.profiler traces.
+  classify   a training step of the sequence classifier (`nanogpt2.heads.GPTForSequenceClassification`: loss on
+             the last real token of right-padded rows of mixed lengths), examples/s; `--vs hf` times
+             `transformers.GPT2ForSequenceClassification` loaded from our weights, on the same batch and padding,
+             interleaved with ours (the first losses must agree).
   generate   KV-cache decoding (`nanogpt2.benchmarks.decode.benchmark_decode`).
   finetune   a fine-tuning step (`--method lora|adapter|full`, LoRA r/alpha/targets as finetune.py's) of `GPT`;
              `--vs peft` times transformers' GPT2LMHeadModel wrapped by HF peft with the same LoRA config, batch,
@@ -39,6 +43,7 @@ Output: a table on stdout and, with `--json PATH`, every figure with its unit (s
     python bench.py train --preset gpt2 --block_size 1024 --batch_size 16 --dtype bfloat16 --compile --vs hf
     python bench.py attention --seq_lens 128,256,512,1024
     python bench.py finetune --method lora --vs peft --preset gpt2-6x384   # LoRA step vs transformers + peft
+    python bench.py classify --vs hf --preset gpt2 --block_size 256 --batch_size 8 --threads 1
     python bench.py train --n_layer 2 --n_head 2 --n_embd 64 --vocab_size 256 --block_size 32 --batch_size 2 \\
         --steps 2 --warmup 1 --json out.json              # a tiny model, seconds
 
@@ -68,7 +73,7 @@ from nanogpt2.model import PRESETS, CausalSelfAttention, GPT, GPTConfig
 from nanogpt2.optim import make_adamw, param_groups
 from nanogpt2.runtime import DTYPE_ALIASES, DTYPES, autocast, resolve_device, resolve_dtype
 
-BENCHMARKS = ("attention", "train", "generate", "tokenizer", "finetune", "instruct", "distill")
+BENCHMARKS = ("attention", "train", "classify", "generate", "tokenizer", "finetune", "instruct", "distill")
 # Bench-only sizes beside the model presets (GPT-2 family: vocab 50257, block 1024). "shakespeare-char" is
 # nanoGPT's config/train_shakespeare_char.py model (6 layers, 6 heads, 384 wide, block 256, 65-character
 # vocabulary): the default on a CPU and the CPU goal in docs/benchmarks.md.
@@ -114,12 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attn_block_time", type=float, default=None,
                    help="attention: seconds per timed block, iterations calibrated to it (default 0.1 GPU, 0.25 CPU)")
     p.add_argument("--vs", default=None, choices=["hf", "peft"],
-                   help="train: hf times transformers' GPT2LMHeadModel; finetune: peft times transformers + HF peft LoRA")
+                   help="train: hf times transformers' GPT2LMHeadModel; classify: hf times GPT2ForSequenceClassification; "
+                        "finetune: peft times transformers + HF peft LoRA")
     p.add_argument("--method", default="lora", choices=["lora", "adapter", "full"], help="finetune: the method (default %(default)s)")
     p.add_argument("--lora_rank", type=int, default=8, help="finetune: LoRA rank (default %(default)s)")
     p.add_argument("--lora_alpha", type=float, default=16.0, help="finetune: LoRA alpha (default %(default)s)")
     p.add_argument("--lora_targets", default="c_attn", help="finetune: LoRA targets, comma-separated (default %(default)s)")
     p.add_argument("--adapter_size", type=int, default=64, help="finetune: adapter bottleneck (default %(default)s)")
+    p.add_argument("--num_labels", type=int, default=4, help="classes of the classify benchmark (default %(default)s)")
     p.add_argument("--compile_mode", default=None, choices=["default", "reduce-overhead", "max-autotune"],
                    help="torch.compile mode when compiling (default: torch's default); reduce-overhead adds CUDA graphs")
     p.add_argument("--hf_compile", action="store_true", help="torch.compile the transformers model too")
@@ -813,6 +820,100 @@ def _external(benchmark, formatter, call) -> dict:
     return out
 
 
+# ----------------------------------------------------------------------------------------------------
+# Classification: a training step of the sequence classifier, ours vs transformers'
+
+
+def classify_batch(args, pad_id: int) -> dict:
+    """A seeded batch of the run's size: rows of random lengths between a quarter and all of block_size,
+    right-padded with pad_id (as nanogpt2.classify pads), random labels."""
+    g = torch.Generator().manual_seed(args.seed)
+    B, T = args.batch_size, args.block_size
+    lengths = torch.randint(max(1, T // 4), T + 1, (B,), generator=g)  # (B,)
+    lengths[0] = T  # the longest row sets the padded width, as in a real batch
+    mask = (torch.arange(T)[None] < lengths[:, None]).long()  # (B, T) 1 real, 0 padding
+    idx = torch.randint(0, pad_id, (B, T), generator=g).masked_fill(mask == 0, pad_id)  # (B, T)
+    labels = torch.randint(0, args.num_labels, (B,), generator=g)  # (B,)
+    return {"idx": idx.to(args.device), "attention_mask": mask.to(args.device), "labels": labels.to(args.device),
+            "mean_length": float(lengths.float().mean())}
+
+
+def bench_classify(args) -> dict:
+    """examples/s of a classification training step (forward, loss on the last real token, backward, clip,
+    AdamW), ours and with --vs hf transformers' GPT2ForSequenceClassification with the same weights, batch and
+    padding, timed interleaved as the train benchmark does."""
+    from nanogpt2.heads import GPTForSequenceClassification, classification_loss
+
+    if args.num_labels < 2:
+        raise NanoGPT2Error(f"--num_labels must be >= 2, not {args.num_labels}")
+    device, pad = args.device, args.model_config.vocab_size - 1  # GPT-2's habit: pad = eos, the last id
+    torch.manual_seed(args.seed)
+    model = GPTForSequenceClassification.from_gpt(new_model(args), args.num_labels, pad_token_id=pad,
+                                                  classifier_dropout=args.dropout).to(device).train()
+    batch = classify_batch(args, pad)
+    optimizer, optim_source = configure_optimizer(model, args)
+    fwd = torch.compile(model, mode=args.compile_mode) if args.compile else model
+    steps = {"ours": _make_train_step(
+        lambda: classification_loss(fwd(batch["idx"], batch["attention_mask"])[0], batch["labels"]), model, optimizer, args)}
+    info = {"ours": dict(model=f"nanogpt2 GPTForSequenceClassification ({_compiled_name(args) if args.compile else 'eager'})",
+                         optimizer=f"{optim_source}: {_describe_optimizer(optimizer)}")}
+    skipped = None
+    if args.vs == "hf":
+        hf, note = _build_hf_classifier(args, model)
+        if hf is None:
+            skipped = note
+            print(f"--vs hf skipped: {note}")
+        else:
+            hf_opt = (configure_optimizer(hf, args)[0] if args.hf_optim == "same" else torch.optim.AdamW(
+                hf.parameters(), lr=args.lr, betas=(args.beta1, args.beta2), weight_decay=args.weight_decay))
+            hf_fwd = torch.compile(hf, mode=args.compile_mode) if args.hf_compile else hf
+            steps["hf"] = _make_train_step(lambda: hf_fwd(input_ids=batch["idx"], attention_mask=batch["attention_mask"],
+                                                          labels=batch["labels"]).loss, hf, hf_opt, args)
+            info["hf"] = dict(model=f"{note} ({_compiled_name(args) if args.hf_compile else 'eager'})",
+                              optimizer=f"{args.hf_optim}: {_describe_optimizer(hf_opt)}")
+    losses = {name: [float(step().detach()) for _ in range(max(1, args.warmup))][0] for name, step in steps.items()}
+    cpu_times = {}
+    times = interleaved_times(steps, args.steps, args.repeats, device, cpu_times)
+    out = dict(examples_per_step=args.batch_size, padded_length=args.block_size, mean_length=batch["mean_length"],
+               num_labels=args.num_labels)
+    for name in steps:
+        sec = statistics.median(times[name])
+        out[name] = dict(**info[name], ms_per_iter=fig(1e3 * sec, "ms"),
+                         ms_per_iter_blocks=[round(1e3 * t, 3) for t in times[name]],
+                         examples_per_sec=fig(args.batch_size / sec, "examples/s"), first_loss=fig(losses[name], "nats"))
+        if device.type == "cpu":
+            out[name]["cpu_ms_per_iter"] = fig(1e3 * statistics.median(cpu_times[name]), "CPU-ms (process time, all threads)")
+    if "hf" in steps:
+        out["ratio_examples_per_sec"] = fig(statistics.median(times["hf"]) / statistics.median(times["ours"]),
+                                            "x (ours / transformers, ratio of the medians)")
+        out["ratio_paired"] = fig(statistics.median([h / o for o, h in zip(times["ours"], times["hf"])]),
+                                  "x (median over rounds of hf ms / ours ms)")
+        if device.type == "cpu":
+            out["ratio_cpu_time"] = fig(statistics.median([h / o for o, h in zip(cpu_times["ours"], cpu_times["hf"])]),
+                                        "x (median over rounds of hf CPU-s / ours CPU-s)")
+    elif args.vs == "hf":
+        out["hf"] = dict(skipped=skipped)
+    return out
+
+
+def _build_hf_classifier(args, model):
+    """transformers' GPT2ForSequenceClassification with `model`'s weights (through our HF export), sdpa attention,
+    or (None, reason)."""
+    try:
+        import transformers
+    except ImportError as e:
+        return None, f"transformers is not installed ({e}); pip install transformers to compare"
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        hf = transformers.GPT2ForSequenceClassification.from_pretrained(
+            tmp, attn_implementation="sdpa", use_cache=False, resid_pdrop=args.dropout, embd_pdrop=args.dropout,
+            attn_pdrop=args.dropout)
+    return hf.to(args.device).train(), (f"transformers {transformers.__version__} GPT2ForSequenceClassification, "
+                                        f"attn_implementation={hf.config._attn_implementation}")
+
+
 def bench_generate(args) -> dict:
     """Decode speed with and without the KV cache (and transformers' generate, when installed) of a
     randomly initialised model of this run's size (or --init_from's), fp32 weights (autocast with --dtype)."""
@@ -1071,6 +1172,26 @@ def print_distill(res):
           f"{_v(res['decode']['teacher'], '{:.0f}')} tokens/s ({_v(res['decode_speedup'], '{:.2f}')}x)")
 
 
+def print_classify(res, args):
+    print(f"\n== classify: training step of the sequence classifier, {res['examples_per_step']} rows padded to "
+          f"{res['padded_length']} (mean real length {res['mean_length']:.0f}), {res['num_labels']} labels "
+          f"(median of {args.repeats} interleaved blocks of {args.steps} steps)")
+    names = [n for n in ("ours", "hf") if n in res and "ms_per_iter" in res[n]]
+    print(f"{'':<22}" + "".join(f"{n:>14}" for n in names))
+    for label, key, fmt in (("ms/iter", "ms_per_iter", "{:.1f}"), ("CPU-ms/iter", "cpu_ms_per_iter", "{:.1f}"),
+                            ("examples/s", "examples_per_sec", "{:.1f}"), ("first loss", "first_loss", "{:.4f}")):
+        if all(key in res[n] for n in names):
+            print(f"{label:<22}" + "".join(f"{_v(res[n][key], fmt):>14}" for n in names))
+    if len(names) == 2:
+        cpu = f", {res['ratio_cpu_time']['value']:.2f}x in process CPU time" if "ratio_cpu_time" in res else ""
+        print(f"   ours/hf examples/s: {res['ratio_examples_per_sec']['value']:.2f}x (ratio of medians), "
+              f"{res['ratio_paired']['value']:.2f}x (median of paired rounds){cpu}")
+    for n in names:
+        print(f"   {n}: {res[n]['model']}; {res[n]['optimizer']}")
+    if "hf" in res and "skipped" in res["hf"]:
+        print(f"   hf: skipped ({res['hf']['skipped']})")
+
+
 def print_external(name, res):
     print(f"\n== {name}: {res['status']}" + (f" ({res['source']})" if "source" in res else ""))
     if res.get("table"):
@@ -1095,7 +1216,7 @@ def main(argv=None):
                     dtype=args.dtype, compile=args.compile, compile_mode=args.compile_mode, device=str(args.device), steps=args.steps,
                     warmup=args.warmup, repeats=args.repeats, seq_lens=args.seq_lens, vs=args.vs,
                     hf_optim=args.hf_optim, hf_compile=args.hf_compile, lr=args.lr, betas=[args.beta1, args.beta2],
-                    weight_decay=args.weight_decay, grad_clip=args.grad_clip, seed=args.seed,
+                    weight_decay=args.weight_decay, grad_clip=args.grad_clip, seed=args.seed, num_labels=args.num_labels,
                     tokenizer_text=args.tokenizer_text),
         results={},
     )
@@ -1115,6 +1236,9 @@ def main(argv=None):
         elif name == "finetune":
             res = bench_finetune(args)
             print_train(res, args, other="peft", title=f"finetune ({res['method']})")
+        elif name == "classify":
+            res = bench_classify(args)
+            print_classify(res, args)
         elif name == "generate":
             res = bench_generate(args)
             print_external(name, res)

@@ -14,6 +14,7 @@ docs/sampling.md). Bits per byte = loss / ln 2 * tokens / bytes, the tokenizer-i
     from nanogpt2.evaluate import evaluate_perplexity
     res = evaluate_perplexity(model, token_ids, stride=512)   # {"loss", "ppl", "tokens", ...}
     python -m nanogpt2.evaluate --init_from gpt2 --dataset wikitext2 --split test --stride 512
+    python -m nanogpt2.evaluate --task classify --init_from RUN --dataset ag_news   # accuracy: nanogpt2.classify
 
 References: HF transformers docs, "Perplexity of fixed-length models"; Gao et al. 2020 (The Pile),
 bits per byte.
@@ -186,9 +187,19 @@ def evaluate_dataset(model, tokenizer, dataset: str = "wikitext2", split: str = 
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    task = argparse.ArgumentParser(add_help=False)
+    task.add_argument("--task", default="lm", choices=("lm", "classify"))
+    known, argv = task.parse_known_args(argv)
+    if known.task == "classify":  # the accuracy of a classifier: nanogpt2.classify
+        from nanogpt2.classify import evaluate_main
+
+        return evaluate_main(argv)
     ap = argparse.ArgumentParser(
         prog="python -m nanogpt2.evaluate",
         description="Strided perplexity (HF's method) and bits per byte of a model on a dataset split.")
+    ap.add_argument("--task", default="lm", choices=("lm", "classify"),
+                    help="lm: perplexity (this command); classify: a classifier's accuracy (--task classify --help)")
     ap.add_argument("--init_from", default="gpt2", help="GPT-2 name, OpenAI size (124M, ...), HF or OpenAI folder, train.py out_dir or checkpoint file")
     ap.add_argument("--dataset", default="wikitext2", help="dataset name (see nanogpt2.data.DATASETS) or a text file")
     ap.add_argument("--split", default="test", help="split to score (wikitext: train/validation/test)")

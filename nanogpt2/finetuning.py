@@ -20,7 +20,8 @@ whole trainable set.
 
 Tasks (`task`) are modules with a `task(cfg) -> TaskParts` function, registered in `TASKS`: `lm` (here: any
 dataset train.py knows, validation perplexity each eval_interval, the final strided test perplexity; with
-`key_token_alpha` the key-token weighted loss of nanogpt2.losses), `instruct` (nanogpt2/instruct.py: Alpaca
+`key_token_alpha` the key-token weighted loss of nanogpt2.losses), `classify`
+(nanogpt2/classify.py: GPT-2 as a text classifier, baseline and test accuracy, a results tree), `instruct` (nanogpt2/instruct.py: Alpaca
 instruction tuning, loss on the response only), `distill` (nanogpt2/distill.py: a student learns a teacher,
 docs/distill.md). A task says what its model is built from, its data, losses and evaluations; the method and the
 loop are shared.
@@ -49,7 +50,8 @@ from nanogpt2.trainer import Trainer
 
 METHODS = ("full", "lora", "adapter", "prefix", "selective")
 # task name -> module whose `task(cfg)` returns its TaskParts (imported when the task is chosen)
-TASKS = {"lm": "nanogpt2.finetuning", "instruct": "nanogpt2.instruct", "distill": "nanogpt2.distill"}
+TASKS = {"lm": "nanogpt2.finetuning", "classify": "nanogpt2.classify", "instruct": "nanogpt2.instruct",
+         "distill": "nanogpt2.distill"}
 
 # ----------------------------------------------------------------------------------------------------
 # Settings
@@ -115,6 +117,20 @@ class FinetuneConfig(RunConfig):
     # --- the task ---
     task: str = setting("lm", "what to fine-tune for: " + " | ".join(TASKS), "task")
     max_length: int = setting(0, "tokens per example for classify / instruct, longer ones truncated (0: the task's default: classify the model's context up to 1024, instruct 512)", "task")
+    # --- task classify ---
+    num_labels: int = setting(0, "classify: number of classes (0: the data's, or init_from's classification head)", "task")
+    label_smoothing: float = setting(0.0, "classify: label smoothing of the training cross-entropy (the users' recipe: 0.1)", "task")
+    classifier_dropout: float = setting(0.1, "classify: dropout before the classification head", "task")
+    test_fraction: float = setting(
+        0.1, "classify: the test rows held out (seeded, stratified) when the data has no test split; val_fraction "
+        "(none: 0.1) does the same for the validation rows", "task")
+    max_examples: int = setting(
+        0, "classify: use at most this many rows of each split of the data (a seeded stratified sample, before any "
+        "hold-out; 0: all)", "task")
+    baseline_eval: bool = setting(True, "classify: score the model before training (the pretrained body with its fresh "
+                                  "head) on the test split", "task")
+    results_dir: str = setting("results", "classify: the results tree goes to results_dir/<model>/<timestamp>/", "task")
+
     # --- task instruct ---
     template: str = setting(
         "alpaca", "instruct: the prompt template: alpaca (Stanford Alpaca's, with / without input), a file (template "

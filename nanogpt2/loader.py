@@ -16,7 +16,10 @@ GPTConfig.to_dict()}`, and the loader rebuilds exactly that (`build_model(spec)`
 A GPT with LoRA or Houlsby adapters applied (nanogpt2.peft) records `"lora": {rank, alpha, targets, ...}` /
 `"adapters": {adapter_size, train_layernorms}` beside its config, and is rebuilt with them. It can grow: a module that wraps or extends the GPT (task heads) registers its kind with
 `register_model_kind(kind, build)` and gives its models a `model_spec()` method returning
-`{"kind": kind, ...}`; checkpoints written before specs existed hold only `model_config` and read as "gpt".
+`{"kind": kind, ...}` (listed in `LAZY_KINDS`, its module is imported when a spec names the kind: the classifier of
+nanogpt2.heads loads in a process that never imported it; an HF folder whose config.json names an architecture of
+`HF_ARCHITECTURES`, e.g. GPT2ForSequenceClassification, loads through that module); checkpoints written before
+specs existed hold only `model_config` and read as "gpt".
 
     from nanogpt2.loader import load_model, load_model_and_tokenizer
     model, info = load_model("out-shakespeare")          # info: path, tokenizer, step, spec, ...
@@ -24,6 +27,8 @@ A GPT with LoRA or Houlsby adapters applied (nanogpt2.peft) records `"lora": {ra
 """
 
 import difflib
+import importlib
+import json
 import sys
 from pathlib import Path
 from typing import Callable
@@ -47,9 +52,9 @@ def register_model_kind(kind: str, build: Callable[[dict], nn.Module]) -> None:
     MODEL_KINDS[kind] = build
 
 
-def _build_gpt(spec: dict) -> GPT:
-    """A GPT, with the PEFT method of the spec applied (its weights come after)."""
-    model = GPT(GPTConfig(**spec["config"]))
+def apply_method_spec(model: nn.Module, spec: dict) -> nn.Module:
+    """The PEFT method a spec records ("adapters", "lora", "prefix"), applied to a freshly built model with GPT-2
+    blocks."""
     adapters = spec.get("adapters")
     if adapters is not None:
         apply_adapters(model, int(adapters["adapter_size"]), bool(adapters.get("train_layernorms", True)))
@@ -63,27 +68,43 @@ def _build_gpt(spec: dict) -> GPT:
     return model
 
 
+def method_spec(model: nn.Module) -> dict:
+    """The PEFT method applied to a model's blocks as spec keys: `"lora": {rank, alpha, targets, dropout,
+    use_rslora}`, `"adapters": {adapter_size, train_layernorms}`, `"prefix": {prefix_length, projection_hidden}`
+    ({} for none)."""
+    spec = {}
+    if getattr(model, "lora_config", None) is not None:
+        if any(layer.merged for layer in lora_layers(model).values()):
+            raise NanoGPT2Error("the model's LoRA layers are merged: unmerge_lora(model) before saving it")
+        spec["lora"] = dict(model.lora_config)
+    if getattr(model, "adapter_config", None) is not None:
+        spec["adapters"] = dict(model.adapter_config)
+    if getattr(model, "prefix_config", None) is not None:
+        spec["prefix"] = dict(model.prefix_config)  # projection_hidden None once collapsed: the weights say so too
+    return spec
+
+
+def _build_gpt(spec: dict) -> GPT:
+    """A GPT, with the PEFT method of the spec applied (its weights come after)."""
+    return apply_method_spec(GPT(GPTConfig(**spec["config"])), spec)
+
+
 register_model_kind("gpt", _build_gpt)
+
+# Kinds (and HF architectures) whose module imports this one: imported the first time a spec (an HF config.json)
+# names them, so that a caller that never imported the module still loads its models, without an import cycle.
+LAZY_KINDS = {"gpt_classifier": "nanogpt2.heads"}
+HF_ARCHITECTURES = {"GPT2ForSequenceClassification": "nanogpt2.heads"}  # module with load_hf_folder(folder)
 
 
 def model_spec(model: nn.Module) -> dict:
     """What a checkpoint records about `model` so that `build_model` can rebuild it (before its weights): for a
-    GPT its config and, when LoRA is applied, `"lora": {rank, alpha, targets, dropout, use_rslora}` (adapters and a
-    prefix likewise: `"adapters": {...}`, `"prefix": {prefix_length, projection_hidden}`)."""
+    GPT its config and its PEFT method (`method_spec`: `"lora"`, `"adapters"` or `"prefix"`)."""
     own = getattr(model, "model_spec", None)
     if callable(own):
         return own()
     if isinstance(model, GPT):
-        spec = {"kind": "gpt", "config": model.config.to_dict()}
-        if getattr(model, "lora_config", None) is not None:
-            if any(layer.merged for layer in lora_layers(model).values()):
-                raise NanoGPT2Error("the model's LoRA layers are merged: unmerge_lora(model) before saving it")
-            spec["lora"] = dict(model.lora_config)
-        if getattr(model, "adapter_config", None) is not None:
-            spec["adapters"] = dict(model.adapter_config)
-        if getattr(model, "prefix_config", None) is not None:
-            spec["prefix"] = dict(model.prefix_config)  # projection_hidden None once collapsed: the weights say so too
-        return spec
+        return {"kind": "gpt", "config": model.config.to_dict(), **method_spec(model)}
     raise NanoGPT2Error(f"cannot describe a {type(model).__name__} for a checkpoint: give it a model_spec() method "
                         f"and register its kind with nanogpt2.loader.register_model_kind")
 
@@ -99,6 +120,8 @@ def spec_of(state: dict) -> dict:
 def build_model(spec: dict) -> nn.Module:
     """A freshly initialised model of the kind and shape the spec describes."""
     kind = spec.get("kind") if isinstance(spec, dict) else None
+    if kind not in MODEL_KINDS and kind in LAZY_KINDS:
+        importlib.import_module(LAZY_KINDS[kind])  # registers the kind
     if kind not in MODEL_KINDS:
         raise NanoGPT2Error(f"unknown model kind {kind!r} in a checkpoint's model spec (known: {', '.join(MODEL_KINDS)}); "
                             f"was it written by a newer nanogpt2 or with a module that is not imported?")
@@ -165,6 +188,22 @@ def load_checkpoint_model(path_or_dir, which: str = "auto", log=_warn):
     return model, info
 
 
+def hf_architecture(folder: Path):
+    """The config.json architecture of an HF folder that another module loads (HF_ARCHITECTURES), else None."""
+    try:
+        names = json.loads((folder / "config.json").read_text()).get("architectures") or []
+    except (OSError, ValueError, AttributeError):
+        return None  # load_hf_folder says what is wrong with it
+    return next((n for n in names if n in HF_ARCHITECTURES), None)
+
+
+def _load_hf(folder: Path, load_gpt):
+    arch = hf_architecture(folder)
+    if arch is None:
+        return load_gpt(folder)
+    return importlib.import_module(HF_ARCHITECTURES[arch]).load_hf_folder(folder)
+
+
 def load_model(init_from: str, device="cpu", dropout=None, log=_warn, config: GPTConfig = None):
     """(model on `device`, info) for any init_from (see the module docstring); "scratch" needs the `config` of the
     new, randomly initialised GPT (seed torch first). `dropout`: set every dropout to it (a run's own setting);
@@ -198,9 +237,9 @@ def load_model(init_from: str, device="cpu", dropout=None, log=_warn, config: GP
                                 f"a checkpoint_*.pt of another run")
         hf_folder = path  # HF layout expected: load_hf_folder says what is missing
     if hf_folder is not None:
-        model = load_hf_folder(hf_folder)
+        model = _load_hf(hf_folder, load_hf_folder)
         info = {"path": init_from, "tokenizer": {"name": "gpt2"}, "spec": model_spec(model),
-                "description": f"{init_from} (Hugging Face GPT-2 weights)"}
+                "description": f"{init_from} (Hugging Face {hf_architecture(hf_folder) or 'GPT-2'} weights)"}
     elif openai_folder is not None:
         model = load_openai_folder(openai_folder, quiet=False)
         info = {"path": init_from, "tokenizer": openai_tokenizer_info(openai_folder), "spec": model_spec(model),
