@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from nanogpt2.download import cache_dir, download, hf_url, openai_url
+from nanogpt2.download import cache_dir, download, file_sha256, hf_url, openai_url
 from nanogpt2.errors import NanoGPT2Error, write_error
 from nanogpt2.safetensors_io import load_file, save_file
 
@@ -536,14 +536,6 @@ def save_pretrained(model, out_dir, tokenizer=None, log=_note) -> Path:
 _BIG = 100_000_000  # bytes: a model this big takes seconds to write, so say what is happening
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _write_pt(model, info: dict, dst: Path, src: str) -> Path:
     """A nanogpt2 checkpoint that nanogpt2.loader reads back (weights, model spec, tokenizer, checksum)."""
     from nanogpt2.checkpoint import save_checkpoint
@@ -610,7 +602,7 @@ def convert(src: str, dst, to: str | None = None, log=_note) -> dict:
                               fix="free some space or choose another DST", any_os_error=True) from None
         written = dst / "model.safetensors"
         architecture = json.loads((dst / "config.json").read_text())["architectures"][0]
-    return {"path": str(dst), "file": str(written), "sha256": _file_sha256(written), "params": params,
+    return {"path": str(dst), "file": str(written), "sha256": file_sha256(written), "params": params,
             "format": to, "architecture": architecture,
             "description": info.get("description", src)}
 

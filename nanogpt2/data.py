@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 import regex
 
-from nanogpt2.download import FileLock
+from nanogpt2.download import FileLock, file_sha256
 from nanogpt2.errors import DataWarning, NanoGPT2Error, write_error
 from nanogpt2.progress import ProgressLine
 from nanogpt2.tokenizer import ASSETS, ENDOFTEXT, CharTokenizer, get_tokenizer
@@ -665,14 +665,6 @@ def _resolve(name_or_path):
 # Fingerprints and the lock
 # ---------------------------------------------------------------------------------------------------------------
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _fingerprint(files, previous=None):
     """(sha256 of the source, per-file records). A file whose path, size and mtime match a record of
     `previous` keeps that record's sha256 instead of being hashed again (multi-GB sources stay fast)."""
@@ -681,7 +673,7 @@ def _fingerprint(files, previous=None):
     for p in files:
         p = Path(p)
         st = p.stat()
-        sha = prev.get((str(p), st.st_size, st.st_mtime_ns)) or _sha256_file(p)
+        sha = prev.get((str(p), st.st_size, st.st_mtime_ns)) or file_sha256(p)
         records.append({"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha})
     if len(records) == 1:
         return records[0]["sha256"], records

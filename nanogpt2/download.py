@@ -91,7 +91,8 @@ class _Retry(Exception):
 
 # --- helpers --------------------------------------------------------------------------------------------------
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The sha256 hex digest of a file, read in chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(_CHUNK), b""):
@@ -192,7 +193,7 @@ def _cached_ok(dest: Path, size: int | None, sha256: str | None) -> tuple[bool, 
     if size is not None and dest.stat().st_size != size:
         return False, f"size {dest.stat().st_size} != expected {size}"
     if sha256 is not None:
-        got = _file_sha256(dest)
+        got = file_sha256(dest)
         if got != sha256:
             return False, f"sha256 {got} != expected {sha256}"
     return True, ""
