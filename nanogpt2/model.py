@@ -326,8 +326,8 @@ class ChunkedLMHeadLoss(torch.autograd.Function):
     goes through the two matmuls to the hidden states (n, C) and, when the weight trains, to the weight (V, C,
     summed over the chunks); ignored rows are zeroed on the C side (their rows of the hidden gradient, their
     hidden states in the weight's), not across V. One chunk's (n, V) buffers are allocated once and reused
-    (a float32 one; one in the compute dtype under autocast; on a CPU in float32, one for the logits computed
-    transposed, which MKL does faster); what is kept for the backward is (N, C) and, when wanted, (V, C). The
+    (a float32 one; one in the compute dtype under autocast; on a CPU in float32, eager, one for the logits
+    computed transposed, which MKL does faster); what is kept for the backward is (N, C) and, when wanted, (V, C). The
     backward scales these by the incoming gradient (over the number of scored targets for the mean), so
     d(loss)/d(logits) is rounded to the compute dtype unscaled: under float16 its entries stay in [-1, 1]
     whatever the GradScaler's scale.
@@ -353,9 +353,12 @@ class ChunkedLMHeadLoss(torch.autograd.Function):
             rows = min(N, chunk_rows)
             buf = hidden.new_empty(rows, w.size(0), dtype=compute_dtype)  # (rows, V) logits, then their gradient
             buf32 = buf if compute_dtype == torch.float32 else torch.empty_like(buf, dtype=torch.float32)  # (rows, V)
-            # float32 on a CPU (MKL): w @ h.T into a (V, n) buffer, then a transposing copy, beats h @ w.T written
-            # straight as (n, V): 351 + copy vs 461 ms at 512 x 384 x 50,257, one thread (in bfloat16 it loses)
-            buf_t = torch.empty_like(buf) if hidden.device.type == "cpu" and buf32 is buf else None  # (rows * V,)
+            # float32 on a CPU (MKL), eager: w @ h.T into a (V, n) buffer, then a transposing copy, beats h @ w.T
+            # written straight as (n, V): 351 + 69 vs 461 ms at 512 x 384 x 50,257, one thread. Not in bfloat16
+            # (it loses there), nor under torch.compile (the compiler fuses the copy into the reductions that
+            # follow, which then read across the (V, n) layout: twice the compiled plain path's time).
+            transposed = hidden.device.type == "cpu" and buf32 is buf and not torch.compiler.is_compiling()
+            buf_t = torch.empty_like(buf) if transposed else None  # (rows * V,) storage for (V, n)
             loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
             for s in range(0, N, rows):
                 h = hidden[s:s + rows].to(compute_dtype)  # (n, C)

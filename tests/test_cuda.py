@@ -1,8 +1,8 @@
 """
 CUDA checks, skipped without a GPU (CI has none): the attention paths agree on the device, bf16 / fp16 AMP
-training (fused AdamW, GradScaler) lowers the loss, the chunked LM-head loss equals the plain one under AMP, `torch.compile` trains and saves from the raw model,
-decoding on the GPU gives the CPU's tokens (and through CUDA graphs, eager's), and `bench.py train` reads
-its MFU peak from the device table.
+training (fused AdamW, GradScaler) lowers the loss, the chunked LM-head loss equals the plain one under AMP,
+`torch.compile` trains and saves from the raw model, decoding on the GPU gives the CPU's tokens (and through
+CUDA graphs, eager's), and `bench.py train` reads its MFU peak from the device table.
 Sized to run in well under a minute on one GPU, for the sessions that are lent one:
 
     python -m pytest -q tests/test_cuda.py
