@@ -325,9 +325,9 @@ class ChunkedLMHeadLoss(torch.autograd.Function):
     then, when gradients are wanted, d(summed loss)/d(logits) = softmax - one_hot(target), in the compute dtype,
     goes through the two matmuls to the hidden states (n, C) and, when the weight trains, to the weight (V, C,
     summed over the chunks); ignored rows are zeroed on the C side (their rows of the hidden gradient, their
-    hidden states in the weight's), not across V. One chunk's (n, V) buffers are allocated once and reused
-    (a float32 one; one in the compute dtype under autocast; on a CPU in float32, eager, one for the logits
-    computed transposed, which MKL does faster); what is kept for the backward is (N, C) and, when wanted, (V, C). The
+    hidden states in the weight's), not across V. One chunk's (n, V) buffers are allocated once and reused (a
+    float32 one; one in the compute dtype under autocast; on a CPU in float32, eager, one for the logits computed
+    transposed, which MKL does faster); what is kept for the backward is (N, C) and, when wanted, (V, C). The
     backward scales these by the incoming gradient (over the number of scored targets for the mean), so
     d(loss)/d(logits) is rounded to the compute dtype unscaled: under float16 its entries stay in [-1, 1]
     whatever the GradScaler's scale.
@@ -356,7 +356,7 @@ class ChunkedLMHeadLoss(torch.autograd.Function):
             # float32 on a CPU (MKL), eager: w @ h.T into a (V, n) buffer, then a transposing copy, beats h @ w.T
             # written straight as (n, V): 351 + 69 vs 461 ms at 512 x 384 x 50,257, one thread. Not in bfloat16
             # (it loses there), nor under torch.compile (the compiler fuses the copy into the reductions that
-            # follow, which then read across the (V, n) layout: twice the compiled plain path's time).
+            # follow, which then read across the (V, n) layout: about twice the compiled plain path's time).
             transposed = hidden.device.type == "cpu" and buf32 is buf and not torch.compiler.is_compiling()
             buf_t = torch.empty_like(buf) if transposed else None  # (rows * V,) storage for (V, n)
             loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
