@@ -601,8 +601,10 @@ def bench_train(args) -> dict:
     fwd = torch.compile(model, mode=args.compile_mode) if args.compile else model
     x = torch.randint(0, cfg.vocab_size, (B, T), device=device)  # (B, T)
     y = torch.roll(x, -1, dims=1)  # (B, T) next-token targets (random data: speed does not depend on it)
-    steps = {"ours": _make_train_step(lambda: fwd(x, y)[1], model, optimizer, args)}
-    info = {"ours": dict(model=f"nanogpt2 GPT ({_compiled_name(args) if args.compile else 'eager'}), attn_impl={cfg.attn_impl}",
+    # return_logits=False: the trainer's loss (nanogpt2.trainer.default_loss_fn), in chunks, no (B, T, vocab) logits
+    steps = {"ours": _make_train_step(lambda: fwd(x, y, return_logits=False)[1], model, optimizer, args)}
+    info = {"ours": dict(model=f"nanogpt2 GPT ({_compiled_name(args) if args.compile else 'eager'}), "
+                               f"attn_impl={cfg.attn_impl}, chunked loss (return_logits=False)",
                          optimizer=f"{optim_source}: {_describe_optimizer(optimizer)}",
                          params=model.param_counts()["total"])}
     skipped = None
@@ -668,8 +670,10 @@ def bench_finetune(args) -> dict:
     y = torch.roll(x, -1, dims=1)  # (B, T)
     compiled = _compiled_name(args) if args.compile else "eager"
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    steps = {"ours": _make_train_step(lambda: fwd(x, y)[1], model, optimizer, args)}
-    info = {"ours": dict(model=f"nanogpt2 GPT + method {args.method} ({compiled})", params=model.param_counts()["total"],
+    # return_logits=False: the trainer's loss, in chunks, no (B, T, vocab) logits
+    steps = {"ours": _make_train_step(lambda: fwd(x, y, return_logits=False)[1], model, optimizer, args)}
+    info = {"ours": dict(model=f"nanogpt2 GPT + method {args.method} ({compiled}), chunked loss (return_logits=False)",
+                         params=model.param_counts()["total"],
                          trainable=trainable, optimizer=f"{optim_source}: {_describe_optimizer(optimizer)}")}
     skipped = None
     if args.vs == "peft":

@@ -29,7 +29,6 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from nanogpt2.errors import NanoGPT2Error, run_cli
 from nanogpt2.model import IGNORE_INDEX
@@ -60,7 +59,7 @@ def evaluate_perplexity(
 
     block_size: window length (default and maximum: the model's context_length); stride: step between window
     starts (clamped to block_size); batch_size: windows per forward pass; dtype: None/"float32", or
-    "bfloat16"/"float16" for autocast (the log-softmax is always fp32); n_bytes: UTF-8 bytes of the text
+    "bfloat16"/"float16" for autocast (the softmax is always fp32); n_bytes: UTF-8 bytes of the text
     the ids came from, for bits per byte. Sharded (DDP): process `rank` of `world_size` scores every
     world_size-th batch of windows and `all_reduce` (an in-place sum over the processes, e.g.
     torch.distributed.all_reduce; called once, on `device`) combines the sums, so every process returns the
@@ -118,12 +117,12 @@ def evaluate_perplexity(
                 # logits at position p predict token b + p + 1; score tokens first..e-1
                 y[r, first - b - 1:e - b - 1] = ids[first:e]
             y = y.to(device)
+            n_scored = int((y != IGNORE_INDEX).sum())  # >= 1: every window scores at least its last token
             with autocast(device, dtype):
-                logits, _ = model(x)  # (G, L, V)
-            nll = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1),
-                                  ignore_index=IGNORE_INDEX, reduction="sum")
-            nll_sum += nll.double().cpu()
-            scored += int((y != IGNORE_INDEX).sum())
+                # the mean over the scored targets, in chunks: no (G, L, V) logits (GPT-2: 206 MB per window)
+                _, loss = model(x, y, return_logits=False)
+            nll_sum += loss.double().cpu() * n_scored
+            scored += n_scored
             i += len(group)
             if progress:
                 print(f"\r{i}/{len(windows)} windows, running ppl {math.exp(nll_sum.item() / scored):.3f}",

@@ -3,7 +3,8 @@ The GPT-2 language model, written out in full.
 
 One file, read top to bottom: the config dataclass and the named presets, a KV cache for incremental
 decoding, the attention mask, causal self-attention (fused `F.scaled_dot_product_attention` or an explicit
-reference path), the MLP, the pre-LayerNorm block, and the `GPT` module with its init, forward, parameter
+reference path), the MLP, the pre-LayerNorm block, the LM head's loss in chunks (`lm_head_loss`: the
+cross-entropy without the (B*T, vocab) logits), and the `GPT` module with its init, forward, parameter
 counts and FLOPs per token.
 
 References:
@@ -16,6 +17,7 @@ Run it:
     from nanogpt2.model import GPT, GPTConfig
     model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=64, block_size=128))
     logits, loss = model(idx, targets)              # (B, T, vocab), scalar
+    _, loss = model(idx, targets, return_logits=False)   # the loss alone, without the (B, T, vocab) logits
     model = GPT.from_pretrained("gpt2")             # HF weights, no `transformers` needed
 
 The model knows nothing of tokenizers, data, training or PEFT.
@@ -310,6 +312,123 @@ class Block(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------
+# The LM head and its loss, in chunks of rows
+
+LOSS_CHUNK_BYTES = 128 * 2 ** 20  # float32 logits per chunk in lm_head_loss: at most 128 MiB (667 rows of 50,257)
+
+
+class ChunkedLMHeadLoss(torch.autograd.Function):
+    """Cross-entropy of the LM head, `hidden @ weight.T`, without the (N, vocab) logits: the rows go through in
+    chunks, and each chunk's gradients are made right away, in the forward, and kept for the backward.
+
+    Per chunk of n rows: the logits (n, V) in the compute dtype, their softmax in float32, the chunk's summed loss;
+    then, when gradients are wanted, d(summed loss)/d(logits) = softmax - one_hot(target), in the compute dtype,
+    goes through the two matmuls to the hidden states (n, C) and, when the weight trains, to the weight (V, C,
+    summed over the chunks); ignored rows are zeroed on the C side (their rows of the hidden gradient, their
+    hidden states in the weight's), not across V. One chunk's (n, V) buffers are allocated once and reused (a
+    float32 one; one in the compute dtype under autocast; on a CPU in float32, eager, one for the logits computed
+    transposed, which MKL does faster); what is kept for the backward is (N, C) and, when wanted, (V, C). The
+    backward scales these by the incoming gradient (over the number of scored targets for the mean), so
+    d(loss)/d(logits) is rounded to the compute dtype unscaled: under float16 its entries stay in [-1, 1]
+    whatever the GradScaler's scale.
+
+    Each row's loss is (max - target logit) + log(sum exp(logit - max)), the log of the sum read back from the
+    softmax as -log(softmax at the argmax) (that entry is 1 / sum, never tiny), so a confidently wrong row keeps
+    its large loss where -log(softmax at the target) would underflow. The last bits depend on the chunk size: the
+    loss and the weight gradient are sums over the chunks, and a BLAS may block a matmul by its shape.
+
+    forward(hidden (N, C), weight (V, C), targets (N,) int64 (IGNORE_INDEX: no loss), compute_dtype, chunk_rows,
+    need_hidden_grad, need_weight_grad, mean) -> the summed (mean=False) or mean loss over the scored targets, a
+    float32 scalar (the mean of none is nan, as in F.cross_entropy; its gradients are zero). Call it through
+    `lm_head_loss`, which picks the dtype, the chunk and the flags. Not twice differentiable.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, compute_dtype, chunk_rows, need_hidden_grad, need_weight_grad, mean):
+        N = hidden.size(0)
+        grad_h = torch.empty_like(hidden) if need_hidden_grad else None  # (N, C)
+        grad_w = torch.zeros_like(weight) if need_weight_grad else None  # (V, C)
+        with torch.autocast(hidden.device.type, enabled=False):  # the dtypes are spelled out below
+            w = weight.to(compute_dtype)  # (V, C)
+            rows = min(N, chunk_rows)
+            buf = hidden.new_empty(rows, w.size(0), dtype=compute_dtype)  # (rows, V) logits, then their gradient
+            buf32 = buf if compute_dtype == torch.float32 else torch.empty_like(buf, dtype=torch.float32)  # (rows, V)
+            # float32 on a CPU (MKL), eager: w @ h.T into a (V, n) buffer, then a transposing copy, beats h @ w.T
+            # written straight as (n, V): 351 + 69 vs 461 ms at 512 x 384 x 50,257, one thread. Not in bfloat16
+            # (it loses there), nor under torch.compile (the compiler fuses the copy into the reductions that
+            # follow, which then read across the (V, n) layout: about twice the compiled plain path's time).
+            transposed = hidden.device.type == "cpu" and buf32 is buf and not torch.compiler.is_compiling()
+            buf_t = torch.empty_like(buf) if transposed else None  # (rows * V,) storage for (V, n)
+            loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
+            for s in range(0, N, rows):
+                h = hidden[s:s + rows].to(compute_dtype)  # (n, C)
+                t = targets[s:s + rows, None]  # (n, 1)
+                n = h.size(0)
+                scored = t != IGNORE_INDEX  # (n, 1)
+                t = t.clamp(min=0)  # (n, 1) an index on every row; ignored rows are masked below
+                if buf_t is None:
+                    logits = torch.mm(h, w.t(), out=buf[:n])  # (n, V)
+                else:
+                    logits_t = torch.mm(w, h.t(), out=buf_t.view(-1)[:n * w.size(0)].view(-1, n))  # (V, n)
+                    logits = buf[:n].copy_(logits_t.t())  # (n, V)
+                p = logits if buf32 is buf else buf32[:n].copy_(logits)  # (n, V) float32
+                top, argmax = p.max(dim=-1, keepdim=True)  # (n, 1) each
+                target_logit = p.gather(1, t)  # (n, 1)
+                p = torch.softmax(p, dim=-1, out=p)  # (n, V) in place
+                row_loss = (top - target_logit) - torch.log(p.gather(1, argmax))  # (n, 1) logsumexp - target logit
+                loss = loss + torch.where(scored, row_loss, 0.0).sum()
+                if grad_h is None and grad_w is None:
+                    continue
+                p.scatter_add_(1, t, -scored.float())  # (n, V) softmax - one_hot(target) on the scored rows
+                d = p if buf32 is buf else buf[:n].copy_(p)  # (n, V) in the compute dtype
+                if grad_h is not None:
+                    grad_h[s:s + n] = (d @ w).masked_fill_(~scored, 0.0)  # (n, C)
+                if grad_w is not None:
+                    h = h.masked_fill(~scored, 0.0)  # (n, C) ignored rows add nothing to the weight's gradient
+                    if grad_w.dtype == compute_dtype:
+                        grad_w.addmm_(d.t(), h)  # (V, C) += (V, n) @ (n, C)
+                    else:
+                        grad_w += d.t() @ h  # (V, C) in the compute dtype, summed in the weight's
+        count = (targets != IGNORE_INDEX).sum()  # scored targets
+        ctx.mean = mean
+        ctx.save_for_backward(grad_h, grad_w, count)
+        return loss / count if mean else loss
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        grad_h, grad_w, count = ctx.saved_tensors
+        scale = grad_out / count.clamp(min=1) if ctx.mean else grad_out  # no scored target: zero gradients
+        return (None if grad_h is None else grad_h * scale, None if grad_w is None else grad_w * scale,
+                None, None, None, None, None, None)
+
+
+def lm_head_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, reduction: str = "mean",
+                 chunk_rows: Optional[int] = None) -> torch.Tensor:
+    """F.cross_entropy(hidden @ weight.T, targets, ignore_index=IGNORE_INDEX, reduction) without materialising the
+    logits (see ChunkedLMHeadLoss): hidden (..., C), weight (V, C), targets (...) -> a float32 scalar.
+
+    The matmuls run in the autocast dtype under autocast (else in hidden's), the softmax in float32, as in
+    `GPT.forward`'s plain path; gradients reach hidden and weight in their own dtypes, the weight's only when it
+    requires grad (a frozen head, tied or not, costs no weight gradient), none under no_grad.
+    chunk_rows: the most rows per chunk (default: LOSS_CHUNK_BYTES of float32 logits); the rows are split into
+    chunks of equal size (the last may be smaller), as few as that allows.
+    """
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', not {reduction!r}")
+    C, V = hidden.size(-1), weight.size(0)
+    hidden, targets = hidden.reshape(-1, C), targets.reshape(-1)  # (N, C), (N,)
+    device_type = hidden.device.type
+    compute_dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else hidden.dtype
+    most = max(1, chunk_rows or LOSS_CHUNK_BYTES // (4 * V))
+    n_chunks = max(1, -(-hidden.size(0) // most))
+    rows = -(-hidden.size(0) // n_chunks)  # equal chunks: 2,048 rows of at most 667 -> 4 of 512
+    grad = torch.is_grad_enabled()
+    return ChunkedLMHeadLoss.apply(hidden, weight, targets, compute_dtype, max(1, rows),
+                                   grad and hidden.requires_grad, grad and weight.requires_grad, reduction == "mean")
+
+
+# ----------------------------------------------------------------------------------------------------
 # The model
 
 
@@ -346,27 +465,33 @@ class GPT(nn.Module):
     # --- forward ---------------------------------------------------------------------------------------
 
     def forward(self, idx, targets=None, attention_mask=None, position_ids=None, kv_cache: Optional[KVCache] = None,
-                logits_to_keep: int = 0, cache_position: Optional[torch.Tensor] = None):
+                logits_to_keep: int = 0, cache_position: Optional[torch.Tensor] = None, return_logits: bool = True):
         """
         idx: (B, T) token ids. targets: (B, T) ids aligned with the logits (the next token for each
         position, nanoGPT convention), -100 where no loss is wanted. attention_mask, position_ids, kv_cache,
         cache_position: as for `body`. logits_to_keep: when > 0, the head runs on the last that many
         positions only (HF's name; decoding needs the last one, and the head is a third of GPT-2 small's
-        multiply-adds).
-        Returns (logits (B, T, vocab) — (B, logits_to_keep, vocab) when set —, loss or None).
+        multiply-adds). return_logits=False (with targets): only the loss, through `lm_head_loss`, which never
+        holds the (B, T, vocab) logits (the training step's default; same loss and gradients to float rounding).
+        Returns (logits (B, T, vocab) — (B, logits_to_keep, vocab) when set; None when not return_logits —,
+        loss or None).
         """
         if logits_to_keep < 0:
             raise ValueError(f"logits_to_keep must be >= 0, not {logits_to_keep}")
         if logits_to_keep and targets is not None:
             raise ValueError("logits_to_keep and targets exclude each other: the loss needs every position's logits")
+        if not return_logits and targets is None:
+            raise ValueError("return_logits=False returns only the loss: pass targets")
         x = self.body(idx, attention_mask, position_ids, kv_cache, cache_position)  # (B, T, C)
+        if not return_logits and type(self.lm_head) is nn.Linear and self.lm_head.bias is None:
+            return None, lm_head_loss(x, self.lm_head.weight, targets)  # scalar, no (B, T, vocab) logits
         if logits_to_keep:
             x = x[:, -logits_to_keep:]  # (B, K, C)
         logits = self.lm_head(x)  # (B, T or K, vocab)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=IGNORE_INDEX)
-        return logits, loss
+        return (logits if return_logits else None), loss  # a head replaced by another module: the plain loss
 
     def body(self, idx, attention_mask=None, position_ids=None, kv_cache: Optional[KVCache] = None,
              cache_position: Optional[torch.Tensor] = None) -> torch.Tensor:

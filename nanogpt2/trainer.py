@@ -122,9 +122,10 @@ def default_optimizer(trainer, model) -> torch.optim.Optimizer:
 
 
 def default_loss_fn(trainer, model, batch):
-    """The language-modelling loss of a micro-batch (x, y): (mean over its scored targets, how many there are)."""
+    """The language-modelling loss of a micro-batch (x, y): (mean over its scored targets, how many there are).
+    return_logits=False: the model computes the loss in chunks and never holds the (B, T, vocab) logits."""
     x, y = batch
-    return model(x, y)[1], (y != IGNORE_INDEX).sum()
+    return model(x, y, return_logits=False)[1], (y != IGNORE_INDEX).sum()
 
 
 def _fmt_hours(seconds: float) -> str:
@@ -146,7 +147,8 @@ class Trainer:
                     (default: RandomWindowSampler over cfg.dataset's train split)
       eval_fn       f(trainer) -> {"val_loss": float, ...} (default: loss over the validation split)
       loss_fn       f(trainer, model, micro_batch) -> (loss, n_tokens): the micro-batch's mean loss and the
-                    number of targets it averages over (default: model(x, y)[1] and the non-ignored targets).
+                    number of targets it averages over (default: model(x, y, return_logits=False)[1], the loss
+                    without the logits, and the non-ignored targets).
                     Each micro-batch's mean counts 1/micro_steps of the step's loss (nanoGPT's accumulation);
                     the step's n_tokens on this process are summed into `trainer.last_loss_tokens`.
                     It may return a third item, {name: scalar tensor} of terms to log (a distillation loss's
@@ -673,7 +675,7 @@ class Trainer:
                 continue
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             with self.autocast():
-                _, loss = model(x, y)
+                _, loss = model(x, y, return_logits=False)  # the loss alone: no (B, T, vocab) logits
             n = (y != IGNORE_INDEX).sum()
             total += torch.stack([loss.double() * n, n.double()])
         self._all_reduce(total)

@@ -1,8 +1,8 @@
 """
 CUDA checks, skipped without a GPU (CI has none): the attention paths agree on the device, bf16 / fp16 AMP
-training (fused AdamW, GradScaler) lowers the loss, `torch.compile` trains and saves from the raw model,
-decoding on the GPU gives the CPU's tokens (and through CUDA graphs, eager's), and `bench.py train` reads
-its MFU peak from the device table.
+training (fused AdamW, GradScaler) lowers the loss, the chunked LM-head loss equals the plain one under AMP,
+`torch.compile` trains and saves from the raw model, decoding on the GPU gives the CPU's tokens (and through
+CUDA graphs, eager's), and `bench.py train` reads its MFU peak from the device table.
 Sized to run in well under a minute on one GPU, for the sessions that are lent one:
 
     python -m pytest -q tests/test_cuda.py
@@ -81,6 +81,35 @@ def test_amp_training_lowers_the_loss(tmp_path, dtype):
     assert len(losses) == 30 and all(map(torch.isfinite, torch.tensor(losses)))
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.3
     assert next(tr.raw_model.parameters()).dtype == torch.float32  # fp32 master weights
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_chunked_loss_under_amp_on_the_device(dtype, monkeypatch):
+    """GPT.forward(return_logits=False) (the chunked lm_head_loss, 4 chunks here) under autocast on the device: the
+    loss and every gradient as the plain path's, with the float16 loss scaled as a GradScaler would (2^16)."""
+    import nanogpt2.model as model_module
+
+    if DEVICE == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        pytest.skip("this GPU has no bfloat16")
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=64, block_size=64, vocab_size=1000)).to(DEVICE)
+    x = torch.randint(0, 1000, (4, 64), device=DEVICE)  # (B, T)
+    y = x.roll(-1, 1)  # (B, T)
+    y[0, :10] = -100
+    monkeypatch.setattr(model_module, "LOSS_CHUNK_BYTES", 64 * 1000 * 4)  # 64 rows per chunk
+    scale = 2.0 ** 16 if dtype == torch.float16 else 1.0
+    results = []
+    for return_logits in (True, False):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast(torch.device(DEVICE).type, dtype=dtype):
+            _, loss = model(x, y, return_logits=return_logits)
+        (loss * scale).backward()
+        results.append((loss.detach().float(), {n: p.grad.float() / scale for n, p in model.named_parameters()}))
+    (plain, plain_grads), (ours, our_grads) = results
+    assert ours.dtype == torch.float32 and abs(ours.item() - plain.item()) < 1e-2 * plain.item()
+    for name, g in plain_grads.items():
+        assert torch.isfinite(our_grads[name]).all(), name
+        assert (our_grads[name] - g).norm() <= 0.05 * g.norm() + 1e-6, name
 
 
 def test_compile_trains_and_saves_from_the_raw_model(tmp_path):

@@ -222,6 +222,29 @@ def test_loss_terms_are_averaged_over_micro_steps_into_the_record_and_progress_l
     assert re.search(r"loss \S+ \| same \S+ \| count 2\.5000 \| ppl", capsys.readouterr().out)
 
 
+def test_chunked_default_loss_trains_as_the_plain_loss(tmp_path, monkeypatch):
+    """The default loss_fn (the chunked loss, return_logits=False; here 10 rows per chunk) against the plain loss
+    over the full logits, with accumulation and dropout: the same losses, evaluations and final weights."""
+    import nanogpt2.model as model_module
+
+    monkeypatch.setattr(model_module, "LOSS_CHUNK_BYTES", 10 * 65 * 4)  # 128-row micro-batches in 13 chunks
+    plain = lambda trainer, model, mb: (model(*mb)[1], (mb[1] != -100).sum())  # noqa: E731 (the loss_fn of before)
+    results = []
+    for name, loss_fn in (("chunked", None), ("plain", plain)):
+        cfg = cfg_for(tmp_path / name, "--max_iters=8", "--gradient_accumulation_steps=2", "--dropout=0.1",
+                      "--eval_interval=4", "--checkpoint_interval=0", "--vocab_size=65")
+        tr = Trainer(cfg, loss_fn=loss_fn)  # the dataset's seeded sampler and validation split; seeded dropout
+        tr.train()
+        recs = records(cfg)
+        results.append(([r["loss"] for r in recs if "loss" in r], [r["val_loss"] for r in recs if "val_loss" in r],
+                        tr.raw_model.state_dict()))
+    (l1, v1, w1), (l2, v2, w2) = results
+    assert len(l1) == 8 and l1 == pytest.approx(l2, rel=1e-6)
+    assert len(v1) == 2 and v1 == pytest.approx(v2, rel=1e-6)
+    for k in w1:
+        torch.testing.assert_close(w1[k], w2[k], atol=1e-5, rtol=1e-5)
+
+
 def test_tokens_per_step_sets_accumulation(tmp_path):
     tr = tiny_trainer(cfg_for(tmp_path, "--tokens_per_step=512", "--vocab_size=65"))  # 512 / (4 * 32) = 4
     assert tr.accum_steps == 4 and tr.rows_per_step == 16 and tr.tokens_per_step == 512
