@@ -125,7 +125,12 @@ def default_loss_fn(trainer, model, batch):
     """The language-modelling loss of a micro-batch (x, y): (mean over its scored targets, how many there are).
     return_logits=False: the model computes the loss in chunks and never holds the (B, T, vocab) logits."""
     x, y = batch
-    return model(x, y, return_logits=False)[1], (y != IGNORE_INDEX).sum()
+    return model(x, y, **_loss_only(trainer.raw_model))[1], (y != IGNORE_INDEX).sum()
+
+
+def _loss_only(raw_model) -> dict:
+    """The forward keyword that skips the logits, for a GPT (another model given to the Trainer may not take it)."""
+    return {"return_logits": False} if isinstance(raw_model, GPT) else {}
 
 
 def _fmt_hours(seconds: float) -> str:
@@ -675,7 +680,7 @@ class Trainer:
                 continue
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             with self.autocast():
-                _, loss = model(x, y, return_logits=False)  # the loss alone: no (B, T, vocab) logits
+                _, loss = model(x, y, **_loss_only(self.raw_model))  # the loss alone: no (B, T, vocab) logits
             n = (y != IGNORE_INDEX).sum()
             total += torch.stack([loss.double() * n, n.double()])
         self._all_reduce(total)

