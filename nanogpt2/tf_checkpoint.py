@@ -127,13 +127,7 @@ for _ in range(63):
 
 def _shift(state: int, nbytes: int) -> int:
     """The register `state` after `nbytes` zero bytes (O(log n) matrix products)."""
-    k = 0
-    while nbytes:
-        if nbytes & 1:
-            state = _apply(_POW[k], state)
-        nbytes >>= 1
-        k += 1
-    return state
+    return _apply(_matrix_for(nbytes), state)
 
 
 def _matrix_for(nbytes: int) -> list:
