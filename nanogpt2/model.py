@@ -315,6 +315,67 @@ class Block(nn.Module):
 # The LM head and its loss, in chunks of rows
 
 LOSS_CHUNK_BYTES = 128 * 2 ** 20  # float32 logits per chunk in lm_head_loss: at most 128 MiB (667 rows of 50,257)
+LOSS_ROW_ALIGN = 64  # the chunk buffers' rows are this many logits apart (50,257 -> 50,304): aligned for the BLAS
+
+
+@torch.library.custom_op("nanogpt2::lm_head_loss_chunks", mutates_args=())
+def _lm_head_loss_chunks(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                         compute_dtype: torch.dtype, chunk_rows: int, need_hidden_grad: bool,
+                         need_weight_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The chunk loop of ChunkedLMHeadLoss (see there): hidden (N, C), weight (V, C), targets (N,) ->
+    (the summed loss over the scored targets, a float32 scalar; d(sum)/d(hidden) (N, C) or an empty tensor;
+    d(sum)/d(weight) (V, C) or an empty tensor). A custom op, so that torch.compile calls it as one kernel
+    (no graph break) and runs this eager loop, tuned below, rather than fusing its own."""
+    N, V = hidden.size(0), weight.size(0)
+    grad_h = torch.empty_like(hidden) if need_hidden_grad else hidden.new_empty(0)  # (N, C)
+    grad_w = torch.zeros_like(weight) if need_weight_grad else weight.new_empty(0)  # (V, C)
+    with torch.autocast(hidden.device.type, enabled=False):  # the dtypes are spelled out below
+        w = weight.to(compute_dtype)  # (V, C)
+        rows = min(N, chunk_rows)
+        # One chunk's buffers, allocated once: (rows, V) logits then their gradient, rows `stride` apart. An odd
+        # row length (50,257) misaligns every row of the matmul's output: at 512 x 384 x 50,257 in float32 MKL
+        # takes 297 ms to write it packed against 224 ms padded to 50,304 (2 threads); cuBLAS wants 16-byte rows.
+        stride = -(-V // LOSS_ROW_ALIGN) * LOSS_ROW_ALIGN
+        buf = hidden.new_empty(rows, stride, dtype=compute_dtype)  # (rows, stride)
+        buf32 = buf if compute_dtype == torch.float32 else torch.empty_like(buf, dtype=torch.float32)  # (rows, stride)
+        loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        for s in range(0, N, rows):
+            h = hidden[s:s + rows].to(compute_dtype)  # (n, C)
+            t = targets[s:s + rows, None]  # (n, 1)
+            n = h.size(0)
+            scored = t != IGNORE_INDEX  # (n, 1)
+            t = t.clamp(min=0)  # (n, 1) an index on every row; ignored rows are masked below
+            logits = torch.mm(h, w.t(), out=buf[:n, :V])  # (n, V), rows `stride` apart
+            p = buf32[:n]  # (n, stride) float32: the logits, then -inf in the padding, which softmax makes 0
+            if buf32 is not buf:
+                p[:, :V].copy_(logits)
+            p[:, V:].fill_(float("-inf"))
+            top = p.amax(dim=-1, keepdim=True)  # (n, 1) (amax: 8 ms here where max with its indices takes 30)
+            target_logit = p.gather(1, t)  # (n, 1)
+            p = torch.softmax(p, dim=-1, out=p)  # (n, stride) in place (a packed buffer: a strided one is 7x slower)
+            # softmax's largest entry is exp(top - top) / sum = 1 / sum, read back as its amax
+            row_loss = (top - target_logit) - torch.log(p.amax(dim=-1, keepdim=True))  # (n, 1) logsumexp - target logit
+            loss += torch.where(scored, row_loss, 0.0).sum()
+            if not (need_hidden_grad or need_weight_grad):
+                continue
+            p.scatter_add_(1, t, -scored.float())  # (n, stride) softmax - one_hot(target) on the scored rows
+            d = (p if buf32 is buf else buf[:n].copy_(p))[:, :V]  # (n, V) in the compute dtype
+            if need_hidden_grad:
+                grad_h[s:s + n] = (d @ w).masked_fill_(~scored, 0.0)  # (n, C)
+            if need_weight_grad:
+                h = h.masked_fill(~scored, 0.0)  # (n, C) ignored rows add nothing to the weight's gradient
+                if grad_w.dtype == compute_dtype:
+                    grad_w.addmm_(d.t(), h)  # (V, C) += (V, n) @ (n, C)
+                else:
+                    grad_w += d.t() @ h  # (V, C) in the compute dtype, summed in the weight's
+    return loss, grad_h, grad_w
+
+
+@_lm_head_loss_chunks.register_fake
+def _(hidden, weight, targets, compute_dtype, chunk_rows, need_hidden_grad, need_weight_grad):
+    return (hidden.new_empty((), dtype=torch.float32),
+            torch.empty_like(hidden) if need_hidden_grad else hidden.new_empty(0),
+            torch.empty_like(weight) if need_weight_grad else weight.new_empty(0))
 
 
 class ChunkedLMHeadLoss(torch.autograd.Function):
@@ -326,14 +387,14 @@ class ChunkedLMHeadLoss(torch.autograd.Function):
     goes through the two matmuls to the hidden states (n, C) and, when the weight trains, to the weight (V, C,
     summed over the chunks); ignored rows are zeroed on the C side (their rows of the hidden gradient, their
     hidden states in the weight's), not across V. One chunk's (n, V) buffers are allocated once and reused (a
-    float32 one; one in the compute dtype under autocast; on a CPU in float32, eager, one for the logits computed
-    transposed, which MKL does faster); what is kept for the backward is (N, C) and, when wanted, (V, C). The
-    backward scales these by the incoming gradient (over the number of scored targets for the mean), so
-    d(loss)/d(logits) is rounded to the compute dtype unscaled: under float16 its entries stay in [-1, 1]
-    whatever the GradScaler's scale.
+    float32 one; one in the compute dtype under autocast), with rows padded to a multiple of LOSS_ROW_ALIGN; what
+    is kept for the backward is (N, C) and, when wanted, (V, C). The backward scales these by the incoming
+    gradient (over the number of scored targets for the mean), so d(loss)/d(logits) is rounded to the compute
+    dtype unscaled: under float16 its entries stay in [-1, 1] whatever the GradScaler's scale. The loop is the
+    custom op `nanogpt2::lm_head_loss_chunks`: under torch.compile one opaque call in the graph.
 
     Each row's loss is (max - target logit) + log(sum exp(logit - max)), the log of the sum read back from the
-    softmax as -log(softmax at the argmax) (that entry is 1 / sum, never tiny), so a confidently wrong row keeps
+    softmax as -log(its largest entry) (the one at the argmax, 1 / sum, never tiny), so a confidently wrong row keeps
     its large loss where -log(softmax at the target) would underflow. The last bits depend on the chunk size: the
     loss and the weight gradient are sums over the chunks, and a BLAS may block a matmul by its shape.
 
@@ -345,53 +406,11 @@ class ChunkedLMHeadLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, targets, compute_dtype, chunk_rows, need_hidden_grad, need_weight_grad, mean):
-        N = hidden.size(0)
-        grad_h = torch.empty_like(hidden) if need_hidden_grad else None  # (N, C)
-        grad_w = torch.zeros_like(weight) if need_weight_grad else None  # (V, C)
-        with torch.autocast(hidden.device.type, enabled=False):  # the dtypes are spelled out below
-            w = weight.to(compute_dtype)  # (V, C)
-            rows = min(N, chunk_rows)
-            buf = hidden.new_empty(rows, w.size(0), dtype=compute_dtype)  # (rows, V) logits, then their gradient
-            buf32 = buf if compute_dtype == torch.float32 else torch.empty_like(buf, dtype=torch.float32)  # (rows, V)
-            # float32 on a CPU (MKL), eager: w @ h.T into a (V, n) buffer, then a transposing copy, beats h @ w.T
-            # written straight as (n, V): 351 + 69 vs 461 ms at 512 x 384 x 50,257, one thread. Not in bfloat16
-            # (it loses there), nor under torch.compile (the compiler fuses the copy into the reductions that
-            # follow, which then read across the (V, n) layout: about twice the compiled plain path's time).
-            transposed = hidden.device.type == "cpu" and buf32 is buf and not torch.compiler.is_compiling()
-            buf_t = torch.empty_like(buf) if transposed else None  # (rows * V,) storage for (V, n)
-            loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
-            for s in range(0, N, rows):
-                h = hidden[s:s + rows].to(compute_dtype)  # (n, C)
-                t = targets[s:s + rows, None]  # (n, 1)
-                n = h.size(0)
-                scored = t != IGNORE_INDEX  # (n, 1)
-                t = t.clamp(min=0)  # (n, 1) an index on every row; ignored rows are masked below
-                if buf_t is None:
-                    logits = torch.mm(h, w.t(), out=buf[:n])  # (n, V)
-                else:
-                    logits_t = torch.mm(w, h.t(), out=buf_t.view(-1)[:n * w.size(0)].view(-1, n))  # (V, n)
-                    logits = buf[:n].copy_(logits_t.t())  # (n, V)
-                p = logits if buf32 is buf else buf32[:n].copy_(logits)  # (n, V) float32
-                top, argmax = p.max(dim=-1, keepdim=True)  # (n, 1) each
-                target_logit = p.gather(1, t)  # (n, 1)
-                p = torch.softmax(p, dim=-1, out=p)  # (n, V) in place
-                row_loss = (top - target_logit) - torch.log(p.gather(1, argmax))  # (n, 1) logsumexp - target logit
-                loss = loss + torch.where(scored, row_loss, 0.0).sum()
-                if grad_h is None and grad_w is None:
-                    continue
-                p.scatter_add_(1, t, -scored.float())  # (n, V) softmax - one_hot(target) on the scored rows
-                d = p if buf32 is buf else buf[:n].copy_(p)  # (n, V) in the compute dtype
-                if grad_h is not None:
-                    grad_h[s:s + n] = (d @ w).masked_fill_(~scored, 0.0)  # (n, C)
-                if grad_w is not None:
-                    h = h.masked_fill(~scored, 0.0)  # (n, C) ignored rows add nothing to the weight's gradient
-                    if grad_w.dtype == compute_dtype:
-                        grad_w.addmm_(d.t(), h)  # (V, C) += (V, n) @ (n, C)
-                    else:
-                        grad_w += d.t() @ h  # (V, C) in the compute dtype, summed in the weight's
+        loss, grad_h, grad_w = _lm_head_loss_chunks(hidden, weight, targets, compute_dtype, chunk_rows,
+                                                    need_hidden_grad, need_weight_grad)
         count = (targets != IGNORE_INDEX).sum()  # scored targets
         ctx.mean = mean
-        ctx.save_for_backward(grad_h, grad_w, count)
+        ctx.save_for_backward(grad_h if need_hidden_grad else None, grad_w if need_weight_grad else None, count)
         return loss / count if mean else loss
 
     @staticmethod

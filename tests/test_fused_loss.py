@@ -95,6 +95,17 @@ def test_loss_and_gradients_equal_cross_entropy(chunk_rows, reduction):
     assert not got_h[::7].any()  # ignored rows get no gradient
 
 
+@pytest.mark.parametrize("V", [1024, 1025, 5])
+def test_vocabularies_on_and_off_the_row_alignment(V):
+    """Rows padded to a multiple of LOSS_ROW_ALIGN (1025 -> 1088, 5 -> 64) or not padded at all (1024)."""
+    hidden, weight, targets = problem(N=130, V=V)
+    want = plain_loss(hidden, weight, targets)
+    got = lm_head_loss(hidden, weight, targets, chunk_rows=50)
+    assert got.item() == pytest.approx(want.item(), rel=1e-6)
+    for g, w in zip(torch.autograd.grad(got, (hidden, weight)), torch.autograd.grad(want, (hidden, weight))):
+        close(g, w, 1e-6)
+
+
 def test_upstream_gradient_scales_both_gradients():
     """The backward multiplies the saved gradients by the incoming one (loss / micro_steps, a loss scale)."""
     hidden, weight, targets = problem()
@@ -166,6 +177,8 @@ def test_compiles_without_a_graph_break_and_matches():
     fn = lambda h, w, t: lm_head_loss(h, w, t, chunk_rows=50)  # noqa: E731
     explained = torch._dynamo.explain(fn)(hidden, weight, targets)
     assert explained.graph_count == 1 and explained.graph_break_count == 0, explained.break_reasons
+    # the chunk loop is one opaque call in the graph (the compiler runs the eager loop, not its own fusion)
+    assert "nanogpt2.lm_head_loss_chunks" in explained.graphs[0].fwd_body_0.code
     torch._dynamo.reset()
     compiled = torch.compile(fn)
     got = compiled(hidden, weight, targets)

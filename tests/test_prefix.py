@@ -7,6 +7,7 @@ counts, a prefix run through the trainer and its checkpoint, perplexity, bad inp
     python -m pytest -q tests/test_prefix.py
 """
 
+import inspect
 import json
 
 import pytest
@@ -103,9 +104,12 @@ def test_real_tokens_are_numbered_from_P_as_in_peft():
     table = theirs.get_prompt_embedding_to_save("default")  # (P, 2LC)
     kv = table.view(P, 2, 2, 2, 8).permute(1, 2, 3, 0, 4)[:, :, None]  # (L, 2, 1, nh, P, hs)
 
+    # transformers 5.x renames past_key_values to cache (the old name goes in 5.40)
+    cache_kw = "cache" if "cache" in inspect.signature(hf.forward).parameters else "past_key_values"
+
     def with_positions(start):
         cache = DynamicCache([(kv[layer, 0], kv[layer, 1]) for layer in range(2)])
-        return hf(input_ids=x, past_key_values=cache, position_ids=torch.arange(start, start + 10)[None]).logits
+        return hf(input_ids=x, position_ids=torch.arange(start, start + 10)[None], **{cache_kw: cache}).logits
 
     with torch.no_grad():
         want = theirs(input_ids=x).logits
