@@ -313,6 +313,27 @@ def test_peak_table_lookup():
         del os.environ["NANOGPT2_PEAK_FLOPS"]
 
 
+def test_cpu_probe_grows_until_one_call_takes_long_enough(monkeypatch):
+    """The CPU peak probe doubles its matmul from 128 while a call is quicker than PROBE_CALL_SECONDS, up to n: a
+    slow dtype (half precision without hardware support) stops small instead of spending seconds at 1024."""
+    from nanogpt2 import perf
+
+    sizes = []
+
+    class Recorded(perf.MatmulProbe):
+        def __init__(self, dtype="float32", n=1024):
+            sizes.append(n)
+            super().__init__(dtype, n)
+
+    monkeypatch.setattr(perf, "MatmulProbe", Recorded)
+    probe = perf.measured_matmul_flops.__wrapped__  # without the per-process cache
+    monkeypatch.setattr(perf, "PROBE_CALL_SECONDS", float("inf"))  # never long enough: up to n
+    assert probe("float32", n=512, seconds=0.01) > 0 and sizes == [128, 256, 512]
+    sizes.clear()
+    monkeypatch.setattr(perf, "PROBE_CALL_SECONDS", 0.0)  # always long enough: the first size
+    assert probe("bfloat16", n=1024, seconds=0.01) > 0 and sizes == [128]
+
+
 # ----------------------------------------------------------------------------------------------------
 # The tokenizer benchmark module (nanogpt2/benchmarks/tokenizer.py) on its own
 
