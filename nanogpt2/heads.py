@@ -31,7 +31,6 @@ task SEQ_CLS, whose head is saved whole under `modules_to_save`.
 """
 
 import json
-import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -44,7 +43,7 @@ from nanogpt2.convert import (HF_REPOS, config_from_hf, download_hf_model, gpt_h
 from nanogpt2.errors import NanoGPT2Error
 from nanogpt2.loader import apply_method_spec, method_spec, register_model_kind
 from nanogpt2.model import GPT, IGNORE_INDEX, GPTConfig
-from nanogpt2.peft import PEFT_PREFIX, _read_adapter_weights, load_peft_adapter, save_peft_adapter
+from nanogpt2.peft import PEFT_PREFIX, apply_peft_adapter, read_peft_folder, save_peft_adapter
 from nanogpt2.safetensors_io import load_file, save_file
 
 KIND = "gpt_classifier"
@@ -251,19 +250,11 @@ def load_peft_classifier(model: GPTForSequenceClassification, folder) -> list:
     """Apply an HF peft LoRA folder of a sequence classifier to `model`: the LoRA matrices, and the head peft saves
     whole (`modules_to_save`: base_model.model.score.weight). Returns the LoRA-wrapped module names."""
     folder = Path(folder)
-    config = _read_json(folder, "adapter_config.json", "a peft adapter folder")
-    saved = [m for m in (config.pop("modules_to_save", None) or []) if m != "classifier"]  # peft lists both names
-    if saved and saved != [HEAD]:
-        raise NanoGPT2Error(f"{folder}: modules_to_save {saved} are not supported (only the head, {HEAD!r})")
-    tensors = _read_adapter_weights(folder)
+    config, tensors = read_peft_folder(folder, modules_to_save=(HEAD, "classifier"))  # peft lists both names
     head = tensors.pop(f"{PEFT_PREFIX}{HEAD}.weight", None)
-    if saved and head is None:
+    if config.get("modules_to_save") and head is None:
         raise NanoGPT2Error(f"{folder}: adapter_config.json saves {HEAD!r}, but {PEFT_PREFIX}{HEAD}.weight is missing")
-    # The LoRA part as the plain LoRA folder nanogpt2.peft reads (and checks), without the head.
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "adapter_config.json").write_text(json.dumps(config))
-        save_file(tensors, Path(tmp) / "adapter_model.safetensors")
-        wrapped = load_peft_adapter(model, tmp)
+    wrapped = apply_peft_adapter(model, config, tensors, folder)
     if head is not None:
         model.load_head(head, str(folder))
     return wrapped

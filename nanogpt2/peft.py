@@ -428,7 +428,7 @@ _SUPPORTED_FALSY = ("use_dora", "layers_to_transform", "layers_pattern", "module
                     "target_parameters")
 
 
-def _read_adapter_config(folder: Path) -> dict:
+def _read_adapter_config(folder: Path, modules_to_save: tuple = ()) -> dict:
     path = folder / "adapter_config.json"
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
@@ -443,8 +443,11 @@ def _read_adapter_config(folder: Path) -> dict:
         if config.get("bias", "none") != "none":
             raise NanoGPT2Error(f"{path}: bias={config['bias']!r} is not supported (only 'none')")
         for key in _SUPPORTED_FALSY:
-            if config.get(key):
-                raise NanoGPT2Error(f"{path}: {key}={config[key]!r} is not supported")
+            value = config.get(key)
+            if key == "modules_to_save" and value and set(value) <= set(modules_to_save):
+                continue  # modules the caller loads itself
+            if value:
+                raise NanoGPT2Error(f"{path}: {key}={value!r} is not supported")
     return config
 
 
@@ -458,13 +461,25 @@ def _read_adapter_weights(folder: Path) -> dict:
     raise NanoGPT2Error(f"{folder} has no adapter_model.safetensors or adapter_model.bin")
 
 
+def read_peft_folder(folder, modules_to_save: tuple = ()) -> tuple[dict, dict]:
+    """(adapter_config, {name: tensor}) of an HF peft folder, the config checked for what load_peft_adapter
+    supports. modules_to_save: module names the caller loads itself (e.g. a classifier's head), accepted in the
+    config's `modules_to_save`; their tensors stay in the dict for the caller to take out."""
+    folder = Path(folder)
+    return _read_adapter_config(folder, tuple(modules_to_save)), _read_adapter_weights(folder)
+
+
 def load_peft_adapter(model: nn.Module, folder) -> list:
     """Apply an HF peft adapter folder to `model` (a GPT with GPT-2 module names): LoRA (returns the wrapped module
     names; the layout of GPT-2's Conv1D is decided by the module, not by `fan_in_fan_out`) or PREFIX_TUNING (returns
     ["prefix_encoder"]; see _load_peft_prefix)."""
-    folder = Path(folder)
-    config = _read_adapter_config(folder)
-    tensors = _read_adapter_weights(folder)
+    config, tensors = read_peft_folder(folder)
+    return apply_peft_adapter(model, config, tensors, Path(folder))
+
+
+def apply_peft_adapter(model: nn.Module, config: dict, tensors: dict, folder: Path) -> list:
+    """load_peft_adapter on what read_peft_folder read from `folder` (named in errors); every tensor must be
+    the method's."""
     if config["peft_type"] == "PREFIX_TUNING":
         return _load_peft_prefix(model, folder, config, tensors)
     targets = config.get("target_modules") or []

@@ -35,6 +35,7 @@ from nanogpt2.heads import (GPTForSequenceClassification, classification_loss, l
 from nanogpt2.loader import load_model, model_spec
 from nanogpt2.model import GPTConfig
 from nanogpt2.peft import apply_adapters, apply_lora
+from nanogpt2.safetensors_io import load_file, save_file
 from nanogpt2.tokenizer import get_tokenizer
 
 transformers = oracle("transformers")
@@ -164,6 +165,27 @@ def test_peft_seq_cls_adapter_both_ways(tmp_path):
     back = peft.PeftModel.from_pretrained(base, tmp_path / "ours").eval()
     with torch.no_grad():
         torch.testing.assert_close(back(input_ids=idx, attention_mask=mask).logits, want, atol=1e-5, rtol=1e-5)
+
+
+def test_peft_classifier_folder_saving_other_modules_is_refused(tmp_path):
+    """modules_to_save beyond the head (here the embeddings) is refused naming the field; a folder that says it
+    saves the head but lacks its tensor is refused naming the tensor."""
+    torch.manual_seed(0)
+    cfg = GPTConfig(block_size=32, vocab_size=100, n_layer=2, n_head=2, n_embd=16)
+    model = GPTForSequenceClassification(cfg, 3, PAD)
+    apply_lora(model, rank=2, alpha=4, targets=["c_attn"])
+    folder = save_peft_classifier(model, tmp_path / "adapter")
+    config_path = folder / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**config, "modules_to_save": ["score", "wte"]}))
+    with pytest.raises(NanoGPT2Error, match=r"modules_to_save=\['score', 'wte'\] is not supported"):
+        load_peft_classifier(GPTForSequenceClassification(cfg, 3, PAD), folder)
+    config_path.write_text(json.dumps(config))
+    tensors = load_file(folder / "adapter_model.safetensors")
+    del tensors["base_model.model.score.weight"]
+    save_file(tensors, folder / "adapter_model.safetensors")
+    with pytest.raises(NanoGPT2Error, match="score.weight is missing"):
+        load_peft_classifier(GPTForSequenceClassification(cfg, 3, PAD), folder)
 
 
 def test_num_labels_other_than_the_checkpoints_head_is_refused(tmp_path):
