@@ -48,6 +48,8 @@ def parse_args(argv):
                          "355M, ...), or an HF or OpenAI folder; "
                          "'resume' means --out_dir")
     ap.add_argument("--out_dir", default="out", help="run folder used when --init_from resume (nanoGPT)")
+    ap.add_argument("--meta_pkl", default=None, help="the meta.pkl of a nanoGPT character model (default: beside its "
+                    "ckpt.pt, or data/<dataset>/meta.pkl)")
     ap.add_argument("--start", default="",
                     help="prompt text, or FILE:path to read it from a file; empty starts from <|endoftext|>")
     ap.add_argument("--instruction", default=None,
@@ -143,7 +145,7 @@ def main(argv=None):
     dtype = resolve_dtype(args.dtype, device)  # checked before the model loads (or downloads)
     prompt = make_prompt(args)  # before the model loads: a bad prompt file or template fails at once
     init_from = args.out_dir if args.init_from == "resume" else args.init_from
-    model, tok, desc = load_model_and_tokenizer(init_from, device)
+    model, tok, desc = load_model_and_tokenizer(init_from, device, meta_pkl=args.meta_pkl)
     print(f"loaded {desc}", file=sys.stderr)
     if args.compile:
         model = torch.compile(model, mode=args.compile_mode)

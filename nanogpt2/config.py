@@ -80,6 +80,9 @@ class RunConfig:
         "release) | a local HF or OpenAI folder | a training checkpoint (.pt file or run folder; weights only) | "
         "resume (= resume_from auto, but a checkpoint must exist)",
         "output")
+    meta_pkl: str = setting(
+        "", "the meta.pkl of a nanoGPT character init_from, when it is neither beside its ckpt.pt nor in "
+        "data/<its dataset>/ ('': look there)", "output")
     resume_from: str = setting(
         "", "'' (start fresh), 'auto' (the checkpoint of out_dir with the highest step, damaged ones skipped, if there is "
         "one) or a checkpoint path: "

@@ -200,6 +200,8 @@ def main(argv=None):
     ap.add_argument("--task", default="lm", choices=("lm", "classify"),
                     help="lm: perplexity (this command); classify: a classifier's accuracy (--task classify --help)")
     ap.add_argument("--init_from", default="gpt2", help="GPT-2 name, OpenAI size (124M, ...), HF or OpenAI folder, train.py out_dir or checkpoint file")
+    ap.add_argument("--meta_pkl", default=None, help="the meta.pkl of a nanoGPT character model (default: beside its "
+                    "ckpt.pt, or data/<dataset>/meta.pkl)")
     ap.add_argument("--dataset", default="wikitext2", help="dataset name (see nanogpt2.data.DATASETS) or a text file")
     ap.add_argument("--split", default="test", help="split to score (wikitext: train/validation/test)")
     ap.add_argument("--data_path", default=None, help="local copy of the dataset (skips the download)")
@@ -223,7 +225,7 @@ def main(argv=None):
         if value is not None and value < 1:
             raise NanoGPT2Error(f"--{name} must be >= 1, not {value}")
 
-    model, tok, desc = load_model_and_tokenizer(args.init_from, device)
+    model, tok, desc = load_model_and_tokenizer(args.init_from, device, meta_pkl=args.meta_pkl)
     res = evaluate_dataset(model, tok, args.dataset, args.split, data_path=args.data_path, max_tokens=args.max_tokens,
                            block_size=args.block_size, stride=args.stride, batch_size=args.batch_size,
                            device=device, dtype=dtype, progress=not args.json)

@@ -9,6 +9,7 @@ One loader for every `init_from`, and the model spec that checkpoints record.
   an OpenAI folder hparams.json + model.ckpt.index / .data-* (+ encoder.json, vocab.bpe: then its tokenizer)
   a run folder     a train.py out_dir: its checkpoint of the highest step (damaged ones skipped, said so)
   a .pt file       one checkpoint
+  nanoGPT          a ckpt.pt nanoGPT's train.py wrote, or its out_dir (+ meta.pkl: nanogpt2/nanogpt_format.py)
 train.py, sample.py, bench.py and `python -m nanogpt2.evaluate` all load through `load_model` here.
 
 The model spec: a checkpoint records what model it holds as a small dict, `{"kind": "gpt", "config":
@@ -36,6 +37,7 @@ from typing import Callable
 import torch.nn as nn
 
 from nanogpt2 import checkpoint as ckpt_io
+from nanogpt2 import nanogpt_format
 from nanogpt2.errors import NanoGPT2Error
 from nanogpt2.model import GPT, GPTConfig
 from nanogpt2.peft import apply_adapters, apply_lora, apply_prefix, collapse_prefix, lora_layers
@@ -204,22 +206,36 @@ def _load_hf(folder: Path, load_gpt):
     return importlib.import_module(HF_ARCHITECTURES[arch]).load_hf_folder(folder)
 
 
-def load_model(init_from: str, device="cpu", dropout=None, log=_warn, config: GPTConfig = None):
+def load_foreign(path: Path, meta_pkl=None):
+    """(model, info) of another project's model file that `path` names (nanoGPT's ckpt.pt or out_dir), else None."""
+    if nanogpt_format.checkpoint_file(path) is not None:
+        model, info = nanogpt_format.load_checkpoint_model(path, meta_pkl=meta_pkl)
+    else:
+        return None
+    info["spec"] = model_spec(model)
+    return model, info
+
+
+def load_model(init_from: str, device="cpu", dropout=None, log=_warn, config: GPTConfig = None, meta_pkl=None):
     """(model on `device`, info) for any init_from (see the module docstring); "scratch" needs the `config` of the
     new, randomly initialised GPT (seed torch first). `dropout`: set every dropout to it (a run's own setting);
-    None keeps the loaded model's. info holds at least path (or the name), tokenizer ({"name": ...} or None for a
+    None keeps the loaded model's. `meta_pkl`: the vocabulary of a nanoGPT character model, where it is not
+    found beside the checkpoint. info holds at least path (or the name), tokenizer ({"name": ...} or None for a
     new model), spec and description."""
     from nanogpt2.convert import (HF_REPOS, OPENAI_SIZES, download_hf_model, download_openai_model, is_openai_folder,
                                   load_hf_folder, load_openai_folder, openai_size, openai_tokenizer_info)
 
     path = Path(init_from)
     hf_folder = openai_folder = None
+    foreign = None if init_from == "scratch" else load_foreign(path, meta_pkl)
     if init_from == "scratch":
         if config is None:
             raise NanoGPT2Error("init_from=scratch needs a model config (n_layer, n_head, n_embd, ...)")
         model = GPT(config)
         info = {"path": "scratch", "tokenizer": None, "spec": model_spec(model),
                 "description": f"GPT from scratch ({config.n_layer} layers, {config.n_embd} wide)"}
+    elif foreign is not None:
+        model, info = foreign
     elif is_checkpoint(path) and not is_hf_folder(path):
         model, info = load_checkpoint_model(path, log=log)
         info["description"] = f"{info['path']} (step {info.get('step')})"
@@ -244,21 +260,24 @@ def load_model(init_from: str, device="cpu", dropout=None, log=_warn, config: GP
         model = load_openai_folder(openai_folder, quiet=False)
         info = {"path": init_from, "tokenizer": openai_tokenizer_info(openai_folder), "spec": model_spec(model),
                 "description": f"{init_from} (OpenAI's TensorFlow GPT-2 weights)"}
-    elif init_from != "scratch" and not is_checkpoint(path):
+    elif foreign is None and init_from != "scratch" and not is_checkpoint(path):
         close = difflib.get_close_matches(init_from, ["scratch", "resume", *HF_REPOS, *OPENAI_SIZES], n=2)
         hint = f" (did you mean {' or '.join(close)}?)" if close else ""
         raise NanoGPT2Error(f"init_from {init_from!r} is not a GPT-2 name ({', '.join(HF_REPOS)}), an OpenAI size "
                             f"({', '.join(OPENAI_SIZES)}), an HF folder, an OpenAI TensorFlow folder, a train.py run "
-                            f"folder or a checkpoint file{hint}")
+                            f"folder or a checkpoint file (nanogpt2's or nanoGPT's){hint}")
+    if meta_pkl and info.get("format") != "nanogpt":
+        log(f"meta_pkl={meta_pkl} is ignored: {init_from} is not a nanoGPT checkpoint")
     if dropout is not None:
         set_dropout(model, dropout)
     return model.to(device), info
 
 
-def load_model_and_tokenizer(init_from: str, device="cpu"):
+def load_model_and_tokenizer(init_from: str, device="cpu", meta_pkl=None):
     """(model in eval mode on `device`, its tokenizer, a description) for sample.py and evaluation. A prefix
-    trained through its reparameterisation MLP is collapsed to its table (the same outputs, no MLP per step)."""
-    model, info = load_model(init_from, device=device)
+    trained through its reparameterisation MLP is collapsed to its table (the same outputs, no MLP per step).
+    `meta_pkl`: as for load_model."""
+    model, info = load_model(init_from, device=device, meta_pkl=meta_pkl)
     if (getattr(model, "prefix_config", None) or {}).get("projection_hidden") is not None:
         collapse_prefix(model)
     tok = ckpt_io.tokenizer_from_info(info["tokenizer"], path=info["path"] if "step" in info else None)

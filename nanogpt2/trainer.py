@@ -500,7 +500,8 @@ class Trainer:
     def _init_model(self) -> GPT:
         """The GPT of init_from (a GPT-2 name, an HF folder, a checkpoint), checked against this run."""
         cfg = self.cfg
-        m, info = load_model(cfg.init_from, dropout=cfg.dropout, log=lambda msg: self.log(f"warning: {msg}"))
+        m, info = load_model(cfg.init_from, dropout=cfg.dropout, log=lambda msg: self.log(f"warning: {msg}"),
+                             meta_pkl=cfg.meta_pkl or None)
         mine = ckpt_io.tokenizer_info(self.tokenizer) if self.tokenizer is not None else None
         if mine is not None and info["tokenizer"] != mine:
             raise NanoGPT2Error(f"init_from={cfg.init_from} was trained with tokenizer {info['tokenizer'].get('name')!r} "
