@@ -636,6 +636,7 @@ def _local_source(path: Path) -> _Source:
                        {s: [_file_entry(p, _local_fmt(p))] for s, p in own.items()})
     files = sorted(p for p in path.rglob("*")
                    if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES + JSONL_SUFFIXES
+                   and p.stem.lower() != "readme"  # the folder's description, not its corpus
                    and not any(part.startswith(".") for part in p.relative_to(path).parts))
     if not files:
         raise NanoGPT2Error(f"the folder {path} holds no text files ({', '.join(TEXT_SUFFIXES + JSONL_SUFFIXES)}); "
@@ -834,6 +835,9 @@ def prepare_dataset(name_or_path="shakespeare", tokenizer=None, data_path=None, 
     backend / num_workers: the GPT-2 tokenizer backend ("auto", "tiktoken", "python") and encode_batch workers
         (None: one per core). force: rebuild even if the cache is valid.
     """
+    foreign = _token_folder(name_or_path, tokenizer, data_path)
+    if foreign is not None:
+        return foreign
     spec, local_path, key = _resolve(name_or_path)
     if data_path is not None and spec is None:
         raise NanoGPT2Error(f"data_path= is for registered datasets ({', '.join(list_datasets())}); "
@@ -871,6 +875,25 @@ def prepare_dataset(name_or_path="shakespeare", tokenizer=None, data_path=None, 
             print(f"{d.name}: rebuilding the token cache ({why})", file=sys.stderr)
         name = spec.name if spec is not None else str(local_path)
         return _build(d, name, source, tok_obj, tok_name, val_fraction, quiet, num_workers, src_files)
+
+
+def _token_folder(name_or_path, tokenizer, data_path):
+    """A folder of token ids another tool wrote, used as it is (nanoGPT's train.bin + val.bin, llm.c's shards:
+    nanogpt2/token_files.py), else None. Its ids fix the tokenizer: another one asked for is refused."""
+    from nanogpt2 import nanogpt_format
+
+    p = Path(str(name_or_path)).expanduser()
+    if str(name_or_path) in DATASETS or not p.is_dir():
+        return None
+    ds = nanogpt_format.open_data_folder(p)
+    if ds is None:
+        return None
+    asked = tokenizer if tokenizer is None or isinstance(tokenizer, str) else getattr(tokenizer, "name", None)
+    if asked not in (None, ds.tokenizer().name) or data_path is not None:
+        why = f"tokenizer={asked}" if data_path is None else f"data_path={data_path}"
+        raise NanoGPT2Error(f"{p} holds token ids already ({ds.format}, {ds.tokenizer().name} tokenizer): {why} "
+                            f"cannot apply; drop it (tokenizer=auto)")
+    return ds
 
 
 def _resolve_tokenizer(tokenizer, spec, backend):

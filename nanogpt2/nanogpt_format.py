@@ -17,7 +17,8 @@ In:  `load_checkpoint_model(path, meta_pkl=None)` -> (GPT, info) for a ckpt.pt o
      the data folder its `config['dataset']` names (data/<dataset>/ under the working folder or beside the run
      folder, as nanoGPT's sample.py looks), or `meta_pkl`; without one, GPT-2's BPE (for a vocabulary of at
      least 50,257 ids; nanoGPT pads it to 50304).
-     `open_data_folder(path)` -> the train.bin / val.bin of a prepared data folder, memory-mapped (nanogpt2.data).
+     `open_data_folder(path)` -> the train.bin / val.bin of a prepared data folder, memory-mapped as they are
+     (nanogpt2/token_files.py; what nanogpt2.data.prepare_dataset returns for such a `dataset=`).
 Out: `write_checkpoint(model, tokenizer, out_dir, dataset, ...)` -> out_dir/ckpt.pt (+ meta.pkl for a character
      model), what nanoGPT's `sample.py --init_from=resume --out_dir=DIR` loads.
 
@@ -31,15 +32,18 @@ import pickle
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from nanogpt2 import checkpoint as ckpt_io
 from nanogpt2.errors import NanoGPT2Error
 from nanogpt2.model import GPT, GPTConfig
-from nanogpt2.tokenizer import CharTokenizer
+from nanogpt2.token_files import MappedTokens, TokenFileDataset
+from nanogpt2.tokenizer import CharTokenizer, get_tokenizer
 
 CKPT_FILE = "ckpt.pt"
 META_FILE = "meta.pkl"
+SPLIT_FILES = {"train": "train.bin", "val": "val.bin"}  # a prepared data folder: raw uint16 ids, no header
 GPT2_VOCAB = 50257  # a vocabulary at least this large, with no meta.pkl, is GPT-2's BPE (nanoGPT's sample.py too)
 MODEL_ARGS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size", "dropout")  # nanoGPT's GPTConfig
 # What nanoGPT's GPT is, beyond model_args: the GPTConfig fields it fixes.
@@ -258,3 +262,26 @@ def load_checkpoint_model(path_or_dir, meta_pkl=None) -> tuple:
     info = {"path": str(path), "tokenizer": tokenizer, "config": state.get("config") or {}, "step": step,
             "best_val_loss": best, "format": "nanogpt", "description": f"{path} (nanoGPT checkpoint, {', '.join(notes)})"}
     return model, info
+
+
+# ----------------------------------------------------------------------------------------------------
+# Prepared data folders: train.bin / val.bin
+
+
+def open_data_folder(path):
+    """The train.bin / val.bin of a nanoGPT-prepared data folder, memory-mapped as they are (a TokenFileDataset),
+    or None when `path` is not such a folder. The ids are uint16; their tokenizer is the folder's meta.pkl
+    (characters) when it has one, else GPT-2's BPE; every id is checked against it."""
+    p = Path(path)
+    if not (p.is_dir() and all((p / f).is_file() for f in SPLIT_FILES.values())):
+        return None
+    tok = read_meta_tokenizer(p / META_FILE) if (p / META_FILE).is_file() else get_tokenizer("gpt2")
+    splits = {}
+    for split, name in SPLIT_FILES.items():
+        f = p / name
+        size = f.stat().st_size
+        if size % 2:
+            raise NanoGPT2Error(f"{f} is {size:,} bytes, an odd number, so not uint16 token ids (nanoGPT's prepare.py "
+                                f"writes 2 bytes per id): it is truncated or of another format")
+        splits[split] = MappedTokens([(f, 0, size // 2)], np.uint16, tok.n_vocab)
+    return TokenFileDataset(p, "nanoGPT data folder", splits, tok)

@@ -255,3 +255,100 @@ def test_convert_a_nanogpt_run_to_a_nanogpt2_checkpoint(tmp_path):
         assert torch.equal(b.state_dict()[k], v), k
     with pytest.raises(NanoGPT2Error, match="bias=False has no HF GPT-2 equivalent"):
         convert(str(RUN), tmp_path / "hf")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Prepared data folders: train.bin / val.bin (+ meta.pkl)
+
+
+def shakespeare_char_folder(folder):
+    """A data folder as nanoGPT's data/shakespeare_char/prepare.py leaves it: meta.pkl, train.bin and val.bin
+    (the first 90% / last 10% of the characters as uint16 ids, `np.array(ids, dtype=np.uint16).tofile`), beside
+    its input.txt, prepare.py and readme.md."""
+    import numpy as np
+
+    folder.mkdir(parents=True)
+    text = (ROOT / "nanogpt2" / "assets" / "tinyshakespeare.txt").read_text(encoding="utf-8")
+    tok = read_meta_tokenizer(RUN / "meta.pkl")
+    ids = np.array(tok.encode(text), dtype=np.uint16)
+    n = int(len(text) * 0.9)
+    ids[:n].tofile(folder / "train.bin")
+    ids[n:].tofile(folder / "val.bin")
+    shutil.copy(RUN / "meta.pkl", folder)
+    (folder / "input.txt").write_text(text, encoding="utf-8")
+    (folder / "prepare.py").write_text("import numpy as np\n")
+    (folder / "readme.md").write_text("# tiny shakespeare, character-level\n")
+    return ids[:n], ids[n:]
+
+
+def test_a_nanogpt_data_folder_is_used_as_it_is(tmp_path):
+    import numpy as np
+    from nanogpt2.data import prepare_dataset
+
+    train, val = shakespeare_char_folder(tmp_path / "shakespeare_char")
+    ds = prepare_dataset(str(tmp_path / "shakespeare_char"))
+    assert ds.tokenizer().chars == read_meta_tokenizer(RUN / "meta.pkl").chars
+    assert len(ds.tokens("train")) == len(train) == 1_003_854 and len(ds.tokens("val")) == len(val) == 111_540
+    assert np.array_equal(ds.tokens("train")[:], train) and np.array_equal(ds.tokens("val")[-500:], val[-500:])
+    mapped = ds.tokens("train").maps[0]
+    assert isinstance(mapped, np.memmap) and str(mapped.filename) == str(tmp_path / "shakespeare_char" / "train.bin")
+    assert not (tmp_path / "cache").exists()  # nothing tokenized, nothing cached
+    with pytest.raises(NanoGPT2Error, match=r"holds token ids already \(nanoGPT data folder, char tokenizer\): "
+                                            r"tokenizer=gpt2 cannot apply"):
+        prepare_dataset(str(tmp_path / "shakespeare_char"), tokenizer="gpt2")
+
+
+def test_a_gpt2_data_folder_checks_its_ids(tmp_path, monkeypatch):
+    import numpy as np
+    from nanogpt2 import token_files
+    from nanogpt2.data import prepare_dataset
+    from nanogpt2.tokenizer import get_tokenizer
+
+    folder = tmp_path / "openwebtext"
+    folder.mkdir()
+    ids = np.array(get_tokenizer("gpt2").encode("Hello world, this is a GPT-2 data folder. " * 50), dtype=np.uint16)
+    ids.tofile(folder / "train.bin")
+    ids[:100].tofile(folder / "val.bin")
+    ds = prepare_dataset(str(folder))
+    assert ds.tokenizer().name == "gpt2" and len(ds.tokens("train")) == len(ids)
+    bad = ids.copy()
+    bad[77] = 60000
+    bad.tofile(folder / "train.bin")
+    with pytest.raises(NanoGPT2Error, match=r"train.bin holds token id 60000 \(token 77 of the file\), outside the "
+                                            r"vocabulary of 50257"):
+        prepare_dataset(str(folder))
+    monkeypatch.setattr(token_files, "_SCAN_AT_OPEN", 10)  # a large folder: checked as it is read
+    train = prepare_dataset(str(folder)).tokens("train")
+    assert np.array_equal(train[:77], ids[:77])
+    with pytest.raises(NanoGPT2Error, match="holds token id 60000"):
+        train[70:80]
+    (folder / "val.bin").write_bytes(b"\0" * 11)
+    with pytest.raises(NanoGPT2Error, match=r"val.bin is 11 bytes, an odd number, so not uint16 token ids"):
+        prepare_dataset(str(folder))
+
+
+def test_a_text_folder_takes_no_scripts_and_no_readme(tmp_path):
+    from nanogpt2.data import prepare_dataset
+    from nanogpt2.tokenizer import get_tokenizer
+
+    folder = tmp_path / "corpus"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.txt").write_text("The first document.\n")
+    (folder / "sub" / "b.md").write_text("The second document.\n")
+    (folder / "prepare.py").write_text("print('not a document')\n")
+    (folder / "README.md").write_text("What this folder is.\n")
+    (folder / "data.bin").write_bytes(b"\x01\x02")
+    ds = prepare_dataset(str(folder), val_fraction=0.0)
+    tok = get_tokenizer("gpt2")
+    want = tok.encode("The first document.\n") + [tok.eot_token] + tok.encode("The second document.\n")
+    assert ds.tokens("train")[:].tolist() == want
+
+
+def test_train_py_on_a_nanogpt_data_folder_from_the_nanogpt_run(tmp_path):
+    shakespeare_char_folder(tmp_path / "data" / "shakespeare_char")
+    res = script("train.py", "configs/tiny.py", "--init_from", RUN, "--dataset", tmp_path / "data" / "shakespeare_char",
+                 "--out_dir", tmp_path / "out", "--max_iters", 2, "--block_size", 48, "--test_eval", "false")
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = res.stdout + res.stderr
+    assert "(char tokenizer, vocab 65): 1,003,854 train / 111,540 val tokens" in out
+    assert float(out.split("step 1/2 | loss ")[1].split()[0]) < 3.2
