@@ -1,6 +1,7 @@
 """
 GPT-2 checkpoints in and out of our GPT: Hugging Face folders both ways, OpenAI's original TensorFlow release in,
-and the converter CLI. No `transformers`, no `tensorflow`.
+and the converter CLI, which also writes nanoGPT's ckpt.pt and llm.c's model files (their readers and writers:
+nanogpt2/nanogpt_format.py, nanogpt2/llmc.py). No `transformers`, no `tensorflow`.
 
 An HF GPT-2 folder holds `config.json` and the weights as `model.safetensors` (or `pytorch_model.bin`, or
 shards listed in `model.safetensors.index.json` / `pytorch_model.bin.index.json`). Its tensor names are
@@ -17,7 +18,8 @@ Conv1D with a leading 1, so they are renamed to HF's names and loaded like an HF
     model = GPT.from_pretrained("124M")               # OpenAI's release (also 355M, 774M, 1558M), or its folder
     save_pretrained(model, "out/hf")                  # a folder transformers.GPT2LMHeadModel can load
 
-    python -m nanogpt2.convert SRC DST [--to hf|nanogpt2]   # any model source -> an HF folder or a .pt
+    python -m nanogpt2.convert SRC DST [--to hf|nanogpt2|nanogpt|llmc] [--dtype bfloat16]
+                                          # any model source -> an HF folder, a .pt, nanoGPT's ckpt.pt, llm.c's .bin
 
 Every field of HF's `GPT2Config` that changes the forward pass is either honoured or refused with a message
 naming it; a checkpoint is never loaded silently wrong. Every tensor's name and shape is checked.
@@ -468,13 +470,14 @@ def gpt_hf_export(model) -> dict:
     return {"config": config, "tensors": to_hf_state_dict(model), "generation_config": generation_config(config)}
 
 
-def _refuse_unexportable(model) -> None:
-    """HF GPT-2 has no adapter layers and no learned prefix: such a model cannot become a plain HF folder."""
+def _refuse_unexportable(model, fmt: str = "a plain HF GPT-2 folder") -> None:
+    """HF GPT-2 (and nanoGPT, llm.c) has no adapter layers and no learned prefix: such a model cannot become a
+    plain HF folder (`fmt`)."""
     for m in model.modules():
         for attr, what in (("adapter_config", "Houlsby adapters"), ("prefix_config", "prefix tuning")):
             if getattr(m, attr, None) is not None:
                 raise NanoGPT2Error(
-                    f"this model has {what} ({attr}={getattr(m, attr)!r}), which a plain HF GPT-2 folder cannot "
+                    f"this model has {what} ({attr}={getattr(m, attr)!r}), which {fmt} cannot "
                     f"express. Keep it as a nanogpt2 checkpoint (python -m nanogpt2.convert SRC DST.pt), or export "
                     f"what peft supports with nanogpt2.peft.save_peft_adapter / finetune.py --merge_and_export")
 
@@ -548,7 +551,25 @@ def _write_pt(model, info: dict, dst: Path, src: str) -> Path:
     return save_checkpoint(dst, state)
 
 
+FORMATS = {"hf": "an HF folder", "nanogpt2": "a nanogpt2 checkpoint", "nanogpt": "a nanoGPT out_dir (ckpt.pt)",
+           "llmc": "an llm.c model file"}
+
+
 def _check_destination(dst: Path, to: str) -> None:
+    if to == "nanogpt":
+        if dst.is_file() or dst.suffix in (".pt", ".bin"):
+            raise NanoGPT2Error(f"--to nanogpt writes a folder (nanoGPT's out_dir: ckpt.pt, meta.pkl), but DST {dst} "
+                                f"is a file name; give a folder")
+        taken = [f for f in ("ckpt.pt", "meta.pkl") if (dst / f).exists()]
+        if taken:
+            raise NanoGPT2Error(f"{dst} already holds {' and '.join(taken)} (a nanoGPT run's own?); nanogpt2 does not "
+                                f"overwrite them: give another DST folder or move them away")
+        return
+    if to == "llmc":
+        if dst.exists() or dst.is_dir():
+            raise NanoGPT2Error(f"{dst} exists; nanogpt2 does not overwrite it: give --to llmc a new file name "
+                                f"(e.g. gpt2_124M.bin)")
+        return
     if to == "nanogpt2":
         if dst.suffix != ".pt" or dst.is_dir():
             raise NanoGPT2Error(f"--to nanogpt2 writes one checkpoint file: give DST a .pt name (e.g. {dst.name}.pt), "
@@ -563,24 +584,50 @@ def _check_destination(dst: Path, to: str) -> None:
                             f"the new model.safetensors; write into an empty folder or remove them")
 
 
-def convert(src: str, dst, to: str | None = None, log=_note) -> dict:
+def _write_foreign(model, info: dict, dst: Path, to: str, dtype: str, src: str, log) -> Path:
+    """`model` (LoRA merged on a copy) as another project's file: nanoGPT's out_dir/ckpt.pt or an llm.c model."""
+    from nanogpt2 import llmc, nanogpt_format
+    from nanogpt2.checkpoint import tokenizer_from_info
+    from nanogpt2.model import GPT
+
+    if not isinstance(model, GPT):
+        raise NanoGPT2Error(f"--to {to} writes a GPT language model, and {src} holds a {type(model).__name__}")
+    tok_info = info.get("tokenizer") or {"name": "gpt2"}
+    tokenizer = tokenizer_from_info(tok_info)
+    export = _merged_copy(model)
+    if to == "llmc":
+        if tok_info.get("name") != "gpt2" or tok_info.get("bpe_dir"):
+            raise NanoGPT2Error(f"llm.c model files are GPT-2's vocabulary, and {src} reads {tok_info.get('name')!r} "
+                                f"tokens; keep it as a nanogpt2 checkpoint or --to nanogpt")
+        return llmc.write_model_file(export, dst, dtype, vocab_size=tokenizer.n_vocab)
+    dataset = str((info.get("config") or {}).get("dataset") or "")
+    dst.mkdir(parents=True, exist_ok=True)
+    return nanogpt_format.write_checkpoint(export, tokenizer, dst, dataset=Path(dataset).name if dataset else "",
+                                           step=info.get("step"), best_val_loss=info.get("best_val_loss"),
+                                           source=src, log=log)
+
+
+def convert(src: str, dst, to: str | None = None, log=_note, dtype: str | None = None, meta_pkl=None) -> dict:
     """Load `src` (anything nanogpt2.loader.load_model takes) and write it to `dst`: an HF folder (to="hf", the
-    default) or a nanogpt2 .pt (to="nanogpt2", or a dst ending in .pt). Returns {path, file, sha256, params,
-    format, architecture}."""
+    default), a nanogpt2 .pt (to="nanogpt2", or a dst ending in .pt), nanoGPT's out_dir (to="nanogpt": ckpt.pt,
+    meta.pkl) or an llm.c model file (to="llmc", or a dst ending in .bin; `dtype` "float32" (default) or
+    "bfloat16"). Returns {path, file, sha256, params, format, architecture}."""
     from nanogpt2.checkpoint import tokenizer_from_info
     from nanogpt2.loader import load_model
 
     dst = Path(dst)
-    to = to or ("nanogpt2" if dst.suffix == ".pt" else "hf")
-    if to not in ("hf", "nanogpt2"):
-        raise NanoGPT2Error(f"--to must be hf or nanogpt2, not {to!r}")
+    to = to or {".pt": "nanogpt2", ".bin": "llmc"}.get(dst.suffix, "hf")
+    if to not in FORMATS:
+        raise NanoGPT2Error(f"--to must be one of {', '.join(FORMATS)}, not {to!r}")
+    if dtype is not None and to != "llmc":
+        raise NanoGPT2Error(f"--dtype picks the tensors of an llm.c file (--to llmc); --to {to} keeps float32")
     if src == "scratch":
         raise NanoGPT2Error("SRC 'scratch' has no weights to convert; give a model name, folder or checkpoint")
     _check_destination(dst, to)
-    model, info = load_model(src, log=log)
+    model, info = load_model(src, log=log, meta_pkl=meta_pkl)
     params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())  # a tied head once
-    if to == "hf":
-        _refuse_unexportable(model)  # before the line below: a refusal is the only line
+    if to != "nanogpt2":
+        _refuse_unexportable(model, FORMATS[to])  # before the line below: a refusal is the only line
     if params * 4 >= _BIG:
         print(f"writing {dst} ({params * 4 / 1e6:,.0f} MB) ...", file=sys.stderr, flush=True)
     if to == "nanogpt2":
@@ -589,6 +636,9 @@ def convert(src: str, dst, to: str | None = None, log=_note) -> dict:
                 f"GPT-2's): the checkpoint refers to that folder, keep it there")
         written = _write_pt(model, info, dst, src)
         architecture = info["spec"].get("kind", "gpt")
+    elif to in ("nanogpt", "llmc"):
+        written = _write_foreign(model, info, dst, to, dtype or "float32", src, log)
+        architecture = "GPT"
     else:
         tok_info = info.get("tokenizer") or {}
         tokenizer = tokenizer_from_info(tok_info) if tok_info else None
@@ -621,12 +671,17 @@ def main(argv=None):
     ap.add_argument("src", metavar="SRC", help=f"a GPT-2 name ({', '.join(HF_REPOS)}), an OpenAI size "
                     f"({', '.join(OPENAI_SIZES)}; 117M, 345M), an HF folder, an OpenAI TensorFlow folder, a train.py "
                     f"run folder or a checkpoint .pt")
-    ap.add_argument("dst", metavar="DST", help="an HF folder to write, or a .pt checkpoint file")
-    ap.add_argument("--to", choices=["hf", "nanogpt2"], default=None,
-                    help="output format (default: nanogpt2 when DST ends in .pt, else hf)")
+    ap.add_argument("dst", metavar="DST", help="an HF folder to write, a .pt checkpoint file, a nanoGPT out_dir "
+                    "(--to nanogpt) or an llm.c .bin file")
+    ap.add_argument("--to", choices=list(FORMATS), default=None,
+                    help="output format (default: nanogpt2 when DST ends in .pt, llmc when it ends in .bin, else hf)")
+    ap.add_argument("--dtype", choices=list(("float32", "bfloat16")), default=None,
+                    help="the tensors of an llm.c file (--to llmc; default float32)")
+    ap.add_argument("--meta_pkl", default=None, help="the meta.pkl of a nanoGPT character SRC (default: beside its "
+                    "ckpt.pt, or data/<dataset>/meta.pkl)")
     args = ap.parse_args(argv)
-    res = convert(args.src, args.dst, args.to)
-    what = f"HF {res['architecture']} folder" if res["format"] == "hf" else "nanogpt2 checkpoint"
+    res = convert(args.src, args.dst, args.to, dtype=args.dtype, meta_pkl=args.meta_pkl)
+    what = f"HF {res['architecture']} folder" if res["format"] == "hf" else FORMATS[res["format"]]
     print(f"converted {res['description']} -> {res['path']} ({what})")
     print(f"parameters: {res['params']:,}")
     print(f"sha256: {res['sha256']}  {res['file']}")

@@ -880,12 +880,12 @@ def prepare_dataset(name_or_path="shakespeare", tokenizer=None, data_path=None, 
 def _token_folder(name_or_path, tokenizer, data_path):
     """A folder of token ids another tool wrote, used as it is (nanoGPT's train.bin + val.bin, llm.c's shards:
     nanogpt2/token_files.py), else None. Its ids fix the tokenizer: another one asked for is refused."""
-    from nanogpt2 import nanogpt_format
+    from nanogpt2 import llmc, nanogpt_format
 
     p = Path(str(name_or_path)).expanduser()
     if str(name_or_path) in DATASETS or not p.is_dir():
         return None
-    ds = nanogpt_format.open_data_folder(p)
+    ds = nanogpt_format.open_data_folder(p) or llmc.open_shard_folder(p)
     if ds is None:
         return None
     asked = tokenizer if tokenizer is None or isinstance(tokenizer, str) else getattr(tokenizer, "name", None)

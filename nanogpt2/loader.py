@@ -10,6 +10,7 @@ One loader for every `init_from`, and the model spec that checkpoints record.
   a run folder     a train.py out_dir: its checkpoint of the highest step (damaged ones skipped, said so)
   a .pt file       one checkpoint
   nanoGPT          a ckpt.pt nanoGPT's train.py wrote, or its out_dir (+ meta.pkl: nanogpt2/nanogpt_format.py)
+  llm.c            a model file llm.c wrote (gpt2_124M.bin, gpt2_124M_bf16.bin: nanogpt2/llmc.py)
 train.py, sample.py, bench.py and `python -m nanogpt2.evaluate` all load through `load_model` here.
 
 The model spec: a checkpoint records what model it holds as a small dict, `{"kind": "gpt", "config":
@@ -37,7 +38,7 @@ from typing import Callable
 import torch.nn as nn
 
 from nanogpt2 import checkpoint as ckpt_io
-from nanogpt2 import nanogpt_format
+from nanogpt2 import llmc, nanogpt_format
 from nanogpt2.errors import NanoGPT2Error
 from nanogpt2.model import GPT, GPTConfig
 from nanogpt2.peft import apply_adapters, apply_lora, apply_prefix, collapse_prefix, lora_layers
@@ -207,9 +208,12 @@ def _load_hf(folder: Path, load_gpt):
 
 
 def load_foreign(path: Path, meta_pkl=None):
-    """(model, info) of another project's model file that `path` names (nanoGPT's ckpt.pt or out_dir), else None."""
+    """(model, info) of another project's model file that `path` names (nanoGPT's ckpt.pt or out_dir, an llm.c
+    model file), else None."""
     if nanogpt_format.checkpoint_file(path) is not None:
         model, info = nanogpt_format.load_checkpoint_model(path, meta_pkl=meta_pkl)
+    elif llmc.magic(path) is not None:
+        model, info = llmc.load_model_file(path)
     else:
         return None
     info["spec"] = model_spec(model)
@@ -265,7 +269,7 @@ def load_model(init_from: str, device="cpu", dropout=None, log=_warn, config: GP
         hint = f" (did you mean {' or '.join(close)}?)" if close else ""
         raise NanoGPT2Error(f"init_from {init_from!r} is not a GPT-2 name ({', '.join(HF_REPOS)}), an OpenAI size "
                             f"({', '.join(OPENAI_SIZES)}), an HF folder, an OpenAI TensorFlow folder, a train.py run "
-                            f"folder or a checkpoint file (nanogpt2's or nanoGPT's){hint}")
+                            f"folder or a checkpoint file (nanogpt2's, nanoGPT's or llm.c's){hint}")
     if meta_pkl and info.get("format") != "nanogpt":
         log(f"meta_pkl={meta_pkl} is ignored: {init_from} is not a nanoGPT checkpoint")
     if dropout is not None:

@@ -20,7 +20,7 @@ In:  `load_checkpoint_model(path, meta_pkl=None)` -> (GPT, info) for a ckpt.pt o
      `open_data_folder(path)` -> the train.bin / val.bin of a prepared data folder, memory-mapped as they are
      (nanogpt2/token_files.py; what nanogpt2.data.prepare_dataset returns for such a `dataset=`).
 Out: `write_checkpoint(model, tokenizer, out_dir, dataset, ...)` -> out_dir/ckpt.pt (+ meta.pkl for a character
-     model), what nanoGPT's `sample.py --init_from=resume --out_dir=DIR` loads.
+     model), what nanoGPT's `sample.py --init_from=resume --out_dir=DIR` loads (`convert --to nanogpt`).
 
 Docs: docs/conversion.md (nanoGPT), docs/data.md (nanoGPT data folders). Tests: tests/test_nanogpt_format.py.
 """
@@ -285,3 +285,51 @@ def open_data_folder(path):
                                 f"writes 2 bytes per id): it is truncated or of another format")
         splits[split] = MappedTokens([(f, 0, size // 2)], np.uint16, tok.n_vocab)
     return TokenFileDataset(p, "nanoGPT data folder", splits, tok)
+
+
+# ----------------------------------------------------------------------------------------------------
+# ckpt.pt out
+
+
+def check_exportable(config: GPTConfig, log=None) -> None:
+    """Refuse, naming the field, a GPT that nanoGPT's model cannot express; GPT-2's tanh GELU (nanoGPT's is the
+    exact one) is said through `log`: the logits then differ by about 1e-3."""
+    bad = [f"{k}={getattr(config, k)!r} (nanoGPT: {v!r})" for k, v in NANOGPT_FIXED.items()
+           if k not in ("activation", "n_inner") and getattr(config, k) != v]
+    if config.n_inner not in (None, 4 * config.n_embd):
+        bad.append(f"n_inner={config.n_inner} (nanoGPT: 4 * n_embd = {4 * config.n_embd})")
+    if config.activation not in ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
+        bad.append(f"activation={config.activation!r} (nanoGPT: GELU)")
+    if bad:
+        raise NanoGPT2Error(f"nanoGPT's GPT cannot express this model: {', '.join(bad)}; keep it as a nanogpt2 "
+                            f"checkpoint (or an HF folder)")
+    if config.activation != "gelu" and log is not None:
+        log(f"the model's GELU is the tanh approximation ({config.activation}), nanoGPT's the exact one (nn.GELU): "
+            f"nanoGPT computes slightly different logits (GPT-2 loaded by nanoGPT's from_pretrained does the same)")
+
+
+def write_checkpoint(model: GPT, tokenizer, out_dir, dataset: str = "", step=None, best_val_loss=None,
+                     source: str = "", log=None) -> Path:
+    """out_dir/ckpt.pt as nanoGPT's train.py saves it (model, model_args, iter_num, best_val_loss, config with
+    the dataset name; no optimizer), and out_dir/meta.pkl for a character tokenizer: what nanoGPT's
+    `sample.py --init_from=resume --out_dir=out_dir` loads. Neither file may exist yet. Written atomically (and
+    checksummed) by nanogpt2.checkpoint.save_checkpoint: nanoGPT ignores the extra entry, nanogpt2 verifies it."""
+    out_dir = Path(out_dir)
+    for name in (CKPT_FILE, META_FILE):
+        if (out_dir / name).exists():
+            raise NanoGPT2Error(f"{out_dir / name} exists (a nanoGPT run's own?); nanogpt2 does not overwrite it: "
+                                f"give another DST folder or move it away")
+    cfg = model.config
+    check_exportable(cfg, log)
+    config = {**({"dataset": dataset} if dataset else {}), "converted_from": source}  # nanoGPT's: informational
+    state = {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+             "model_args": {k: getattr(cfg, k) for k in MODEL_ARGS}, "iter_num": int(step or 0),
+             "best_val_loss": float(best_val_loss) if best_val_loss is not None else 1e9,  # nanoGPT's "none yet"
+             "config": config}
+    path = ckpt_io.save_checkpoint(out_dir / CKPT_FILE, state)
+    if getattr(tokenizer, "name", None) == "char":
+        write_meta(tokenizer, out_dir / META_FILE)
+        if log is not None:
+            log(f"nanoGPT's sample.py reads a character vocabulary from data/{dataset or '<dataset>'}/meta.pkl: copy "
+                f"{out_dir / META_FILE} there")
+    return path

@@ -352,3 +352,92 @@ def test_train_py_on_a_nanogpt_data_folder_from_the_nanogpt_run(tmp_path):
     out = res.stdout + res.stderr
     assert "(char tokenizer, vocab 65): 1,003,854 train / 111,540 val tokens" in out
     assert float(out.split("step 1/2 | loss ")[1].split()[0]) < 3.2
+
+
+# ----------------------------------------------------------------------------------------------------
+# ckpt.pt out: convert --to nanogpt
+
+
+def as_nanogpts_sample_py_loads(out_dir):
+    """nanoGPT's sample.py --init_from=resume --out_dir=out_dir, up to the model: torch.load of ckpt.pt (torch's
+    default, weights_only), GPTConfig(**model_args), the `_orig_mod.` prefix removed, a strict load_state_dict."""
+    nanogpt = shared_oracle("nanogpt/model.py")
+    ckpt = torch.load(out_dir / "ckpt.pt", map_location="cpu", weights_only=True)
+    model = nanogpt.GPT(nanogpt.GPTConfig(**ckpt["model_args"]))
+    model.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()})
+    return model.eval(), ckpt
+
+
+def convert_cli(*args, cwd=ROOT):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "nanogpt2.convert", *map(str, args)], capture_output=True, text=True,
+                          env=env, cwd=cwd, timeout=300)
+
+
+def test_convert_to_nanogpt_loads_in_nanogpts_own_model(tmp_path):
+    res = convert_cli(RUN, tmp_path / "out", "--to", "nanogpt")
+    assert res.returncode == 0, res.stderr
+    assert "note: nanoGPT's sample.py reads a character vocabulary from data/shakespeare_char/meta.pkl" in res.stderr
+    theirs, ckpt = as_nanogpts_sample_py_loads(tmp_path / "out")
+    assert ckpt["config"]["dataset"] == "shakespeare_char" and ckpt["iter_num"] == 150
+    assert ckpt["model_args"] == torch.load(RUN / "ckpt.pt", weights_only=True)["model_args"]
+    assert read_meta_tokenizer(tmp_path / "out" / "meta.pkl").chars == read_meta_tokenizer(RUN / "meta.pkl").chars
+    ids = torch.tensor([read_meta_tokenizer(RUN / "meta.pkl").encode(REF["prompt"])])
+    with torch.no_grad():
+        assert (theirs(ids, targets=ids)[0][0] - torch.tensor(REF["logits"])).abs().max().item() <= 1e-5
+        want = theirs.generate(ids, 30, top_k=1)[0].tolist()
+    assert read_meta_tokenizer(RUN / "meta.pkl").decode(want) == REF["greedy_30_top_k_1"]
+
+
+def test_convert_to_nanogpt_never_overwrites(tmp_path):
+    out = tmp_path / "out-shakespeare-char"
+    shutil.copytree(RUN, out)
+    before = (out / "ckpt.pt").read_bytes()
+    line = one_error_line(convert_cli(RUN, out, "--to", "nanogpt"))
+    assert "already holds ckpt.pt and meta.pkl (a nanoGPT run's own?); nanogpt2 does not overwrite them" in line
+    assert (out / "ckpt.pt").read_bytes() == before
+    line = one_error_line(convert_cli(RUN, tmp_path / "x.pt", "--to", "nanogpt"))
+    assert "--to nanogpt writes a folder" in line
+
+
+def test_a_gpt2_model_trained_here_to_nanogpt(tmp_path):
+    """A model of this project's GPT-2 family (biases, vocabulary padded to 50304, tanh GELU) and one with the exact
+    GELU: nanoGPT's GPT gives the same logits for the second; for the first the GELUs differ (said in a note)."""
+    from nanogpt2.convert import convert
+
+    torch.manual_seed(0)
+    idx = torch.randint(0, 50257, (2, 16))
+    for activation in ("gelu", "gelu_new"):
+        model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=50304,
+                              activation=activation)).eval()
+        src = tmp_path / f"{activation}.pt"
+        from nanogpt2.convert import _write_pt
+        _write_pt(model, {"tokenizer": {"name": "gpt2"}, "config": {"dataset": "/data/openwebtext"}, "step": 5},
+                  src, "test")
+        notes = []
+        convert(str(src), tmp_path / activation, to="nanogpt", log=notes.append)
+        theirs, ckpt = as_nanogpts_sample_py_loads(tmp_path / activation)
+        assert ckpt["config"]["dataset"] == "openwebtext" and not (tmp_path / activation / "meta.pkl").exists()
+        with torch.no_grad():
+            ours = model(idx)[0]
+            diff = (theirs(idx, targets=idx)[0] - ours).abs().max().item()
+        if activation == "gelu":
+            assert diff <= 1e-5 and not notes
+        else:
+            assert 0 < diff < 1e-2 and "nanoGPT's the exact one" in notes[0]
+        back, _ = load_model(str(tmp_path / activation))  # and back: nanoGPT's model (exact GELU)
+        with torch.no_grad():
+            assert (back(idx)[0] - theirs(idx, targets=idx)[0]).abs().max().item() <= 1e-5
+
+
+def test_what_nanogpt_cannot_express_is_refused(tmp_path):
+    from nanogpt2.nanogpt_format import write_checkpoint
+    from nanogpt2.tokenizer import get_tokenizer
+
+    for kw, msg in ((dict(tie_word_embeddings=False), "tie_word_embeddings=False"),
+                    (dict(activation="relu"), r"activation='relu' \(nanoGPT: GELU\)"),
+                    (dict(layer_norm_epsilon=1e-6), "layer_norm_epsilon=1e-06")):
+        model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=50257, **kw))
+        with pytest.raises(NanoGPT2Error, match="nanoGPT's GPT cannot express this model: " + msg):
+            write_checkpoint(model, get_tokenizer("gpt2"), tmp_path)
+    assert not list(tmp_path.iterdir())
