@@ -145,8 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, metavar="PATH", help="write every figure with its unit as JSON")
     p.add_argument("--seed", type=int, default=1337, help="default %(default)s")
     p.add_argument("--init_from", default=None, metavar="NAME_OR_PATH",
-                   help="time a real model (GPT-2 name, HF folder, run folder or .pt, as train.py's init_from) instead "
-                        "of a randomly initialised one; its shape replaces --preset and the size options")
+                   help="time a real model (GPT-2 name, HF folder, run folder or .pt, nanoGPT ckpt.pt, llm.c .bin: as "
+                        "train.py's init_from) instead of a randomly initialised one; its shape replaces --preset and "
+                        "the size options")
     return p
 
 

@@ -45,7 +45,7 @@ def parse_args(argv):
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--init_from", default="gpt2",
                     help="a train.py out_dir or checkpoint .pt, a GPT-2 name (gpt2, gpt2-medium, ...), an OpenAI size (124M, "
-                         "355M, ...), or an HF or OpenAI folder; "
+                         "355M, ...), an HF or OpenAI folder, a nanoGPT ckpt.pt or out_dir, or an llm.c model .bin; "
                          "'resume' means --out_dir")
     ap.add_argument("--out_dir", default="out", help="run folder used when --init_from resume (nanoGPT)")
     ap.add_argument("--meta_pkl", default=None, help="the meta.pkl of a nanoGPT character model (default: beside its "

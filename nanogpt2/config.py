@@ -78,6 +78,7 @@ class RunConfig:
         "scratch",
         "scratch | gpt2 | gpt2-medium | gpt2-large | gpt2-xl | distilgpt2 | 124M | 355M | 774M | 1558M (OpenAI's "
         "release) | a local HF or OpenAI folder | a training checkpoint (.pt file or run folder; weights only) | "
+        "a nanoGPT ckpt.pt or out_dir | an llm.c model file (.bin) | "
         "resume (= resume_from auto, but a checkpoint must exist)",
         "output")
     meta_pkl: str = setting(
@@ -110,7 +111,8 @@ class RunConfig:
     sample_top_k: int = setting(200, "top-k of the samples (0: off)", "logging")
 
     # --- data ---
-    dataset: str = setting("shakespeare", "dataset name (see nanogpt2.data.DATASETS) or a path to a text file/folder", "data")
+    dataset: str = setting("shakespeare", "dataset name (see nanogpt2.data.DATASETS), a path to a text file/folder, a "
+                           "nanoGPT data folder (train.bin, val.bin) or a folder of llm.c token shards", "data")
     tokenizer: str = setting("auto", "auto (the dataset's own: char for shakespeare_char, else gpt2) | gpt2 | char", "data")
     data_path: str = setting("", "local copy of the dataset's raw text (skips the download)", "data")
     val_fraction: Optional[float] = setting(

@@ -199,7 +199,8 @@ def main(argv=None):
         description="Strided perplexity (HF's method) and bits per byte of a model on a dataset split.")
     ap.add_argument("--task", default="lm", choices=("lm", "classify"),
                     help="lm: perplexity (this command); classify: a classifier's accuracy (--task classify --help)")
-    ap.add_argument("--init_from", default="gpt2", help="GPT-2 name, OpenAI size (124M, ...), HF or OpenAI folder, train.py out_dir or checkpoint file")
+    ap.add_argument("--init_from", default="gpt2", help="GPT-2 name, OpenAI size (124M, ...), HF or OpenAI folder, "
+                    "train.py out_dir or checkpoint file, nanoGPT ckpt.pt or out_dir, llm.c model .bin")
     ap.add_argument("--meta_pkl", default=None, help="the meta.pkl of a nanoGPT character model (default: beside its "
                     "ckpt.pt, or data/<dataset>/meta.pkl)")
     ap.add_argument("--dataset", default="wikitext2", help="dataset name (see nanogpt2.data.DATASETS) or a text file")

@@ -260,7 +260,8 @@ def load_checkpoint_model(path_or_dir, meta_pkl=None) -> tuple:
     notes = [f"iter {step}"] + ([f"best val loss {best:.4f}"] if isinstance(best, float) else []) \
         + ([f"vocabulary of {meta}"] if meta is not None else [])
     info = {"path": str(path), "tokenizer": tokenizer, "config": state.get("config") or {}, "step": step,
-            "best_val_loss": best, "format": "nanogpt", "description": f"{path} (nanoGPT checkpoint, {', '.join(notes)})"}
+            "best_val_loss": best, "format": "nanogpt",
+            "description": f"{path} (nanoGPT checkpoint, {', '.join(notes)})"}
     return model, info
 
 
