@@ -533,7 +533,7 @@ def save_pretrained(model, out_dir, tokenizer=None, log=_note) -> Path:
 
 
 # ----------------------------------------------------------------------------------------------------
-# The command line: python -m nanogpt2.convert SRC DST [--to hf|nanogpt2]
+# The command line: python -m nanogpt2.convert SRC DST [--to hf|nanogpt2|nanogpt|llmc]
 
 
 _BIG = 100_000_000  # bytes: a model this big takes seconds to write, so say what is happening

@@ -410,6 +410,9 @@ def test_a_gpt2_model_trained_here_to_nanogpt(tmp_path):
     for activation in ("gelu", "gelu_new"):
         model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=50304,
                               activation=activation)).eval()
+        with torch.no_grad():
+            for p in model.parameters():
+                p.normal_(0, 0.2, generator=torch.Generator().manual_seed(p.numel()))
         src = tmp_path / f"{activation}.pt"
         from nanogpt2.convert import _write_pt
         _write_pt(model, {"tokenizer": {"name": "gpt2"}, "config": {"dataset": "/data/openwebtext"}, "step": 5},
@@ -424,7 +427,7 @@ def test_a_gpt2_model_trained_here_to_nanogpt(tmp_path):
         if activation == "gelu":
             assert diff <= 1e-5 and not notes
         else:
-            assert 0 < diff < 1e-2 and "nanoGPT's the exact one" in notes[0]
+            assert 1e-5 < diff < 1e-2 and "nanoGPT's the exact one" in notes[0]  # 3e-4 here
         back, _ = load_model(str(tmp_path / activation))  # and back: nanoGPT's model (exact GELU)
         with torch.no_grad():
             assert (back(idx)[0] - theirs(idx, targets=idx)[0]).abs().max().item() <= 1e-5
