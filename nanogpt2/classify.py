@@ -795,7 +795,7 @@ class ClassifyTask:
 
     def __init__(self, cfg):
         from nanogpt2.tokenizer import get_tokenizer
-        from nanogpt2.trainer import dist_from_env
+        from nanogpt2.distributed import dist_from_env
 
         check_settings(cfg)
         self.cfg, self.master = cfg, dist_from_env().master
@@ -865,7 +865,7 @@ class ClassifyTask:
         return evaluate_classifier(trainer.eval_model, self.enc[split], self.names, batch_size=self.cfg.batch_size,
                                    pad_id=self.pad_id, device=trainer.device, autocast=trainer.autocast,
                                    max_batches=max_batches, seed=self.cfg.seed, rank=trainer.dist.rank,
-                                   world_size=trainer.dist.world_size, all_reduce=trainer._all_reduce)
+                                   world_size=trainer.dist.world_size, all_reduce=trainer.dist.all_reduce)
 
     def eval_fn(self, trainer) -> dict:
         m = self.evaluate(trainer, "val", self.cfg.eval_iters or None)
@@ -875,7 +875,7 @@ class ClassifyTask:
     def before_train(self, trainer):
         """The results folder (a resumed run keeps its own), and the baseline: the model before any step."""
         # rank 0 makes the folder; a failure there stops every process (none waits at the baseline's all-reduce)
-        self.results = trainer._together(trainer.dist.master, lambda: self._results_folder(trainer),
+        self.results = trainer.dist.together(trainer.dist.master, lambda: self._results_folder(trainer),
                                          "cannot create the results folder (see rank 0's error)")
         if self.results is not None:
             trainer.log(f"results: {self.results.root}")

@@ -21,6 +21,13 @@ micro-batches per optimizer step; with N processes (torchrun) each runs gradient
 of them. Each step draws the same global set of windows whatever N is (the sampler hands each rank
 its slice), so a step's gradient does not depend on the number of processes.
 
+The trainer keeps the loop and the order of its stages; its collaborators each own a concept:
+  nanogpt2/distributed.py  the processes: torchrun's ranks, the process group, all-reduce, "one does it, a
+                           failure there stops all"
+  nanogpt2/rundir.py       the run folder: what it holds, the writability check, the checkpoint to resume from
+  nanogpt2/loader.py       the model: built from init_from, or rebuilt from the resume checkpoint's spec
+  nanogpt2/outputs.py      what the run reports: metrics.jsonl, TensorBoard, the progress line, the plot
+
 References: Karpathy's nanoGPT `train.py` (loop, schedule, DDP, MFU); PyTorch AMP recipe (GradScaler,
 unscale before clipping); Loshchilov & Hutter, "Decoupled Weight Decay Regularization" (AdamW).
 
@@ -35,15 +42,12 @@ Reuse (fine-tuning):
 """
 
 import contextlib
-import json
 import math
-import os
 import random
 import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -52,45 +56,25 @@ import torch
 import torch.nn as nn
 
 from nanogpt2 import checkpoint as ckpt_io
-from nanogpt2.config import RunConfig, format_config, load_config, save_config, settings_text, wants_help
-from nanogpt2.errors import EXIT_INTERRUPTED, NanoGPT2Error, write_error
+from nanogpt2.config import RunConfig, format_config, load_config, settings_text, wants_help
+from nanogpt2.distributed import dist_from_env
+from nanogpt2.errors import EXIT_INTERRUPTED, NanoGPT2Error
 from nanogpt2.generate import generate
-from nanogpt2.loader import build_model, load_model, model_spec, spec_of
-from nanogpt2.model import GPT, GPTConfig, IGNORE_INDEX
+from nanogpt2.loader import build_run_model, check_resume_fits, model_spec
+from nanogpt2.model import GPT, IGNORE_INDEX
 from nanogpt2.optim import make_optimizer, resolve_schedule, set_lr
+from nanogpt2.outputs import RunOutputs, fmt_hours
 from nanogpt2.perf import mfu, peak_flops
+from nanogpt2.rundir import RunDir
 from nanogpt2.runtime import DTYPES, autocast, resolve_device, resolve_dtype
 
 # ----------------------------------------------------------------------------------------------------
-# Distributed setup
-
-
-@dataclass
-class Dist:
-    rank: int = 0
-    local_rank: int = 0
-    world_size: int = 1
-    enabled: bool = False
-
-    @property
-    def master(self) -> bool:
-        return self.rank == 0
-
-
-def dist_from_env() -> Dist:
-    """torchrun sets RANK, LOCAL_RANK and WORLD_SIZE; without them this is a single process."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ:
-        return Dist(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0")), int(os.environ["WORLD_SIZE"]), True)
-    return Dist()
+# Small helpers
 
 
 def resolve_compile(setting: Optional[bool], device: torch.device) -> bool:
     """torch.compile or not: the setting when given, else on for CUDA and off elsewhere."""
     return setting if setting is not None else device.type == "cuda"
-
-
-# ----------------------------------------------------------------------------------------------------
-# Small helpers
 
 
 def split_batch(batch, n: int) -> list:
@@ -104,16 +88,6 @@ def split_batch(batch, n: int) -> list:
         return [{k: parts[k][i] for k in parts} for i in range(n)]
     parts = [split_batch(v, n) for v in batch]
     return [type(batch)(p[i] for p in parts) for i in range(n)]
-
-
-def _architecture(spec: dict) -> dict:
-    """A model spec without what a resume may change: dropout and the attention kernel (attn_impl); a GPT's
-    config completed with today's defaults (a checkpoint written before a field existed)."""
-    config = dict(spec.get("config") or {})
-    if spec.get("kind") == "gpt":
-        config = GPTConfig(**config).to_dict()
-    config = {k: v for k, v in config.items() if k not in ("dropout", "attn_impl")}
-    return {**spec, "config": config}
 
 
 def default_optimizer(trainer, model) -> torch.optim.Optimizer:
@@ -131,10 +105,6 @@ def default_loss_fn(trainer, model, batch):
 def _loss_only(raw_model) -> dict:
     """The forward keyword that skips the logits, for a GPT (another model given to the Trainer may not take it)."""
     return {"return_logits": False} if isinstance(raw_model, GPT) else {}
-
-
-def _fmt_hours(seconds: float) -> str:
-    return f"{seconds / 3600:.2f}h"
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -183,9 +153,10 @@ class Trainer:
         self.tokenizer = tokenizer
         self.steps_per_epoch = steps_per_epoch
         self.out_dir = Path(cfg.out_dir)
+        self.rundir = RunDir(cfg.out_dir)
+        self.dist = dist_from_env()
+        self.outputs = RunOutputs(self.rundir, cfg, active=self.dist.master, log=self.log)
         self._stop_signal = None  # name of the signal that asked us to stop
-        self._pg_initialized = False
-        self._tb = None
         try:
             # Setup, in the one order that works: each stage needs the ones above it.
             self._setup_processes()                    # torchrun ranks, device, dtype, process group, seeds
@@ -212,11 +183,9 @@ class Trainer:
 
     def _setup_processes(self):
         cfg = self.cfg
-        self.dist = dist_from_env()
         self.device = resolve_device(cfg.device, self.dist.local_rank if self.dist.enabled else None)
         self.dtype = resolve_dtype(cfg.dtype, self.device)
-        if self.dist.enabled:
-            self._init_process_group()
+        self.dist.init_process_group(self.device, cfg.backend)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
             torch.backends.cuda.matmul.allow_tf32 = True
@@ -246,36 +215,14 @@ class Trainer:
         self.tokens_per_step = cfg.batch_size * cfg.block_size * accum  # global
 
     def _check_out_dir(self):
-        """Refuse an out_dir that cannot be created or written before any work (data, downloads) starts, without
-        creating it: a run refused later leaves the file system as it was."""
-        def check():
-            existing = self.out_dir.absolute()
-            while not existing.exists() and existing != existing.parent:
-                existing = existing.parent
-            why = ("Not a directory" if not existing.is_dir() else
-                   "Permission denied" if not os.access(existing, os.W_OK | os.X_OK) else None)
-            if why:
-                raise NanoGPT2Error(f"cannot write to out_dir={self.cfg.out_dir} ({why}: {existing}); "
-                                    f"pick a folder you can write to")
-
-        self._together(self.dist.master, check, f"cannot write to out_dir={self.cfg.out_dir} (see rank 0's error)")
+        """Refuse an out_dir that cannot be created or written before any work (data, downloads) starts."""
+        self.dist.together(self.dist.master, self.rundir.check_writable,
+                           f"cannot write to out_dir={self.cfg.out_dir} (see rank 0's error)")
 
     def _setup_outputs(self):
-        cfg = self.cfg
-        self.log(format_config(cfg))
-
-        def write():  # rank 0 writes
-            try:
-                self.out_dir.mkdir(parents=True, exist_ok=True)
-                save_config(cfg, self.out_dir / "config.json")
-                for stray in ckpt_io.remove_stray_temp_files(self.out_dir):
-                    self.log(f"removed {stray.name}, left by a checkpoint save that was killed")
-            except OSError as e:
-                raise NanoGPT2Error(f"cannot write to out_dir={cfg.out_dir} ({e.strerror or e}); "
-                                    f"pick a folder you can write to") from None
-
-        self._together(self.dist.master, write, f"cannot write to out_dir={cfg.out_dir} (see rank 0's error)")
-        self._metrics_path = self.out_dir / "metrics.jsonl"
+        self.log(format_config(self.cfg))
+        self.dist.together(self.dist.master, lambda: self.rundir.create(self.cfg, self.log),
+                           f"cannot write to out_dir={self.cfg.out_dir} (see rank 0's error)")
 
     def _setup_data(self, make_sampler):
         if make_sampler is None:
@@ -299,7 +246,9 @@ class Trainer:
         self.schedule = resolve_schedule(cfg, self.max_steps)
 
     def _setup_model(self, model, resume_state):
-        self.raw_model = self._build_model(model, resume_state)
+        self.raw_model = build_run_model(
+            self.cfg, self.tokenizer, model=model, resume_state=resume_state, log=self.log,
+            prepare=None if self.prepare_model is None else lambda m: self.prepare_model(self, m))
         self.raw_model.to(device=self.device, dtype=torch.float32)  # fp32 master weights and optimizer state
         self.optimizer = self.make_optimizer(self, self.raw_model)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == "float16")
@@ -341,15 +290,6 @@ class Trainer:
 
     # --- setup helpers -------------------------------------------------------------------------------
 
-    def _init_process_group(self):
-        import torch.distributed as td
-
-        backend = self.cfg.backend or ("nccl" if self.device.type == "cuda" else "gloo")
-        if self.device.type == "cuda":
-            torch.cuda.set_device(self.device)
-        td.init_process_group(backend=backend)
-        self._pg_initialized = True
-
     def _setup_default_data(self):
         from nanogpt2.data import prepare_dataset
         from nanogpt2.samplers import RandomWindowSampler
@@ -361,9 +301,9 @@ class Trainer:
             return prepare_dataset(cfg.dataset, tokenizer=None if cfg.tokenizer == "auto" else cfg.tokenizer,
                                    data_path=cfg.data_path or None, val_fraction=cfg.val_fraction, quiet=quiet)
 
-        ds = self._together(self.dist.local_rank == 0, lambda: prepare(quiet=not self.dist.master),
+        ds = self.dist.together(self.dist.local_master, lambda: prepare(quiet=not self.dist.master),
                             "preparing the dataset failed on another process (see its error)")
-        if self.dist.local_rank != 0:
+        if not self.dist.local_master:
             ds = prepare(quiet=True)
         self.dataset = ds
         if self.tokenizer is None:
@@ -388,142 +328,11 @@ class Trainer:
                  f"{len(train):,} train / {len(val):,} val tokens in {ds.dir}")
 
     def _find_resume(self):
-        cfg = self.cfg
-        spec = cfg.resume_from or ("auto" if cfg.init_from == "resume" else "")
-        if not spec:
-            if self.dist.master and ckpt_io.list_checkpoints(self.out_dir):
-                self.log(f"note: {self.out_dir} already holds checkpoints from an earlier run; this run starts "
-                         f"fresh (use --resume_from auto to continue it)")
-            return None
-        if spec == "auto" and not ckpt_io.list_checkpoints(self.out_dir):
-            if cfg.init_from == "resume":
-                raise NanoGPT2Error(f"init_from=resume but there is no checkpoint in {self.out_dir}; "
-                                    f"check out_dir or start with init_from=scratch")
-            self.log(f"resume_from=auto: no checkpoint in {self.out_dir} yet, starting fresh")
-            return None
-        folder = self.out_dir if spec == "auto" else Path(spec)
-        if folder.is_dir():  # the highest stored step; damaged checkpoints are skipped, and said so
-            path, state, skipped = ckpt_io.load_latest(folder, check=self._check_resumable)
-            for bad, why in skipped:
-                self.log(f"warning: skipping {bad.name}: {why}")
-            if skipped:
-                self.log(f"warning: falling back to {path.name} (step {state['step']})")
-        else:
-            path = ckpt_io.find_checkpoint(spec, "latest")
-            state = ckpt_io.load_checkpoint(path, map_location="cpu")
-            self._check_resumable(path, state)
-        if ckpt_io.CHECKSUM not in state:
-            self.log(f"note: {path} has no checksum (written by an earlier nanogpt2): loaded without verification")
-        state["_path"] = str(path)
-        self._check_resume_fits(state)
+        """The checkpoint to resume from (or None), checked against this run's tokenizer and block size."""
+        state = self.rundir.find_resume(self.cfg, self.log, master=self.dist.master)
+        if state is not None:
+            check_resume_fits(self.cfg, state, self.tokenizer, self.log)
         return state
-
-    @staticmethod
-    def _check_resumable(path, state):
-        for key in ("optimizer", "step", "sampler", "rng"):
-            if key not in state:
-                raise NanoGPT2Error(f"{path} has no {key!r}: it holds weights only and cannot be resumed; "
-                                    f"use --init_from={path} to start a new run from its weights")
-
-    def _check_resume_fits(self, state):
-        """Refuse a resume the checkpoint's model cannot run (another vocabulary, a longer context); warn about
-        model settings of this config that the checkpoint's architecture overrides."""
-        cfg, path = self.cfg, state["_path"]
-        with ckpt_io.rebuilding(path, "the model"):
-            spec = spec_of(state)
-        saved = state.get("tokenizer")
-        mine = ckpt_io.tokenizer_info(self.tokenizer) if self.tokenizer is not None else None
-        if isinstance(saved, dict) and mine is not None and saved != mine:
-            def desc(info):
-                chars = info.get("chars")
-                return f"{info.get('name')!r}" + (f" ({len(chars)} characters)" if isinstance(chars, str) else "")
-            raise NanoGPT2Error(f"{path} was trained with the tokenizer {desc(saved)}, but this run's data "
-                                f"(dataset={cfg.dataset}) uses {desc(mine)}: the token ids would mean other things; "
-                                f"resume with the checkpoint's dataset and tokenizer settings, or start a new run")
-        if spec.get("kind") != "gpt":  # another registered kind: its own module checks its shape
-            return
-        with ckpt_io.rebuilding(path, "the model"):
-            mconf = GPTConfig(**(spec.get("config") or {}))
-            ctx, vocab = int(mconf.block_size), int(mconf.vocab_size)
-        if cfg.block_size > ctx:
-            raise NanoGPT2Error(f"block_size={cfg.block_size} is longer than the context of {path} ({ctx} positions): "
-                                f"resume with --block_size={ctx} or less, or start a new run")
-        n_vocab = getattr(self.tokenizer, "n_vocab", None)
-        if n_vocab is not None and vocab < n_vocab:
-            raise NanoGPT2Error(f"{path} has a vocabulary of {vocab} tokens, fewer than this run's tokenizer "
-                                f"({n_vocab}); resume with the checkpoint's dataset and tokenizer settings")
-        old = state.get("run_config") if isinstance(state.get("run_config"), dict) else {}
-        shape = ("n_layer", "n_head", "n_embd", "vocab_size", "bias", "dropout")
-        ignored = [f"{k}={getattr(cfg, k)!r} (checkpoint: {old[k]!r})" for k in shape
-                   if k in old and old[k] != getattr(cfg, k)]
-        if ignored:
-            self.log(f"warning: resuming keeps the model of {path}; ignoring {', '.join(ignored)} "
-                     f"(to train another model, start a new run in another out_dir)")
-
-    def _build_model(self, model, resume_state):
-        """The model to train: the one given to the Trainer (resumed into, on resume), else the checkpoint's
-        (its weights come in _restore), else a new one from init_from."""
-        cfg = self.cfg
-        if resume_state is not None:
-            path = resume_state["_path"]
-            with ckpt_io.rebuilding(path, "the model"):
-                spec = spec_of(resume_state)
-                if model is None:
-                    return build_model(spec)
-            if _architecture(model_spec(model)) != _architecture(spec):
-                raise NanoGPT2Error(f"{path} holds another model than the one this run was given "
-                                    f"({_architecture(spec)} vs {_architecture(model_spec(model))}); resume with the "
-                                    f"same model, or start a new run in another out_dir")
-            return model
-        if model is not None:
-            return model
-        fresh = self._scratch_model() if cfg.init_from in ("scratch", "resume") else self._init_model()
-        model = self.prepare_model(self, fresh) if self.prepare_model is not None else fresh
-        self._fit_context(model)
-        return model
-
-    def _fit_context(self, model):
-        """Crop the positional table to the run's windows (nanoGPT's model surgery: GPT-2's 1024 -> block_size),
-        keeping the positions a method spends on itself (a prefix: context_length = block_size - P)."""
-        context = getattr(model, "context_length", None)
-        if context is None:
-            return
-        cfg = self.cfg
-        if cfg.block_size > context:
-            spent = model.config.block_size - context
-            raise NanoGPT2Error(f"block_size={cfg.block_size} exceeds the model's context of {context} tokens"
-                                + (f" ({model.config.block_size} positions, {spent} of them taken by the prefix)" if spent else "")
-                                + f"; lower block_size to {context}")
-        if cfg.block_size < context:
-            model.crop_block_size(model.config.block_size - (context - cfg.block_size))
-
-    def _init_model(self) -> GPT:
-        """The GPT of init_from (a GPT-2 name, an HF folder, a checkpoint), checked against this run."""
-        cfg = self.cfg
-        m, info = load_model(cfg.init_from, dropout=cfg.dropout, log=lambda msg: self.log(f"warning: {msg}"))
-        mine = ckpt_io.tokenizer_info(self.tokenizer) if self.tokenizer is not None else None
-        if mine is not None and info["tokenizer"] != mine:
-            raise NanoGPT2Error(f"init_from={cfg.init_from} was trained with tokenizer {info['tokenizer'].get('name')!r} "
-                                f"(another vocabulary than this run's {mine['name']!r}); use the same tokenizer "
-                                f"(tokenizer=gpt2 for GPT-2 weights)")
-        if not isinstance(m, GPT):
-            raise NanoGPT2Error(f"init_from={cfg.init_from} holds a {type(m).__name__} ({info['spec'].get('kind')}); "
-                                f"train.py starts from a GPT: resume that run with --resume_from instead")
-        self.log(f"model: {info['description']}, {m.param_counts()['total'] / 1e6:.2f}M parameters")
-        return m
-
-    def _scratch_model(self) -> GPT:
-        cfg = self.cfg
-        n_vocab = self.tokenizer.n_vocab if self.tokenizer is not None else None
-        vocab = cfg.vocab_size or n_vocab
-        if vocab is None:
-            raise NanoGPT2Error("vocab_size is not set and there is no tokenizer to take it from")
-        if n_vocab is not None and vocab < n_vocab:
-            raise NanoGPT2Error(f"vocab_size={vocab} is smaller than the tokenizer's {n_vocab} tokens")
-        m, _ = load_model("scratch", config=GPTConfig(block_size=cfg.block_size, vocab_size=vocab, n_layer=cfg.n_layer,
-                                                      n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias))
-        self.log(f"model: GPT from scratch, {m.param_counts()['total'] / 1e6:.2f}M parameters")
-        return m
 
     def _restore(self, state):
         """Load what a checkpoint holds, but the RNG states (restored last, see __init__)."""
@@ -571,27 +380,6 @@ class Trainer:
     def autocast(self):
         return autocast(self.device, self.dtype)
 
-    def _together(self, runs_here: bool, fn, elsewhere: str):
-        """fn() on the processes where `runs_here` (rank 0, or each machine's first); a NanoGPT2Error there
-        stops every process (its failure flag is all-reduced), so none hangs at a later collective. Returns fn's
-        result (None where it did not run); the others raise NanoGPT2Error(elsewhere)."""
-        failed, error, result = torch.zeros(1, device=self.device), None, None
-        if runs_here:
-            try:
-                result = fn()
-            except NanoGPT2Error as e:
-                failed[0], error = 1.0, e
-        if self._all_reduce(failed, op="max").item():
-            raise error or NanoGPT2Error(elsewhere)
-        return result
-
-    def _all_reduce(self, t: torch.Tensor, op="sum") -> torch.Tensor:
-        if self.dist.enabled:
-            import torch.distributed as td
-
-            td.all_reduce(t, op=td.ReduceOp.SUM if op == "sum" else td.ReduceOp.MAX)
-        return t
-
     def _emit(self, event: str):
         for hook in self.hooks:
             hook(self, event)
@@ -621,7 +409,7 @@ class Trainer:
             for name, value in (more[0] if more else {}).items():
                 terms[name] = terms.get(name, 0.0) + value.detach().float() / self.micro_steps
         # The loss (and its terms), averaged over every micro-batch of every process: one all-reduce.
-        means = self._all_reduce(torch.stack([loss_sum, *terms.values()])) / self.dist.world_size  # (1 + terms,)
+        means = self.dist.all_reduce(torch.stack([loss_sum, *terms.values()])) / self.dist.world_size  # (1 + terms,)
         loss_sum = means[0]
         self.loss_terms = tuple(terms)
         self.scaler.unscale_(self.optimizer)  # no-op unless float16
@@ -683,7 +471,7 @@ class Trainer:
                 _, loss = model(x, y, **_loss_only(self.raw_model))  # the loss alone: no (B, T, vocab) logits
             n = (y != IGNORE_INDEX).sum()
             total += torch.stack([loss.double() * n, n.double()])
-        self._all_reduce(total)
+        self.dist.all_reduce(total)
         loss_sum, count = total.tolist()
         if count == 0:
             raise NanoGPT2Error("the validation split yields no full window; lower block_size")
@@ -706,7 +494,7 @@ class Trainer:
                                   stride=min(cfg.test_stride, block), batch_size=cfg.batch_size, device=self.device,
                                   dtype=None if self.dtype == "float32" else DTYPES[self.dtype],
                                   n_bytes=ds.meta["splits"]["test"].get("text_bytes"),
-                                  rank=self.dist.rank, world_size=self.dist.world_size, all_reduce=self._all_reduce)
+                                  rank=self.dist.rank, world_size=self.dist.world_size, all_reduce=self.dist.all_reduce)
         self.raw_model.train()
         if not self.dist.master:
             return None
@@ -782,10 +570,7 @@ class Trainer:
         """Everything needed to continue exactly (see nanogpt2/checkpoint.py for the keys)."""
         rng = ckpt_io.rng_state()
         if self.dist.enabled:
-            import torch.distributed as td
-
-            all_rng = [None] * self.dist.world_size
-            td.all_gather_object(all_rng, rng)
+            all_rng = self.dist.gather(rng)
             rng = {**all_rng[0], "per_rank": all_rng}
         return {
             "model": self.raw_model.state_dict(),
@@ -809,55 +594,16 @@ class Trainer:
         """Write checkpoint_{name}.pt (all processes must call this: RNG states are gathered; rank 0 writes).
         A failed write (a full disk) is a NanoGPT2Error on every process; the previous checkpoints stay as they were."""
         state = self.state_dict()
-        path = self.out_dir / f"{ckpt_io.PREFIX}{name}{ckpt_io.SUFFIX}"
-        self._together(self.dist.master, lambda: ckpt_io.save_checkpoint(path, state),
+        path = self.rundir.checkpoint_path(name)
+        self.dist.together(self.dist.master, lambda: ckpt_io.save_checkpoint(path, state),
                        f"writing {path} failed on rank 0 (see its error)")
         return path
 
     # --- logging outputs ----------------------------------------------------------------------------------
 
-    def _open_outputs(self, resumed: bool):
-        if not self.dist.master:
-            return
-        if resumed and self._metrics_path.exists():  # drop records past the checkpoint (they will be redone),
-            keep = []                                  # and a final test record (redone at the end)
-            for line in self._metrics_path.read_text().splitlines():
-                try:
-                    rec = json.loads(line)
-                    if rec.get("step", 0) <= self.step and "test_loss" not in rec:
-                        keep.append(line)
-                except ValueError:  # a line cut short by a crash
-                    pass
-            self._metrics_path.write_text("".join(line + "\n" for line in keep))
-        elif not resumed:
-            self._metrics_path.write_text("")
-        if self.cfg.tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                self.log("tensorboard is not installed: no event files (pip install tensorboard)")
-            else:
-                self._tb = SummaryWriter(str(self.out_dir / "tensorboard"), purge_step=self.step + 1 if resumed else None)
-
     def _write_record(self, rec: dict):
-        if not self.dist.master:
-            return
-        self._append(self._metrics_path, json.dumps(rec) + "\n", "metrics")
-        if self._tb is not None:
-            for key in ("loss", *self.loss_terms, "ppl", "lr", "grad_norm", "tokens_per_sec", "mfu", "val_loss",
-                        "val_ppl", "loss_scale"):
-                if key in rec and rec[key] is not None and math.isfinite(rec[key]):
-                    self._tb.add_scalar(key if key.startswith("val") else f"train/{key}", rec[key], rec["step"])
-
-    def _append(self, path: Path, text: str, what: str):
-        """Append to a log file of out_dir; a full disk is one line naming the file and the free space."""
-        try:
-            with open(path, "a") as f:
-                f.write(text)
-        except OSError as e:
-            raise write_error(e, f"the {what} {path}", self.out_dir,
-                              "free some space (the checkpoints so far are intact), then --resume_from auto",
-                              any_os_error=True) from None
+        self.outputs.loss_terms = self.loss_terms
+        self.outputs.write(rec)
 
     def _time_left(self, step_time: float) -> dict:
         """elapsed_h; eta_h, the hours to the end of the run (steps left x `step_time`, the mean training-step
@@ -873,60 +619,8 @@ class Trainer:
                 "budget_left_h": None if budget_left is None else budget_left / 3600}
 
     def _progress_line(self, rec: dict) -> str:
-        budget = rec["budget_left_h"]
-        by_budget = budget is not None and rec["step"] < self.max_steps and rec["eta_h"] >= budget
-        parts = [
-            f"step {rec['step']}/{self.max_steps}",
-            f"loss {rec['loss']:.4f}",
-            *(f"{name} {rec[name]:.4f}" for name in self.loss_terms if name in rec),
-            f"ppl {rec['ppl']:.2f}",
-            f"lr {rec['lr']:.2e}",
-            f"grad {rec['grad_norm']:.3f}",
-            f"{rec['tokens_per_sec']:,.0f} tok/s",
-            f"MFU {100 * rec['mfu']:.2f}%" if math.isfinite(rec["mfu"]) else "MFU n/a",
-            f"Elapsed: {_fmt_hours(3600 * rec['elapsed_h'])}",
-            f"ETA: {_fmt_hours(3600 * rec['eta_h'])}" + (" (time limit)" if by_budget else ""),
-            f"Budget left: {_fmt_hours(3600 * budget)}" if budget is not None else "Budget left: none",
-        ]
-        return " | ".join(parts)
-
-    def plot(self):
-        """loss (train and val), perplexity and learning rate against the step, to training_curves.png."""
-        if not (self.cfg.plot and self.dist.master and self._metrics_path.exists()):
-            return None
-        try:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:
-            self.log("matplotlib is not installed: no plot (pip install matplotlib)")
-            return None
-        recs = [json.loads(line) for line in self._metrics_path.read_text().splitlines() if line.strip()]
-        recs = [r for r in recs if "loss" in r]  # step records (not the final test_* record)
-        if not recs:
-            return None
-        fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-        train = [(r["step"], r["loss"]) for r in recs if math.isfinite(r["loss"])]
-        val = [(r["step"], r["val_loss"]) for r in recs if "val_loss" in r]
-        for ax, key, title in ((axes[0], None, "loss"), (axes[1], "ppl", "perplexity")):
-            f = (lambda v: v) if key is None else (lambda v: math.exp(min(v, 50)))
-            if train:
-                ax.plot([s for s, _ in train], [f(v) for _, v in train], label="train")
-            if val:
-                ax.plot([s for s, _ in val], [f(v) for _, v in val], "o-", label="val")
-            ax.set_title(title)
-            ax.set_xlabel("step")
-            ax.legend()
-        axes[1].set_yscale("log")
-        axes[2].plot([r["step"] for r in recs], [r["lr"] for r in recs])
-        axes[2].set_title("learning rate")
-        axes[2].set_xlabel("step")
-        fig.tight_layout()
-        path = self.out_dir / "training_curves.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        return path
+        self.outputs.loss_terms = self.loss_terms
+        return self.outputs.progress_line(rec, self.max_steps)
 
     # --- signals ------------------------------------------------------------------------------------------
 
@@ -963,18 +657,12 @@ class Trainer:
 
     def close(self):
         """Close the TensorBoard writer and leave the process group (idempotent)."""
-        if self._tb is not None:
-            self._tb.close()
-            self._tb = None
-        if self._pg_initialized:
-            import torch.distributed as td
-
-            td.destroy_process_group()
-            self._pg_initialized = False
+        self.outputs.close()
+        self.dist.close()
 
     def _train(self) -> dict:
         cfg = self.cfg
-        self._open_outputs(self.step > 0)
+        self.outputs.open(resumed_at=self.step)
         self.log(f"{self.dist.world_size} process(es) on {self.device} ({self.dtype}); "
                  f"{self.accum_steps} micro-steps of {cfg.batch_size} x {cfg.block_size} tokens per step "
                  f"({self.micro_steps} per process) = {self.tokens_per_step:,} tokens/step; "
@@ -1020,8 +708,8 @@ class Trainer:
 
     def _check_bad_steps(self, rec: dict):
         if rec.get("bad_step") and self.bad_steps_in_row >= self.cfg.max_bad_steps:
-            last_good, _ = ckpt_io.by_step(self.out_dir)  # the highest stored step first
-            where = f"the last good checkpoint is {last_good[0]}" if last_good else "no checkpoint was written yet"
+            last_good = self.rundir.latest_checkpoint()
+            where = f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was written yet"
             raise NanoGPT2Error(
                 f"the loss was non-finite for {self.bad_steps_in_row} steps in a row (steps "
                 f"{self.step - self.bad_steps_in_row + 1}-{self.step}); stopping without saving; {where}. "
@@ -1061,15 +749,15 @@ class Trainer:
             text = self.sample()
             if text is not None:
                 self.log(f"--- sample at step {self.step} ---\n{text}\n---")
-                self._append(self.out_dir / "samples.txt", f"--- step {self.step} ---\n{text}\n", "samples")
+                self.outputs.write_sample(self.step, text)
         if cfg.checkpoint_interval and self.step % cfg.checkpoint_interval == 0 and not final:
             self.save(f"step_{self.step}")
             if self.dist.master:
-                ckpt_io.prune_checkpoints(self.out_dir, "step", cfg.keep_last)
+                self.rundir.prune("step", cfg.keep_last)
         if epoch_end and not final:
             self.save(f"epoch_{self.epoch}")
             if self.dist.master:
-                ckpt_io.prune_checkpoints(self.out_dir, "epoch", cfg.keep_last)
+                self.rundir.prune("epoch", cfg.keep_last)
 
     def _agreed_stops(self):
         """(a signal arrived, the next step would cross the wall-clock budget, elapsed seconds): agreed by all
@@ -1080,7 +768,7 @@ class Trainer:
         time_up = limit > 0 and elapsed + self.last_step_time >= limit
         if self.dist.enabled:
             flags = torch.tensor([float(sig), float(time_up)], device=self.device)
-            sig, time_up = (bool(v) for v in self._all_reduce(flags, op="max").tolist())
+            sig, time_up = (bool(v) for v in self.dist.all_reduce(flags, op="max").tolist())
         return sig, time_up, elapsed
 
     def _stop(self, sig: bool, time_up: bool, elapsed: float) -> Optional[str]:
@@ -1093,7 +781,7 @@ class Trainer:
         if time_up:
             path = self.save("time_limit")
             self.log(f"wall-clock limit max_training_hours={self.cfg.max_training_hours} reached after step {self.step} "
-                     f"(Elapsed: {_fmt_hours(elapsed)}): saved {path}; continue with --resume_from auto")
+                     f"(Elapsed: {fmt_hours(elapsed)}): saved {path}; continue with --resume_from auto")
             return "time_limit"
         return None
 
@@ -1102,23 +790,20 @@ class Trainer:
         test_rec = None
         if stopped is None:
             path = self.save("final")
-            self.log(f"done: {self.step} steps in {_fmt_hours(time.time() - self.t_start)}; saved {path}; "
+            self.log(f"done: {self.step} steps in {fmt_hours(time.time() - self.t_start)}; saved {path}; "
                      f"best val loss {self.best_val_loss:.4f}")
             stopped = "done"
             try:
                 test_rec = self.evaluate_test()
             except NanoGPT2Error as e:  # the run itself succeeded: its checkpoints and metrics stand
                 self.log(f"warning: no final test evaluation: {e}")
-        plot = self.plot()
+        plot = self.outputs.plot()
         if plot is not None:
             self.log(f"plot: {plot}")
         self._emit("train_end")
-        if self.dist.enabled:
-            # Every rank gets here (stops are agreed on by all-reduce): leave together, so that no rank tears its
-            # process group down while rank 0 is still writing (gloo's threads could abort the early leaver).
-            import torch.distributed as td
-
-            td.barrier()
+        # Every rank gets here (stops are agreed on by all-reduce): leave together, so that no rank tears its
+        # process group down while rank 0 is still writing (gloo's threads could abort the early leaver).
+        self.dist.barrier()
         return {"step": self.step, "stopped": stopped, "best_val_loss": self.best_val_loss,
                 "last": last_rec, "test": test_rec, "bad_steps": self.bad_steps_total, "overflow_steps": self.overflow_steps}
 
