@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 import regex
 
+from nanogpt2.checkpoint import tokenizer_info
 from nanogpt2.download import FileLock, file_sha256
 from nanogpt2.errors import DataWarning, NanoGPT2Error, write_error
 from nanogpt2.progress import ProgressLine
@@ -1106,6 +1107,35 @@ def _split_by_fraction(tmp: Path, info: dict, val_fraction: float, tok, dtype, n
 # ---------------------------------------------------------------------------------------------------------------
 # Raw text of a split
 # ---------------------------------------------------------------------------------------------------------------
+
+def prepare_run_data(cfg, dist, tokenizer=None):
+    """A training run's data: (dataset, tokenizer, train tokens, val tokens) for a RunConfig's dataset,
+    data_path, tokenizer and val_fraction. Under torchrun the first process of each machine prepares it
+    (downloads, tokenizes, writes the cache) while the others wait, stopping with it when it fails
+    (`dist.together`), then read the cache. A `tokenizer` given (the model's) must be the dataset's; both
+    splits must hold at least one window of block_size + 1 tokens."""
+    def prepare(quiet):
+        return prepare_dataset(cfg.dataset, tokenizer=None if cfg.tokenizer == "auto" else cfg.tokenizer,
+                               data_path=cfg.data_path or None, val_fraction=cfg.val_fraction, quiet=quiet)
+
+    ds = dist.together(dist.local_master, lambda: prepare(quiet=not dist.master),
+                       "preparing the dataset failed on another process (see its error)")
+    if not dist.local_master:
+        ds = prepare(quiet=True)
+    if tokenizer is None:
+        tokenizer = ds.tokenizer()
+    elif tokenizer_info(tokenizer) != tokenizer_info(ds.tokenizer()):
+        raise NanoGPT2Error(f"{cfg.dataset} is tokenized with {ds.tokenizer().name!r}, but this run's model uses "
+                            f"{tokenizer.name!r}; set tokenizer={tokenizer.name} (or another dataset)")
+    train, val = ds.tokens("train"), ds.tokens("val")
+    T = cfg.block_size
+    for split, toks in (("train", train), ("val", val)):
+        if len(toks) < T + 1:
+            raise NanoGPT2Error(
+                f"the {split} split of {cfg.dataset} has {len(toks)} tokens, fewer than block_size + 1 = {T + 1}; "
+                f"lower block_size or use more data")
+    return ds, tokenizer, train, val
+
 
 def get_split_text(name_or_path, split, data_path=None, cache_root=None, quiet=False) -> str:
     """The raw text of one split, e.g. get_split_text("wikitext2", "test") for published-comparable

@@ -18,6 +18,9 @@ ddp_world_size, master_process).
     dist.init_process_group(device, backend=None)   # nccl on CUDA, gloo elsewhere; no-op for one process
     total = dist.all_reduce(torch.tensor([loss_sum, n], device=device))
     dist.close()
+
+How an optimizer step's micro-batches spread over the processes (`batch_geometry`, nanoGPT's semantics):
+gradient_accumulation_steps is the global number of micro-batches per step, each process runs its share.
 """
 
 import os
@@ -108,6 +111,35 @@ class Dist:
             import torch.distributed as td
 
             td.barrier()
+
+
+@dataclass(frozen=True)
+class BatchGeometry:
+    """How one optimizer step's micro-batches are shared by the processes."""
+
+    accum_steps: int      # micro-batches per optimizer step, over all processes
+    micro_steps: int      # micro-batches each process runs per step
+    rows_per_step: int    # rows (windows) this process gets per step: batch_size * micro_steps
+    tokens_per_step: int  # tokens per step over all processes: batch_size * block_size * accum_steps
+
+
+def batch_geometry(cfg, world_size: int) -> BatchGeometry:
+    """The step's geometry from a run config (batch_size, block_size, gradient_accumulation_steps, or
+    tokens_per_step which sets the accumulation) for `world_size` processes."""
+    accum = cfg.gradient_accumulation_steps
+    if cfg.tokens_per_step:
+        per_micro = cfg.batch_size * cfg.block_size
+        if cfg.tokens_per_step % per_micro:
+            raise NanoGPT2Error(
+                f"tokens_per_step={cfg.tokens_per_step} is not a multiple of batch_size * block_size = {per_micro}; "
+                f"pick a multiple, e.g. {max(1, round(cfg.tokens_per_step / per_micro)) * per_micro}")
+        accum = cfg.tokens_per_step // per_micro
+    if accum % world_size:
+        raise NanoGPT2Error(
+            f"gradient_accumulation_steps={accum} is the global count and must be divisible by the "
+            f"{world_size} processes; use a multiple of {world_size}")
+    micro = accum // world_size
+    return BatchGeometry(accum, micro, cfg.batch_size * micro, cfg.batch_size * cfg.block_size * accum)
 
 
 def dist_from_env() -> Dist:

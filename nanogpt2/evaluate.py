@@ -31,10 +31,10 @@ import numpy as np
 import torch
 
 from nanogpt2.errors import NanoGPT2Error, run_cli
-from nanogpt2.model import IGNORE_INDEX
+from nanogpt2.model import GPT, IGNORE_INDEX
 from nanogpt2.loader import load_model_and_tokenizer
-from nanogpt2.runtime import autocast, resolve_device, resolve_dtype
-from nanogpt2.samplers import stride_windows
+from nanogpt2.runtime import DTYPES, autocast, resolve_device, resolve_dtype
+from nanogpt2.samplers import eval_windows, stride_windows
 
 # ----------------------------------------------------------------------------------------------------
 # Perplexity
@@ -179,6 +179,58 @@ def evaluate_dataset(model, tokenizer, dataset: str = "wikitext2", split: str = 
     res = evaluate_perplexity(model, np.asarray(ids, dtype=np.int64), n_bytes=n_bytes, **kwargs)
     res.update(dataset=dataset, split=split)
     return res
+
+
+# ----------------------------------------------------------------------------------------------------
+# A training run's evaluations (nanogpt2.trainer: `eval_fn` and the final test)
+
+
+def loss_only(model) -> dict:
+    """The forward keyword that skips the logits, for a GPT (another model given to the Trainer may not take it)."""
+    return {"return_logits": False} if isinstance(model, GPT) else {}
+
+
+@torch.no_grad()
+def validation_loss(trainer) -> dict:
+    """A run's default `eval_fn`: the mean loss over `eval_iters` validation batches (0: the whole split) of
+    non-overlapping windows, each process taking every world_size-th batch; token-weighted and all-reduced.
+    Returns val_loss, val_ppl."""
+    cfg, dist, device = trainer.cfg, trainer.dist, trainer.device
+    model = trainer.eval_model
+    model.eval()
+    total = torch.zeros(2, device=device, dtype=torch.float64)  # (sum of token losses, tokens)
+    # The first eval_iters batches of the split (built on the CPU); this process takes every world_size-th.
+    batches = eval_windows(trainer.val_data, cfg.block_size, cfg.batch_size, max_batches=cfg.eval_iters or None)
+    for i, (x, y) in enumerate(batches):
+        if i % dist.world_size != dist.rank:
+            continue
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with trainer.autocast():
+            _, loss = model(x, y, **loss_only(trainer.raw_model))  # the loss alone: no (B, T, vocab) logits
+        n = (y != IGNORE_INDEX).sum()
+        total += torch.stack([loss.double() * n, n.double()])
+    dist.all_reduce(total)
+    loss_sum, count = total.tolist()
+    if count == 0:
+        raise NanoGPT2Error("the validation split yields no full window; lower block_size")
+    val_loss = loss_sum / count
+    return {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 700.0))}
+
+
+@torch.no_grad()
+def test_perplexity(trainer) -> Optional[dict]:
+    """A run's final test evaluation (`test_eval`): strided perplexity of its last weights on the dataset's own
+    test split, when it has one (else None) — the numbers papers report. Under DDP every process scores its
+    share of the windows and the sums are all-reduced."""
+    cfg, ds = trainer.cfg, getattr(trainer, "dataset", None)
+    if not (cfg.test_eval and ds is not None and "test" in ds.meta.get("splits", {})):
+        return None
+    block = min(cfg.block_size, trainer.raw_model.config.block_size)
+    return evaluate_perplexity(trainer.raw_model, ds.tokens("test"), block_size=block,
+                               stride=min(cfg.test_stride, block), batch_size=cfg.batch_size, device=trainer.device,
+                               dtype=None if trainer.dtype == "float32" else DTYPES[trainer.dtype],
+                               n_bytes=ds.meta["splits"]["test"].get("text_bytes"), rank=trainer.dist.rank,
+                               world_size=trainer.dist.world_size, all_reduce=trainer.dist.all_reduce)
 
 
 # ----------------------------------------------------------------------------------------------------

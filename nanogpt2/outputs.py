@@ -14,13 +14,20 @@ TensorBoard purges its events past that step, so the curves of a resumed run hav
     out.write(rec)                                  # metrics.jsonl + TensorBoard
     print(out.progress_line(rec, max_steps=5000))
     out.plot(); out.close()
+    text = TrainingSamples(cfg, tokenizer).generate(model, step, device, autocast_ctx)   # samples.txt's texts
 """
 
 import json
 import math
+import time
 from typing import Callable, Optional, Sequence
 
+import torch
+
 from nanogpt2.config import RunConfig
+from nanogpt2.errors import NanoGPT2Error
+from nanogpt2.generate import generate
+from nanogpt2.perf import mfu
 from nanogpt2.rundir import RunDir
 
 TB_KEYS = ("loss", "ppl", "lr", "grad_norm", "tokens_per_sec", "mfu", "val_loss", "val_ppl", "loss_scale")
@@ -28,6 +35,42 @@ TB_KEYS = ("loss", "ppl", "lr", "grad_norm", "tokens_per_sec", "mfu", "val_loss"
 
 def fmt_hours(seconds: float) -> str:
     return f"{seconds / 3600:.2f}h"
+
+
+def time_left(t_start: float, steps_left: int, step_time: float, budget_hours: float) -> dict:
+    """elapsed_h; eta_h, the hours to the end of the run (steps left x `step_time`, the mean training-step time of
+    the last log interval; evaluations and checkpoints come on top), or to the end of the wall-clock budget when
+    that comes first; budget_left_h (None without a budget, budget_hours 0)."""
+    elapsed = time.time() - t_start
+    eta = steps_left * step_time
+    budget_left = None
+    if budget_hours > 0:
+        budget_left = max(0.0, budget_hours * 3600 - elapsed)
+        eta = min(eta, budget_left)
+    return {"elapsed_h": elapsed / 3600, "eta_h": eta / 3600,
+            "budget_left_h": None if budget_left is None else budget_left / 3600}
+
+
+class Throughput:
+    """The tokens and seconds of the training steps since the last logged step: tokens/s, MFU (per process,
+    against the device's peak) and the mean step time of that window."""
+
+    def __init__(self, flops_per_token: float, peak_flops: float, world_size: int):
+        self.flops_per_token, self.peak_flops, self.world_size = flops_per_token, peak_flops, world_size
+        self.tokens, self.seconds = 0, 0.0
+
+    def add(self, tokens: int, seconds: float) -> None:
+        self.tokens += tokens
+        self.seconds += seconds
+
+    def take(self, rec: dict, tokens_per_step: int, last_step_time: float) -> float:
+        """tokens_per_sec and mfu into `rec`; returns the window's mean step time; starts a new window."""
+        tps = self.tokens / self.seconds if self.seconds > 0 else float("nan")
+        rec["tokens_per_sec"] = tps
+        rec["mfu"] = mfu(self.flops_per_token, tps / self.world_size, self.peak_flops)
+        step_time = self.seconds * tokens_per_step / self.tokens if self.tokens else last_step_time
+        self.tokens, self.seconds = 0, 0.0
+        return step_time
 
 
 class RunOutputs:
@@ -145,3 +188,54 @@ class RunOutputs:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+class TrainingSamples:
+    """The short texts a run generates every sample_interval steps (sample_prompt, sample_tokens,
+    sample_temperature, sample_top_k), each from its own generator seeded by (seed + step): training's random
+    streams are unaffected."""
+
+    def __init__(self, cfg: RunConfig, tokenizer):
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+
+    def prompt_ids(self) -> list:
+        """The token ids the samples start from: sample_prompt, else the end-of-text token (char: a newline)."""
+        tok = self.tokenizer
+        if self.cfg.sample_prompt:
+            return tok.encode(self.cfg.sample_prompt)
+        if tok.eot_token is not None:
+            return [tok.eot_token]
+        return tok.encode("\n") if "\n" in getattr(tok, "chars", "\n") else [0]
+
+    def check_prompt(self) -> None:
+        """Encode sample_prompt once at start: a prompt the tokenizer cannot encode would otherwise stop the
+        run at its first sample, losing the steps since the last checkpoint."""
+        cfg, tok = self.cfg, self.tokenizer
+        if not (cfg.sample_interval and cfg.sample_prompt and tok is not None):
+            return
+        try:
+            self.prompt_ids()
+        except NanoGPT2Error as e:
+            chars = getattr(tok, "chars", None)
+            why = (f"it has characters the dataset's character vocabulary lacks: "
+                   f"{sorted(set(cfg.sample_prompt) - set(chars))!r}" if chars is not None else str(e))
+            raise NanoGPT2Error(f"sample_prompt={cfg.sample_prompt!r} cannot be encoded by the "
+                                f"{getattr(tok, 'name', '?')} tokenizer: {why}. Change sample_prompt, or "
+                                f"set sample_interval=0") from None
+
+    @torch.no_grad()
+    def generate(self, model, step: int, device: torch.device, autocast) -> str:
+        """The text a GPT continues the prompt with at `step` (the model is put back in training mode)."""
+        cfg, tok = self.cfg, self.tokenizer
+        ids = self.prompt_ids()
+        idx = torch.tensor([ids], dtype=torch.long, device=device)  # (1, T0)
+        gen = torch.Generator(device=device).manual_seed(cfg.seed + step)
+        model.eval()
+        try:
+            with autocast():
+                out = generate(model, idx, cfg.sample_tokens, temperature=cfg.sample_temperature,
+                               top_k=cfg.sample_top_k or None, generator=gen, tokenizer=tok)
+        finally:
+            model.train()
+        return tok.decode(out[0, len(ids):].tolist())
