@@ -983,31 +983,11 @@ def _build(d: Path, name, source: _Source, tok, tok_name, val_fraction, quiet, n
         tok = _build_char_vocab(source)
     dtype = np.dtype(np.uint16 if tok.n_vocab < 65536 else np.uint32)
     eot = getattr(tok, "eot_token", None)
-    if eot is not None:
-        sep_ids, separator = [eot], ENDOFTEXT
-    else:
-        separator = CHAR_DOC_SEPARATOR
-        try:
-            sep_ids = list(tok.encode_ordinary(CHAR_DOC_SEPARATOR))
-        except NanoGPT2Error:  # a vocabulary without "\n": fine as long as there is one document
-            sep_ids = None
+    sep_ids, separator = _document_separator(tok)
     tmp = d.parent / f".tmp-{d.name}.{os.getpid()}-{time.time_ns() % 10**9}"
     tmp.mkdir(parents=True)
     try:
-        splits, total_src = {}, 0
-        for split, entries in source.splits.items():
-            size = sum(e.size for e in entries)
-            progress = _tokenizing_progress(Path(name).name + ("" if split == "all" else f" {split}"), size, quiet)
-            want_sha = source.split_sha256.get(split)
-            info = _encode_split(entries, tok, tmp / f"{split}.bin", dtype, sep_ids, progress, num_workers,
-                                 source.crlf, want_sha)
-            progress(info["source_bytes"], info["tokens"], final=True)
-            total_src += info["source_bytes"]
-            if want_sha and info["text_sha256"] != want_sha:
-                warnings.warn(f"the {split} text of {name} from {source.label} differs from the official release "
-                              f"(sha256 {info['text_sha256'][:12]}..., expected {want_sha[:12]}...): results will "
-                              f"not be comparable with published numbers", DataWarning, stacklevel=3)
-            splits[split] = info
+        splits, total_src = _encode_splits(tmp, name, source, tok, dtype, sep_ids, quiet, num_workers)
         n_total = sum(v["tokens"] for v in splits.values())
         n_docs = sum(v["documents"] for v in splits.values())
         if n_total == 0:
@@ -1047,18 +1027,7 @@ def _build(d: Path, name, source: _Source, tok, tok_name, val_fraction, quiet, n
         }
         if tok_name == "char":
             tok.save(tmp / "char_vocab.json")
-        mpath = tmp / "meta.json"
-        with open(mpath, "w", encoding="utf-8") as f:  # written last: its presence means the rest is complete
-            json.dump(meta, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        old = None
-        if d.exists():
-            old = d.parent / f".tmp-{d.name}.old-{os.getpid()}"
-            os.replace(d, old)
-        os.replace(tmp, d)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        _publish(tmp, d, meta)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         err = write_error(e, f"the token cache {d}", d.parent,
@@ -1073,6 +1042,53 @@ def _build(d: Path, name, source: _Source, tok, tok_name, val_fraction, quiet, n
     ds = PreparedDataset(d, meta)
     ds.built = True
     return ds
+
+
+def _document_separator(tok) -> tuple:
+    """(ids, text) put between documents: <|endoftext|> for a BPE vocabulary, else CHAR_DOC_SEPARATOR (ids None
+    for a character vocabulary without it: fine as long as there is one document)."""
+    eot = getattr(tok, "eot_token", None)
+    if eot is not None:
+        return [eot], ENDOFTEXT
+    try:
+        return list(tok.encode_ordinary(CHAR_DOC_SEPARATOR)), CHAR_DOC_SEPARATOR
+    except NanoGPT2Error:
+        return None, CHAR_DOC_SEPARATOR
+
+
+def _encode_splits(tmp: Path, name, source: _Source, tok, dtype, sep_ids, quiet, num_workers) -> tuple:
+    """Tokenize each split of the source into tmp/<split>.bin: ({split: info}, source bytes read). A split whose
+    text differs from the official release's checksum is warned about."""
+    splits, total_src = {}, 0
+    for split, entries in source.splits.items():
+        size = sum(e.size for e in entries)
+        progress = _tokenizing_progress(Path(name).name + ("" if split == "all" else f" {split}"), size, quiet)
+        want_sha = source.split_sha256.get(split)
+        info = _encode_split(entries, tok, tmp / f"{split}.bin", dtype, sep_ids, progress, num_workers,
+                             source.crlf, want_sha)
+        progress(info["source_bytes"], info["tokens"], final=True)
+        total_src += info["source_bytes"]
+        if want_sha and info["text_sha256"] != want_sha:
+            warnings.warn(f"the {split} text of {name} from {source.label} differs from the official release "
+                          f"(sha256 {info['text_sha256'][:12]}..., expected {want_sha[:12]}...): results will "
+                          f"not be comparable with published numbers", DataWarning, stacklevel=4)
+        splits[split] = info
+    return splits, total_src
+
+
+def _publish(tmp: Path, d: Path, meta: dict) -> None:
+    """Write meta.json into the finished tmp folder, then swap it in for d (the old cache removed after)."""
+    with open(tmp / "meta.json", "w", encoding="utf-8") as f:  # written last: its presence means the rest is complete
+        json.dump(meta, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    old = None
+    if d.exists():
+        old = d.parent / f".tmp-{d.name}.old-{os.getpid()}"
+        os.replace(d, old)
+    os.replace(tmp, d)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _split_by_fraction(tmp: Path, info: dict, val_fraction: float, tok, dtype, name) -> dict:

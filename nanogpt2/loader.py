@@ -38,7 +38,7 @@ import torch.nn as nn
 from nanogpt2 import checkpoint as ckpt_io
 from nanogpt2.errors import NanoGPT2Error
 from nanogpt2.model import GPT, GPTConfig
-from nanogpt2.peft import apply_adapters, apply_lora, apply_prefix, collapse_prefix, lora_layers
+from nanogpt2.peft import apply_method_spec, collapse_prefix, method_spec
 
 # ----------------------------------------------------------------------------------------------------
 # Model specs
@@ -50,38 +50,6 @@ MODEL_KINDS: dict = {}  # kind -> build(spec) -> nn.Module
 def register_model_kind(kind: str, build: Callable[[dict], nn.Module]) -> None:
     """Teach the loader to rebuild models whose spec has this `kind`."""
     MODEL_KINDS[kind] = build
-
-
-def apply_method_spec(model: nn.Module, spec: dict) -> nn.Module:
-    """The PEFT method a spec records ("adapters", "lora", "prefix"), applied to a freshly built model with GPT-2
-    blocks."""
-    adapters = spec.get("adapters")
-    if adapters is not None:
-        apply_adapters(model, int(adapters["adapter_size"]), bool(adapters.get("train_layernorms", True)))
-    lora = spec.get("lora")
-    if lora is not None:
-        apply_lora(model, int(lora["rank"]), float(lora["alpha"]), lora["targets"], float(lora.get("dropout", 0.0)),
-                   bool(lora.get("use_rslora", False)))
-    prefix = spec.get("prefix")
-    if prefix is not None:
-        apply_prefix(model, int(prefix["prefix_length"]), prefix.get("projection_hidden"))
-    return model
-
-
-def method_spec(model: nn.Module) -> dict:
-    """The PEFT method applied to a model's blocks as spec keys: `"lora": {rank, alpha, targets, dropout,
-    use_rslora}`, `"adapters": {adapter_size, train_layernorms}`, `"prefix": {prefix_length, projection_hidden}`
-    ({} for none)."""
-    spec = {}
-    if getattr(model, "lora_config", None) is not None:
-        if any(layer.merged for layer in lora_layers(model).values()):
-            raise NanoGPT2Error("the model's LoRA layers are merged: unmerge_lora(model) before saving it")
-        spec["lora"] = dict(model.lora_config)
-    if getattr(model, "adapter_config", None) is not None:
-        spec["adapters"] = dict(model.adapter_config)
-    if getattr(model, "prefix_config", None) is not None:
-        spec["prefix"] = dict(model.prefix_config)  # projection_hidden None once collapsed: the weights say so too
-    return spec
 
 
 def _build_gpt(spec: dict) -> GPT:
@@ -209,8 +177,9 @@ def load_model(init_from: str, device="cpu", dropout=None, log=_warn, config: GP
     new, randomly initialised GPT (seed torch first). `dropout`: set every dropout to it (a run's own setting);
     None keeps the loaded model's. info holds at least path (or the name), tokenizer ({"name": ...} or None for a
     new model), spec and description."""
-    from nanogpt2.convert import (HF_REPOS, OPENAI_SIZES, download_hf_model, download_openai_model, is_openai_folder,
-                                  load_hf_folder, load_openai_folder, openai_size, openai_tokenizer_info)
+    from nanogpt2.hf_checkpoint import HF_REPOS, download_hf_model, load_hf_folder
+    from nanogpt2.openai_checkpoint import (OPENAI_SIZES, download_openai_model, is_openai_folder, load_openai_folder,
+                                            openai_size, openai_tokenizer_info)
 
     path = Path(init_from)
     hf_folder = openai_folder = None

@@ -418,7 +418,7 @@ def test_classify_run_writes_the_results_tree_and_evaluate_scores_it(tmp_path, c
     assert history["val"][-1]["accuracy"] is not None and len(history["train"]) == 16
     summary_md = (root / "summary.md").read_text()
     assert "| fine-tuned | 8 |" in summary_md and "seeded stratified hold-out" in summary_md
-    from nanogpt2.evaluate import main as evaluate
+    from nanogpt2.evaluate_cli import main as evaluate
 
     capsys.readouterr()
     again = evaluate(["--task", "classify", "--init_from", str(tmp_path / "out"), "--device", "cpu"])
