@@ -8,25 +8,13 @@ results tree, and `task(cfg) -> TaskParts` for nanogpt2.finetuning.
     python finetune.py configs/classify_ag_news.py --data_path ../shared/data/ag_news --method lora
     python -m nanogpt2.evaluate --task classify --init_from out-classify-ag_news --dataset ag_news
 
-What is here, in reading order (the datasets, splits and batches: nanogpt2/classify_data.py; the results tree:
-nanogpt2/results.py):
-- datasets (`CLASSIFY_DATASETS`), downloaded once into the cache (`data_path=` for a local copy):
-  `imdb` (Stanford's aclImdb_v1.tar.gz, read straight from the tar; 0 negative, 1 positive; the reviews as
-  released, `<br />` tags included), `ag_news` (train.csv / test.csv of `"class","title","description"`, classes
-  1-4 -> labels 0-3: World, Sports, Business, Sci/Tech; text = title + " " + description, the corpus's
-  backslashes, escaped line breaks, turned into spaces), and any local CSV / JSONL with `text` and `label`
-  columns (label names, sorted, or ints 0..K-1), as a file or a folder of train / val / test files;
-- splits: the official ones where present; a seeded stratified hold-out makes the missing ones (val from train;
-  with a single file, e.g. only a test set, train / val / test all come from it), and the run says so;
-- batches: tokens truncated to `max_length` (the head kept), right-padded with eos to the longest row of the
-  step, rows sorted by length within shuffled buckets of `BUCKET_STEPS` steps; a step's rows are a pure function
-  of (seed, step, rank), so resume needs only the step (nanogpt2.samplers' rule);
+Its parts: the datasets (`CLASSIFY_DATASETS`: imdb, ag_news, local CSV / JSONL), their splits and batches are in
+nanogpt2/classify_data.py; the results tree (`results_dir/<model>/<timestamp>/`: baseline, train, test, summary.md)
+in nanogpt2/results.py. Here, in reading order:
 - metrics from the confusion matrix: accuracy, macro-F1, per-class precision / recall / F1 (sklearn's
   conventions: 0 where a class is never predicted);
-- the results tree, `results_dir/<model>/<timestamp>/`: `baseline/` (the pretrained body with its fresh head,
-  scored on the test split before training, as users do), `train/` (history, curves, `weights/`), `test/` (the
-  fine-tuned model), each with `metrics/metrics.json` and `analysis/` (report.md, confusion-matrix PNG, curves
-  PNG when matplotlib is installed), and `summary.md`, baseline vs fine-tuned;
+- the baseline (the pretrained body with its fresh head, scored on the test split before training, as users do)
+  and the fine-tuned model's test scores, written into the results tree;
 - the task: the classifier built on init_from's body (or init_from's own classifier: an HF
   GPT2ForSequenceClassification folder, a classification run), loss, validation accuracy each evaluation,
   baseline before and test after training; the `python -m nanogpt2.evaluate --task classify` command.

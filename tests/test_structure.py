@@ -7,6 +7,8 @@ imports a script, and generate.py does not import the model loader or converter.
 
 import ast
 
+import pytest
+
 from conftest import ROOT
 
 PACKAGE = ROOT / "nanogpt2"
@@ -28,15 +30,14 @@ def module_imports() -> dict:
     return {m: {d for d in deps if d in graph and d != m} for m, deps in graph.items()}
 
 
-def test_no_import_cycles():
-    graph = module_imports()
-    assert len(graph) >= 20
+def assert_acyclic(graph: dict, what: str = "import cycle") -> None:
+    """Fail with the first cycle a depth-first walk of {module: modules it imports} meets."""
     state = {}
 
     def visit(m, path):
         state[m] = "open"
         for d in sorted(graph[m]):
-            assert state.get(d) != "open", f"import cycle: {' -> '.join(path + [d])}"
+            assert state.get(d) != "open", f"{what}: {' -> '.join(path + [d])}"
             if d not in state:
                 visit(d, path + [d])
         state[m] = "done"
@@ -44,6 +45,12 @@ def test_no_import_cycles():
     for m in sorted(graph):
         if m not in state:
             visit(m, [m])
+
+
+def test_no_import_cycles():
+    graph = module_imports()
+    assert len(graph) >= 20
+    assert_acyclic(graph)
 
 
 def test_lazy_imports_of_the_model_do_not_import_it_back():
@@ -125,25 +132,15 @@ def all_imports() -> dict:
 def test_no_import_cycles_counting_lazy_imports():
     graph = all_imports()
     assert {"nanogpt2.trainer", "nanogpt2.evaluate"} <= graph["nanogpt2.finetuning"] | graph["nanogpt2.trainer"]
-    state = {}
-
-    def visit(m, path):
-        state[m] = "open"
-        for d in sorted(graph[m]):
-            assert state.get(d) != "open", f"import cycle (lazy imports counted): {' -> '.join(path + [d])}"
-            if d not in state:
-                visit(d, path + [d])
-        state[m] = "done"
-
-    for m in sorted(graph):
-        if m not in state:
-            visit(m, [m])
+    assert_acyclic(graph, "import cycle (lazy imports counted)")
 
 
 def test_the_cycle_check_sees_lazy_imports():
     """The check above would fail on a cycle made of lazy imports (the kind it exists for)."""
     src = "def f():\n    from nanogpt2.b import x\n"
     assert _imports(ast.parse(src), "nanogpt2.a") == [("nanogpt2.b", ["x"])]
+    with pytest.raises(AssertionError, match="a -> b -> a"):
+        assert_acyclic({"a": {"b"}, "b": {"a"}})
     main_only = 'if __name__ == "__main__":\n    from nanogpt2.b import x\n'
     assert _imports(ast.parse(main_only), "nanogpt2.a") == []
 
