@@ -42,6 +42,7 @@ import torch.nn as nn
 
 from nanogpt2.config import RunConfig, load_config, new_default, setting, settings_text, wants_help
 from nanogpt2.errors import EXIT_INTERRUPTED, NanoGPT2Error
+from nanogpt2.loader import model_spec
 from nanogpt2.losses import key_token_entries
 from nanogpt2.optim import make_adamw, param_groups
 from nanogpt2.peft import (apply_adapters, apply_lora, apply_prefix, lora_layers, save_adapter_weights, save_peft_adapter,
@@ -368,7 +369,7 @@ def save_adapter(model: nn.Module, folder) -> str:
     lora = getattr(model, "lora_config", None) is not None and not any(l.partial for l in lora_layers(model).values())
     if lora or getattr(model, "prefix_config", None) is not None:
         return str(save_peft_adapter(model, folder))
-    return str(save_adapter_weights(model, folder))
+    return str(save_adapter_weights(model, folder, model_spec(model)))
 
 
 def export_merged(model: nn.Module, folder, tokenizer=None, log=None) -> str:

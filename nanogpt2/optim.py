@@ -25,6 +25,8 @@ from typing import Callable, Optional
 import torch
 import torch.nn as nn
 
+from nanogpt2.errors import NanoGPT2Error
+
 # ----------------------------------------------------------------------------------------------------
 # Learning-rate schedule (pure functions of the step)
 
@@ -65,6 +67,17 @@ def get_lr(step, kind, learning_rate, min_lr, warmup_iters, lr_decay_iters) -> f
     else:
         raise ValueError(f"unknown lr schedule {kind!r}")
     return min_lr + coeff * (learning_rate - min_lr)
+
+
+def run_length(cfg, steps_per_epoch) -> int:
+    """A run's optimizer steps: max_iters, or max_epochs x steps_per_epoch, the fewer when both are set (0: none)."""
+    total = cfg.max_iters if cfg.max_iters > 0 else None
+    if cfg.max_epochs > 0:
+        if not steps_per_epoch:
+            raise NanoGPT2Error("max_epochs needs to know the epoch length; set max_iters instead")
+        by_epochs = cfg.max_epochs * steps_per_epoch
+        total = by_epochs if total is None else min(total, by_epochs)
+    return total or 0
 
 
 def resolve_schedule(cfg, total_steps: int) -> Schedule:
