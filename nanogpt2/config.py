@@ -88,6 +88,9 @@ class RunConfig:
         "", "'' (start fresh), 'auto' (the checkpoint of out_dir with the highest step, damaged ones skipped, if there is "
         "one) or a checkpoint path: "
         "restores model, optimizer, scaler, step, sampler and RNG states", "output")
+    overwrite: bool = setting(
+        False, "a fresh run into an out_dir that holds another run's checkpoints or metrics: remove them (and its "
+        "samples, plots, TensorBoard events) first; without it such a run is refused", "output")
     checkpoint_interval: int = setting(1000, "save checkpoint_step_N.pt every this many steps (0: never)", "output")
     keep_last: int = setting(3, "keep only the newest this many step (and epoch) checkpoints (0: keep all)", "output")
     save_best: bool = setting(True, "save checkpoint_best.pt whenever the validation loss reaches a new best", "output")
@@ -157,6 +160,9 @@ class RunConfig:
     compile: Optional[bool] = setting(None, "torch.compile the model (none: on for CUDA, off elsewhere)", "system")
     seed: int = setting(1337, "random seed (model init, data order, dropout)", "system")
     backend: str = setting("", "DDP backend ('': nccl on CUDA, gloo on CPU)", "system")
+    dist_timeout: float = setting(
+        1800.0, "seconds a process waits at a collective for the others (torchrun) before the run stops: a lost "
+        "process ends the run in bounded time", "system")
 
     # --- conversions ---
 
@@ -293,6 +299,8 @@ def validate(cfg: RunConfig) -> RunConfig:
     for key in non_negative:
         if getattr(cfg, key) < 0:
             raise NanoGPT2Error(f"{key} must be >= 0, not {getattr(cfg, key)}")
+    if not cfg.dist_timeout > 0:
+        raise NanoGPT2Error(f"dist_timeout must be > 0 seconds, not {cfg.dist_timeout}")
     if cfg.log_interval < 1:
         raise NanoGPT2Error(f"log_interval must be >= 1, not {cfg.log_interval}")
     if not 0.0 <= cfg.dropout < 1.0:

@@ -376,7 +376,7 @@ class Trainer:
         cfg = self.cfg
         self.device = resolve_device(cfg.device, self.dist.local_rank if self.dist.enabled else None)
         self.dtype = resolve_dtype(cfg.dtype, self.device)
-        self.dist.init_process_group(self.device, cfg.backend)
+        self.dist.init_process_group(self.device, cfg.backend, cfg.dist_timeout)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
             torch.backends.cuda.matmul.allow_tf32 = True
@@ -391,11 +391,14 @@ class Trainer:
         self.micro_steps = geometry.micro_steps  # micro-steps each process runs per optimizer step
         self.rows_per_step = geometry.rows_per_step  # rows this process gets per step
         self.tokens_per_step = geometry.tokens_per_step  # global
+        if geometry.notice:
+            self.log(geometry.notice)
 
     def _check_out_dir(self):
-        """Refuse an out_dir that cannot be created or written before any work (data, downloads) starts."""
-        self.dist.together(self.dist.master, self.rundir.check_writable,
-                           f"cannot write to out_dir={self.cfg.out_dir} (see rank 0's error)")
+        """Refuse, before any work (data, downloads) starts and without writing anything, an out_dir that cannot be
+        written, that a live run owns, or whose earlier run a fresh start would replace."""
+        self.dist.together(self.dist.master, lambda: self.rundir.check_start(self.cfg),
+                           f"out_dir={self.cfg.out_dir} refused on rank 0 (see its error)")
 
     def _setup_outputs(self):
         self.log(format_config(self.cfg))
@@ -474,7 +477,7 @@ class Trainer:
 
     def _find_resume(self):
         """The checkpoint to resume from (or None), checked against this run's tokenizer and block size."""
-        state = self.rundir.find_resume(self.cfg, self.log, master=self.dist.master)
+        state = self.rundir.find_resume(self.cfg, self.log)
         if state is not None:
             check_resume_fits(self.cfg, state, self.tokenizer, self.log)
         return state
@@ -580,7 +583,7 @@ class Trainer:
     def train(self) -> dict:
         """Train to max_steps (or until a stop); return a summary dict."""
         try:
-            with self.stop_signal.installed():
+            with self.stop_signal.installed(), self.dist.lost_processes():
                 return self._train()
         finally:
             self.close()
@@ -589,6 +592,7 @@ class Trainer:
         """Close the TensorBoard writer and leave the process group (idempotent)."""
         self.outputs.close()
         self.dist.close()
+        self.rundir.release()
 
     def _train(self) -> dict:
         cfg = self.cfg
