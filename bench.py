@@ -19,6 +19,9 @@ Sub-benchmarks (pick one, or `all`):
              `--vs peft` times transformers' GPT2LMHeadModel wrapped by HF peft with the same LoRA config, batch,
              dtype and optimizer (ours), both eager or both compiled (--compile), interleaved: tokens/s and
              step peak memory ratios (`ratio_tokens_per_sec`, `ratio_peak_memory`).
+             train and finetune with `--gradient_checkpointing`: our step with each block recomputed in the
+             backward (GPT.gradient_checkpointing_enable) beside the same model's step without it ("plain"),
+             interleaved: the time and step peak memory ratios (checkpointed / plain).
   tokenizer  BPE encode throughput, the python backend against tiktoken
              (`nanogpt2.benchmarks.tokenizer.benchmark_tokenizer`; `--tokenizer_text FILE` picks the text).
   instruct   forward + backward of the instruct task's response-only loss on right-padded rows of varied
@@ -43,6 +46,7 @@ Output: a table on stdout and, with `--json PATH`, every figure with its unit (s
     python bench.py train --preset gpt2 --block_size 1024 --batch_size 16 --dtype bfloat16 --compile --vs hf
     python bench.py attention --seq_lens 128,256,512,1024
     python bench.py finetune --method lora --vs peft --preset gpt2-6x384   # LoRA step vs transformers + peft
+    python bench.py train --preset gpt2 --batch_size 1 --gradient_checkpointing   # memory and time, with vs without
     python bench.py classify --vs hf --preset gpt2 --block_size 256 --batch_size 8 --threads 1
     python bench.py train --n_layer 2 --n_head 2 --n_embd 64 --vocab_size 256 --block_size 32 --batch_size 2 \\
         --steps 2 --warmup 1 --json out.json              # a tiny model, seconds
@@ -126,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lora_alpha", type=float, default=16.0, help="finetune: LoRA alpha (default %(default)s)")
     p.add_argument("--lora_targets", default="c_attn", help="finetune: LoRA targets, comma-separated (default %(default)s)")
     p.add_argument("--adapter_size", type=int, default=64, help="finetune: adapter bottleneck (default %(default)s)")
+    p.add_argument("--gradient_checkpointing", action="store_true",
+                   help="train, finetune: time our step with gradient checkpointing beside the same step without it "
+                        "(interleaved; time and peak-memory ratios); excludes --vs")
     p.add_argument("--num_labels", type=int, default=4, help="classes of the classify benchmark (default %(default)s)")
     p.add_argument("--compile_mode", default=None, choices=["default", "reduce-overhead", "max-autotune"],
                    help="torch.compile mode when compiling (default: torch's default); reduce-overhead adds CUDA graphs")
@@ -170,6 +177,9 @@ def resolve(args) -> argparse.Namespace:
     args.batch_size = args.batch_size or (16 if gpu else 8)
     args.dtype = resolve_dtype(args.dtype, device)
     args.compile = gpu if args.compile is None else args.compile
+    if args.gradient_checkpointing and args.vs:
+        raise NanoGPT2Error(f"--gradient_checkpointing compares our step with and without checkpointing; drop --vs "
+                            f"{args.vs} (run that comparison on its own)")
     if args.compile_mode and not args.compile:
         raise NanoGPT2Error(f"--compile_mode {args.compile_mode} needs --compile (compiling is off on a CPU by default)")
     args.steps = args.steps if args.steps is not None else (20 if gpu else 2)
@@ -591,12 +601,31 @@ def _compiled_name(args) -> str:
     return "torch.compile" + (f", mode={args.compile_mode}" if args.compile_mode else "")
 
 
+def _ckpt_note(args) -> str:
+    return ", gradient checkpointing" if args.gradient_checkpointing else ""
+
+
+def _plain_twin(args, make_model, x, y, ours: str):
+    """--gradient_checkpointing: the other side, the same model built again (same seed, same method) without
+    checkpointing, with an optimizer of its own; returns (its step, its info)."""
+    torch.manual_seed(args.seed)
+    twin = make_model().to(args.device)
+    twin.train()
+    optimizer, optim_source = configure_optimizer(twin, args)
+    fwd = torch.compile(twin, mode=args.compile_mode) if args.compile else twin
+    step = _make_train_step(lambda: fwd(x, y, return_logits=False)[1], twin, optimizer, args)
+    return step, dict(model=ours.replace(_ckpt_note(args), ", no gradient checkpointing"),
+                      optimizer=f"{optim_source}: {_describe_optimizer(optimizer)}", params=twin.param_counts()["total"],
+                      trainable=sum(p.numel() for p in twin.parameters() if p.requires_grad))
+
+
 def bench_train(args) -> dict:
     device, cfg = args.device, args.model_config
     B, T = args.batch_size, args.block_size
     torch.manual_seed(args.seed)
     model = new_model(args).to(device)
     model.train()
+    model.gradient_checkpointing_enable(args.gradient_checkpointing)
     optimizer, optim_source = configure_optimizer(model, args)
     fwd = torch.compile(model, mode=args.compile_mode) if args.compile else model
     x = torch.randint(0, cfg.vocab_size, (B, T), device=device)  # (B, T)
@@ -604,9 +633,12 @@ def bench_train(args) -> dict:
     # return_logits=False: the trainer's loss (nanogpt2.trainer.default_loss_fn), in chunks, no (B, T, vocab) logits
     steps = {"ours": _make_train_step(lambda: fwd(x, y, return_logits=False)[1], model, optimizer, args)}
     info = {"ours": dict(model=f"nanogpt2 GPT ({_compiled_name(args) if args.compile else 'eager'}), "
-                               f"attn_impl={cfg.attn_impl}, chunked loss (return_logits=False)",
+                               f"attn_impl={cfg.attn_impl}, chunked loss (return_logits=False)" + _ckpt_note(args),
                          optimizer=f"{optim_source}: {_describe_optimizer(optimizer)}",
                          params=model.param_counts()["total"])}
+    if args.gradient_checkpointing:
+        steps["plain"], info["plain"] = _plain_twin(args, lambda: new_model(args), x, y, info["ours"]["model"])
+        return _measure(steps, info, args, model.flops_per_token(T), B * T, other="plain")
     skipped = None
 
     if args.vs == "hf":
@@ -648,22 +680,28 @@ def build_peft(args, hf):
     return peft.get_peft_model(hf, config), f"peft {peft.__version__} LoraConfig(r={args.lora_rank}, alpha={args.lora_alpha})"
 
 
+def _finetune_model(args) -> GPT:
+    """A new model of the run's shape with --method applied (LoRA, adapters; full: as it is)."""
+    from nanogpt2.peft import apply_adapters, apply_lora
+
+    model = new_model(args)
+    if args.method == "lora":
+        apply_lora(model, args.lora_rank, args.lora_alpha, args.lora_targets.split(","))
+    elif args.method == "adapter":
+        apply_adapters(model, args.adapter_size)
+    return model
+
+
 def bench_finetune(args) -> dict:
     """A fine-tuning step of `--method` (LoRA, adapters or all weights) on our GPT; `--vs peft` (LoRA) times
     transformers + peft with the same config, batch, dtype and optimizer (ours, fused AdamW over the
     trainable parameters), compiled when --compile, interleaved with ours."""
-    from nanogpt2.peft import apply_adapters, apply_lora
-
     device, cfg = args.device, args.model_config
     B, T = args.batch_size, args.block_size
     torch.manual_seed(args.seed)
-    model = new_model(args).to(device)
-    targets = args.lora_targets.split(",")
-    if args.method == "lora":
-        apply_lora(model, args.lora_rank, args.lora_alpha, targets)
-    elif args.method == "adapter":
-        apply_adapters(model, args.adapter_size)
+    model = _finetune_model(args).to(device)
     model.train()
+    model.gradient_checkpointing_enable(args.gradient_checkpointing)
     optimizer, optim_source = configure_optimizer(model, args)
     fwd = torch.compile(model, mode=args.compile_mode) if args.compile else model
     x = torch.randint(0, cfg.vocab_size, (B, T), device=device)  # (B, T)
@@ -672,9 +710,16 @@ def bench_finetune(args) -> dict:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     # return_logits=False: the trainer's loss, in chunks, no (B, T, vocab) logits
     steps = {"ours": _make_train_step(lambda: fwd(x, y, return_logits=False)[1], model, optimizer, args)}
-    info = {"ours": dict(model=f"nanogpt2 GPT + method {args.method} ({compiled}), chunked loss (return_logits=False)",
-                         params=model.param_counts()["total"],
+    info = {"ours": dict(model=f"nanogpt2 GPT + method {args.method} ({compiled}), chunked loss (return_logits=False)"
+                               + _ckpt_note(args), params=model.param_counts()["total"],
                          trainable=trainable, optimizer=f"{optim_source}: {_describe_optimizer(optimizer)}")}
+    # Frozen weights need no weight gradient: 4N + 8LTC FLOPs per token instead of 6N + 12LTC (2/3 of training).
+    flops = model.flops_per_token(T) * (1.0 if args.method == "full" else 2 / 3)
+    if args.gradient_checkpointing:
+        steps["plain"], info["plain"] = _plain_twin(args, lambda: _finetune_model(args), x, y, info["ours"]["model"])
+        out = _measure(steps, info, args, int(flops), B * T, other="plain")
+        out["method"] = args.method
+        return out
     skipped = None
     if args.vs == "peft":
         hf, note = build_hf(args) if args.method == "lora" else (None, "--vs peft compares LoRA (--method lora)")
@@ -690,8 +735,6 @@ def bench_finetune(args) -> dict:
             info["peft"] = dict(model=f"{note} + {peft_note} ({compiled})", params=sum(p.numel() for p in theirs.parameters()),
                                 trainable=sum(p.numel() for p in theirs.parameters() if p.requires_grad),
                                 optimizer=f"same: {_describe_optimizer(their_opt)}")
-    # Frozen weights need no weight gradient: 4N + 8LTC FLOPs per token instead of 6N + 12LTC (2/3 of training).
-    flops = model.flops_per_token(T) * (1.0 if args.method == "full" else 2 / 3)
     out = _measure(steps, info, args, int(flops), B * T, other="peft")
     out["method"] = args.method
     if args.vs == "peft" and "peft" not in steps:
@@ -1221,7 +1264,7 @@ def main(argv=None):
                     warmup=args.warmup, repeats=args.repeats, seq_lens=args.seq_lens, vs=args.vs,
                     hf_optim=args.hf_optim, hf_compile=args.hf_compile, lr=args.lr, betas=[args.beta1, args.beta2],
                     weight_decay=args.weight_decay, grad_clip=args.grad_clip, seed=args.seed, num_labels=args.num_labels,
-                    tokenizer_text=args.tokenizer_text),
+                    tokenizer_text=args.tokenizer_text, gradient_checkpointing=args.gradient_checkpointing),
         results={},
     )
     print_header(report)
@@ -1236,10 +1279,11 @@ def main(argv=None):
             print_attention(res)
         elif name == "train":
             res = bench_train(args)
-            print_train(res, args)
+            print_train(res, args, other="plain" if args.gradient_checkpointing else "hf")
         elif name == "finetune":
             res = bench_finetune(args)
-            print_train(res, args, other="peft", title=f"finetune ({res['method']})")
+            print_train(res, args, other="plain" if args.gradient_checkpointing else "peft",
+                        title=f"finetune ({res['method']})")
         elif name == "classify":
             res = bench_classify(args)
             print_classify(res, args)

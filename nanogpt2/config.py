@@ -150,6 +150,10 @@ class RunConfig:
     device: str = setting("auto", "auto (cuda if available, else mps if available, else cpu; under torchrun: cuda or cpu) | cpu | cuda | cuda:N | mps", "system")
     dtype: str = setting("auto", "auto (bfloat16 on CUDA if supported, else float16; float32 elsewhere) | float32 | bfloat16 | float16", "system")
     compile: Optional[bool] = setting(None, "torch.compile the model (none: on for CUDA, off elsewhere)", "system")
+    gradient_checkpointing: bool = setting(
+        False, "recompute each transformer block in the backward instead of keeping its activations "
+        "(torch.utils.checkpoint, non-reentrant, RNG state kept): activation memory of about one block, for one more "
+        "forward of the blocks per step; the same losses and gradients", "system")
     seed: int = setting(1337, "random seed (model init, data order, dropout)", "system")
     backend: str = setting("", "DDP backend ('': nccl on CUDA, gloo on CPU)", "system")
 

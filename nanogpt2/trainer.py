@@ -114,6 +114,16 @@ def split_batch(batch, n: int) -> list:
     return [type(batch)(p[i] for p in parts) for i in range(n)]
 
 
+def enable_gradient_checkpointing(model: nn.Module, log) -> None:
+    """gradient_checkpointing=true: the model's switch (GPT.gradient_checkpointing_enable; a model without one is
+    refused before the run writes anything)."""
+    if not callable(getattr(model, "gradient_checkpointing_enable", None)):
+        raise NanoGPT2Error(f"gradient_checkpointing=true needs a model with gradient_checkpointing_enable() (a GPT "
+                            f"or the classifier); this {type(model).__name__} has none: set gradient_checkpointing=false")
+    model.gradient_checkpointing_enable()
+    log("gradient checkpointing: each block's activations are recomputed in the backward")
+
+
 def default_optimizer(trainer, model) -> torch.optim.Optimizer:
     """The run config's AdamW (two groups, lr_scale 1.0)."""
     return make_optimizer(model, trainer.cfg, trainer.device.type)
@@ -421,6 +431,8 @@ class Trainer:
             self.cfg, self.tokenizer, model=model, resume_state=resume_state, log=self.log,
             prepare=None if self.prepare_model is None else lambda m: self.prepare_model(self, m))
         self.raw_model.to(device=self.device, dtype=torch.float32)  # fp32 master weights and optimizer state
+        if self.cfg.gradient_checkpointing:
+            enable_gradient_checkpointing(self.raw_model, self.log)
         self.optimizer = self.make_optimizer(self, self.raw_model)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == "float16")
         self._optimizer_step = OptimizerStep(self)
