@@ -30,6 +30,9 @@ Sub-benchmarks (pick one, or `all`):
   distill    a distillation training step (the teacher's forward, then the student's step on
              `nanogpt2.distill.kd_loss`) against the student's plain step, interleaved; greedy decoding tokens/s of
              the student and the teacher side by side. The teacher is the run's model, the student its half.
+  monitor    the training monitor's cost (nanogpt2/monitor.py: the gradient norm of each part of the model and
+             the peak memory, on every `--log_interval`-th step) against the training step: both timed in
+             interleaved rounds, the monitor's work on a twin model holding gradients; its share of a step.
 
 Timing: warmup iterations are excluded, the device is synchronised around each timed block, compared
 variants are interleaved (A B B A ...) and each figure is the median of `--repeats` blocks, so that load
@@ -77,7 +80,7 @@ from nanogpt2.model import PRESETS, CausalSelfAttention, GPT, GPTConfig
 from nanogpt2.optim import make_adamw, param_groups
 from nanogpt2.runtime import DTYPE_ALIASES, DTYPES, autocast, resolve_device, resolve_dtype
 
-BENCHMARKS = ("attention", "train", "classify", "generate", "tokenizer", "finetune", "instruct", "distill")
+BENCHMARKS = ("attention", "train", "classify", "generate", "tokenizer", "finetune", "instruct", "distill", "monitor")
 # Bench-only sizes beside the model presets (GPT-2 family: vocab 50257, block 1024). "shakespeare-char" is
 # nanoGPT's config/train_shakespeare_char.py model (6 layers, 6 heads, 384 wide, block 256, 65-character
 # vocabulary): the default on a CPU and the CPU goal in docs/benchmarks.md.
@@ -133,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gradient_checkpointing", action="store_true",
                    help="train, finetune: time our step with gradient checkpointing beside the same step without it "
                         "(interleaved; time and peak-memory ratios); excludes --vs")
+    p.add_argument("--log_interval", type=int, default=10,
+                   help="monitor: the trainer's log_interval, whose steps pay the monitor's work (default %(default)s)")
     p.add_argument("--num_labels", type=int, default=4, help="classes of the classify benchmark (default %(default)s)")
     p.add_argument("--compile_mode", default=None, choices=["default", "reduce-overhead", "max-autotune"],
                    help="torch.compile mode when compiling (default: torch's default); reduce-overhead adds CUDA graphs")
@@ -847,6 +852,49 @@ def _profile_steps(steps, args) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------
+# Monitor: what the trainer's layer-wise gradient norms and peak memory cost per step
+
+
+def bench_monitor(args) -> dict:
+    """The monitor's work on a logged step (GradNormGroups.norms(), their read-back, peak_memory()) timed beside the
+    training step of the same model in interleaved rounds; per step it costs that work / --log_interval. The work
+    runs on a twin model whose gradients stay (the step zeroes its own)."""
+    from nanogpt2.monitor import GradNormGroups, peak_memory
+
+    device, cfg = args.device, args.model_config
+    B, T = args.batch_size, args.block_size
+    if args.log_interval < 1:
+        raise NanoGPT2Error("--log_interval must be >= 1")
+    torch.manual_seed(args.seed)
+    model = new_model(args).to(device)
+    model.train()
+    optimizer, _ = configure_optimizer(model, args)
+    x = torch.randint(0, cfg.vocab_size, (B, T), device=device)  # (B, T)
+    y = torch.roll(x, -1, dims=1)  # (B, T)
+    step = _make_train_step(lambda: model(x, y, return_logits=False)[1], model, optimizer, args)
+    twin = new_model(args).to(device)
+    twin.train()
+    twin(x, y, return_logits=False)[1].backward()  # gradients for the monitor to read
+    groups = GradNormGroups(twin)
+
+    def monitor():
+        norms = groups.norms()
+        torch.stack(list(norms.values())).tolist()  # the trainer reads them back with the step's loss
+        return peak_memory(device)
+
+    for _ in range(max(1, args.warmup)):
+        step(), monitor()
+    iters = {"step": args.steps, "monitor": 10 * args.steps}
+    times = interleaved_times({"step": step, "monitor": monitor}, iters, args.repeats, device)
+    step_s, monitor_s = statistics.median(times["step"]), statistics.median(times["monitor"])
+    return dict(parts=len(groups.parts), log_interval=args.log_interval, tokens_per_step=B * T,
+                step_ms=fig(1e3 * step_s, "ms"), monitor_ms=fig(1e3 * monitor_s, "ms per logged step"),
+                cost_per_step=fig(100 * monitor_s / args.log_interval / step_s, "% of a step"),
+                step_ms_blocks=[round(1e3 * t, 3) for t in times["step"]],
+                monitor_ms_blocks=[round(1e3 * t, 4) for t in times["monitor"]])
+
+
+# ----------------------------------------------------------------------------------------------------
 # Generate and tokenizer: the benchmarks their modules provide
 
 
@@ -1219,6 +1267,14 @@ def print_distill(res):
           f"{_v(res['decode']['teacher'], '{:.0f}')} tokens/s ({_v(res['decode_speedup'], '{:.2f}')}x)")
 
 
+def print_monitor(res, args):
+    print(f"\n== monitor: gradient norms of {res['parts']} parts + peak memory, every {res['log_interval']} steps "
+          f"(median of {args.repeats} interleaved blocks)")
+    print(f"   training step {_v(res['step_ms'])} ms ({res['tokens_per_step']} tokens); the monitor's work "
+          f"{_v(res['monitor_ms'], '{:.3f}')} ms per logged step: {_v(res['cost_per_step'], '{:.3f}')} % of a step at "
+          f"log_interval {res['log_interval']}")
+
+
 def print_classify(res, args):
     print(f"\n== classify: training step of the sequence classifier, {res['examples_per_step']} rows padded to "
           f"{res['padded_length']} (mean real length {res['mean_length']:.0f}), {res['num_labels']} labels "
@@ -1296,6 +1352,9 @@ def main(argv=None):
         elif name == "distill":
             res = bench_distill(args)
             print_distill(res)
+        elif name == "monitor":
+            res = bench_monitor(args)
+            print_monitor(res, args)
         else:
             res = bench_tokenizer(args)
             print_external(name, res)
