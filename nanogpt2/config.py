@@ -105,6 +105,9 @@ class RunConfig:
     test_eval: bool = setting(True, "after the last step, strided perplexity on the dataset's test split when it has one (nanogpt2.evaluate)", "logging")
     test_stride: int = setting(512, "stride of that test evaluation (HF's perplexity guide; block_size: disjoint windows)", "logging")
     log_interval: int = setting(10, "print a progress line and append to metrics.jsonl every this many steps", "logging")
+    log_grad_norms: bool = setting(
+        True, "on the logged steps, the gradient norm of each part of the model (embeddings, each block, head) into "
+        "metrics.jsonl (grad_norms), TensorBoard and the plot", "logging")
     tensorboard: bool = setting(True, "write TensorBoard event files to out_dir/tensorboard when tensorboard is installed", "logging")
     plot: bool = setting(True, "at the end, plot loss/perplexity/lr to out_dir/training_curves.png when matplotlib is installed", "logging")
     sample_interval: int = setting(500, "print (and append to out_dir/samples.txt) a generated sample every this many steps (0: never)", "logging")
@@ -158,6 +161,10 @@ class RunConfig:
     device: str = setting("auto", "auto (cuda if available, else mps if available, else cpu; under torchrun: cuda or cpu) | cpu | cuda | cuda:N | mps", "system")
     dtype: str = setting("auto", "auto (bfloat16 on CUDA if supported, else float16; float32 elsewhere) | float32 | bfloat16 | float16", "system")
     compile: Optional[bool] = setting(None, "torch.compile the model (none: on for CUDA, off elsewhere)", "system")
+    gradient_checkpointing: bool = setting(
+        False, "recompute each transformer block in the backward instead of keeping its activations "
+        "(torch.utils.checkpoint, non-reentrant, RNG state kept): activation memory of about one block, for one more "
+        "forward of the blocks per step; the same losses and gradients", "system")
     seed: int = setting(1337, "random seed (model init, data order, dropout)", "system")
     backend: str = setting("", "DDP backend ('': nccl on CUDA, gloo on CPU)", "system")
     dist_timeout: float = setting(

@@ -91,6 +91,7 @@ class GPTForSequenceClassification(nn.Module):
         nn.init.trunc_normal_(self.score.weight, mean=0.0, std=0.02, a=-0.04, b=0.04)
         self.num_labels, self.pad_token_id, self.labels = num_labels, pad_token_id, labels
         self.label_smoothing = label_smoothing  # of the loss `forward` returns (a training setting, not in the spec)
+        self.gradient_checkpointing = False  # read by GPT.body: recompute each block in the backward
 
     @classmethod
     def from_gpt(cls, gpt: GPT, num_labels: int, **kwargs) -> "GPTForSequenceClassification":
@@ -100,6 +101,8 @@ class GPTForSequenceClassification(nn.Module):
             if getattr(gpt, attr, None) is not None:
                 setattr(model, attr, getattr(gpt, attr))
         return model
+
+    gradient_checkpointing_enable = GPT.gradient_checkpointing_enable  # the body's switch (see GPT's)
 
     # --- forward ---------------------------------------------------------------------------------------
 

@@ -86,6 +86,7 @@ from nanogpt2.errors import EXIT_INTERRUPTED, NanoGPT2Error
 from nanogpt2.evaluate import loss_only, test_perplexity, validation_loss
 from nanogpt2.loader import build_run_model, check_resume_fits, model_spec
 from nanogpt2.model import GPT, IGNORE_INDEX
+from nanogpt2.monitor import GradNormGroups, peak_memory
 from nanogpt2.optim import make_optimizer, resolve_schedule, run_length, set_lr
 from nanogpt2.outputs import RunOutputs, Throughput, TrainingSamples, fmt_hours, time_left
 from nanogpt2.perf import mfu_denominator
@@ -101,6 +102,11 @@ def resolve_compile(setting: Optional[bool], device: torch.device) -> bool:
     return setting if setting is not None else device.type == "cuda"
 
 
+def logs_step(trainer, n: int) -> bool:
+    """Whether optimizer step n (1-based) gets a progress line: every log_interval steps, the first and the last."""
+    return n % trainer.cfg.log_interval == 0 or n == 1 or n == trainer.max_steps
+
+
 def split_batch(batch, n: int) -> list:
     """Split a batch (a tensor, a tuple/list of tensors or a dict of tensors) into n equal micro-batches."""
     if isinstance(batch, torch.Tensor):
@@ -112,6 +118,16 @@ def split_batch(batch, n: int) -> list:
         return [{k: parts[k][i] for k in parts} for i in range(n)]
     parts = [split_batch(v, n) for v in batch]
     return [type(batch)(p[i] for p in parts) for i in range(n)]
+
+
+def enable_gradient_checkpointing(model: nn.Module, log) -> None:
+    """gradient_checkpointing=true: the model's switch (GPT.gradient_checkpointing_enable; a model without one is
+    refused before the run writes anything)."""
+    if not callable(getattr(model, "gradient_checkpointing_enable", None)):
+        raise NanoGPT2Error(f"gradient_checkpointing=true needs a model with gradient_checkpointing_enable() (a GPT "
+                            f"or the classifier); this {type(model).__name__} has none: set gradient_checkpointing=false")
+    model.gradient_checkpointing_enable()
+    log("gradient checkpointing: each block's activations are recomputed in the backward")
 
 
 def default_optimizer(trainer, model) -> torch.optim.Optimizer:
@@ -138,6 +154,8 @@ class OptimizerStep:
 
     def __init__(self, trainer):
         self.trainer = trainer
+        # log_grad_norms: the parameters of each part of the model, whose gradient norms the logged steps record
+        self.norm_groups = GradNormGroups(trainer.raw_model) if trainer.cfg.log_grad_norms else None
 
     def __call__(self) -> dict:
         """Run optimizer step number trainer.step (0-based); return its metrics."""
@@ -167,15 +185,21 @@ class OptimizerStep:
         loss_sum = means[0]
         t.loss_terms = t.outputs.loss_terms = tuple(terms)
         t.scaler.unscale_(t.optimizer)  # no-op unless float16
+        # The monitor's norms per part of the model, of the unclipped gradients, on the steps that are logged (rank 0)
+        parts = self.norm_groups.norms() if self.norm_groups and t.dist.master and logs_step(t, t.step + 1) else {}
         params = [p for g in t.optimizer.param_groups for p in g["params"]]
         max_norm = t.cfg.grad_clip if t.cfg.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-        loss_val, norm_val, n_val, *term_vals = torch.stack(
-            [loss_sum, grad_norm.float().to(loss_sum.device), n_tokens, *means[1:]]).tolist()
+        loss_val, norm_val, n_val, *rest = torch.stack(  # one read-back (a device sync) for all of them
+            [loss_sum, grad_norm.float().to(loss_sum.device), n_tokens, *means[1:],
+             *(v.to(loss_sum.device) for v in parts.values())]).tolist()
+        term_vals, part_vals = rest[:len(terms)], rest[len(terms):]
         t.last_loss_tokens = int(n_val)
 
         rec = {"step": t.step + 1, "loss": loss_val, **dict(zip(t.loss_terms, term_vals)), "lr": lr,
                "grad_norm": norm_val}
+        if parts:
+            rec["grad_norms"] = dict(zip(parts, part_vals))
         if not math.isfinite(loss_val) or (not t.scaler.is_enabled() and not math.isfinite(norm_val)):
             # A non-finite loss (or gradient without a scaler to catch it): skip the update.
             t.optimizer.zero_grad(set_to_none=True)
@@ -424,6 +448,8 @@ class Trainer:
             self.cfg, self.tokenizer, model=model, resume_state=resume_state, log=self.log,
             prepare=None if self.prepare_model is None else lambda m: self.prepare_model(self, m))
         self.raw_model.to(device=self.device, dtype=torch.float32)  # fp32 master weights and optimizer state
+        if self.cfg.gradient_checkpointing:
+            enable_gradient_checkpointing(self.raw_model, self.log)
         self.optimizer = self.make_optimizer(self, self.raw_model)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == "float16")
         self._optimizer_step = OptimizerStep(self)
@@ -611,7 +637,8 @@ class Trainer:
 
         stopped, last_rec = None, None
         self._emit("train_start")
-        self._throughput = Throughput(self.flops_per_token, self.peak_flops, self.dist.world_size)
+        self._throughput = Throughput(self.flops_per_token, self.peak_flops, self.dist.world_size,
+                                      samples_per_step=self.rows_per_step * self.dist.world_size)
         while self.step < self.max_steps:
             rec = self._train_step()
             self.step += 1
@@ -651,13 +678,14 @@ class Trainer:
 
     def _log_step(self, rec: dict, final: bool):
         """Throughput, MFU and time left into the record; the progress line; metrics.jsonl."""
-        cfg = self.cfg
-        if not (self.step % cfg.log_interval == 0 or self.step == 1 or final or "val_loss" in rec):
+        logged = logs_step(self, self.step)
+        if not (logged or "val_loss" in rec):
             return
         step_time = self._throughput.take(rec, self.tokens_per_step, self.last_step_time)
         rec.update(self._time_left(step_time))
         rec["tokens"] = self.tokens_seen
-        if self.step % cfg.log_interval == 0 or self.step == 1 or final:
+        rec.update(peak_memory(self.device))
+        if logged:
             self.log(self._progress_line(rec))
         self.outputs.write(rec)
 

@@ -286,8 +286,9 @@ def test_real_data_run_with_eval_best_checkpoints_and_sample(tmp_path, capsys):
     assert {"*max_iters=30", "log_interval=10", "seed=1337", "*n_embd=32"} <= set(stdout.split())  # *: not default
     assert "--- sample at step 15 ---" in stdout
     progress = re.compile(r"^step (\d+)/30 \| loss (\d+\.\d{4}) \| ppl (\d+\.\d{2}) \| lr (\d\.\d{2}e-\d\d) \| "
-                          r"grad (\d+\.\d{3}) \| ([\d,]+) tok/s \| MFU (\d+\.\d{2})% \| "
-                          r"Elapsed: (\d+\.\d{2})h \| ETA: (\d+\.\d{2})h \| Budget left: (\d+\.\d{2})h$", re.M)
+                          r"grad (\d+\.\d{3}) \| ([\d,]+) tok/s \| [\d,]+\.\d\d samples/s \| MFU (\d+\.\d{2})% \| "
+                          r"RSS [\d,]+ MiB \| Elapsed: (\d+\.\d{2})h \| ETA: (\d+\.\d{2})h \| "
+                          r"Budget left: (\d+\.\d{2})h$", re.M)
     lines = {int(m.group(1)): m for m in progress.finditer(stdout)}
     assert sorted(lines) == [1, 10, 20, 30]  # log_interval, plus the first and the last step
     out = Path(cfg.out_dir)
