@@ -18,8 +18,8 @@ A file export (a `.pt`) follows the same rule for its one file: absent, or an ea
 
 Atomic writes: every file goes to a temporary name beside it (`.NAME.PID.HEX.tmp`), is flushed to disk and
 renamed over its name (os.replace), as nanogpt2/checkpoint.py and nanogpt2/safetensors_io.py write theirs. A
-replaced export's marker file (config.json, adapter_config.json: what makes a folder loadable) is removed first
-and written last, so a killed export leaves a folder that loads whole or not at all, never half; the temporary
+marker file to be replaced (config.json, adapter_config.json: what makes a folder loadable) is removed first and
+written last, so a killed export leaves a folder that loads whole or not at all, never half; the temporary
 files a killed export left are part of its kind and are cleared by the next one.
 
     plan = ExportDir.open(folder, HF_MODEL, overwrite=False, reserved={"SRC": src})   # refuses here
@@ -122,15 +122,21 @@ ADAPTER_WEIGHTS = ExportKind("nanogpt2 adapter folder", ("adapter_weights.pt",),
 FOLDER_KINDS = (HF_MODEL, PEFT_ADAPTER, ADAPTER_WEIGHTS)
 
 
-def _is_converted_pt(path: Path) -> bool:
-    """A .pt written by `python -m nanogpt2.convert` (it records `converted_from`); read memory-mapped."""
+def _pt_keys(path: Path) -> set:
+    """The top-level keys of a torch.save'd dict (read memory-mapped, weights only); empty for anything else."""
     import torch
 
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:
-        return False
-    return isinstance(state, dict) and "converted_from" in state and "optimizer" not in state
+        return set()
+    return set(state) if isinstance(state, dict) else set()
+
+
+def _is_converted_pt(path: Path) -> bool:
+    """A .pt written by `python -m nanogpt2.convert`: it records `converted_from`, and holds no optimizer."""
+    keys = _pt_keys(path)
+    return "converted_from" in keys and "optimizer" not in keys
 
 
 CONVERTED_PT = ExportKind("converted nanogpt2 checkpoint", (), _is_converted_pt)
@@ -250,10 +256,10 @@ class ExportDir:
     @classmethod
     def open(cls, folder, kind: ExportKind, overwrite: bool = False, reserved: Optional[dict] = None,
              name: str = "DST") -> "ExportDir":
-        """check(), then make the folder; a replaced export loses its marker file first (it is written last)."""
+        """check(), then make the folder; a marker file that will be replaced goes first (it is written last)."""
         plan = cls.check(folder, kind, overwrite, reserved, name)
         plan.folder.mkdir(parents=True, exist_ok=True)
-        if plan.mode == "replace":
+        if plan.mode != "new":  # replaced anyway; gone first, the folder never mixes two exports (or yours and ours)
             (plan.folder / kind.marker).unlink(missing_ok=True)
         return plan
 
@@ -310,20 +316,10 @@ def check_export_file(path, kind: ExportKind, overwrite: bool = False, reserved:
         return "new"
     if kind.identify(path):
         return "replace"
-    if _is_train_checkpoint(path):
+    if {"model", "optimizer"} <= _pt_keys(path):
         raise NanoGPT2Error(f"{name} {path} is a train.py checkpoint (it holds an optimizer state): an export never "
                             f"replaces one{', even with --overwrite' if overwrite else ''}; give another {name}")
     if overwrite:
         return "overwrite"
     raise NanoGPT2Error(f"{name} {path} exists and is not {_a(kind)} (an earlier export); give another {name}, "
                         f"or --overwrite to replace it")
-
-
-def _is_train_checkpoint(path: Path) -> bool:
-    import torch
-
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:
-        return False
-    return isinstance(state, dict) and "optimizer" in state and "model" in state
