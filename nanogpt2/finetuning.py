@@ -34,7 +34,9 @@ others), and with `merge_and_export=DIR` an HF GPT-2 folder of the merged model.
 import importlib
 import math
 import re
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 from typing import Callable, Optional
 
@@ -42,6 +44,7 @@ import torch.nn as nn
 
 from nanogpt2.config import RunConfig, load_config, new_default, setting, settings_text, wants_help
 from nanogpt2.errors import EXIT_INTERRUPTED, NanoGPT2Error
+from nanogpt2.export_dir import ADAPTER_WEIGHTS, HF_MODEL, PEFT_ADAPTER, ExportDir
 from nanogpt2.loader import model_spec
 from nanogpt2.losses import key_token_entries
 from nanogpt2.optim import make_adamw, param_groups
@@ -113,7 +116,11 @@ class FinetuneConfig(RunConfig):
     head_only_steps: int = setting(0, "train only the task's head for this many steps first, then the method's whole set", "method")
     head_only_epochs: int = setting(0, "the same in epochs (adds to head_only_steps)", "method")
     merge_and_export: str = setting(
-        "", "at the end, write the fine-tuned model (LoRA merged) as an HF GPT-2 folder here ('': no export)", "method")
+        "", "at the end, write the fine-tuned model (LoRA merged) as an HF GPT-2 folder here ('': no export); an absent "
+        "or empty folder, or an earlier export (replaced); never a run folder or init_from (docs/conversion.md)", "method")
+    overwrite: bool = setting(
+        False, "merge_and_export or out_dir/adapter holds other files: replace only the files the export writes, keep "
+        "the rest, and say which (never a run folder)", "method")
 
     # --- the task ---
     task: str = setting("lm", "what to fine-tune for: " + " | ".join(TASKS), "task")
@@ -256,11 +263,36 @@ def apply_method(model: nn.Module, cfg: FinetuneConfig) -> nn.Module:
     if cfg.method == "lora":
         apply_lora(model, cfg.lora_rank, cfg.lora_alpha, [t.strip() for t in cfg.lora_targets.split(",") if t.strip()],
                    cfg.lora_dropout, cfg.use_rslora)
+        for line in lora_warnings(model):
+            print(f"warning: {line}", file=sys.stderr, flush=True)
     elif cfg.method == "adapter":
         apply_adapters(model, cfg.adapter_size, cfg.adapter_train_layernorms)
     elif cfg.method == "prefix":
         model = apply_prefix(model, cfg.prefix_length, cfg.prefix_projection or None)
     return model
+
+
+def lora_warnings(model: nn.Module) -> list:
+    """What cannot work in a model's LoRA settings, one line each: lora_alpha 0 (every update is scaled to zero),
+    and a rank above min(in, out) of a targeted layer (the update is full-rank there: the extra rank adds
+    parameters, not expressiveness)."""
+    layers = lora_layers(model)
+    if not layers:
+        return []
+    lines, rank = [], model.lora_config["rank"]
+    if model.lora_config["alpha"] == 0:
+        lines.append("lora_alpha=0 scales every LoRA update by 0: the adapter changes nothing and learns nothing (its "
+                     "gradients are 0 too); set lora_alpha > 0, e.g. 2 x lora_rank")
+    small = {n: min(m.in_features, len(m.out_rows)) for n, m in layers.items()}
+    over = {n: k for n, k in small.items() if rank > k}
+    if over:
+        name, k = next(iter(over.items()))
+        m = layers[name]
+        lines.append(f"lora_rank={rank} is above min(in, out) of {len(over)} targeted layer(s) (e.g. {name}: "
+                     f"{m.in_features} -> {len(m.out_rows)}, min {k}): there the update is a full-rank one, and each "
+                     f"rank past {k} adds parameters that cannot raise it; use lora_rank <= {min(over.values())}, or "
+                     f"method=full")
+    return lines
 
 
 def _block_of(name: str) -> Optional[int]:
@@ -363,24 +395,49 @@ class HeadOnlyPhase:
 # Outputs of a run
 
 
-def save_adapter(model: nn.Module, folder) -> str:
+def save_adapter(model: nn.Module, folder, overwrite: bool = False, log=None) -> str:
     """The trainable weights alone, for sharing: an HF peft folder for LoRA (when peft can express it) and prefix
     tuning, else `adapter_weights.pt` (nanogpt2.peft.save_adapter_weights). Returns what was written."""
     lora = getattr(model, "lora_config", None) is not None and not any(l.partial for l in lora_layers(model).values())
     if lora or getattr(model, "prefix_config", None) is not None:
-        return str(save_peft_adapter(model, folder))
-    return str(save_adapter_weights(model, folder, model_spec(model)))
+        return str(save_peft_adapter(model, folder, overwrite=overwrite, log=log, name="out_dir/adapter"))
+    return str(save_adapter_weights(model, folder, model_spec(model), overwrite, log))
 
 
-def export_merged(model: nn.Module, folder, tokenizer=None, log=None) -> str:
+def export_merged(model: nn.Module, folder, tokenizer=None, log=None, overwrite: bool = False,
+                  reserved: dict = None) -> str:
     """An HF GPT-2 folder of the fine-tuned model (nanogpt2.convert.save_pretrained: LoRA merged on a copy, the
     run's model stays unmerged); a prefix cannot merge into GPT-2's weights, so it is exported as an HF peft
-    PREFIX_TUNING folder."""
+    PREFIX_TUNING folder. Where: the export rule of nanogpt2/export_dir.py."""
     from nanogpt2.convert import save_pretrained
 
+    name = "merge_and_export"
     if getattr(model, "prefix_config", None) is not None:
-        return str(save_peft_adapter(model, folder)) + " (peft prefix-tuning folder; the base model is init_from)"
-    return str(save_pretrained(model, folder, tokenizer=tokenizer, log=log)) + " (HF folder)"
+        return str(save_peft_adapter(model, folder, overwrite=overwrite, log=log, reserved=reserved, name=name)) + \
+            " (peft prefix-tuning folder; the base model is init_from)"
+    return str(save_pretrained(model, folder, tokenizer=tokenizer, log=log, overwrite=overwrite, reserved=reserved,
+                               name=name)) + " (HF folder)"
+
+
+def export_plans(cfg: FinetuneConfig) -> list:
+    """The export folders the run writes at its end, checked against the export rule (nanogpt2/export_dir.py)
+    before anything is done: a refusal is one line, and nothing is written."""
+    out = Path(cfg.out_dir)
+    plans = []
+    if cfg.method not in ("full", "selective"):
+        peft_ok = cfg.method == "prefix" or (cfg.method == "lora" and "c_attn." not in cfg.lora_targets)
+        plans.append(ExportDir.check(out / "adapter", PEFT_ADAPTER if peft_ok else ADAPTER_WEIGHTS, cfg.overwrite,
+                                     name="out_dir/adapter"))
+    if cfg.merge_and_export:
+        plans.append(ExportDir.check(cfg.merge_and_export, PEFT_ADAPTER if cfg.method == "prefix" else HF_MODEL,
+                                     cfg.overwrite, export_reserved(cfg), "merge_and_export"))
+    return plans
+
+
+def export_reserved(cfg: FinetuneConfig) -> dict:
+    """What merge_and_export must not be, nor hold: the run's out_dir (and its adapter folder), init_from (a path)."""
+    reserved = {"the run's out_dir": cfg.out_dir, "the run's out_dir/adapter": str(Path(cfg.out_dir) / "adapter")}
+    return {**reserved, "init_from": cfg.init_from} if Path(cfg.init_from).exists() else reserved
 
 
 def write_outputs(trainer) -> None:
@@ -389,9 +446,11 @@ def write_outputs(trainer) -> None:
     if not trainer.dist.master:
         return
     if cfg.method not in ("full", "selective"):
-        trainer.log(f"adapter weights: {save_adapter(model, trainer.out_dir / 'adapter')}")
+        trainer.log(f"adapter weights: {save_adapter(model, trainer.out_dir / 'adapter', cfg.overwrite, trainer.log)}")
     if cfg.merge_and_export:
-        trainer.log(f"exported to {export_merged(model, cfg.merge_and_export, trainer.tokenizer, trainer.log)}")
+        where = export_merged(model, cfg.merge_and_export, trainer.tokenizer, trainer.log, cfg.overwrite,
+                              export_reserved(cfg))
+        trainer.log(f"exported to {where}")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -400,6 +459,7 @@ def write_outputs(trainer) -> None:
 
 def run(cfg: FinetuneConfig, hooks=()) -> dict:
     """One fine-tuning run: the task's parts, the method on its model, the trainer."""
+    export_plans(cfg)  # refused exports stop the run here, before anything is loaded or written
     parts = load_task(cfg.task)(cfg)
     head_patterns = tuple(parts.head_patterns)
 

@@ -209,9 +209,12 @@ def load_model(init_from: str, device="cpu", dropout=None, log=_warn, config: GP
                 "description": f"GPT from scratch ({config.n_layer} layers, {config.n_embd} wide)"}
     elif foreign is not None:
         model, info = foreign
-    elif is_checkpoint(path) and not is_hf_folder(path):
+    elif is_checkpoint(path):  # a run folder that an HF export was written into is still the run
         model, info = load_checkpoint_model(path, log=log)
         info["description"] = f"{info['path']} (step {info.get('step')})"
+        if is_hf_folder(path):
+            log(f"{path} holds a train.py run and an HF export written into it: reading the run "
+                f"({Path(info['path']).name}); export it to a folder of its own to keep both apart")
     elif is_hf_folder(path):
         hf_folder = path
     elif is_openai_folder(path):
