@@ -279,14 +279,21 @@ def test_lora_warnings_name_exactly_the_useless_settings():
 # A run folder that today's code wrote an HF export into
 
 
+@pytest.fixture(scope="module")
+def base_run_hf(tmp_path_factory, base_run, cache):
+    """The base run exported to an HF folder."""
+    hf = tmp_path_factory.mktemp("base-hf") / "hf"
+    assert convert(base_run, hf, cache=cache).returncode == 0
+    return hf
+
+
 @pytest.fixture
-def hybrid(tmp_path, run_dir, cache):
+def hybrid(tmp_path, run_dir, base_run_hf):
     """What `python -m nanogpt2.convert RUN RUN` made before the rule: the run's config.json replaced by the HF
     one, model.safetensors and generation_config.json beside the checkpoints."""
-    assert convert(run_dir, tmp_path / "hf", cache=cache).returncode == 0
     pristine = Path(shutil.copytree(run_dir, tmp_path / "pristine"))
     for name in HF_FILES:
-        shutil.copy(tmp_path / "hf" / name, run_dir / name)
+        shutil.copy(base_run_hf / name, run_dir / name)
     return run_dir, pristine
 
 
