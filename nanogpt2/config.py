@@ -90,7 +90,9 @@ class RunConfig:
         "restores model, optimizer, scaler, step, sampler and RNG states", "output")
     overwrite: bool = setting(
         False, "a fresh run into an out_dir that holds another run's checkpoints or metrics: remove them (and its "
-        "samples, plots, TensorBoard events) first; without it such a run is refused", "output")
+        "samples, plots, TensorBoard events) first; without it such a run is refused. finetune.py: also lets "
+        "merge_and_export / out_dir/adapter replace other files (only the files the export writes; never a run folder)",
+        "output")
     checkpoint_interval: int = setting(1000, "save checkpoint_step_N.pt every this many steps (0: never)", "output")
     keep_last: int = setting(3, "keep only the newest this many step (and epoch) checkpoints (0: keep all)", "output")
     save_best: bool = setting(True, "save checkpoint_best.pt whenever the validation loss reaches a new best", "output")

@@ -118,9 +118,6 @@ class FinetuneConfig(RunConfig):
     merge_and_export: str = setting(
         "", "at the end, write the fine-tuned model (LoRA merged) as an HF GPT-2 folder here ('': no export); an absent "
         "or empty folder, or an earlier export (replaced); never a run folder or init_from (docs/conversion.md)", "method")
-    overwrite: bool = setting(
-        False, "merge_and_export or out_dir/adapter holds other files: replace only the files the export writes, keep "
-        "the rest, and say which (never a run folder)", "method")
 
     # --- the task ---
     task: str = setting("lm", "what to fine-tune for: " + " | ".join(TASKS), "task")
