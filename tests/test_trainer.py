@@ -412,10 +412,11 @@ def test_init_from_hf_folder_loads_reference_weights_and_crops(tmp_path):
     assert cropped.raw_model.config.block_size == 16 and cropped.raw_model.transformer.wpe.weight.shape == (16, 16)
     torch.testing.assert_close(cropped.raw_model.eval()(ids[:, :16])[0], want[:, :16], atol=1e-5, rtol=1e-4)
     assert cropped.train()["stopped"] == "done"
+    fresh = cfg.replace(out_dir=str(tmp_path / "another"))  # the cropped run finished in cfg's out_dir
     with pytest.raises(NanoGPT2Error, match="exceeds the model's context of 32 tokens"):
-        Trainer(cfg.replace(block_size=64), make_sampler=lambda t: Ids(t.rows_per_step))
+        Trainer(fresh.replace(block_size=64), make_sampler=lambda t: Ids(t.rows_per_step))
     with pytest.raises(NanoGPT2Error, match="did you mean gpt2"):
-        Trainer(cfg.replace(init_from="gtp2"), make_sampler=lambda t: Ids(t.rows_per_step))
+        Trainer(fresh.replace(init_from="gtp2"), make_sampler=lambda t: Ids(t.rows_per_step))
 
 
 def test_init_from_gpt2_name_downloads_once_from_the_hub_endpoint(tmp_path, monkeypatch):
