@@ -169,6 +169,13 @@ class RunOutputs:
         ]
         return " | ".join(parts)
 
+    @staticmethod
+    def test_line(res: dict) -> str:
+        """The console line of the final test evaluation (nanogpt2.evaluate.evaluate_perplexity's result)."""
+        return (f"test ({res['tokens']:,} tokens, block {res['block_size']}, stride {res['stride']}) | loss "
+                f"{res['loss']:.4f} | ppl {res['ppl']:.2f}"
+                + (f" | {res['bits_per_byte']:.4f} bits/byte" if res.get("bits_per_byte") else ""))
+
     def plot(self) -> Optional[object]:
         """One figure of the run, to training_curves.png: loss (train and val), perplexity, learning rate and the
         gradient norms against the step (see plot_run)."""

@@ -542,9 +542,7 @@ class Trainer:
             return None
         rec = {"step": self.step, "test_loss": res["loss"], "test_ppl": res["ppl"],
                "test_bits_per_byte": res.get("bits_per_byte"), "test_tokens": res["tokens"], "test_stride": res["stride"]}
-        self.log(f"test ({res['tokens']:,} tokens, block {res['block_size']}, stride {res['stride']}) | loss "
-                 f"{res['loss']:.4f} | ppl {res['ppl']:.2f}"
-                 + (f" | {res['bits_per_byte']:.4f} bits/byte" if res.get("bits_per_byte") else ""))
+        self.log(self.outputs.test_line(res))
         self.outputs.write(rec)
         return rec
 
