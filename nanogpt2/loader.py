@@ -300,6 +300,11 @@ def _init_model(cfg, tokenizer, log) -> GPT:
     if not isinstance(m, GPT):
         raise NanoGPT2Error(f"init_from={cfg.init_from} holds a {type(m).__name__} ({info['spec'].get('kind')}); "
                             f"train.py starts from a GPT: resume that run with --resume_from instead")
+    n_vocab = getattr(tokenizer, "n_vocab", None)
+    if n_vocab is not None and m.config.vocab_size < n_vocab:  # token ids past its table would crash the embedding
+        raise NanoGPT2Error(f"init_from={cfg.init_from} has a vocabulary of {m.config.vocab_size:,} tokens, smaller "
+                            f"than this run's {tokenizer.name} tokenizer ({n_vocab:,}): start from a model of that "
+                            f"vocabulary, or use the model's own tokenizer and data")
     log(f"model: {info['description']}, {m.param_counts()['total'] / 1e6:.2f}M parameters")
     return m
 
