@@ -179,6 +179,9 @@ class FinetuneConfig(RunConfig):
         if bool(self.key_tokens.strip()) != (self.key_token_alpha > 0):
             raise NanoGPT2Error("key_tokens and key_token_alpha > 0 go together (the weighted loss needs both); "
                                 "set both, or neither")
+        if self.train_stride and self.task in ("classify", "instruct"):
+            raise NanoGPT2Error(f"train_stride walks a token stream in windows (tasks lm and distill); task={self.task} "
+                                f"trains on whole examples: drop train_stride")
         if self.merge_and_export and self.method == "adapter":
             raise NanoGPT2Error("Houlsby adapters cannot be merged into GPT-2 weights, so merge_and_export cannot "
                                 "write an HF GPT-2 folder; share out_dir/adapter/ instead, or use method=lora")
