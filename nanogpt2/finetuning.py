@@ -43,7 +43,7 @@ import torch.nn as nn
 from nanogpt2.config import RunConfig, load_config, new_default, setting, settings_text, wants_help
 from nanogpt2.errors import EXIT_INTERRUPTED, NanoGPT2Error
 from nanogpt2.loader import model_spec
-from nanogpt2.losses import key_token_entries
+from nanogpt2.losses import KEY_TOKEN_FORMULAS, key_token_entries
 from nanogpt2.optim import make_adamw, param_groups
 from nanogpt2.peft import (apply_adapters, apply_lora, apply_prefix, lora_layers, save_adapter_weights, save_peft_adapter,
                            trainable_report)
@@ -63,7 +63,7 @@ class FinetuneConfig(RunConfig):
     script = "finetune.py"
     groups = MappingProxyType({**RunConfig.groups, "method": "Fine-tuning method", "task": "Task"})
     choices = MappingProxyType({**RunConfig.choices, "method": METHODS, "task": tuple(TASKS),
-                                "student_init": ("teacher", "scratch")})
+                                "student_init": ("teacher", "scratch"), "key_token_formula": KEY_TOKEN_FORMULAS})
 
     # --- defaults that differ from train.py's: the fine-tuning recipe of the configs (GPT-2 small, WikiText-2:
     # 3 epochs of 16,384-token steps, linear warmup over 10 % then linear decay to 1e-7, weight decay 0.01, AdamW
@@ -143,6 +143,10 @@ class FinetuneConfig(RunConfig):
     key_token_alpha: float = setting(
         0.0, "lm / instruct: > 0 turns on the key-token weighted loss: per-sample mean cross-entropy, sample weight "
         "1 + alpha x (key tokens among its targets), normalised over the batch", "task")
+    key_token_formula: str = setting(
+        "normalised", "lm / instruct, with key_token_alpha: normalised (ours, above) | hf_course (the HF course's: "
+        "sample weight alpha x (1 + key tokens among its input ids), a plain mean over the samples; see "
+        "docs/instruct.md)", "task")
 
     # --- task distill ---
     teacher: str = setting("gpt2", "task=distill: the model the student learns from, anything init_from takes (a GPT-2 "
@@ -179,6 +183,9 @@ class FinetuneConfig(RunConfig):
         if bool(self.key_tokens.strip()) != (self.key_token_alpha > 0):
             raise NanoGPT2Error("key_tokens and key_token_alpha > 0 go together (the weighted loss needs both); "
                                 "set both, or neither")
+        if self.key_token_formula != "normalised" and self.key_token_alpha == 0:
+            raise NanoGPT2Error(f"key_token_formula={self.key_token_formula} chooses the key-token weighted loss; "
+                                f"set key_tokens and key_token_alpha > 0 too (the course's alpha: 1.0)")
         if self.train_stride and self.task in ("classify", "instruct"):
             raise NanoGPT2Error(f"train_stride walks a token stream in windows (tasks lm and distill); task={self.task} "
                                 f"trains on whole examples: drop train_stride")
@@ -240,7 +247,7 @@ def task(cfg: FinetuneConfig) -> TaskParts:
     if cfg.key_token_alpha > 0:
         from nanogpt2.losses import KeyTokenLoss
 
-        return TaskParts(loss_fn=KeyTokenLoss(cfg.key_tokens, cfg.key_token_alpha))
+        return TaskParts(loss_fn=KeyTokenLoss(cfg.key_tokens, cfg.key_token_alpha, cfg.key_token_formula))
     return TaskParts()
 
 

@@ -55,7 +55,8 @@ import torch
 
 from nanogpt2.data import Remote, default_cache_root
 from nanogpt2.errors import DataWarning, NanoGPT2Error, read_text, run_cli, write_error
-from nanogpt2.losses import key_token_weighted_loss, masked_mean_loss, parse_key_tokens
+from nanogpt2.losses import (course_key_token_loss, key_counts, key_token_weighted_loss, masked_mean_loss,
+                             parse_key_tokens)
 from nanogpt2.model import IGNORE_INDEX
 from nanogpt2.tokenizer import get_tokenizer
 
@@ -534,11 +535,16 @@ def _logits_and_targets(model, batch: dict):
     return logits, y
 
 
-def make_loss_fn(key_ids=None, alpha: float = 0.0):
+def make_loss_fn(key_ids=None, alpha: float = 0.0, formula: str = "normalised"):
     """The trainer's loss_fn: the mean over the micro-batch's scored targets (the response's tokens unless
-    train_on_input), or the key-token weighted loss when alpha > 0 (nanogpt2.losses)."""
+    train_on_input), or the key-token weighted loss when alpha > 0 (nanogpt2.losses: ours, or with formula
+    hf_course the course's, its key tokens counted among each example's real input ids, prompt included)."""
     def loss_fn(trainer, model, batch):
         logits, y = _logits_and_targets(model, batch)
+        if alpha > 0 and formula == "hf_course":
+            ids = batch["input_ids"]  # (B, L)
+            real = torch.arange(ids.size(1), device=ids.device) < batch["lengths"].to(ids.device)[:, None]  # (B, L)
+            return course_key_token_loss(logits, y, key_counts(ids, key_ids, real), alpha)
         if alpha > 0:
             return key_token_weighted_loss(logits, y, key_ids, alpha)
         return masked_mean_loss(logits, y)
@@ -707,7 +713,7 @@ def task(cfg):
                         f"({res['val_tokens']:,} scored tokens of {len(val):,} held-out records)")
 
     return TaskParts(tokenizer=tok, make_sampler=make_sampler, eval_fn=eval_fn,
-                     loss_fn=make_loss_fn(key_ids, cfg.key_token_alpha),
+                     loss_fn=make_loss_fn(key_ids, cfg.key_token_alpha, cfg.key_token_formula),
                      steps_per_epoch=math.ceil(len(train) / global_rows(cfg)),
                      hooks=[Answers(tok, template)], before_train=baseline)
 
