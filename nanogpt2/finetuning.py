@@ -35,6 +35,7 @@ import importlib
 import math
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 from typing import Callable, Optional
 
@@ -42,6 +43,7 @@ import torch.nn as nn
 
 from nanogpt2.config import RunConfig, load_config, new_default, setting, settings_text, wants_help
 from nanogpt2.errors import EXIT_INTERRUPTED, NanoGPT2Error
+from nanogpt2.lm_results import LMResults, lm_scores
 from nanogpt2.loader import model_spec
 from nanogpt2.losses import KEY_TOKEN_FORMULAS, key_token_entries
 from nanogpt2.optim import make_adamw, param_groups
@@ -128,9 +130,11 @@ class FinetuneConfig(RunConfig):
     max_examples: int = setting(
         0, "classify: use at most this many rows of each split of the data (a seeded stratified sample, before any "
         "hold-out; 0: all)", "task")
-    baseline_eval: bool = setting(True, "classify: score the model before training (the pretrained body with its fresh "
-                                  "head) on the test split", "task")
-    results_dir: str = setting("results", "classify: the results tree goes to results_dir/<model>/<timestamp>/", "task")
+    baseline_eval: bool = setting(True, "classify / lm / instruct: score the model before training (classify: the "
+                                  "pretrained body with its fresh head, on the test split; lm: validation and test "
+                                  "perplexity; instruct: the held-out response loss)", "task")
+    results_dir: str = setting("results", "classify / lm / instruct: the results tree goes to "
+                               "results_dir/<model>/<timestamp>/", "task")
 
     # --- task instruct ---
     template: str = setting(
@@ -243,12 +247,19 @@ class TaskParts:
 
 def task(cfg: FinetuneConfig) -> TaskParts:
     """`lm`: language modelling on any dataset train.py knows, with train.py's data, loss and evaluations (with
-    key_token_alpha > 0, the key-token weighted loss of nanogpt2.losses)."""
+    key_token_alpha > 0, the key-token weighted loss of nanogpt2.losses), the baseline before training and the
+    results tree (nanogpt2.lm_results)."""
+    def note(trainer):
+        return (f"{cfg.dataset}: {trainer.train_tokens:,} train / {len(trainer.val_data):,} validation tokens "
+                f"({trainer.tokenizer.name} tokenizer)")
+
+    results = LMResults(cfg, "lm", lm_scores, save_weights, note)
+    loss_fn = None
     if cfg.key_token_alpha > 0:
         from nanogpt2.losses import KeyTokenLoss
 
-        return TaskParts(loss_fn=KeyTokenLoss(cfg.key_tokens, cfg.key_token_alpha, cfg.key_token_formula))
-    return TaskParts()
+        loss_fn = KeyTokenLoss(cfg.key_tokens, cfg.key_token_alpha, cfg.key_token_formula)
+    return TaskParts(loss_fn=loss_fn, before_train=results.before_train, after_train=results.after_train)
 
 
 def load_task(name: str) -> Callable:
@@ -391,6 +402,28 @@ def export_merged(model: nn.Module, folder, tokenizer=None, log=None) -> str:
     if getattr(model, "prefix_config", None) is not None:
         return str(save_peft_adapter(model, folder)) + " (peft prefix-tuning folder; the base model is init_from)"
     return str(save_pretrained(model, folder, tokenizer=tokenizer, log=log)) + " (HF folder)"
+
+
+def save_model_checkpoint(trainer, folder) -> Path:
+    """The run's model as one checkpoint the loader reads (folder/checkpoint_final.pt: weights, spec, tokenizer,
+    run config), for what an HF GPT-2 folder cannot hold (Houlsby adapters, a char vocabulary)."""
+    from nanogpt2 import checkpoint as ckpt_io
+
+    model = trainer.raw_model
+    return ckpt_io.save_checkpoint(Path(folder) / f"{ckpt_io.PREFIX}final{ckpt_io.SUFFIX}", {
+        "model": model.state_dict(), "model_spec": model_spec(model), "model_config": {}, "step": trainer.step,
+        "tokenizer": ckpt_io.tokenizer_info(trainer.tokenizer), "run_config": trainer.cfg.to_dict()})
+
+
+def save_weights(trainer, folder) -> str:
+    """The results tree's train/weights/ of a language model: an HF GPT-2 folder (LoRA merged on a copy; a prefix:
+    an HF peft folder), or a checkpoint (`save_model_checkpoint`) with Houlsby adapters or a char vocabulary."""
+    model = trainer.raw_model
+    if getattr(model, "adapter_config", None) is not None:
+        return f"{save_model_checkpoint(trainer, folder)} (nanogpt2 checkpoint: Houlsby adapters have no HF GPT-2 form)"
+    if getattr(trainer.tokenizer, "name", "gpt2") != "gpt2":
+        return f"{save_model_checkpoint(trainer, folder)} (nanogpt2 checkpoint: it holds the {trainer.tokenizer.name} vocabulary)"
+    return export_merged(model, folder, trainer.tokenizer, trainer.log)
 
 
 def write_outputs(trainer) -> None:

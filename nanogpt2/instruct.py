@@ -55,6 +55,7 @@ import torch
 
 from nanogpt2.data import Remote, default_cache_root
 from nanogpt2.errors import DataWarning, NanoGPT2Error, read_text, run_cli, write_error
+from nanogpt2.lm_results import LMResults, eval_scores
 from nanogpt2.losses import (course_key_token_loss, key_counts, key_token_weighted_loss, masked_mean_loss,
                              parse_key_tokens)
 from nanogpt2.model import IGNORE_INDEX
@@ -63,6 +64,7 @@ from nanogpt2.tokenizer import get_tokenizer
 DEFAULT_MAX_LENGTH = 512        # tokens per example when max_length=0 (Alpaca's model_max_length)
 DEFAULT_VAL_FRACTION = 0.02     # held-out share of the records when val_fraction is none (Alpaca: 1,040 records)
 TOP_P = 0.9                     # nucleus of the top-p answers every sample_interval
+HELD_OUT = "held-out"           # the split the baseline and the results tree score (the response tokens)
 
 # ----------------------------------------------------------------------------------------------------
 # Templates
@@ -683,7 +685,7 @@ def global_rows(cfg) -> int:
 def task(cfg):
     """`instruct`: the records, split, encoded and reported; the sampler, response-only loss, evaluation and
     answers hook for the trainer."""
-    from nanogpt2.finetuning import TaskParts
+    from nanogpt2.finetuning import TaskParts, save_weights
     from nanogpt2.distributed import dist_from_env
 
     master = dist_from_env().master
@@ -705,17 +707,17 @@ def task(cfg):
         return InstructSampler(train, trainer.rows_per_step, tok.eot_token, seed=cfg.seed, rank=trainer.dist.rank,
                                world_size=trainer.dist.world_size)
 
-    def baseline(trainer):
-        if trainer.step == 0 and not cfg.eval_only:
-            res = eval_fn(trainer)
-            trainer.raw_model.train()
-            trainer.log(f"before training: response val loss {res['val_loss']:.4f} | val ppl {res['val_ppl']:.2f} "
-                        f"({res['val_tokens']:,} scored tokens of {len(val):,} held-out records)")
+    def note(trainer):
+        return (f"{where}: {len(train):,} training / {len(val):,} held-out records (seed {cfg.seed}); loss on "
+                f"{'every token' if cfg.train_on_input else 'the response tokens only'}, held-out scored on the "
+                f"response tokens")
 
+    results = LMResults(cfg, "instruct", lambda trainer: eval_scores(trainer, HELD_OUT), save_weights, note,
+                        val_name=HELD_OUT)
     return TaskParts(tokenizer=tok, make_sampler=make_sampler, eval_fn=eval_fn,
                      loss_fn=make_loss_fn(key_ids, cfg.key_token_alpha, cfg.key_token_formula),
                      steps_per_epoch=math.ceil(len(train) / global_rows(cfg)),
-                     hooks=[Answers(tok, template)], before_train=baseline)
+                     hooks=[Answers(tok, template)], before_train=results.before_train, after_train=results.after_train)
 
 
 # ----------------------------------------------------------------------------------------------------
