@@ -13,8 +13,8 @@ A run is configured in three layers, later ones winning (nanoGPT's "configurator
 Values are type-checked against the setting's type: an int is accepted for a float, `true/false`
 (also `1/0`, `yes/no`, `on/off`) for a bool, and `none`/`auto` for the settings whose default is None.
 An unknown name is rejected with the closest valid names, or with ours when it is another recipe's name for
-one of our settings (`RECIPE_NAMES`: `--d_model` -> `--n_embd`, `--epochs` -> `--max_epochs`). Every failure is a `NanoGPT2Error` (one line,
-exit status 2 from the scripts).
+one of our settings (`RECIPE_NAMES`: `--d_model` -> `--n_embd`, `--epochs` -> `--max_epochs`). Every failure
+is a `NanoGPT2Error` (one line, exit status 2 from the scripts).
 
     from nanogpt2.config import load_config
     cfg = load_config(["configs/tiny.py", "--max_iters=50", "--dtype", "float32"])

@@ -708,9 +708,8 @@ def task(cfg):
                                world_size=trainer.dist.world_size)
 
     def note(trainer):
-        return (f"{where}: {len(train):,} training / {len(val):,} held-out records (seed {cfg.seed}); loss on "
-                f"{'every token' if cfg.train_on_input else 'the response tokens only'}, held-out scored on the "
-                f"response tokens")
+        return (f"{where}: {len(train):,} training / {len(val):,} held-out records (seed {cfg.seed}); the loss, "
+                f"and the held-out score, on {'every token' if cfg.train_on_input else 'the response tokens only'}")
 
     results = LMResults(cfg, "instruct", lambda trainer: eval_scores(trainer, HELD_OUT), save_weights, note,
                         val_name=HELD_OUT)
