@@ -12,8 +12,9 @@ A run is configured in three layers, later ones winning (nanoGPT's "configurator
 
 Values are type-checked against the setting's type: an int is accepted for a float, `true/false`
 (also `1/0`, `yes/no`, `on/off`) for a bool, and `none`/`auto` for the settings whose default is None.
-An unknown name is rejected with the closest valid names. Every failure is a `NanoGPT2Error` (one line,
-exit status 2 from the scripts).
+An unknown name is rejected with the closest valid names, or with ours when it is another recipe's name for
+one of our settings (`RECIPE_NAMES`: `--d_model` -> `--n_embd`, `--epochs` -> `--max_epochs`). Every failure
+is a `NanoGPT2Error` (one line, exit status 2 from the scripts).
 
     from nanogpt2.config import load_config
     cfg = load_config(["configs/tiny.py", "--max_iters=50", "--dtype", "float32"])
@@ -128,6 +129,9 @@ class RunConfig:
         "0.1 for shakespeare, else 0.005)", "data")
     batch_size: int = setting(12, "sequences per micro-step on each process", "data")
     block_size: int = setting(1024, "sequence length (context) in tokens", "data")
+    train_stride: int = setting(
+        0, "0: random training windows (nanoGPT's); > 0: windows of block_size every this many tokens (overlapping "
+        "when < block_size, the recipes' stride), each epoch in a new seeded order", "data")
     gradient_accumulation_steps: int = setting(
         1, "GLOBAL micro-steps per optimizer step (nanoGPT semantics): each of N processes runs this / N", "data")
     tokens_per_step: int = setting(
@@ -140,6 +144,7 @@ class RunConfig:
     n_embd: int = setting(768, "embedding width", "model")
     dropout: float = setting(0.0, "dropout probability (embeddings, attention, residuals)", "model")
     bias: bool = setting(True, "biases in Linear layers and LayerNorms (GPT-2: true)", "model")
+    n_inner: Optional[int] = setting(None, "MLP hidden width (none: 4 x n_embd; the recipes' d_ff)", "model")
     vocab_size: Optional[int] = setting(None, "vocabulary size (none: the tokenizer's; may be padded up, e.g. 50304)", "model")
 
     # --- optimizer and schedule ---
@@ -236,8 +241,64 @@ FIELDS = settings_of(RunConfig)
 # Type checking
 
 
+# The names other recipes give our settings (the course recipes' scripts, HF TrainingArguments, HF GPT2Config):
+# their name -> (ours, the script that has it when train.py does not, a note). Only the unknown-key message reads
+# it: a recipe's name is refused with ours, never silently accepted.
+RECIPE_NAMES = MappingProxyType({
+    "d_model": ("n_embd", None, ""),
+    "hidden_size": ("n_embd", None, ""),
+    "d_ff": ("n_inner", None, "the MLP width"),
+    "intermediate_size": ("n_inner", None, "the MLP width"),
+    "num_layers": ("n_layer", None, ""),
+    "n_layers": ("n_layer", None, ""),
+    "num_hidden_layers": ("n_layer", None, ""),
+    "num_heads": ("n_head", None, ""),
+    "n_heads": ("n_head", None, ""),
+    "num_attention_heads": ("n_head", None, ""),
+    "context_length": ("block_size", None, ""),
+    "max_seq_length": ("block_size", None, ""),
+    "seq_len": ("block_size", None, ""),
+    "n_positions": ("block_size", None, ""),
+    "max_position_embeddings": ("block_size", None, ""),
+    "dropout_rate": ("dropout", None, ""),
+    "drop_rate": ("dropout", None, ""),
+    "epochs": ("max_epochs", None, ""),
+    "num_epochs": ("max_epochs", None, ""),
+    "num_train_epochs": ("max_epochs", None, ""),
+    "max_steps": ("max_iters", None, ""),
+    "lr": ("learning_rate", None, ""),
+    "warmup_steps": ("warmup_iters", None, ""),
+    "train_batch_size": ("batch_size", None, ""),
+    "per_device_train_batch_size": ("batch_size", None, ""),
+    "eval_steps": ("eval_interval", None, ""),
+    "save_steps": ("checkpoint_interval", None, ""),
+    "logging_steps": ("log_interval", None, ""),
+    "output_dir": ("out_dir", None, ""),
+    "checkpoint_dir": ("out_dir", None, "the run folder of checkpoints; --resume_from auto continues it"),
+    "dataset_path": ("data_path", None, "a registered dataset's local copy; a text file or folder of your own goes "
+                                        "to --dataset"),
+    "model_path": ("init_from", None, "a GPT-2 name, an HF or OpenAI folder, a run folder or a checkpoint"),
+    "model_name": ("init_from", None, ""),
+    "model_name_or_path": ("init_from", None, ""),
+    "stride": ("train_stride", None, "overlapping training windows every this many tokens"),
+    "modification_type": ("method", "finetune.py", "full | lora | adapter | prefix | selective"),
+    "lora_r": ("lora_rank", "finetune.py", ""),
+    "max_length": ("max_length", "finetune.py", "tokens per classify / instruct example; train.py's windows are "
+                                                "--block_size"),
+})
+
+
 def unknown_key_message(key: str, where: str, cls=RunConfig) -> str:
-    close = difflib.get_close_matches(key, list(settings_of(cls)), n=3, cutoff=0.6)
+    """The error of a setting `cls` does not have: ours for a recipe's name (RECIPE_NAMES), else the closest."""
+    known = settings_of(cls)
+    if key in RECIPE_NAMES:
+        ours, script, note = RECIPE_NAMES[key]
+        note = f" ({note})" if note else ""
+        if ours in known:
+            return f"{where}: unknown setting {key!r}; nanogpt2 calls it {ours}: --{ours}{note}"
+        if script is not None:
+            return f"{where}: unknown setting {key!r}; it is {script}'s --{ours}{note}"
+    close = difflib.get_close_matches(key, list(known), n=3, cutoff=0.6)
     hint = f"; did you mean {' or '.join(close)}?" if close else f"; run `python {cls.script} --help` for the list"
     return f"{where}: unknown setting {key!r}{hint}"
 
@@ -303,13 +364,15 @@ def validate(cfg: RunConfig) -> RunConfig:
             raise NanoGPT2Error(f"{key} must be >= 1, not {getattr(cfg, key)}")
     non_negative = ["max_iters", "max_epochs", "warmup_iters", "warmup_ratio", "lr_decay_iters", "min_lr", "weight_decay",
                     "grad_clip", "eval_interval", "eval_iters", "checkpoint_interval", "keep_last", "sample_interval",
-                    "sample_tokens", "sample_top_k", "tokens_per_step", "max_training_hours", "learning_rate", "eps",
+                    "sample_tokens", "sample_top_k", "tokens_per_step", "train_stride", "max_training_hours", "learning_rate", "eps",
                     "sample_temperature"]
     for key in non_negative:
         if getattr(cfg, key) < 0:
             raise NanoGPT2Error(f"{key} must be >= 0, not {getattr(cfg, key)}")
     if not cfg.dist_timeout > 0:
         raise NanoGPT2Error(f"dist_timeout must be > 0 seconds, not {cfg.dist_timeout}")
+    if cfg.n_inner is not None and cfg.n_inner < 1:
+        raise NanoGPT2Error(f"n_inner must be >= 1 or none (4 x n_embd), not {cfg.n_inner}")
     if cfg.log_interval < 1:
         raise NanoGPT2Error(f"log_interval must be >= 1, not {cfg.log_interval}")
     if not 0.0 <= cfg.dropout < 1.0:

@@ -45,8 +45,9 @@ import torch.nn as nn
 from nanogpt2.config import RunConfig, load_config, new_default, setting, settings_text, wants_help
 from nanogpt2.errors import EXIT_INTERRUPTED, NanoGPT2Error
 from nanogpt2.export_dir import ADAPTER_WEIGHTS, HF_MODEL, PEFT_ADAPTER, ExportDir
+from nanogpt2.lm_results import LMResults, lm_scores
 from nanogpt2.loader import model_spec
-from nanogpt2.losses import key_token_entries
+from nanogpt2.losses import KEY_TOKEN_FORMULAS, key_token_entries
 from nanogpt2.optim import make_adamw, param_groups
 from nanogpt2.peft import (apply_adapters, apply_lora, apply_prefix, lora_layers, save_adapter_weights, save_peft_adapter,
                            trainable_report)
@@ -66,7 +67,7 @@ class FinetuneConfig(RunConfig):
     script = "finetune.py"
     groups = MappingProxyType({**RunConfig.groups, "method": "Fine-tuning method", "task": "Task"})
     choices = MappingProxyType({**RunConfig.choices, "method": METHODS, "task": tuple(TASKS),
-                                "student_init": ("teacher", "scratch")})
+                                "student_init": ("teacher", "scratch"), "key_token_formula": KEY_TOKEN_FORMULAS})
 
     # --- defaults that differ from train.py's: the fine-tuning recipe of the configs (GPT-2 small, WikiText-2:
     # 3 epochs of 16,384-token steps, linear warmup over 10 % then linear decay to 1e-7, weight decay 0.01, AdamW
@@ -132,9 +133,11 @@ class FinetuneConfig(RunConfig):
     max_examples: int = setting(
         0, "classify: use at most this many rows of each split of the data (a seeded stratified sample, before any "
         "hold-out; 0: all)", "task")
-    baseline_eval: bool = setting(True, "classify: score the model before training (the pretrained body with its fresh "
-                                  "head) on the test split", "task")
-    results_dir: str = setting("results", "classify: the results tree goes to results_dir/<model>/<timestamp>/", "task")
+    baseline_eval: bool = setting(True, "classify / lm / instruct: score the model before training (classify: the "
+                                  "pretrained body with its fresh head, on the test split; lm: validation and test "
+                                  "perplexity; instruct: the held-out response loss)", "task")
+    results_dir: str = setting("results", "classify / lm / instruct: the results tree goes to "
+                               "results_dir/<model>/<timestamp>/", "task")
 
     # --- task instruct ---
     template: str = setting(
@@ -147,6 +150,10 @@ class FinetuneConfig(RunConfig):
     key_token_alpha: float = setting(
         0.0, "lm / instruct: > 0 turns on the key-token weighted loss: per-sample mean cross-entropy, sample weight "
         "1 + alpha x (key tokens among its targets), normalised over the batch", "task")
+    key_token_formula: str = setting(
+        "normalised", "lm / instruct, with key_token_alpha: normalised (ours, above) | hf_course (the HF course's: "
+        "sample weight alpha x (1 + key tokens among its input ids), a plain mean over the samples; see "
+        "docs/instruct.md)", "task")
 
     # --- task distill ---
     teacher: str = setting("gpt2", "task=distill: the model the student learns from, anything init_from takes (a GPT-2 "
@@ -183,6 +190,12 @@ class FinetuneConfig(RunConfig):
         if bool(self.key_tokens.strip()) != (self.key_token_alpha > 0):
             raise NanoGPT2Error("key_tokens and key_token_alpha > 0 go together (the weighted loss needs both); "
                                 "set both, or neither")
+        if self.key_token_formula != "normalised" and self.key_token_alpha == 0:
+            raise NanoGPT2Error(f"key_token_formula={self.key_token_formula} chooses the key-token weighted loss; "
+                                f"set key_tokens and key_token_alpha > 0 too (the course's alpha: 1.0)")
+        if self.train_stride and self.task in ("classify", "instruct"):
+            raise NanoGPT2Error(f"train_stride walks a token stream in windows (tasks lm and distill); task={self.task} "
+                                f"trains on whole examples: drop train_stride")
         if self.merge_and_export and self.method == "adapter":
             raise NanoGPT2Error("Houlsby adapters cannot be merged into GPT-2 weights, so merge_and_export cannot "
                                 "write an HF GPT-2 folder; share out_dir/adapter/ instead, or use method=lora")
@@ -237,12 +250,19 @@ class TaskParts:
 
 def task(cfg: FinetuneConfig) -> TaskParts:
     """`lm`: language modelling on any dataset train.py knows, with train.py's data, loss and evaluations (with
-    key_token_alpha > 0, the key-token weighted loss of nanogpt2.losses)."""
+    key_token_alpha > 0, the key-token weighted loss of nanogpt2.losses), the baseline before training and the
+    results tree (nanogpt2.lm_results)."""
+    def note(trainer):
+        return (f"{cfg.dataset}: {trainer.train_tokens:,} train / {len(trainer.val_data):,} validation tokens "
+                f"({trainer.tokenizer.name} tokenizer)")
+
+    results = LMResults(cfg, "lm", lm_scores, save_weights, note)
+    loss_fn = None
     if cfg.key_token_alpha > 0:
         from nanogpt2.losses import KeyTokenLoss
 
-        return TaskParts(loss_fn=KeyTokenLoss(cfg.key_tokens, cfg.key_token_alpha))
-    return TaskParts()
+        loss_fn = KeyTokenLoss(cfg.key_tokens, cfg.key_token_alpha, cfg.key_token_formula)
+    return TaskParts(loss_fn=loss_fn, before_train=results.before_train, after_train=results.after_train)
 
 
 def load_task(name: str) -> Callable:
@@ -435,6 +455,28 @@ def export_reserved(cfg: FinetuneConfig) -> dict:
     """What merge_and_export must not be, nor hold: the run's out_dir (and its adapter folder), init_from (a path)."""
     reserved = {"the run's out_dir": cfg.out_dir, "the run's out_dir/adapter": str(Path(cfg.out_dir) / "adapter")}
     return {**reserved, "init_from": cfg.init_from} if Path(cfg.init_from).exists() else reserved
+
+
+def save_model_checkpoint(trainer, folder) -> Path:
+    """The run's model as one checkpoint the loader reads (folder/checkpoint_final.pt: weights, spec, tokenizer,
+    run config), for what an HF GPT-2 folder cannot hold (Houlsby adapters, a char vocabulary)."""
+    from nanogpt2 import checkpoint as ckpt_io
+
+    model = trainer.raw_model
+    return ckpt_io.save_checkpoint(Path(folder) / f"{ckpt_io.PREFIX}final{ckpt_io.SUFFIX}", {
+        "model": model.state_dict(), "model_spec": model_spec(model), "model_config": {}, "step": trainer.step,
+        "tokenizer": ckpt_io.tokenizer_info(trainer.tokenizer), "run_config": trainer.cfg.to_dict()})
+
+
+def save_weights(trainer, folder) -> str:
+    """The results tree's train/weights/ of a language model: an HF GPT-2 folder (LoRA merged on a copy; a prefix:
+    an HF peft folder), or a checkpoint (`save_model_checkpoint`) with Houlsby adapters or a char vocabulary."""
+    model = trainer.raw_model
+    if getattr(model, "adapter_config", None) is not None:
+        return f"{save_model_checkpoint(trainer, folder)} (nanogpt2 checkpoint: Houlsby adapters have no HF GPT-2 form)"
+    if getattr(trainer.tokenizer, "name", "gpt2") != "gpt2":
+        return f"{save_model_checkpoint(trainer, folder)} (nanogpt2 checkpoint: it holds the {trainer.tokenizer.name} vocabulary)"
+    return export_merged(model, folder, trainer.tokenizer, trainer.log)
 
 
 def write_outputs(trainer) -> None:

@@ -45,7 +45,8 @@ The optional parts of a Trainer (for finetune.py and tests); each defaults to th
     tokenizer     for samples and checkpoints (default: the dataset's)
     make_sampler  f(trainer) -> sampler with next_batch(device) returning this process's rows of one
                   optimizer step (trainer.rows_per_step rows), state_dict() and load_state_dict()
-                  (default: RandomWindowSampler over cfg.dataset's train split)
+                  (default: cfg.dataset's train split in random windows, or every train_stride tokens:
+                  nanogpt2.samplers.train_sampler)
     eval_fn       f(trainer) -> {"val_loss": float, ...} (default: loss over the validation split)
     loss_fn       f(trainer, model, micro_batch) -> (loss, n_tokens): the micro-batch's mean loss and the
                   number of targets it averages over (default: model(x, y, return_logits=False)[1], the loss
@@ -291,7 +292,8 @@ def restore_run_state(trainer, state: dict) -> None:
         t.tokens_seen = int(state.get("tokens_seen", 0))
         t.sampler.load_state_dict(state["sampler"])
     old = state.get("run_config") if isinstance(state.get("run_config"), dict) else {}
-    exactness = ("batch_size", "block_size", "gradient_accumulation_steps", "tokens_per_step", "seed", "dtype")
+    exactness = ("batch_size", "block_size", "gradient_accumulation_steps", "tokens_per_step", "train_stride", "seed",
+                 "dtype")
     changed = [f"{k} {old[k]!r} -> {getattr(t.cfg, k)!r}" for k in exactness if k in old and old[k] != getattr(t.cfg, k)]
     if changed:
         t.log(f"warning: resuming with changed settings ({'; '.join(changed)}): the run continues but "
@@ -488,14 +490,16 @@ class Trainer:
 
     def _setup_default_data(self):
         from nanogpt2.data import prepare_run_data
-        from nanogpt2.samplers import RandomWindowSampler
+        from nanogpt2.samplers import train_sampler
 
         cfg = self.cfg
         self.dataset, self.tokenizer, train, val = prepare_run_data(cfg, self.dist, self.tokenizer)
         self.train_tokens = len(train)
         self.val_data = val
-        self.sampler = RandomWindowSampler(train, cfg.block_size, self.rows_per_step, seed=cfg.seed,
-                                           rank=self.dist.rank, world_size=self.dist.world_size)
+        self.sampler = train_sampler(train, cfg.block_size, self.rows_per_step, cfg.train_stride, seed=cfg.seed,
+                                     rank=self.dist.rank, world_size=self.dist.world_size)
+        # strided windows: an epoch is the sampler's (every window once), not train tokens / tokens per step
+        self.steps_per_epoch = self.steps_per_epoch or getattr(self.sampler, "steps_per_epoch", None)
         if self.eval_fn is None:
             self.eval_fn = validation_loss
         self.log(f"data: {cfg.dataset} ({self.tokenizer.name} tokenizer, vocab {self.tokenizer.n_vocab}): "

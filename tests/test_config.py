@@ -124,6 +124,57 @@ def test_cli_errors(argv, message):
     assert message in str(e.value)
 
 
+# The names the recipes' own scripts use (the issue's list), each answered with ours.
+RECIPE_CASES = [
+    ("d_model", "nanogpt2 calls it n_embd: --n_embd"), ("d_ff", "nanogpt2 calls it n_inner: --n_inner"),
+    ("epochs", "nanogpt2 calls it max_epochs"), ("output_dir", "nanogpt2 calls it out_dir"),
+    ("dataset_path", "nanogpt2 calls it data_path"), ("model_path", "nanogpt2 calls it init_from"),
+    ("checkpoint_dir", "nanogpt2 calls it out_dir"), ("num_layers", "nanogpt2 calls it n_layer"),
+    ("num_heads", "nanogpt2 calls it n_head"), ("stride", "nanogpt2 calls it train_stride"),
+]
+
+
+@pytest.mark.parametrize("key, message", RECIPE_CASES)
+def test_the_recipes_option_names_are_answered_with_ours(key, message):
+    with pytest.raises(NanoGPT2Error) as e:
+        load_config([f"--{key}=1"])
+    assert str(e.value).startswith(f"command line: unknown setting {key!r}; {message}")
+    with pytest.raises(NanoGPT2Error, match=f"unknown setting {key!r}; {message}"):
+        load_config([f"--{key.replace('_', '-')}", "1"])  # --d-ff as well
+
+
+def test_recipe_names_of_finetune_settings(tmp_path):
+    from nanogpt2.finetuning import FinetuneConfig
+
+    with pytest.raises(NanoGPT2Error, match=r"'modification_type'; it is finetune.py's --method \(full \| lora"):
+        load_config(["--modification_type=lora"])  # train.py
+    with pytest.raises(NanoGPT2Error, match="'modification_type'; nanogpt2 calls it method: --method"):
+        load_config(["--modification_type=lora"], cls=FinetuneConfig)
+    with pytest.raises(NanoGPT2Error, match=r"latin.py: unknown setting 'd_model'; nanogpt2 calls it n_embd"):
+        read_config_file(write(tmp_path, "d_model = 64\n", "latin.py"))
+    # every entry names a real setting of train.py, or of the script it says
+    from nanogpt2.config import RECIPE_NAMES, settings_of
+
+    for theirs, (ours, script, _) in RECIPE_NAMES.items():
+        assert theirs not in settings_of(RunConfig)
+        assert ours in settings_of(FinetuneConfig if script == "finetune.py" else RunConfig), theirs
+
+
+def test_n_inner_sets_the_mlp_width_of_a_new_model(tmp_path):
+    from nanogpt2.loader import build_run_model
+    from nanogpt2.tokenizer import get_tokenizer
+
+    cfg = load_config(["--n_layer=1", "--n_head=2", "--n_embd=16", "--n_inner=40", "--block_size=8"])
+    model = build_run_model(cfg, get_tokenizer("gpt2"), log=lambda m: None)
+    mlp = model.transformer.h[0].mlp
+    assert model.config.n_inner == 40
+    assert tuple(mlp.c_fc.weight.shape) == (40, 16) and tuple(mlp.c_proj.weight.shape) == (16, 40)
+    default = build_run_model(cfg.replace(n_inner=None), get_tokenizer("gpt2"), log=lambda m: None)
+    assert tuple(default.transformer.h[0].mlp.c_fc.weight.shape) == (64, 16)  # 4 x n_embd
+    with pytest.raises(NanoGPT2Error, match="n_inner must be >= 1 or none"):
+        load_config(["--n_inner=0"])
+
+
 def test_config_file_type_and_name_errors(tmp_path):
     with pytest.raises(NanoGPT2Error, match=r"unknown setting 'learning_rat'; did you mean learning_rate\?"):
         read_config_file(write(tmp_path, "learning_rat = 1e-3\n"))
@@ -240,6 +291,7 @@ def run_train(*args, tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--max_iter=5"], "unknown setting 'max_iter'; did you mean max_iters"),
+    (["--d_model", "64"], "unknown setting 'd_model'; nanogpt2 calls it n_embd: --n_embd"),
     (["--batch_size=four"], "--batch_size must be an integer, not 'four'"),
     (["--dataset=no_such_dataset", "--out_dir=o"], "no_such_dataset"),
 ])
