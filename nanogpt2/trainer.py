@@ -412,13 +412,11 @@ class Trainer:
         random.seed(cfg.seed + self.dist.rank)
 
     def _setup_batch_geometry(self):
-        geometry = batch_geometry(self.cfg, self.dist.world_size)
-        self.accum_steps = geometry.accum_steps
-        self.micro_steps = geometry.micro_steps  # micro-steps each process runs per optimizer step
-        self.rows_per_step = geometry.rows_per_step  # rows this process gets per step
-        self.tokens_per_step = geometry.tokens_per_step  # global
-        if geometry.notice:
-            self.log(geometry.notice)
+        g = batch_geometry(self.cfg, self.dist.world_size)  # global micro-steps, each process's, its rows, global tokens
+        self.accum_steps, self.micro_steps, self.rows_per_step, self.tokens_per_step = \
+            g.accum_steps, g.micro_steps, g.rows_per_step, g.tokens_per_step
+        if g.notice:
+            self.log(g.notice)
 
     def _check_out_dir(self):
         """Refuse, before any work (data, downloads) starts and without writing anything, an out_dir that cannot be
