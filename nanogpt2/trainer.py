@@ -8,12 +8,14 @@ What one optimizer step does, in order (`OptimizerStep`):
    them into micro-batches, and for each: forward under autocast, loss / accumulation steps, backward
    (through the GradScaler when float16); under DDP the gradients are all-reduced on the last
    micro-step only (`no_sync` on the others);
-3. unscale, clip the global gradient norm at `grad_clip`, AdamW step (skipped by the GradScaler on an
-   inf/NaN gradient, and by us on a non-finite loss), zero the gradients.
+   (with `gradient_checkpointing`, the model recomputes each block in the backward: GPT.gradient_checkpointing_enable);
+3. unscale; on the logged steps, the gradient norm of each part of the model (nanogpt2/monitor.py); clip the global
+   gradient norm at `grad_clip`, AdamW step (skipped by the GradScaler on an inf/NaN gradient, and by us on a
+   non-finite loss), zero the gradients.
 
 Around the steps: evaluation every `eval_interval` steps and at each epoch end (val loss, perplexity,
 `checkpoint_best.pt`), periodic and epoch checkpoints pruned to `keep_last`, progress lines with
-tokens/s and MFU, `metrics.jsonl`, TensorBoard, samples, a plot at the end; SIGTERM/SIGINT, the
+tokens/s, samples/s, MFU and peak memory, `metrics.jsonl`, TensorBoard, samples, a plot at the end; SIGTERM/SIGINT, the
 wall-clock budget and non-finite losses stop the run cleanly (see docs/training.md).
 
 Accumulation and DDP semantics (nanoGPT's): `gradient_accumulation_steps` is the global number of
@@ -27,6 +29,7 @@ The trainer keeps the loop and the order of its stages; its collaborators each o
   nanogpt2/rundir.py       the run folder: what it holds, the writability check, the checkpoint to resume from
   nanogpt2/loader.py       the model: built from init_from, or rebuilt from the resume checkpoint's spec
   nanogpt2/outputs.py      what the run reports: metrics.jsonl, TensorBoard, the progress line, the plot
+  nanogpt2/monitor.py      the monitor's measurements: gradient norms by part of the model, peak memory
 
 References: Karpathy's nanoGPT `train.py` (loop, schedule, DDP, MFU); PyTorch AMP recipe (GradScaler,
 unscale before clipping); Loshchilov & Hutter, "Decoupled Weight Decay Regularization" (AdamW).
