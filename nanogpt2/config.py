@@ -15,6 +15,10 @@ Values are type-checked against the setting's type: an int is accepted for a flo
 An unknown name is rejected with the closest valid names. Every failure is a `NanoGPT2Error` (one line,
 exit status 2 from the scripts).
 
+nanoGPT's config files run as they are: its names are ours, and the few of its train.py settings we have no
+setting for (`NANOGPT_KEYS`: `wandb_*`, `always_save_checkpoint`, `decay_lr`) are accepted, translated or
+ignored, with one `notice:` line per file (or command line) naming them, shown above the effective config.
+
     from nanogpt2.config import load_config
     cfg = load_config(["configs/tiny.py", "--max_iters=50", "--dtype", "float32"])
     cfg.learning_rate, cfg.to_dict()
@@ -269,6 +273,44 @@ def check_value(key: str, value, where: str = "config", cls=RunConfig):
     raise NanoGPT2Error(f"{where}: {key} must be {want}{' or None' if optional else ''}, not {value!r} ({type(value).__name__})")
 
 
+# nanoGPT train.py settings that have no setting of ours of that name: name -> what happens to them.
+# A callable turns nanoGPT's value into our settings ({} when there is nothing to set); a string is why the key
+# is ignored. Other nanoGPT names (out_dir, eval_interval, n_layer, beta2, backend, ...) are ours already.
+_NO_WANDB = "no Weights & Biases logging here: metrics go to out_dir/metrics.jsonl and TensorBoard"
+NANOGPT_KEYS = MappingProxyType({
+    "wandb_log": _NO_WANDB,
+    "wandb_project": _NO_WANDB,
+    "wandb_run_name": _NO_WANDB,
+    "always_save_checkpoint": "checkpoint_best.pt is saved on each new best validation loss (save_best) and "
+                              "checkpoint_step_N.pt every checkpoint_interval steps",
+    "decay_lr": lambda value: {"lr_schedule": "cosine"} if value else {"lr_schedule": "constant", "warmup_iters": 0},
+})
+NANOGPT_TYPES = MappingProxyType({"wandb_log": bool, "wandb_project": str, "wandb_run_name": str,
+                                  "always_save_checkpoint": bool, "decay_lr": bool})
+
+
+def nanogpt_settings(values: dict, where: str, cls=RunConfig) -> tuple:
+    """Split nanoGPT-only keys out of `values` ({name: value}): (our settings they become, one notice line or
+    ''). The keys of `values` that are ours pass through unchanged; the translations come after them, so
+    nanoGPT's `decay_lr = False` wins over a warmup_iters of the same file, as in nanoGPT."""
+    ours, translated, ignored, replaced = {}, {}, {}, []
+    for key, value in values.items():
+        rule = NANOGPT_KEYS.get(key) if key not in settings_of(cls) else None
+        if rule is None:
+            ours[key] = value
+        elif isinstance(rule, str):
+            ignored.setdefault(rule, []).append(key)
+        else:
+            new = rule(value)
+            translated.update(new)
+            replaced.append(f"{key}={value!r} -> " + ", ".join(f"{k}={v!r}" for k, v in new.items()))
+    if not ignored and not replaced:
+        return ours, ""
+    parts = [f"ignored {', '.join(keys)} ({why})" for why, keys in ignored.items()]
+    parts += [f"replaced {r}" for r in replaced]
+    return {**ours, **translated}, f"notice: nanoGPT settings in {where}: " + "; ".join(parts)
+
+
 def set_setting(cfg: RunConfig, key: str, value, where: str):
     cls = type(cfg)
     if key not in settings_of(cls):
@@ -353,6 +395,9 @@ def read_config_file(path, cls=RunConfig) -> dict:
     for key, value in namespace.items():
         if key.startswith("_") or isinstance(value, (types.ModuleType, types.FunctionType, type)):
             continue
+        if key in NANOGPT_KEYS and key not in settings_of(cls):  # nanoGPT's own; nanogpt_settings translates it
+            values[key] = value
+            continue
         if key not in settings_of(cls):
             raise NanoGPT2Error(unknown_key_message(key, str(path), cls))
         values[key] = check_value(key, value, str(path), cls)
@@ -373,10 +418,10 @@ def parse_argv(argv, cls=RunConfig) -> tuple:
             continue
         key, eq, value = arg[2:].partition("=")
         key = key.replace("-", "_")
-        if key not in settings_of(cls):
+        if key not in settings_of(cls) and key not in NANOGPT_KEYS:
             raise NanoGPT2Error(unknown_key_message(key, "command line", cls))
         if not eq:
-            typ, _ = setting_type(key, cls)
+            typ = setting_type(key, cls)[0] if key in settings_of(cls) else NANOGPT_TYPES[key]
             nxt = argv[i] if i < len(argv) else None
             if typ is bool and (nxt is None or nxt.startswith("--") or nxt.lower() not in _TRUE | _FALSE):
                 value = "true"  # a bare boolean flag: --compile
@@ -398,15 +443,33 @@ def load_config(argv, default_config_file=None, cls=RunConfig) -> RunConfig:
     files, overrides = parse_argv(list(argv), cls)
     if not files and default_config_file is not None:
         files = [str(default_config_file)]
-    cfg = cls()
+    cfg, notices = cls(), []
     for f in files:
-        for key, value in read_config_file(f, cls).items():
+        values, notice = nanogpt_settings(read_config_file(f, cls), f, cls)
+        notices += [notice] if notice else []
+        for key, value in values.items():
             setattr(cfg, key, value)
-    for key, text in overrides.items():
-        setattr(cfg, key, parse_value(key, text, cls=cls))
+    given = {k: (parse_value(k, t, cls=cls) if k in settings_of(cls) else parse_value_nanogpt(k, t))
+             for k, t in overrides.items()}
+    values, notice = nanogpt_settings(given, "the command line", cls)
+    notices += [notice] if notice else []
+    for key, value in values.items():
+        setattr(cfg, key, value)
     cfg.validate()
     cfg._sources = files  # noqa: not a setting; shown by format_config
+    cfg._notices = notices  # noqa: not a setting; shown by format_config above the settings
     return cfg
+
+
+def parse_value_nanogpt(key: str, text: str):
+    """A nanoGPT-only key from the command line, as its NANOGPT_TYPES type (its rule in NANOGPT_KEYS decides
+    what it does)."""
+    low = text.strip().lower()
+    if NANOGPT_TYPES[key] is not bool:
+        return text
+    if low not in _TRUE | _FALSE:
+        raise NanoGPT2Error(f"command line: --{key} must be true or false, not {text!r}")
+    return low in _TRUE
 
 
 def wants_help(argv) -> bool:
@@ -421,7 +484,8 @@ def format_config(cfg: RunConfig, width: int = 110) -> str:
     """The effective config as `key=value` items wrapped at `width` columns; changed settings marked '*'."""
     defaults = type(cfg)()
     sources = getattr(cfg, "_sources", None)
-    lines = [f"effective config (config files: {', '.join(sources) if sources else 'none'}; * = not the default):"]
+    lines = [*getattr(cfg, "_notices", []),
+             f"effective config (config files: {', '.join(sources) if sources else 'none'}; * = not the default):"]
     line = " "
     for name in settings_of(type(cfg)):
         value = getattr(cfg, name)
