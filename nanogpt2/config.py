@@ -10,6 +10,10 @@ A run is configured in three layers, later ones winning (nanoGPT's "configurator
    be a run setting (modules, functions and `_private` names are ignored);
 3. command-line overrides, `--key=value` or `--key value` (a bool may stand alone: `--compile`).
 
+A setting given in a file or on the command line wins over a default of the one that competes with it for the
+same thing (`COMPETING`: max_iters / max_epochs, warmup_iters / warmup_ratio); between two given ones the
+later layer wins, with one `notice:` line saying which governs.
+
 Values are type-checked against the setting's type: an int is accepted for a float, `true/false`
 (also `1/0`, `yes/no`, `on/off`) for a bool, and `none`/`auto` for the settings whose default is None.
 An unknown name is rejected with the closest valid names. Every failure is a `NanoGPT2Error` (one line,
@@ -443,22 +447,58 @@ def load_config(argv, default_config_file=None, cls=RunConfig) -> RunConfig:
     files, overrides = parse_argv(list(argv), cls)
     if not files and default_config_file is not None:
         files = [str(default_config_file)]
-    cfg, notices = cls(), []
+    cfg, notices, given = cls(), [], {}
     for f in files:
         values, notice = nanogpt_settings(read_config_file(f, cls), f, cls)
         notices += [notice] if notice else []
         for key, value in values.items():
             setattr(cfg, key, value)
-    given = {k: (parse_value(k, t, cls=cls) if k in settings_of(cls) else parse_value_nanogpt(k, t))
-             for k, t in overrides.items()}
-    values, notice = nanogpt_settings(given, "the command line", cls)
+            given[key] = (len(given), f)
+    parsed = {k: (parse_value(k, t, cls=cls) if k in settings_of(cls) else parse_value_nanogpt(k, t))
+              for k, t in overrides.items()}
+    values, notice = nanogpt_settings(parsed, "the command line", cls)
     notices += [notice] if notice else []
     for key, value in values.items():
         setattr(cfg, key, value)
+        given[key] = (len(files), "the command line")
+    notices += resolve_given(cfg, {k: layer for k, (_, layer) in given.items()}, files)
     cfg.validate()
     cfg._sources = files  # noqa: not a setting; shown by format_config
     cfg._notices = notices  # noqa: not a setting; shown by format_config above the settings
     return cfg
+
+
+# Pairs of settings that both set one thing: (a, b, what they set, the rule when both are active in one layer).
+# Active: > 0. A setting given (config file or command line) wins over the other's default; between two given
+# ones the later layer (command line > later file > earlier file) wins; the loser is set to 0.
+COMPETING = (
+    ("max_iters", "max_epochs", "the run length", "the fewer steps"),
+    ("warmup_iters", "warmup_ratio", "the warmup", "warmup_ratio"),
+)
+
+
+def resolve_given(cfg, given: dict, files) -> list:
+    """Apply COMPETING to `cfg` in place: given {setting: where it was given ('the command line' or a config
+    file)}, in the order applied. Returns the notice lines, one per pair where two given settings conflict."""
+    order = [*files, "the command line"]
+    notices = []
+    for a, b, what, same_layer_rule in COMPETING:
+        va, vb = getattr(cfg, a), getattr(cfg, b)
+        if not (va > 0 and vb > 0) or (a not in given and b not in given):
+            continue
+        if a in given and b in given:
+            la, lb = order.index(given[a]), order.index(given[b])
+            if la == lb:
+                notices.append(f"notice: {a}={va!r} and {b}={vb!r} are both set in {given[a]}: {same_layer_rule} "
+                               f"governs {what}")
+                continue
+            winner, loser = (a, b) if la > lb else (b, a)
+            notices.append(f"notice: {winner}={getattr(cfg, winner)!r} ({given[winner]}) governs {what}, not "
+                           f"{loser}={getattr(cfg, loser)!r} ({given[loser]}): {loser} set to 0")
+        else:
+            winner, loser = (a, b) if a in given else (b, a)
+        setattr(cfg, loser, type(getattr(cfg, loser))(0))  # given wins over the other's default, silently
+    return notices
 
 
 def parse_value_nanogpt(key: str, text: str):
