@@ -10,11 +10,19 @@ A run is configured in three layers, later ones winning (nanoGPT's "configurator
    be a run setting (modules, functions and `_private` names are ignored);
 3. command-line overrides, `--key=value` or `--key value` (a bool may stand alone: `--compile`).
 
+A setting given in a file or on the command line wins over a default of the one that competes with it for the
+same thing (`COMPETING`: max_iters / max_epochs, warmup_iters / warmup_ratio); between two given ones the
+later layer wins, with one `notice:` line saying which governs.
+
 Values are type-checked against the setting's type: an int is accepted for a float, `true/false`
 (also `1/0`, `yes/no`, `on/off`) for a bool, and `none`/`auto` for the settings whose default is None.
 An unknown name is rejected with the closest valid names, or with ours when it is another recipe's name for
 one of our settings (`RECIPE_NAMES`: `--d_model` -> `--n_embd`, `--epochs` -> `--max_epochs`). Every failure
 is a `NanoGPT2Error` (one line, exit status 2 from the scripts).
+
+nanoGPT's config files run as they are: its names are ours, and the few of its train.py settings we have no
+setting for (`NANOGPT_KEYS`: `wandb_*`, `always_save_checkpoint`, `decay_lr`) are accepted, translated or
+ignored, with one `notice:` line per file (or command line) naming them, shown above the effective config.
 
     from nanogpt2.config import load_config
     cfg = load_config(["configs/tiny.py", "--max_iters=50", "--dtype", "float32"])
@@ -345,6 +353,44 @@ def check_value(key: str, value, where: str = "config", cls=RunConfig):
     raise NanoGPT2Error(f"{where}: {key} must be {want}{' or None' if optional else ''}, not {value!r} ({type(value).__name__})")
 
 
+# nanoGPT train.py settings that have no setting of ours of that name: name -> what happens to them.
+# A callable turns nanoGPT's value into our settings ({} when there is nothing to set); a string is why the key
+# is ignored. Other nanoGPT names (out_dir, eval_interval, n_layer, beta2, backend, ...) are ours already.
+_NO_WANDB = "no Weights & Biases logging here: metrics go to out_dir/metrics.jsonl and TensorBoard"
+NANOGPT_KEYS = MappingProxyType({
+    "wandb_log": _NO_WANDB,
+    "wandb_project": _NO_WANDB,
+    "wandb_run_name": _NO_WANDB,
+    "always_save_checkpoint": "checkpoint_best.pt is saved on each new best validation loss (save_best) and "
+                              "checkpoint_step_N.pt every checkpoint_interval steps",
+    "decay_lr": lambda value: {"lr_schedule": "cosine"} if value else {"lr_schedule": "constant", "warmup_iters": 0},
+})
+NANOGPT_TYPES = MappingProxyType({"wandb_log": bool, "wandb_project": str, "wandb_run_name": str,
+                                  "always_save_checkpoint": bool, "decay_lr": bool})
+
+
+def nanogpt_settings(values: dict, where: str, cls=RunConfig) -> tuple:
+    """Split nanoGPT-only keys out of `values` ({name: value}): (our settings they become, one notice line or
+    ''). The keys of `values` that are ours pass through unchanged; the translations come after them, so
+    nanoGPT's `decay_lr = False` wins over a warmup_iters of the same file, as in nanoGPT."""
+    ours, translated, ignored, replaced = {}, {}, {}, []
+    for key, value in values.items():
+        rule = NANOGPT_KEYS.get(key) if key not in settings_of(cls) else None
+        if rule is None:
+            ours[key] = value
+        elif isinstance(rule, str):
+            ignored.setdefault(rule, []).append(key)
+        else:
+            new = rule(value)
+            translated.update(new)
+            replaced.append(f"{key}={value!r} -> " + ", ".join(f"{k}={v!r}" for k, v in new.items()))
+    if not ignored and not replaced:
+        return ours, ""
+    parts = [f"ignored {', '.join(keys)} ({why})" for why, keys in ignored.items()]
+    parts += [f"replaced {r}" for r in replaced]
+    return {**ours, **translated}, f"notice: nanoGPT settings in {where}: " + "; ".join(parts)
+
+
 def set_setting(cfg: RunConfig, key: str, value, where: str):
     cls = type(cfg)
     if key not in settings_of(cls):
@@ -433,6 +479,9 @@ def read_config_file(path, cls=RunConfig) -> dict:
     for key, value in namespace.items():
         if key.startswith("_") or isinstance(value, (types.ModuleType, types.FunctionType, type)):
             continue
+        if key in NANOGPT_KEYS and key not in settings_of(cls):  # nanoGPT's own; nanogpt_settings translates it
+            values[key] = value
+            continue
         if key not in settings_of(cls):
             raise NanoGPT2Error(unknown_key_message(key, str(path), cls))
         values[key] = check_value(key, value, str(path), cls)
@@ -453,10 +502,10 @@ def parse_argv(argv, cls=RunConfig) -> tuple:
             continue
         key, eq, value = arg[2:].partition("=")
         key = key.replace("-", "_")
-        if key not in settings_of(cls):
+        if key not in settings_of(cls) and key not in NANOGPT_KEYS:
             raise NanoGPT2Error(unknown_key_message(key, "command line", cls))
         if not eq:
-            typ, _ = setting_type(key, cls)
+            typ = setting_type(key, cls)[0] if key in settings_of(cls) else NANOGPT_TYPES[key]
             nxt = argv[i] if i < len(argv) else None
             if typ is bool and (nxt is None or nxt.startswith("--") or nxt.lower() not in _TRUE | _FALSE):
                 value = "true"  # a bare boolean flag: --compile
@@ -478,15 +527,69 @@ def load_config(argv, default_config_file=None, cls=RunConfig) -> RunConfig:
     files, overrides = parse_argv(list(argv), cls)
     if not files and default_config_file is not None:
         files = [str(default_config_file)]
-    cfg = cls()
+    cfg, notices, given = cls(), [], {}
     for f in files:
-        for key, value in read_config_file(f, cls).items():
+        values, notice = nanogpt_settings(read_config_file(f, cls), f, cls)
+        notices += [notice] if notice else []
+        for key, value in values.items():
             setattr(cfg, key, value)
-    for key, text in overrides.items():
-        setattr(cfg, key, parse_value(key, text, cls=cls))
+            given[key] = (len(given), f)
+    parsed = {k: (parse_value(k, t, cls=cls) if k in settings_of(cls) else parse_value_nanogpt(k, t))
+              for k, t in overrides.items()}
+    values, notice = nanogpt_settings(parsed, "the command line", cls)
+    notices += [notice] if notice else []
+    for key, value in values.items():
+        setattr(cfg, key, value)
+        given[key] = (len(files), "the command line")
+    notices += resolve_given(cfg, {k: layer for k, (_, layer) in given.items()}, files)
     cfg.validate()
     cfg._sources = files  # noqa: not a setting; shown by format_config
+    cfg._notices = notices  # noqa: not a setting; shown by format_config above the settings
     return cfg
+
+
+# Pairs of settings that both set one thing: (a, b, what they set, the rule when both are active in one layer).
+# Active: > 0. A setting given (config file or command line) wins over the other's default; between two given
+# ones the later layer (command line > later file > earlier file) wins; the loser is set to 0.
+COMPETING = (
+    ("max_iters", "max_epochs", "the run length", "the fewer steps"),
+    ("warmup_iters", "warmup_ratio", "the warmup", "warmup_ratio"),
+)
+
+
+def resolve_given(cfg, given: dict, files) -> list:
+    """Apply COMPETING to `cfg` in place: given {setting: where it was given ('the command line' or a config
+    file)}, in the order applied. Returns the notice lines, one per pair where two given settings conflict."""
+    order = [*files, "the command line"]
+    notices = []
+    for a, b, what, same_layer_rule in COMPETING:
+        va, vb = getattr(cfg, a), getattr(cfg, b)
+        if not (va > 0 and vb > 0) or (a not in given and b not in given):
+            continue
+        if a in given and b in given:
+            la, lb = order.index(given[a]), order.index(given[b])
+            if la == lb:
+                notices.append(f"notice: {a}={va!r} and {b}={vb!r} are both set in {given[a]}: {same_layer_rule} "
+                               f"governs {what}")
+                continue
+            winner, loser = (a, b) if la > lb else (b, a)
+            notices.append(f"notice: {winner}={getattr(cfg, winner)!r} ({given[winner]}) governs {what}, not "
+                           f"{loser}={getattr(cfg, loser)!r} ({given[loser]}): {loser} set to 0")
+        else:
+            winner, loser = (a, b) if a in given else (b, a)
+        setattr(cfg, loser, type(getattr(cfg, loser))(0))  # given wins over the other's default, silently
+    return notices
+
+
+def parse_value_nanogpt(key: str, text: str):
+    """A nanoGPT-only key from the command line, as its NANOGPT_TYPES type (its rule in NANOGPT_KEYS decides
+    what it does)."""
+    low = text.strip().lower()
+    if NANOGPT_TYPES[key] is not bool:
+        return text
+    if low not in _TRUE | _FALSE:
+        raise NanoGPT2Error(f"command line: --{key} must be true or false, not {text!r}")
+    return low in _TRUE
 
 
 def wants_help(argv) -> bool:
@@ -501,7 +604,8 @@ def format_config(cfg: RunConfig, width: int = 110) -> str:
     """The effective config as `key=value` items wrapped at `width` columns; changed settings marked '*'."""
     defaults = type(cfg)()
     sources = getattr(cfg, "_sources", None)
-    lines = [f"effective config (config files: {', '.join(sources) if sources else 'none'}; * = not the default):"]
+    lines = [*getattr(cfg, "_notices", []),
+             f"effective config (config files: {', '.join(sources) if sources else 'none'}; * = not the default):"]
     line = " "
     for name in settings_of(type(cfg)):
         value = getattr(cfg, name)

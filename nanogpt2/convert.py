@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,9 +35,10 @@ from nanogpt2.download import file_sha256
 from nanogpt2.errors import NanoGPT2Error, write_error
 from nanogpt2.export_dir import CONVERTED_PT, HF_MODEL, ExportDir, check_export_file
 from nanogpt2.hf_checkpoint import HF_REPOS, download_hf_model, gpt_hf_export, load_hf_folder
+from nanogpt2.hf_tokenizer import write_tokenizer_files
 from nanogpt2.openai_checkpoint import (OPENAI_SIZES, download_openai_model, is_openai_folder, load_openai_folder,
                                         openai_size)
-from nanogpt2.safetensors_io import save_file
+from nanogpt2.safetensors_io import read_header, save_file
 
 if TYPE_CHECKING:  # model.py imports this module lazily (GPT.from_pretrained): no import back at module level
     from nanogpt2.model import GPT
@@ -103,6 +105,8 @@ def save_pretrained(model, out_dir, tokenizer=None, log=_note, overwrite: bool =
     - LoRA is merged first, on a copy (the HF folder is plain GPT-2; `model` stays unmerged).
     - Houlsby adapters (`adapter_config`) and prefix tuning (`prefix_config`) are refused with a message pointing to
       the peft export (nanogpt2.peft.save_peft_adapter, finetune.py --merge_and_export) and the .pt format.
+    - GPT-2's tokenizer files go beside the weights (nanogpt2/hf_tokenizer.py; a character model: one line saying
+      no HF tokenizer exists for it).
     - A vocabulary padded past the `tokenizer` (e.g. 50304 rows for 50257 ids) is kept as it is and said so
       through `log`: the rows past the tokenizer are never produced by it, and config.json's vocab_size counts them.
 
@@ -129,6 +133,8 @@ def save_pretrained(model, out_dir, tokenizer=None, log=_note, overwrite: bool =
     save_file(parts["tensors"], plan.target("model.safetensors"), metadata={"format": "pt"})
     if parts.get("generation_config") is not None:
         plan.write_json("generation_config.json", parts["generation_config"])
+    write_tokenizer_files(plan.folder, tokenizer, parts["config"].get("n_positions", 1024), vocab, log,
+                          write=lambda name, data: plan.write(name, lambda f: f.write(data)))
     plan.write_json("config.json", parts["config"])  # last: its presence makes the folder loadable
     return plan.finish(log)
 
@@ -160,6 +166,14 @@ def _write_pt(model, info: dict, dst: Path, src: str, overwrite: bool = False, l
     if log is not None and mode != "new":
         log(f"--overwrite: replaced {dst}" if mode == "overwrite" else f"replaced the earlier converted checkpoint {dst}")
     return path
+
+
+def written_params(folder) -> int:
+    """The parameters of an HF folder's model.safetensors as transformers counts them (a tied lm_head once)."""
+    header, _ = read_header(Path(folder) / "model.safetensors")
+    tied = json.loads((Path(folder) / "config.json").read_text()).get("tie_word_embeddings", True)
+    return sum(math.prod(v["shape"]) for k, v in header.items()
+               if k != "__metadata__" and not (tied and k == "lm_head.weight"))
 
 
 FORMATS = {"hf": "an HF folder", "nanogpt2": "a nanogpt2 checkpoint", "nanogpt": "a nanoGPT out_dir (ckpt.pt)",
@@ -254,9 +268,6 @@ def convert(src: str, dst, to: str | None = None, log=_note, dtype: str | None =
     else:
         tok_info = info.get("tokenizer") or {}
         tokenizer = tokenizer_from_info(tok_info) if tok_info else None
-        if tok_info and tok_info.get("name") != "gpt2":
-            log(f"the {tok_info.get('name')} tokenizer is not written to the HF folder (only GPT-2's BPE has an HF "
-                f"GPT-2 equivalent); keep the source checkpoint for its vocabulary")
         try:
             save_pretrained(model, dst, tokenizer=tokenizer, log=log, overwrite=overwrite, reserved=_source(src))
         except OSError as e:  # a full disk, an unwritable folder (save_checkpoint says so itself)
@@ -264,6 +275,7 @@ def convert(src: str, dst, to: str | None = None, log=_note, dtype: str | None =
                               fix="free some space or choose another DST", any_os_error=True) from None
         written = dst / "model.safetensors"
         architecture = json.loads((dst / "config.json").read_text())["architectures"][0]
+        params = written_params(dst)  # what was written: LoRA merged away, a tied head once
     return {"path": str(dst), "file": str(written), "sha256": file_sha256(written), "params": params,
             "format": to, "architecture": architecture,
             "description": info.get("description", src)}

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from nanogpt2.errors import NanoGPT2Error
+from nanogpt2.hf_tokenizer import TOKENIZER_FILES
 from nanogpt2.rundir import RunDir
 
 # ----------------------------------------------------------------------------------------------------
@@ -114,7 +115,8 @@ def _a(kind: ExportKind) -> str:
     return ("an " if kind.name.startswith(("HF", "a", "e", "i", "o", "u")) else "a ") + kind.name
 
 
-HF_MODEL = ExportKind("HF model folder", ("config.json", "model.safetensors", "generation_config.json"), is_hf_config,
+HF_MODEL = ExportKind("HF model folder", ("config.json", "model.safetensors", "generation_config.json",
+                                         *TOKENIZER_FILES), is_hf_config,
                       "hf", conflicts=("pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json"))
 PEFT_ADAPTER = ExportKind("peft adapter folder", ("adapter_config.json", "adapter_model.safetensors"),
                           lambda p: _json_has(p, "peft_type"), "peft")

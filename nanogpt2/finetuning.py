@@ -35,8 +35,8 @@ import importlib
 import math
 import re
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Callable, Optional
 
@@ -412,12 +412,30 @@ class HeadOnlyPhase:
 # Outputs of a run
 
 
-def save_adapter(model: nn.Module, folder, overwrite: bool = False, log=None) -> str:
+def peft_base(init_from: str, log=None) -> str:
+    """What a peft folder's base_model_name_or_path records: the HF repo of a GPT-2 name, the absolute path of a
+    local HF folder; else '' and one line through `log` saying peft needs an HF base and how to make one."""
+    from nanogpt2.hf_checkpoint import HF_REPOS
+
+    if init_from in HF_REPOS:
+        return HF_REPOS[init_from]
+    folder = Path(init_from).expanduser()
+    if folder.is_dir() and (folder / "config.json").is_file() and any(folder.glob("model.safetensors*")):
+        return str(folder.resolve())
+    if log is not None:
+        log(f"the peft adapter folder names no base model: peft needs an HF base, and init_from={init_from} is not "
+            f"one; make one with `python -m nanogpt2.convert {init_from} DIR` and set base_model_name_or_path "
+            f"to DIR in adapter_config.json")
+    return ""
+
+
+def save_adapter(model: nn.Module, folder, overwrite: bool = False, log=None, base: str = "") -> str:
     """The trainable weights alone, for sharing: an HF peft folder for LoRA (when peft can express it) and prefix
-    tuning, else `adapter_weights.pt` (nanogpt2.peft.save_adapter_weights). Returns what was written."""
+    tuning, naming `base` (peft_base) as its base model, else `adapter_weights.pt`
+    (nanogpt2.peft.save_adapter_weights). Returns what was written."""
     lora = getattr(model, "lora_config", None) is not None and not any(l.partial for l in lora_layers(model).values())
     if lora or getattr(model, "prefix_config", None) is not None:
-        return str(save_peft_adapter(model, folder, overwrite=overwrite, log=log, name="out_dir/adapter"))
+        return str(save_peft_adapter(model, folder, base, overwrite=overwrite, log=log, name="out_dir/adapter"))
     return str(save_adapter_weights(model, folder, model_spec(model), overwrite, log))
 
 
@@ -485,7 +503,9 @@ def write_outputs(trainer) -> None:
     if not trainer.dist.master:
         return
     if cfg.method not in ("full", "selective"):
-        trainer.log(f"adapter weights: {save_adapter(model, trainer.out_dir / 'adapter', cfg.overwrite, trainer.log)}")
+        lora = getattr(model, "lora_config", None) is not None or getattr(model, "prefix_config", None) is not None
+        base = peft_base(cfg.init_from, trainer.log) if lora else ""
+        trainer.log(f"adapter weights: {save_adapter(model, trainer.out_dir / 'adapter', cfg.overwrite, trainer.log, base)}")
     if cfg.merge_and_export:
         where = export_merged(model, cfg.merge_and_export, trainer.tokenizer, trainer.log, cfg.overwrite,
                               export_reserved(cfg))
