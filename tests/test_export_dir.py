@@ -30,6 +30,8 @@ from nanogpt2.loader import load_model
 HF_DIR = FIXTURES / "openai-gpt2-tiny-hf"
 TINY = str(ROOT / "configs" / "tiny.py")
 HF_FILES = ["config.json", "generation_config.json", "model.safetensors"]
+# an export of a model read with GPT-2's tokenizer also holds GPT-2's HF tokenizer files (nanogpt2/hf_tokenizer.py)
+GPT2_HF_FILES = sorted(HF_FILES + ["merges.txt", "special_tokens_map.json", "tokenizer_config.json", "vocab.json"])
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -133,7 +135,7 @@ def test_foreign_files_are_refused_and_overwrite_replaces_only_the_exports_files
     res = convert(HF_DIR, notes, "--overwrite")
     assert res.returncode == 0, res.stderr
     assert f"note: --overwrite: replaced config.json in {notes}; kept its 1 other file(s): todo.txt" in res.stderr
-    assert sorted(p.name for p in notes.iterdir()) == HF_FILES + ["todo.txt"]
+    assert sorted(p.name for p in notes.iterdir()) == sorted(GPT2_HF_FILES + ["todo.txt"])
     assert (notes / "todo.txt").read_bytes() == before["todo.txt"]
     ours, _ = load_model(str(HF_DIR))
     theirs, _ = load_model(str(notes))
@@ -147,8 +149,9 @@ def test_an_earlier_export_is_replaced_and_said_so_and_the_source_itself_is_refu
     (hf / ".model.safetensors.999.deadbeef.tmp").write_bytes(b"left by a killed write")
     res = convert(run_dir, hf, cache=cache)
     assert res.returncode == 0, res.stderr
-    assert f"note: replaced the earlier HF model folder in {hf} (config.json, generation_config.json, " \
-           f"model.safetensors)" in res.stderr
+    assert f"note: replaced the earlier HF model folder in {hf} (" in res.stderr
+    assert "removed merges.txt, special_tokens_map.json, tokenizer_config.json, vocab.json, which this export does " \
+           "not write" in res.stderr  # the character model has no HF tokenizer: the GPT-2 one's files went
     assert sorted(p.name for p in hf.iterdir()) == HF_FILES  # the killed write's temp file is gone too
     run_model, _ = load_model(str(run_dir))
     hf_model, _ = load_model(str(hf))
@@ -365,7 +368,8 @@ def test_a_failed_replace_leaves_no_half_loadable_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(conv, "save_file", real_save)
     notes = []
     conv.save_pretrained(other, hf, log=notes.append, overwrite=True)
-    assert sorted(p.name for p in hf.iterdir()) == HF_FILES and len(notes) == 1  # the temp file is cleared
+    assert sorted(p.name for p in hf.iterdir()) == HF_FILES  # the temp file is cleared
+    assert len([n for n in notes if n.startswith("--overwrite:")]) == 1 and len(notes) == 2  # + no HF tokenizer
     assert torch.equal(load_model(str(hf))[0].transformer.wte.weight, other.transformer.wte.weight)
 
 

@@ -70,12 +70,13 @@ def test_files_equal_openai_encoder_json_and_vocab_bpe():
 
 def test_character_model_has_no_hf_tokenizer_and_says_so(tmp_path):
     lines = []
+    save_pretrained(gpt2_vocab_model(), tmp_path / "out", tokenizer=get_tokenizer("gpt2"))  # an earlier GPT-2 export
+    assert all((tmp_path / "out" / name).exists() for name in TOKENIZER_FILES)
     model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=8, block_size=16, vocab_size=3))
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "vocab.json").write_text("{}")  # from an earlier GPT-2 export into the same folder
     save_pretrained(model, tmp_path / "out", tokenizer=get_tokenizer("char", text="abc"), log=lines.append)
-    assert not any((tmp_path / "out" / name).exists() for name in TOKENIZER_FILES)
-    assert len(lines) == 1 and lines[0].startswith("no HF tokenizer exists for this model's tokenizer (char)")
+    assert not any((tmp_path / "out" / name).exists() for name in TOKENIZER_FILES)  # the stale ones went too
+    assert len(lines) == 2 and lines[0].startswith("no HF tokenizer exists for this model's tokenizer (char)")
+    assert "removed merges.txt, special_tokens_map.json, tokenizer_config.json, vocab.json" in lines[1]
 
 
 def test_printed_parameter_count_is_what_was_written(tmp_path, capsys):
