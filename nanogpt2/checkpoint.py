@@ -27,7 +27,9 @@ Every load recomputes the checksum (one flipped byte anywhere in the tensor data
 non-finite weights; files written before checksums existed (no "checksum" entry) load unverified.
 
 File names in a run folder: checkpoint_best.pt, checkpoint_step_N.pt, checkpoint_epoch_N.pt,
-checkpoint_time_limit.pt, checkpoint_interrupted.pt, checkpoint_final.pt. The latest checkpoint of a folder
+checkpoint_time_limit.pt, checkpoint_interrupted.pt, checkpoint_final.pt (`prune_checkpoints`: keep_last's policy).
+A PEFT run's checkpoints hold its trained tensors and, under `base`, a reference to the frozen base model instead
+of its weights (nanogpt2/base_ref.py; the loader fills them in). The latest checkpoint of a folder
 is the one with the highest stored step (not the newest file: a copied folder has new times);
 `load_latest` skips damaged ones and says which.
 
@@ -284,18 +286,20 @@ def remove_stray_temp_files(out_dir) -> list:
     return stray
 
 
-def prune_checkpoints(out_dir, kind: str, keep_last: int) -> list:
-    """Delete all but the newest `keep_last` checkpoint_{kind}_N.pt (by N); return the deleted paths."""
+REPEATED = re.compile(rf"{PREFIX}(step_\d+|epoch_\d+|interrupted|time_limit){re.escape(SUFFIX)}$")  # keep_last's
+
+
+def prune_checkpoints(out_dir, keep_last: int, own=None) -> list:
+    """keep_last's policy (its help text, nanogpt2/config.py): of the checkpoints a run writes again and again
+    (step_N, epoch_N, interrupted, time_limit: `REPEATED`), keep the newest `keep_last` by stored step and delete
+    the others; never checkpoint_best.pt or checkpoint_final.pt, nor the newest resumable checkpoint of the folder,
+    nor an unreadable file, nor one whose name is not in `own` (the run's own checkpoints; None: every checkpoint
+    of the folder is the run's). keep_last 0 keeps all. Returns the deleted paths."""
     if keep_last <= 0:
         return []
-    pattern = re.compile(rf"{PREFIX}{kind}_(\d+){re.escape(SUFFIX)}$")
-    numbered = []
-    for f in Path(out_dir).glob(f"{PREFIX}{kind}_*{SUFFIX}"):
-        m = pattern.match(f.name)
-        if m:
-            numbered.append((int(m.group(1)), f))
-    numbered.sort()
-    doomed = [f for _, f in numbered[:-keep_last]]
+    ordered, _ = by_step(out_dir)  # the highest stored step first
+    repeated = [p for p in ordered if REPEATED.match(p.name)]
+    doomed = [p for p in repeated[keep_last:] if p != ordered[0] and (own is None or p.name in own)]
     for f in doomed:
         f.unlink(missing_ok=True)
     return doomed

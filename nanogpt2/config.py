@@ -103,7 +103,10 @@ class RunConfig:
         "merge_and_export / out_dir/adapter replace other files (only the files the export writes; never a run folder)",
         "output")
     checkpoint_interval: int = setting(1000, "save checkpoint_step_N.pt every this many steps (0: never)", "output")
-    keep_last: int = setting(3, "keep only the newest this many step (and epoch) checkpoints (0: keep all)", "output")
+    keep_last: int = setting(
+        3, "how many of the checkpoints a run writes again and again (step_N, epoch_N, interrupted, time_limit, "
+        "together) to keep, the newest by step, as HF's save_total_limit; checkpoint_best.pt, checkpoint_final.pt and "
+        "the newest resumable checkpoint are never deleted, nor another run's files (0: keep all)", "output")
     save_best: bool = setting(True, "save checkpoint_best.pt whenever the validation loss reaches a new best", "output")
     max_training_hours: float = setting(
         12.0, "wall-clock budget of this process: stop before exceeding it, save checkpoint_time_limit.pt, exit 0 (0: none)",

@@ -532,7 +532,8 @@ def run(cfg: FinetuneConfig, hooks=()) -> dict:
         all_hooks.insert(0, HeadOnlyPhase(head_patterns, cfg.head_only_steps, cfg.head_only_epochs))
     trainer = Trainer(cfg, model=model, tokenizer=parts.tokenizer, make_sampler=parts.make_sampler,
                       eval_fn=parts.eval_fn, loss_fn=parts.loss_fn, steps_per_epoch=parts.steps_per_epoch,
-                      hooks=all_hooks, make_optimizer=make_finetune_optimizer(head_patterns, tuple(parts.modules_to_save)), prepare_model=prepare)
+                      hooks=all_hooks, make_optimizer=make_finetune_optimizer(head_patterns, tuple(parts.modules_to_save)), prepare_model=prepare,
+                      trainable_checkpoints=cfg.method not in ("full", "selective"))  # PEFT: the base by reference
     if parts.before_train is not None:
         parts.before_train(trainer)
     summary = trainer.train()

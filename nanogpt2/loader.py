@@ -39,6 +39,7 @@ import torch.nn as nn
 
 from nanogpt2 import checkpoint as ckpt_io
 from nanogpt2 import llmc, nanogpt_format
+from nanogpt2.base_ref import BaseTrace, complete
 from nanogpt2.errors import NanoGPT2Error
 from nanogpt2.model import GPT, GPTConfig
 from nanogpt2.peft import apply_method_spec, collapse_prefix, method_spec
@@ -141,10 +142,11 @@ def load_checkpoint_model(path_or_dir, which: str = "auto", log=_warn):
     else:
         path = ckpt_io.find_checkpoint(path_or_dir, which)
         ckpt = ckpt_io.load_checkpoint(path, map_location="cpu")
+    weights = checkpoint_weights(ckpt, path)
     with ckpt_io.rebuilding(path, "the model"):
         spec = spec_of(ckpt)
         model = build_model(spec)
-        model.load_state_dict(ckpt_io.strip_prefixes(ckpt["model"]))
+        model.load_state_dict(weights)
     info = {
         "path": str(path),
         "tokenizer": ckpt.get("tokenizer", {"name": "gpt2"}),
@@ -157,6 +159,13 @@ def load_checkpoint_model(path_or_dir, which: str = "auto", log=_warn):
         "verified": ckpt_io.CHECKSUM in ckpt,
     }
     return model, info
+
+
+def checkpoint_weights(state: dict, path) -> dict:
+    """A checkpoint's whole state_dict: its `model` entry, with the base's tensors filled in where a PEFT run's
+    checkpoint refers to its base instead of holding it (nanogpt2/base_ref.py: missing or changed base files are
+    one NanoGPT2Error)."""
+    return complete(state, path, lambda where: load_model(where, log=lambda msg: None)[0])
 
 
 def hf_architecture(folder: Path):
@@ -274,30 +283,44 @@ def architecture(spec: dict) -> dict:
     return {**spec, "config": config}
 
 
-def build_run_model(cfg, tokenizer, *, model: nn.Module = None, resume_state: dict = None,
-                    prepare: Callable[[nn.Module], nn.Module] = None, log: Callable[[str], None] = print) -> nn.Module:
-    """The model a run trains (`cfg`: its RunConfig): the `model` given (checked against the checkpoint on
-    resume), else the resume checkpoint's spec rebuilt (its weights are loaded by the trainer with the rest of
+def build_run_model(cfg, tokenizer, **kwargs) -> nn.Module:
+    """The model of `build_traced_run_model`, without its base."""
+    return build_traced_run_model(cfg, tokenizer, **kwargs)[0]
+
+
+def build_traced_run_model(cfg, tokenizer, *, model: nn.Module = None, resume_state: dict = None,
+                           prepare: Callable[[nn.Module], nn.Module] = None,
+                           log: Callable[[str], None] = print) -> tuple:
+    """(model, its BaseRef or None). The model a run trains (`cfg`: its RunConfig): the `model` given (checked
+    against the checkpoint on resume), else the resume checkpoint's spec rebuilt (its weights are loaded by the trainer with the rest of
     the state), else a new one from cfg.init_from ("scratch": the run's n_layer, n_head, ... and the tokenizer's
-    vocabulary) with `prepare` applied (finetune.py's PEFT method) and its context cropped to cfg.block_size."""
+    vocabulary) with `prepare` applied (finetune.py's PEFT method) and its context cropped to cfg.block_size. The BaseRef
+    (nanogpt2/base_ref.py) says which tensors of a model built from init_from are that base's, unchanged, and
+    where the base is (None: the model was given, rebuilt from a checkpoint's spec, or new from scratch)."""
     if resume_state is not None:
         path = resume_state["_path"]
         with ckpt_io.rebuilding(path, "the model"):
             spec = spec_of(resume_state)
             if model is None:
-                return build_model(spec)
+                return build_model(spec), None
         if architecture(model_spec(model)) != architecture(spec):
             raise NanoGPT2Error(f"{path} holds another model than the one this run was given "
                                 f"({architecture(spec)} vs {architecture(model_spec(model))}); resume with the "
                                 f"same model, or start a new run in another out_dir")
-        return model
+        return model, None
     if model is not None:
-        return model
-    fresh = (_scratch_model(cfg, tokenizer, log) if cfg.init_from in ("scratch", "resume")
-             else _init_model(cfg, tokenizer, log))
+        return model, None
+    info = None
+    if cfg.init_from in ("scratch", "resume"):
+        fresh = _scratch_model(cfg, tokenizer, log)
+    else:
+        fresh, info = _init_model(cfg, tokenizer, log)
+    trace = BaseTrace(fresh)
     model = prepare(fresh) if prepare is not None else fresh
+    trace.wrapped(model)
     fit_context(model, cfg.block_size)
-    return model
+    base = trace.reference(cfg.init_from, info, model) if info is not None else None
+    return model, base
 
 
 def fit_context(model: nn.Module, block_size: int) -> None:
@@ -315,8 +338,9 @@ def fit_context(model: nn.Module, block_size: int) -> None:
         model.crop_block_size(model.config.block_size - (context - block_size))
 
 
-def _init_model(cfg, tokenizer, log) -> GPT:
-    """The GPT of init_from (a GPT-2 name, an HF folder, a checkpoint), checked against the run's tokenizer."""
+def _init_model(cfg, tokenizer, log) -> tuple:
+    """(the GPT of init_from (a GPT-2 name, an HF folder, a checkpoint), checked against the run's tokenizer,
+    load_model's info)."""
     m, info = load_model(cfg.init_from, dropout=cfg.dropout, log=lambda msg: log(f"warning: {msg}"),
                          meta_pkl=getattr(cfg, "meta_pkl", "") or None)
     mine = ckpt_io.tokenizer_info(tokenizer) if tokenizer is not None else None
@@ -333,7 +357,7 @@ def _init_model(cfg, tokenizer, log) -> GPT:
                             f"than this run's {tokenizer.name} tokenizer ({n_vocab:,}): start from a model of that "
                             f"vocabulary, or use the model's own tokenizer and data")
     log(f"model: {info['description']}, {m.param_counts()['total'] / 1e6:.2f}M parameters")
-    return m
+    return m, info
 
 
 def _scratch_model(cfg, tokenizer, log) -> GPT:

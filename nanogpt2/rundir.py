@@ -99,9 +99,11 @@ class RunDir:
         ordered, _ = ckpt_io.by_step(self.path)
         return ordered[0] if ordered else None
 
-    def prune(self, kind: str, keep_last: int) -> list:
-        """Remove all but the newest `keep_last` checkpoints of a kind ("step", "epoch"); returns the removed."""
-        return ckpt_io.prune_checkpoints(self.path, kind, keep_last)
+    def prune(self, keep_last: int, own=None) -> list:
+        """keep_last's policy (nanogpt2.checkpoint.prune_checkpoints): the newest `keep_last` of the step, epoch,
+        interrupted and time-limit checkpoints stay, best, final and the newest resumable one always; `own`: the
+        names of the run's checkpoints (None: all of the folder's). Returns the removed."""
+        return ckpt_io.prune_checkpoints(self.path, keep_last, own)
 
     # --- writing --------------------------------------------------------------------------------------
 

@@ -65,6 +65,9 @@ The optional parts of a Trainer (for finetune.py and tests); each defaults to th
                   the `model` given here nor to one rebuilt from a checkpoint's spec on resume): finetune.py
                   applies its PEFT method there, so the spec the checkpoints record includes it
     steps_per_epoch  optimizer steps per epoch (default: train tokens / tokens per step)
+    trainable_checkpoints  checkpoints hold the trained tensors and a reference to the base (path and sha256)
+                  instead of the whole model, when the model was built from an init_from file or name
+                  (finetune.py's PEFT methods; nanogpt2/base_ref.py)
     hooks         callables hook(trainer, event), event in "train_start" (before the first step of this
                   process, after a resume), "step_end", "eval_end", "train_end"
 """
@@ -88,7 +91,8 @@ from nanogpt2.config import RunConfig, format_config, load_config, settings_text
 from nanogpt2.distributed import batch_geometry, dist_from_env
 from nanogpt2.errors import EXIT_INTERRUPTED, NanoGPT2Error
 from nanogpt2.evaluate import loss_only, test_perplexity, validation_loss
-from nanogpt2.loader import build_run_model, check_resume_fits, model_spec
+from nanogpt2.base_ref import trainable_state
+from nanogpt2.loader import build_traced_run_model, check_resume_fits, checkpoint_weights, model_spec
 from nanogpt2.model import GPT, IGNORE_INDEX
 from nanogpt2.monitor import GradNormGroups, peak_memory
 from nanogpt2.optim import make_optimizer, resolve_schedule, run_length, set_lr
@@ -256,7 +260,8 @@ def run_state(trainer) -> dict:
         all_rng = t.dist.gather(rng)
         rng = {**all_rng[0], "per_rank": all_rng}
     return {
-        "model": t.raw_model.state_dict(),
+        "model": trainable_state(t.raw_model.state_dict(), t.base_ref),  # a PEFT run: the base's tensors left out
+        **({"base": t.base_ref} if t.base_ref else {}),
         "model_spec": model_spec(t.raw_model),  # what the loader rebuilds before the weights
         "model_config": t.raw_model.config.to_dict() if isinstance(t.raw_model, GPT) else {},
         "run_config": t.cfg.to_dict(),
@@ -278,7 +283,7 @@ def restore_run_state(trainer, state: dict) -> None:
     """Load what a checkpoint holds into a Trainer, but the RNG states (restored last, `restore_rng`)."""
     t, path = trainer, state["_path"]
     with ckpt_io.rebuilding(path, "the model weights"):
-        t.raw_model.load_state_dict(ckpt_io.strip_prefixes(state["model"]))
+        t.raw_model.load_state_dict(checkpoint_weights(state, path))
     with ckpt_io.rebuilding(path, "the optimizer state"):
         t.optimizer.load_state_dict(state["optimizer"])
         for group in t.optimizer.param_groups:  # torch does not compare the moments' shapes
@@ -362,8 +367,10 @@ class Trainer:
     def __init__(self, cfg: RunConfig, *, model: Optional[nn.Module] = None, tokenizer=None,
                  make_sampler: Optional[Callable] = None, eval_fn: Optional[Callable] = None,
                  loss_fn: Optional[Callable] = None, steps_per_epoch: Optional[int] = None, hooks=(),
-                 make_optimizer: Optional[Callable] = None, prepare_model: Optional[Callable] = None):
+                 make_optimizer: Optional[Callable] = None, prepare_model: Optional[Callable] = None,
+                 trainable_checkpoints: bool = False):
         self.cfg = cfg
+        self.trainable_checkpoints = trainable_checkpoints
         self.prepare_model = prepare_model
         self.make_optimizer = make_optimizer or default_optimizer
         self.t_start = time.time()
@@ -385,6 +392,9 @@ class Trainer:
             self._setup_data(make_sampler)             # the sampler; the tokenizer (the dataset's by default)
             self._setup_run_length()                   # epochs -> steps, the schedule
             resume_state = self._find_resume()         # before the model: a checkpoint holds its architecture
+            # keep_last prunes the folder's checkpoints, unless the run resumed from another folder: then its own
+            elsewhere = resume_state is not None and Path(resume_state["_path"]).parent.resolve() != self.out_dir.resolve()
+            self.own_checkpoints = set() if elsewhere else None
             self._setup_model(model, resume_state)     # model, optimizer, scaler, counters (restored on resume)
             self._setup_outputs()                      # the config line, out_dir, config.json (rank 0): written
                                                        # only once everything above passed (a refused run
@@ -447,7 +457,7 @@ class Trainer:
         self.schedule = resolve_schedule(self.cfg, self.max_steps)
 
     def _setup_model(self, model, resume_state):
-        self.raw_model = build_run_model(
+        self.raw_model, base = build_traced_run_model(
             self.cfg, self.tokenizer, model=model, resume_state=resume_state, log=self.log,
             prepare=None if self.prepare_model is None else lambda m: self.prepare_model(self, m))
         self.raw_model.to(device=self.device, dtype=torch.float32)  # fp32 master weights and optimizer state
@@ -456,6 +466,7 @@ class Trainer:
         self.optimizer = self.make_optimizer(self, self.raw_model)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == "float16")
         self._optimizer_step = OptimizerStep(self)
+        self.base_ref = self._base_reference(base, resume_state)
         self.step = 0
         self.epoch = 0
         self.best_val_loss = float("inf")
@@ -469,6 +480,22 @@ class Trainer:
         self.last_record = None  # metrics of the latest step (for hooks)
         if resume_state is not None:
             restore_run_state(self, resume_state)
+
+    def _base_reference(self, base, resume_state) -> Optional[dict]:
+        """The `base` entry of this run's checkpoints (nanogpt2/base_ref.py), or None for whole-model checkpoints:
+        with trainable_checkpoints, the base's tensors that the optimizer does not train (on resume: the
+        checkpoint's own choice)."""
+        if not self.trainable_checkpoints:
+            return None
+        if resume_state is not None:
+            return resume_state.get("base")
+        if base is None:
+            self.log(f"checkpoints hold the whole model: its base (init_from={self.cfg.init_from}) is not a file or "
+                     f"a name they could refer to")
+            return None
+        trained = {id(p) for g in self.optimizer.param_groups for p in g["params"]}
+        names = [n for n, p in self.raw_model.named_parameters(remove_duplicate=False) if id(p) in trained]
+        return base.without(names).record()  # the base's files hashed, once for the run
 
     def _setup_wrappers(self):
         self.model = self.raw_model
@@ -587,6 +614,10 @@ class Trainer:
         path = self.rundir.checkpoint_path(name)
         self.dist.together(self.dist.master, lambda: ckpt_io.save_checkpoint(path, state),
                        f"writing {path} failed on rank 0 (see its error)")
+        if self.own_checkpoints is not None:
+            self.own_checkpoints.add(path.name)
+        if self.dist.master:  # keep_last's policy, over every kind the run writes again and again
+            self.rundir.prune(self.cfg.keep_last, self.own_checkpoints)
         return path
 
     # --- logging outputs ----------------------------------------------------------------------------------
@@ -702,12 +733,8 @@ class Trainer:
                 self.outputs.write_sample(self.step, text)
         if cfg.checkpoint_interval and self.step % cfg.checkpoint_interval == 0 and not final:
             self.save(f"step_{self.step}")
-            if self.dist.master:
-                self.rundir.prune("step", cfg.keep_last)
         if epoch_end and not final:
             self.save(f"epoch_{self.epoch}")
-            if self.dist.master:
-                self.rundir.prune("epoch", cfg.keep_last)
 
     def _agreed_stops(self):
         """(a signal arrived, the next step would cross the wall-clock budget, elapsed seconds): agreed by all
