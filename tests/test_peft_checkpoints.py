@@ -244,7 +244,7 @@ def test_keep_last_covers_every_repeated_kind_and_never_best_final_or_another_ru
     res = script("finetune.py", *args, "--max_iters=10", "--resume_from=auto", cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     # steps 2..9 wrote step_N; step_1 and the time-limit checkpoint of step 1, older than the newest two: pruned
-    assert names(out) == ["checkpoint_final.pt", "checkpoint_step_8.pt", "checkpoint_step_9.pt"]
+    assert names(out) == ["checkpoint_best.pt", "checkpoint_final.pt", "checkpoint_step_8.pt", "checkpoint_step_9.pt"]
     # a run resumed from another folder prunes only its own checkpoints, never what was in its out_dir before
     other = tmp_path / "other"
     other.mkdir()
@@ -253,7 +253,7 @@ def test_keep_last_covers_every_repeated_kind_and_never_best_final_or_another_ru
                    "--max_iters=12", f"--resume_from={out / 'checkpoint_step_9.pt'}")
     res = script("finetune.py", *more, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert names(other) == ["checkpoint_final.pt", "checkpoint_step_1.pt", "checkpoint_step_11.pt"]
+    assert names(other) == ["checkpoint_best.pt", "checkpoint_final.pt", "checkpoint_step_1.pt", "checkpoint_step_11.pt"]
     # best is never pruned
     keep = tmp_path / "keep"
     res = script("finetune.py", *ft_args(keep, base, *LORA, "--keep_last=1", "--checkpoint_interval=1",
