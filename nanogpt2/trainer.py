@@ -279,6 +279,24 @@ def run_state(trainer) -> dict:
     }
 
 
+def base_reference(trainer, base, resume_state) -> Optional[dict]:
+    """The `base` entry of a run's checkpoints (nanogpt2/base_ref.py), or None for whole-model checkpoints: with
+    trainable_checkpoints, the tensors of the `base` (a BaseRef) that the optimizer does not train (on resume: the
+    checkpoint's own choice)."""
+    t = trainer
+    if not t.trainable_checkpoints:
+        return None
+    if resume_state is not None:
+        return resume_state.get("base")
+    if base is None:
+        t.log(f"checkpoints hold the whole model: its base (init_from={t.cfg.init_from}) is not a file or a name "
+              f"they could refer to")
+        return None
+    trained = {id(p) for g in t.optimizer.param_groups for p in g["params"]}
+    names = [n for n, p in t.raw_model.named_parameters(remove_duplicate=False) if id(p) in trained]
+    return base.without(names).record()  # the base's files hashed, once for the run
+
+
 def restore_run_state(trainer, state: dict) -> None:
     """Load what a checkpoint holds into a Trainer, but the RNG states (restored last, `restore_rng`)."""
     t, path = trainer, state["_path"]
@@ -306,6 +324,21 @@ def restore_run_state(trainer, state: dict) -> None:
     if changed:
         t.log(f"warning: resuming with changed settings ({'; '.join(changed)}): the run continues but "
               f"does not reproduce an uninterrupted one")
+
+
+def own_checkpoints(out_dir: Path, resume_state) -> Optional[set]:
+    """The checkpoint names keep_last may prune: every one of out_dir (None), unless the run resumed from another
+    folder: then those the run writes (a set it fills)."""
+    elsewhere = resume_state is not None and Path(resume_state["_path"]).parent.resolve() != out_dir.resolve()
+    return set() if elsewhere else None
+
+
+def prune_after_save(trainer, path: Path) -> None:
+    """keep_last's policy after each save, over every kind the run writes again and again (rank 0)."""
+    if trainer.own_checkpoints is not None:
+        trainer.own_checkpoints.add(path.name)
+    if trainer.dist.master:
+        trainer.rundir.prune(trainer.cfg.keep_last, trainer.own_checkpoints)
 
 
 def restore_rng(trainer, rng: dict, path=None) -> None:
@@ -392,9 +425,7 @@ class Trainer:
             self._setup_data(make_sampler)             # the sampler; the tokenizer (the dataset's by default)
             self._setup_run_length()                   # epochs -> steps, the schedule
             resume_state = self._find_resume()         # before the model: a checkpoint holds its architecture
-            # keep_last prunes the folder's checkpoints, unless the run resumed from another folder: then its own
-            elsewhere = resume_state is not None and Path(resume_state["_path"]).parent.resolve() != self.out_dir.resolve()
-            self.own_checkpoints = set() if elsewhere else None
+            self.own_checkpoints = own_checkpoints(self.out_dir, resume_state)  # what keep_last may prune
             self._setup_model(model, resume_state)     # model, optimizer, scaler, counters (restored on resume)
             self._setup_outputs()                      # the config line, out_dir, config.json (rank 0): written
                                                        # only once everything above passed (a refused run
@@ -466,7 +497,7 @@ class Trainer:
         self.optimizer = self.make_optimizer(self, self.raw_model)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == "float16")
         self._optimizer_step = OptimizerStep(self)
-        self.base_ref = self._base_reference(base, resume_state)
+        self.base_ref = base_reference(self, base, resume_state)
         self.step = 0
         self.epoch = 0
         self.best_val_loss = float("inf")
@@ -480,22 +511,6 @@ class Trainer:
         self.last_record = None  # metrics of the latest step (for hooks)
         if resume_state is not None:
             restore_run_state(self, resume_state)
-
-    def _base_reference(self, base, resume_state) -> Optional[dict]:
-        """The `base` entry of this run's checkpoints (nanogpt2/base_ref.py), or None for whole-model checkpoints:
-        with trainable_checkpoints, the base's tensors that the optimizer does not train (on resume: the
-        checkpoint's own choice)."""
-        if not self.trainable_checkpoints:
-            return None
-        if resume_state is not None:
-            return resume_state.get("base")
-        if base is None:
-            self.log(f"checkpoints hold the whole model: its base (init_from={self.cfg.init_from}) is not a file or "
-                     f"a name they could refer to")
-            return None
-        trained = {id(p) for g in self.optimizer.param_groups for p in g["params"]}
-        names = [n for n, p in self.raw_model.named_parameters(remove_duplicate=False) if id(p) in trained]
-        return base.without(names).record()  # the base's files hashed, once for the run
 
     def _setup_wrappers(self):
         self.model = self.raw_model
@@ -614,10 +629,7 @@ class Trainer:
         path = self.rundir.checkpoint_path(name)
         self.dist.together(self.dist.master, lambda: ckpt_io.save_checkpoint(path, state),
                        f"writing {path} failed on rank 0 (see its error)")
-        if self.own_checkpoints is not None:
-            self.own_checkpoints.add(path.name)
-        if self.dist.master:  # keep_last's policy, over every kind the run writes again and again
-            self.rundir.prune(self.cfg.keep_last, self.own_checkpoints)
+        prune_after_save(self, path)
         return path
 
     # --- logging outputs ----------------------------------------------------------------------------------
