@@ -26,7 +26,8 @@ instruction tuning, loss on the response only), `distill` (nanogpt2/distill.py: 
 docs/distill.md). A task says what its model is built from, its data, losses and evaluations; the method and the
 loop are shared.
 
-What a run leaves in out_dir, besides train.py's checkpoints (full resume state, exact as in train.py) and logs:
+What a run leaves in out_dir, besides train.py's checkpoints (full resume state, exact as in train.py; for the
+PEFT methods the trained tensors and a reference to the base instead of its weights: nanogpt2/base_ref.py) and logs:
 `adapter/`, the trainable weights alone for sharing (an HF peft folder for LoRA; `adapter_weights.pt` for the
 others), and with `merge_and_export=DIR` an HF GPT-2 folder of the merged model.
 """
