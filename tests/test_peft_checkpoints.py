@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, one_error_line
+from conftest import FIXTURES, ROOT, one_error_line
 from nanogpt2 import checkpoint as ckpt_io
 from nanogpt2.config import load_config
 from nanogpt2.finetuning import FinetuneConfig, run
@@ -117,6 +117,21 @@ def test_adapter_and_prefix_checkpoints_rebuild_bit_for_bit(tmp_path, base, meth
     assert "base" in state and "transformer.wte.weight" not in state["model"]
     assert all((".adapter." in k) if method == "adapter" else k.startswith("prefix_encoder.") for k in state["model"])
     rebuilt, _ = load_model(str(tmp_path / method / "checkpoint_final.pt"))
+    got = rebuilt.state_dict()
+    assert set(got) == set(final.state) and all(torch.equal(got[k], final.state[k]) for k in got)
+
+
+def test_a_lora_classifier_checkpoint_holds_lora_and_its_new_head(tmp_path, base):
+    final = Final()
+    cfg = load_config([TINY, "--task=classify", "--dataset=ag_news", f"--data_path={FIXTURES / 'classify' / 'ag_news_tiny.csv'}",
+                       f"--init_from={base}", f"--out_dir={tmp_path / 'out'}", f"--results_dir={tmp_path / 'results'}",
+                       "--max_length=32", "--batch_size=8", "--max_iters=4", "--eval_interval=2", "--checkpoint_interval=0",
+                       "--gradient_accumulation_steps=1", "--baseline_eval=false", *LORA], cls=FinetuneConfig)
+    run(cfg, hooks=[final])
+    state = ckpt_io.load_checkpoint(tmp_path / "out" / "checkpoint_final.pt")
+    assert set(state["model"]) == {"score.weight", *(f"transformer.h.{i}.attn.c_attn.lora_{ab}" for i in (0, 1) for ab in "AB")}
+    rebuilt, info = load_model(str(tmp_path / "out"))
+    assert info["spec"]["kind"] == "gpt_classifier"
     got = rebuilt.state_dict()
     assert set(got) == set(final.state) and all(torch.equal(got[k], final.state[k]) for k in got)
 
