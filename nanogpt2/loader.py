@@ -292,11 +292,12 @@ def build_traced_run_model(cfg, tokenizer, *, model: nn.Module = None, resume_st
                            prepare: Callable[[nn.Module], nn.Module] = None,
                            log: Callable[[str], None] = print) -> tuple:
     """(model, its BaseRef or None). The model a run trains (`cfg`: its RunConfig): the `model` given (checked
-    against the checkpoint on resume), else the resume checkpoint's spec rebuilt (its weights are loaded by the trainer with the rest of
-    the state), else a new one from cfg.init_from ("scratch": the run's n_layer, n_head, ... and the tokenizer's
-    vocabulary) with `prepare` applied (finetune.py's PEFT method) and its context cropped to cfg.block_size. The BaseRef
-    (nanogpt2/base_ref.py) says which tensors of a model built from init_from are that base's, unchanged, and
-    where the base is (None: the model was given, rebuilt from a checkpoint's spec, or new from scratch)."""
+    against the checkpoint on resume), else the resume checkpoint's spec rebuilt (its weights are loaded by the
+    trainer with the rest of the state), else a new one from cfg.init_from ("scratch": the run's n_layer, n_head,
+    ... and the tokenizer's vocabulary) with `prepare` applied (finetune.py's PEFT method) and its context cropped
+    to cfg.block_size. The BaseRef (nanogpt2/base_ref.py) says which tensors of a model built from init_from are
+    that base's, unchanged, and where the base is (None: the model was given, rebuilt from a checkpoint's spec,
+    or new from scratch)."""
     if resume_state is not None:
         path = resume_state["_path"]
         with ckpt_io.rebuilding(path, "the model"):

@@ -14,7 +14,8 @@ What one optimizer step does, in order (`OptimizerStep`):
    non-finite loss), zero the gradients.
 
 Around the steps: evaluation every `eval_interval` steps and at each epoch end (val loss, perplexity,
-`checkpoint_best.pt`), periodic and epoch checkpoints pruned to `keep_last`, progress lines with
+`checkpoint_best.pt`), periodic and epoch checkpoints, all pruned by `keep_last`'s policy (a PEFT run's hold the
+trained tensors and a reference to the base: nanogpt2/base_ref.py), progress lines with
 tokens/s, samples/s, MFU and peak memory, `metrics.jsonl`, TensorBoard, samples, a plot at the end; SIGTERM/SIGINT, the
 wall-clock budget and non-finite losses stop the run cleanly (see docs/training.md).
 
@@ -87,11 +88,11 @@ import torch
 import torch.nn as nn
 
 from nanogpt2 import checkpoint as ckpt_io
+from nanogpt2.base_ref import trainable_state
 from nanogpt2.config import RunConfig, format_config, load_config, settings_text, wants_help
 from nanogpt2.distributed import batch_geometry, dist_from_env
 from nanogpt2.errors import EXIT_INTERRUPTED, NanoGPT2Error
 from nanogpt2.evaluate import loss_only, test_perplexity, validation_loss
-from nanogpt2.base_ref import trainable_state
 from nanogpt2.loader import build_traced_run_model, check_resume_fits, checkpoint_weights, model_spec
 from nanogpt2.model import GPT, IGNORE_INDEX
 from nanogpt2.monitor import GradNormGroups, peak_memory
