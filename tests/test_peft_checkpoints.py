@@ -38,8 +38,10 @@ def base(tmp_path_factory):
     from nanogpt2.trainer import Trainer
 
     out = tmp_path_factory.mktemp("base") / "run"
-    Trainer(load_config([TINY, *GPT2_DATA, f"--out_dir={out}", "--max_iters=2", "--eval_interval=0",
-                         "--test_eval=false"])).train()
+    with pytest.MonkeyPatch.context() as mp:  # the data cache of the tests, not the user's
+        mp.setenv("NANOGPT2_CACHE", str(tmp_path_factory.getbasetemp() / "nanogpt2-cache"))
+        Trainer(load_config([TINY, *GPT2_DATA, f"--out_dir={out}", "--max_iters=2", "--eval_interval=0",
+                             "--test_eval=false"])).train()
     return out
 
 
