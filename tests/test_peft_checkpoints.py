@@ -144,13 +144,26 @@ def test_a_lora_classifier_checkpoint_holds_lora_and_its_new_head(tmp_path, base
 
 def test_sample_evaluate_convert_and_init_from_rebuild_from_base_plus_checkpoint(tmp_path, base):
     run(load_config(ft_args(tmp_path / "lora", base, *LORA), cls=FinetuneConfig))
-    cmd = ["--init_from", tmp_path / "lora", "--max_new_tokens", 8, "--num_samples", 1, "--seed", 3, "--device", "cpu"]
-    res = script("sample.py", *cmd, cwd=tmp_path)
-    assert res.returncode == 0, res.stderr[-2000:]
-    ev = subprocess.run([sys.executable, "-m", "nanogpt2.evaluate", "--init_from", str(tmp_path / "lora"),
-                         "--dataset", "shakespeare", "--split", "all", "--stride", "16", "--max_tokens", "200",
-                         "--device", "cpu"], capture_output=True, text=True, cwd=tmp_path)
-    assert ev.returncode == 0, ev.stderr[-2000:]
+    # evaluate scores it as the same model written whole, the format of before (which still loads)
+    state = ckpt_io.load_checkpoint(tmp_path / "lora" / "checkpoint_final.pt")
+    whole = {k: v for k, v in state.items() if k not in ("base", ckpt_io.CHECKSUM)}
+    whole["model"] = load_model(str(tmp_path / "lora"))[0].state_dict()
+    ckpt_io.save_checkpoint(tmp_path / "whole" / "checkpoint_final.pt", whole)
+    scores = []
+    for folder in ("lora", "whole"):
+        ev = subprocess.run([sys.executable, "-m", "nanogpt2.evaluate", "--init_from", str(tmp_path / folder),
+                             "--dataset", "shakespeare", "--split", "all", "--stride", "16", "--max_tokens", "200",
+                             "--device", "cpu"], capture_output=True, text=True, cwd=tmp_path)
+        assert ev.returncode == 0, ev.stderr[-2000:]
+        scores.append([line.split("(")[0] for line in ev.stdout.splitlines() if line.startswith("loss ")])
+    assert scores[0] == scores[1] and len(scores[0]) == 1, scores
+    texts = []
+    for folder in ("lora", "whole"):  # and sample.py draws the same text from both
+        res = script("sample.py", "--init_from", tmp_path / folder, "--max_new_tokens", 8, "--num_samples", 1,
+                     "--seed", 3, "--device", "cpu", cwd=tmp_path)
+        assert res.returncode == 0, res.stderr[-2000:]
+        texts.append(res.stdout)
+    assert texts[0] == texts[1] and len(texts[0].strip()) > 20
     conv = subprocess.run([sys.executable, "-m", "nanogpt2.convert", str(tmp_path / "lora"), str(tmp_path / "hf")],
                           capture_output=True, text=True, cwd=tmp_path)
     assert conv.returncode == 0, conv.stderr[-2000:]
