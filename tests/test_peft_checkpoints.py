@@ -8,7 +8,9 @@ kind of checkpoint a run writes again and again, counted in the files real finet
     python -m pytest -q tests/test_peft_checkpoints.py
 """
 
+import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -77,13 +79,13 @@ def test_lora_checkpoints_hold_the_trained_tensors_and_a_reference_to_the_base(t
     run(load_config(ft_args(tmp_path / "lora", base, *LORA), cls=FinetuneConfig), hooks=[final])
     state = ckpt_io.load_checkpoint(tmp_path / "lora" / "checkpoint_final.pt")
     trained = {n for n, p in final.model.named_parameters() if p.requires_grad}
-    assert set(state["model"]) == trained == {f"transformer.h.{i}.attn.c_attn.lora_{ab}" for i in (0, 1) for ab in "AB"}
+    lora = {f"transformer.h.{i}.attn.c_attn.lora_{ab}" for i in (0, 1) for ab in "AB"}
+    assert set(state["model"]) == trained == lora
     ref = state["base"]
     base_file = base / "checkpoint_final.pt"
     assert ref["init_from"] == str(base) and ref["load_from"] == str(base_file.resolve())
-    import hashlib
-    assert ref["files"] == [{"path": str(base_file.resolve()), "sha256": hashlib.sha256(base_file.read_bytes()).hexdigest(),
-                             "bytes": base_file.stat().st_size}]
+    digest = hashlib.sha256(base_file.read_bytes()).hexdigest()
+    assert ref["files"] == [{"path": str(base_file.resolve()), "sha256": digest, "bytes": base_file.stat().st_size}]
     assert set(ref["tensors"]) | trained == set(final.state)  # every other tensor is the base's
     # the positional table, cropped to block_size from the base's: referred to as the base's leading rows
     assert ref["tensors"]["transformer.wpe.weight"] == ["transformer.wpe.weight", [32, 32]]
@@ -125,13 +127,15 @@ def test_adapter_and_prefix_checkpoints_rebuild_bit_for_bit(tmp_path, base, meth
 
 def test_a_lora_classifier_checkpoint_holds_lora_and_its_new_head(tmp_path, base):
     final = Final()
-    cfg = load_config([TINY, "--task=classify", "--dataset=ag_news", f"--data_path={FIXTURES / 'classify' / 'ag_news_tiny.csv'}",
-                       f"--init_from={base}", f"--out_dir={tmp_path / 'out'}", f"--results_dir={tmp_path / 'results'}",
-                       "--max_length=32", "--batch_size=8", "--max_iters=4", "--eval_interval=2", "--checkpoint_interval=0",
+    data = FIXTURES / "classify" / "ag_news_tiny.csv"
+    cfg = load_config([TINY, "--task=classify", "--dataset=ag_news", f"--data_path={data}", f"--init_from={base}",
+                       f"--out_dir={tmp_path / 'out'}", f"--results_dir={tmp_path / 'results'}", "--max_length=32",
+                       "--batch_size=8", "--max_iters=4", "--eval_interval=2", "--checkpoint_interval=0",
                        "--gradient_accumulation_steps=1", "--baseline_eval=false", *LORA], cls=FinetuneConfig)
     run(cfg, hooks=[final])
     state = ckpt_io.load_checkpoint(tmp_path / "out" / "checkpoint_final.pt")
-    assert set(state["model"]) == {"score.weight", *(f"transformer.h.{i}.attn.c_attn.lora_{ab}" for i in (0, 1) for ab in "AB")}
+    lora = {f"transformer.h.{i}.attn.c_attn.lora_{ab}" for i in (0, 1) for ab in "AB"}
+    assert set(state["model"]) == {"score.weight", *lora}  # LoRA and the new head: nothing of the base
     rebuilt, info = load_model(str(tmp_path / "out"))
     assert info["spec"]["kind"] == "gpt_classifier"
     got = rebuilt.state_dict()
@@ -224,7 +228,7 @@ def test_a_gpt2_name_base_resolves_through_the_cache(tmp_path, base, monkeypatch
     assert all(torch.equal(v, final.state[k]) for k, v in rebuilt.state_dict().items())
     (moved / "models" / "gpt2" / "config.json").write_text(
         json.dumps({**json.loads((moved / "models" / "gpt2" / "config.json").read_text()), "layer_norm_epsilon": 1e-6}))
-    env = {**__import__("os").environ, "NANOGPT2_CACHE": str(moved), "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "NANOGPT2_CACHE": str(moved), "PYTHONPATH": str(ROOT)}
     line = one_error_line(script("sample.py", "--init_from", tmp_path / "lora", "--max_new_tokens", 2, cwd=tmp_path,
                                  env=env))
     assert "config.json has changed since" in line
