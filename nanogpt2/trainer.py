@@ -282,8 +282,8 @@ def run_state(trainer) -> dict:
 
 def base_reference(trainer, base, resume_state) -> Optional[dict]:
     """The `base` entry of a run's checkpoints (nanogpt2/base_ref.py), or None for whole-model checkpoints: with
-    trainable_checkpoints, the tensors of the `base` (a BaseRef) that the optimizer does not train (on resume: the
-    checkpoint's own choice)."""
+    trainable_checkpoints, the parameters of the `base` (a BaseRef) that the optimizer does not train (on resume:
+    the checkpoint's own choice)."""
     t = trainer
     if not t.trainable_checkpoints:
         return None
@@ -295,7 +295,8 @@ def base_reference(trainer, base, resume_state) -> Optional[dict]:
         return None
     trained = {id(p) for g in t.optimizer.param_groups for p in g["params"]}
     names = [n for n, p in t.raw_model.named_parameters(remove_duplicate=False) if id(p) in trained]
-    return base.without(names).record()  # the base's files hashed, once for the run
+    buffers = [n for n, _ in t.raw_model.named_buffers(remove_duplicate=False)]  # a forward may update them: stored
+    return base.without(names + buffers).record()  # the base's files hashed, once for the run
 
 
 def restore_run_state(trainer, state: dict) -> None:
