@@ -469,9 +469,10 @@ def gpt_hf_export(model) -> dict:
 
 
 def _refuse_unexportable(model) -> None:
-    """HF GPT-2 has no adapter layers and no learned prefix: such a model cannot become a plain HF folder."""
+    """HF GPT-2 has no adapter layers, no learned prefix or prompt: such a model cannot become a plain HF folder."""
     for m in model.modules():
-        for attr, what in (("adapter_config", "Houlsby adapters"), ("prefix_config", "prefix tuning")):
+        for attr, what in (("adapter_config", "Houlsby adapters"), ("prefix_config", "prefix tuning"),
+                           ("prompt_config", "prompt tuning")):
             if getattr(m, attr, None) is not None:
                 raise NanoGPT2Error(
                     f"this model has {what} ({attr}={getattr(m, attr)!r}), which a plain HF GPT-2 folder cannot "
@@ -494,8 +495,9 @@ def save_pretrained(model, out_dir, tokenizer=None, log=_note) -> Path:
     """Write `model` as an HF folder transformers loads: config.json, model.safetensors, generation_config.json.
 
     - LoRA is merged first, on a copy (the HF folder is plain GPT-2; `model` stays unmerged).
-    - Houlsby adapters (`adapter_config`) and prefix tuning (`prefix_config`) are refused with a message pointing to
-      the peft export (nanogpt2.peft.save_peft_adapter, finetune.py --merge_and_export) and the .pt format.
+    - Houlsby adapters (`adapter_config`), prefix and prompt tuning (`prefix_config`, `prompt_config`) are refused,
+      with a message pointing to the peft export (nanogpt2.peft.save_peft_adapter, finetune.py --merge_and_export)
+      and the .pt format.
     - A vocabulary padded past the `tokenizer` (e.g. 50304 rows for 50257 ids) is kept as it is and said so
       through `log`: the rows past the tokenizer are never produced by it, and config.json's vocab_size counts them.
 

@@ -11,6 +11,8 @@ Methods (`method`):
   adapter     Houlsby adapters of `adapter_size` in every block (nanogpt2.peft.apply_adapters)
   prefix      prefix tuning: `prefix_length` learned keys/values per layer (nanogpt2.peft.apply_prefix); the
               windows (`block_size`) must leave those positions free in the model's context
+  prompt      prompt tuning: `prompt_length` learned input embeddings before the tokens' (nanogpt2.peft.apply_prompt),
+              random or from `prompt_init_text`; like a prefix, they take positions of the model's context
   selective   full, but the blocks of `freeze_layers` (and the embeddings / head with `freeze_embeddings` /
               `freeze_head`) stay frozen
 For every method: `layer_lr_scales` gives the blocks contiguous groups with their own multiple of the scheduled
@@ -43,12 +45,13 @@ import torch.nn as nn
 from nanogpt2.config import RunConfig, load_config, new_default, setting, settings_text, wants_help
 from nanogpt2.errors import EXIT_INTERRUPTED, NanoGPT2Error
 from nanogpt2.losses import key_token_entries
+from nanogpt2.model import GPT
 from nanogpt2.optim import make_adamw, param_groups
-from nanogpt2.peft import (apply_adapters, apply_lora, apply_prefix, lora_layers, save_adapter_weights, save_peft_adapter,
-                           trainable_report)
+from nanogpt2.peft import (PromptTuned, apply_adapters, apply_lora, apply_prefix, apply_prompt, lora_layers,
+                           save_adapter_weights, save_peft_adapter, trainable_report)
 from nanogpt2.trainer import Trainer
 
-METHODS = ("full", "lora", "adapter", "prefix", "selective")
+METHODS = ("full", "lora", "adapter", "prefix", "prompt", "selective")
 # task name -> module whose `task(cfg)` returns its TaskParts (imported when the task is chosen)
 TASKS = {"lm": "nanogpt2.finetuning", "classify": "nanogpt2.classify", "instruct": "nanogpt2.instruct",
          "distill": "nanogpt2.distill"}
@@ -88,7 +91,7 @@ class FinetuneConfig(RunConfig):
     sample_interval: int = new_default(RunConfig, "sample_interval", 200)
 
     # --- the method ---
-    method: str = setting("lora", "full | lora | adapter | prefix | selective (see docs/finetuning.md)", "method")
+    method: str = setting("lora", "full | lora | adapter | prefix | prompt | selective (see docs/finetuning.md)", "method")
     lora_rank: int = setting(8, "LoRA rank r", "method")
     lora_alpha: float = setting(16.0, "LoRA alpha: the update is scaled by alpha / r (alpha / sqrt(r) with use_rslora)", "method")
     lora_dropout: float = setting(0.0, "dropout on the LoRA branch's input", "method")
@@ -102,6 +105,10 @@ class FinetuneConfig(RunConfig):
     prefix_projection: int = setting(
         0, "prefix tuning: hidden size of the reparameterisation MLP used in training (0: learn the table directly); "
         "collapsed to the table at the end of the run", "method")
+    prompt_length: int = setting(20, "prompt tuning: learned input embeddings (virtual tokens) before the real tokens", "method")
+    prompt_init_text: str = setting(
+        "", "prompt tuning: start the virtual tokens from this text's token embeddings, cut or repeated to "
+        "prompt_length (peft's prompt_tuning_init=TEXT); '': random N(0, 1), peft's RANDOM", "method")
     freeze_layers: str = setting("", "method=selective: comma-separated block indices to freeze, e.g. 0,1,2,3", "method")
     freeze_embeddings: bool = setting(False, "method=selective: freeze the token and position embeddings (a tied LM "
                                       "head shares the token embedding, so it freezes too)", "method")
@@ -159,7 +166,7 @@ class FinetuneConfig(RunConfig):
 
     def validate(self) -> "FinetuneConfig":
         super().validate()
-        positive = ["lora_rank", "adapter_size", "prefix_length"]
+        positive = ["lora_rank", "adapter_size", "prefix_length", "prompt_length"]
         for key in positive:
             if getattr(self, key) < 1:
                 raise NanoGPT2Error(f"{key} must be >= 1, not {getattr(self, key)}")
@@ -181,6 +188,9 @@ class FinetuneConfig(RunConfig):
         if self.merge_and_export and self.method == "adapter":
             raise NanoGPT2Error("Houlsby adapters cannot be merged into GPT-2 weights, so merge_and_export cannot "
                                 "write an HF GPT-2 folder; share out_dir/adapter/ instead, or use method=lora")
+        if self.merge_and_export and self.method == "prompt" and self.task == "classify":
+            raise NanoGPT2Error("a classifier's prompt cannot be merged into its weights, so merge_and_export cannot "
+                                "write an HF folder; share out_dir/adapter/ instead, or use method=lora")
         return self
 
 
@@ -250,8 +260,9 @@ def load_task(name: str) -> Callable:
 # The method: what trains, at what rate
 
 
-def apply_method(model: nn.Module, cfg: FinetuneConfig) -> nn.Module:
-    """The method's modules (recorded in the model spec, so checkpoints rebuild them)."""
+def apply_method(model: nn.Module, cfg: FinetuneConfig, tokenizer=None) -> nn.Module:
+    """The method's modules (recorded in the model spec, so checkpoints rebuild them); `tokenizer` encodes
+    prompt_init_text."""
     if cfg.method == "lora":
         apply_lora(model, cfg.lora_rank, cfg.lora_alpha, [t.strip() for t in cfg.lora_targets.split(",") if t.strip()],
                    cfg.lora_dropout, cfg.use_rslora)
@@ -259,6 +270,13 @@ def apply_method(model: nn.Module, cfg: FinetuneConfig) -> nn.Module:
         apply_adapters(model, cfg.adapter_size, cfg.adapter_train_layernorms)
     elif cfg.method == "prefix":
         model = apply_prefix(model, cfg.prefix_length, cfg.prefix_projection or None)
+    elif cfg.method == "prompt":
+        init = None
+        if cfg.prompt_init_text:
+            if tokenizer is None:
+                raise NanoGPT2Error("prompt_init_text needs the run's tokenizer; this task gives none")
+            init = tokenizer.encode(cfg.prompt_init_text)
+        model = apply_prompt(model, cfg.prompt_length, init)
     return model
 
 
@@ -363,22 +381,25 @@ class HeadOnlyPhase:
 
 
 def save_adapter(model: nn.Module, folder) -> str:
-    """The trainable weights alone, for sharing: an HF peft folder for LoRA (when peft can express it) and prefix
-    tuning, else `adapter_weights.pt` (nanogpt2.peft.save_adapter_weights). Returns what was written."""
+    """The trainable weights alone, for sharing: an HF peft folder for LoRA (when peft can express it), prefix
+    tuning and a language model's prompt tuning, else `adapter_weights.pt` (nanogpt2.peft.save_adapter_weights).
+    Returns what was written."""
     lora = getattr(model, "lora_config", None) is not None and not any(l.partial for l in lora_layers(model).values())
-    if lora or getattr(model, "prefix_config", None) is not None:
+    prompt = isinstance(model, PromptTuned) and isinstance(model, GPT)
+    if lora or prompt or getattr(model, "prefix_config", None) is not None:
         return str(save_peft_adapter(model, folder))
     return str(save_adapter_weights(model, folder))
 
 
 def export_merged(model: nn.Module, folder, tokenizer=None, log=None) -> str:
     """An HF GPT-2 folder of the fine-tuned model (nanogpt2.convert.save_pretrained: LoRA merged on a copy, the
-    run's model stays unmerged); a prefix cannot merge into GPT-2's weights, so it is exported as an HF peft
-    PREFIX_TUNING folder."""
+    run's model stays unmerged); a prefix or a prompt cannot merge into GPT-2's weights, so it is exported as an HF
+    peft PREFIX_TUNING / PROMPT_TUNING folder."""
     from nanogpt2.convert import save_pretrained
 
-    if getattr(model, "prefix_config", None) is not None:
-        return str(save_peft_adapter(model, folder)) + " (peft prefix-tuning folder; the base model is init_from)"
+    for attr, what in (("prefix_config", "prefix-tuning"), ("prompt_config", "prompt-tuning")):
+        if getattr(model, attr, None) is not None:
+            return str(save_peft_adapter(model, folder)) + f" (peft {what} folder; the base model is init_from)"
     return str(save_pretrained(model, folder, tokenizer=tokenizer, log=log)) + " (HF folder)"
 
 
@@ -404,9 +425,9 @@ def run(cfg: FinetuneConfig, hooks=()) -> dict:
 
     def prepare(trainer, base):
         model = parts.prepare_model(trainer, base) if parts.prepare_model is not None else base
-        return apply_method(model, cfg)
+        return apply_method(model, cfg, trainer.tokenizer)
 
-    model = apply_method(parts.model, cfg) if parts.model is not None else None
+    model = apply_method(parts.model, cfg, parts.tokenizer) if parts.model is not None else None
     all_hooks = [*parts.hooks, *hooks]
     if cfg.head_only_steps or cfg.head_only_epochs:
         all_hooks.insert(0, HeadOnlyPhase(head_patterns, cfg.head_only_steps, cfg.head_only_epochs))

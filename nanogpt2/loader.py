@@ -38,7 +38,7 @@ import torch.nn as nn
 from nanogpt2 import checkpoint as ckpt_io
 from nanogpt2.errors import NanoGPT2Error
 from nanogpt2.model import GPT, GPTConfig
-from nanogpt2.peft import apply_adapters, apply_lora, apply_prefix, collapse_prefix, lora_layers
+from nanogpt2.peft import apply_adapters, apply_lora, apply_prefix, apply_prompt, collapse_prefix, lora_layers
 
 # ----------------------------------------------------------------------------------------------------
 # Model specs
@@ -53,7 +53,7 @@ def register_model_kind(kind: str, build: Callable[[dict], nn.Module]) -> None:
 
 
 def apply_method_spec(model: nn.Module, spec: dict) -> nn.Module:
-    """The PEFT method a spec records ("adapters", "lora", "prefix"), applied to a freshly built model with GPT-2
+    """The PEFT method a spec records ("adapters", "lora", "prefix", "prompt"), applied to a freshly built model with GPT-2
     blocks."""
     adapters = spec.get("adapters")
     if adapters is not None:
@@ -65,13 +65,16 @@ def apply_method_spec(model: nn.Module, spec: dict) -> nn.Module:
     prefix = spec.get("prefix")
     if prefix is not None:
         apply_prefix(model, int(prefix["prefix_length"]), prefix.get("projection_hidden"))
+    prompt = spec.get("prompt")
+    if prompt is not None:
+        apply_prompt(model, int(prompt["prompt_length"]))
     return model
 
 
 def method_spec(model: nn.Module) -> dict:
     """The PEFT method applied to a model's blocks as spec keys: `"lora": {rank, alpha, targets, dropout,
-    use_rslora}`, `"adapters": {adapter_size, train_layernorms}`, `"prefix": {prefix_length, projection_hidden}`
-    ({} for none)."""
+    use_rslora}`, `"adapters": {adapter_size, train_layernorms}`, `"prefix": {prefix_length, projection_hidden}`,
+    `"prompt": {prompt_length}` ({} for none)."""
     spec = {}
     if getattr(model, "lora_config", None) is not None:
         if any(layer.merged for layer in lora_layers(model).values()):
@@ -81,6 +84,8 @@ def method_spec(model: nn.Module) -> dict:
         spec["adapters"] = dict(model.adapter_config)
     if getattr(model, "prefix_config", None) is not None:
         spec["prefix"] = dict(model.prefix_config)  # projection_hidden None once collapsed: the weights say so too
+    if getattr(model, "prompt_config", None) is not None:
+        spec["prompt"] = dict(model.prompt_config)
     return spec
 
 
@@ -99,7 +104,7 @@ HF_ARCHITECTURES = {"GPT2ForSequenceClassification": "nanogpt2.heads"}  # module
 
 def model_spec(model: nn.Module) -> dict:
     """What a checkpoint records about `model` so that `build_model` can rebuild it (before its weights): for a
-    GPT its config and its PEFT method (`method_spec`: `"lora"`, `"adapters"` or `"prefix"`)."""
+    GPT its config and its PEFT method (`method_spec`: `"lora"`, `"adapters"`, `"prefix"` or `"prompt"`)."""
     own = getattr(model, "model_spec", None)
     if callable(own):
         return own()

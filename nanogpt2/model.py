@@ -513,7 +513,7 @@ class GPT(nn.Module):
         return (logits if return_logits else None), loss  # a head replaced by another module: the plain loss
 
     def body(self, idx, attention_mask=None, position_ids=None, kv_cache: Optional[KVCache] = None,
-             cache_position: Optional[torch.Tensor] = None) -> torch.Tensor:
+             cache_position: Optional[torch.Tensor] = None, inputs_embeds: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The transformer without its head: (B, T) ids -> the final hidden states (B, T, C), after `ln_f`.
 
         What a classification head or a distillation loss reads; `forward` puts the LM head on top.
@@ -521,9 +521,11 @@ class GPT(nn.Module):
         position_ids: (B, T), default past..past+T-1. kv_cache: a KVCache to read from and append to
         (incremental decoding). With a StaticKVCache instead: cache_position (T,) int64, the cache slots of
         the T inputs (also their positions unless position_ids is given), and attention_mask, if any, covers
-        all max_len slots.
+        all max_len slots. inputs_embeds: (B, T, C) vectors taken in place of the token embeddings (idx is then
+        None; HF's name), e.g. learned ones; the position embeddings are added to them as to any token's.
         """
-        B, T = idx.size()
+        B, T = idx.size() if inputs_embeds is None else inputs_embeds.shape[:2]
+        device = idx.device if inputs_embeds is None else inputs_embeds.device
         static = isinstance(kv_cache, StaticKVCache)
         if static:  # slots and positions come as a tensor: no Python count that would change the graph
             if cache_position is None:
@@ -536,9 +538,9 @@ class GPT(nn.Module):
             if past + T > self.config.block_size:
                 raise ValueError(f"cannot forward {past + T} positions: block_size is {self.config.block_size}")
             if position_ids is None:
-                position_ids = torch.arange(past, past + T, dtype=torch.long, device=idx.device)[None]  # (1, T)
+                position_ids = torch.arange(past, past + T, dtype=torch.long, device=device)[None]  # (1, T)
 
-        tok_emb = self.transformer.wte(idx)  # (B, T, C)
+        tok_emb = self.transformer.wte(idx) if inputs_embeds is None else inputs_embeds  # (B, T, C)
         pos_emb = self.transformer.wpe(position_ids)  # (1 or B, T, C)
         x = self.transformer.drop(tok_emb + pos_emb)  # (B, T, C)
 
