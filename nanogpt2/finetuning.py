@@ -275,7 +275,7 @@ def apply_method(model: nn.Module, cfg: FinetuneConfig, tokenizer=None) -> nn.Mo
         if cfg.prompt_init_text:
             if tokenizer is None:
                 raise NanoGPT2Error("prompt_init_text needs the run's tokenizer; this task gives none")
-            init = tokenizer.encode(cfg.prompt_init_text)
+            init = tokenizer.encode_ordinary(cfg.prompt_init_text)  # plain text: no special tokens
         model = apply_prompt(model, cfg.prompt_length, init)
     return model
 
