@@ -1,7 +1,8 @@
 """
-Parameter-efficient fine-tuning, hand-rolled: LoRA, Houlsby adapters and prefix tuning, with HF peft's LoRA and
-prefix folders read and written both ways. The model file knows nothing of it: these are plain modules and functions
-over a `GPT` (and, for the prefix, a GPT subclass whose body puts the prefix in front of the caller's cache).
+Parameter-efficient fine-tuning, hand-rolled: LoRA, Houlsby adapters, prefix tuning and prompt tuning, with HF
+peft's LoRA, prefix and prompt folders read and written both ways. The model file knows nothing of it: these are
+plain modules and functions over a `GPT` (and, for a prefix or a prompt, a subclass whose body puts the virtual
+tokens' keys/values in front of the caller's cache: `VirtualPrefix`).
 
 LoRA (Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models"): a frozen linear layer W gets a
 trainable low-rank update, y = W x + b + s * B (A dropout(x)), with A (r, in) Kaiming-uniform(a=sqrt(5)), B
@@ -35,14 +36,24 @@ by `collapse_prefix`. The table (P, n_layer * 2 * n_embd) is peft's `prompt_embe
 (P, 2 * n_layer, n_head, head_size), permutes to (2 * n_layer, B, n_head, P, head_size) and splits it in pairs
 (layer i: key 2i, value 2i + 1).
 
-References: Hu et al. 2021; Houlsby et al. 2019; Li & Liang 2021; HF peft `tuners/lora` (key names, config fields),
-`tuners/prefix_tuning` and `PeftModel.get_prompt` (the prefix layout); torchtune / litgpt `LoRALinear`.
+Prompt tuning (Lester et al. 2021, "The Power of Scale for Parameter-Efficient Prompt Tuning"): P learned input
+embeddings before the real tokens' (peft's PromptEmbedding; initialised N(0, 1) or from a text's token embeddings,
+peft's RANDOM / TEXT), the model frozen. `apply_prompt` turns a GPT into a `PromptGPT` (a classifier into a
+`PromptGPTForSequenceClassification`) in place. The virtual tokens sit at positions 0..P-1 and come first, so their
+keys/values at every layer depend on the prompt and the frozen weights alone: `PromptTuned.virtual_kv` computes them
+with the base body and the prefix machinery above takes them from there (real tokens at P, P+1, ..., as in peft's
+concatenation of inputs_embeds; the caller's cache holds real tokens only).
 
-    from nanogpt2.peft import apply_lora, apply_prefix, collapse_prefix, trainable_report
+References: Hu et al. 2021; Houlsby et al. 2019; Li & Liang 2021; Lester et al. 2021; HF peft `tuners/lora` (key
+names, config fields), `tuners/prefix_tuning`, `tuners/prompt_tuning` and `PeftModel.get_prompt` (the layouts);
+torchtune / litgpt `LoRALinear`.
+
+    from nanogpt2.peft import apply_lora, apply_prefix, apply_prompt, collapse_prefix, trainable_report
     apply_lora(model, rank=8, alpha=16, targets=["c_attn"])   # base frozen, only A and B train
     print(trainable_report(model))
     apply_prefix(other, prefix_length=20, projection_hidden=512)   # another GPT: only the prefix (and its MLP) trains
     collapse_prefix(other)                                         # after training: the plain table, no MLP
+    apply_prompt(third, prompt_length=20, init_ids=tok.encode_ordinary("Summarize:"))  # only the 20 embeddings train
 """
 
 import json
