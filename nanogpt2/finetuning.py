@@ -44,11 +44,12 @@ import torch.nn as nn
 
 from nanogpt2.config import RunConfig, load_config, new_default, setting, settings_text, wants_help
 from nanogpt2.errors import EXIT_INTERRUPTED, NanoGPT2Error
+from nanogpt2.inspect import trainability_table
 from nanogpt2.losses import key_token_entries
 from nanogpt2.model import GPT
-from nanogpt2.optim import make_adamw, param_groups
+from nanogpt2.optim import block_of, frozen_blocks, make_adamw, matches, param_groups, set_trainable
 from nanogpt2.peft import (PromptTuned, apply_adapters, apply_lora, apply_prefix, apply_prompt, lora_layers,
-                           save_adapter_weights, save_peft_adapter, trainable_report)
+                           save_adapter_weights, save_peft_adapter)
 from nanogpt2.trainer import Trainer
 
 METHODS = ("full", "lora", "adapter", "prefix", "prompt", "selective")
@@ -205,17 +206,6 @@ def layer_scales(text: str) -> list:
     return scales
 
 
-def frozen_blocks(text: str) -> list:
-    """`freeze_layers` as sorted block indices ('' -> [])."""
-    try:
-        blocks = sorted({int(s) for s in text.split(",")}) if text.strip() else []
-    except ValueError:
-        raise NanoGPT2Error(f"freeze_layers must be comma-separated block indices, e.g. 0,1,2,3, not {text!r}") from None
-    if blocks and blocks[0] < 0:
-        raise NanoGPT2Error(f"freeze_layers holds a negative block index: {text!r}")
-    return blocks
-
-
 # ----------------------------------------------------------------------------------------------------
 # Tasks
 
@@ -280,37 +270,6 @@ def apply_method(model: nn.Module, cfg: FinetuneConfig, tokenizer=None) -> nn.Mo
     return model
 
 
-def _block_of(name: str) -> Optional[int]:
-    m = re.search(r"(?:^|\.)h\.(\d+)\.", name)
-    return int(m.group(1)) if m else None
-
-
-def _matches(name: str, patterns) -> bool:
-    from fnmatch import fnmatchcase
-
-    return any(fnmatchcase(name, p) for p in patterns)
-
-
-def set_trainable(model: nn.Module, cfg: FinetuneConfig, head_patterns, modules_to_save=()) -> None:
-    """requires_grad by the method: full trains everything, selective all but its frozen blocks (and embeddings /
-    head); the PEFT methods froze the base when they were applied, and the task's `modules_to_save` (a new head)
-    train with them."""
-    n_layer = len(model.transformer.h)
-    if cfg.method == "selective":
-        blocks = frozen_blocks(cfg.freeze_layers)
-        if blocks and blocks[-1] >= n_layer:
-            raise NanoGPT2Error(f"freeze_layers={cfg.freeze_layers!r} names block {blocks[-1]}, but the model has "
-                                f"{n_layer} blocks (0-{n_layer - 1})")
-        for name, p in model.named_parameters():
-            embedding = cfg.freeze_embeddings and re.search(r"(^|\.)(wte|wpe)\.", name) is not None
-            head = cfg.freeze_head and _matches(name, head_patterns)
-            p.requires_grad_(not (_block_of(name) in blocks or embedding or head))
-    elif cfg.method != "full":
-        for name, p in model.named_parameters():
-            if _matches(name, modules_to_save):
-                p.requires_grad_(True)
-
-
 def lr_scale_fn(cfg: FinetuneConfig, n_layer: int) -> Optional[Callable[[str], float]]:
     """name -> the multiple of the learning rate its group gets: block i of n in group i * k // n of the k scales;
     the embeddings take the first scale, everything else outside the blocks the last. None: all 1.0."""
@@ -321,7 +280,7 @@ def lr_scale_fn(cfg: FinetuneConfig, n_layer: int) -> Optional[Callable[[str], f
         raise NanoGPT2Error(f"layer_lr_scales has {len(scales)} groups but the model has {n_layer} blocks")
 
     def scale(name: str) -> float:
-        block = _block_of(name)
+        block = block_of(name)
         if block is not None:
             return scales[block * len(scales) // n_layer]
         return scales[0] if re.search(r"(^|\.)(wte|wpe)\.", name) else scales[-1]
@@ -334,11 +293,12 @@ def make_finetune_optimizer(head_patterns, modules_to_save=()):
     matrices only). Called on fresh runs and on resume alike, so the groups always match."""
     def make(trainer, model):
         cfg = trainer.cfg
-        set_trainable(model, cfg, head_patterns, modules_to_save)
+        set_trainable(model, cfg.method, head_patterns, modules_to_save, cfg.freeze_layers, cfg.freeze_embeddings,
+                      cfg.freeze_head)
         groups = param_groups(model, cfg.weight_decay, cfg.decay_pos_emb, lr_scale=lr_scale_fn(cfg, len(model.transformer.h)))
         if not any(g["params"] for g in groups):
             raise NanoGPT2Error(f"method={cfg.method} leaves nothing to train; freeze fewer parts")
-        trainer.log(trainable_report(model))
+        trainer.log(trainability_table(model, grouped=True))  # what trains, then peft's totals line
         return make_adamw(groups, cfg.learning_rate, (cfg.beta1, cfg.beta2), cfg.eps, trainer.device.type)
 
     return make
@@ -365,7 +325,7 @@ class HeadOnlyPhase:
             self.steps += self.epochs * (trainer.steps_per_epoch or 0)
             if self.epochs and not trainer.steps_per_epoch:
                 raise NanoGPT2Error("head_only_epochs needs the epoch length; use head_only_steps")
-            head = {n for n in self.trainable if _matches(n, self.head_patterns)}
+            head = {n for n in self.trainable if matches(n, self.head_patterns)}
             if not head:
                 raise NanoGPT2Error("head_only_steps: this task's head has no trainable parameter under "
                                     f"method={trainer.cfg.method}")
@@ -373,7 +333,7 @@ class HeadOnlyPhase:
                         f"{len(self.trainable)} tensors")
         head_phase = trainer.step < self.steps
         for n, p in model.named_parameters():
-            p.requires_grad_(n in self.trainable and (not head_phase or _matches(n, self.head_patterns)))
+            p.requires_grad_(n in self.trainable and (not head_phase or matches(n, self.head_patterns)))
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -228,6 +228,12 @@ def _bias(q_pos: torch.Tensor, S: int, attention_mask: Optional[torch.Tensor], d
 
 
 class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention. `keep_attention = True` (off by default) makes the forward take the
+    explicit path and keep the probabilities it computes, `last_attention` (B, nh, T, S) after the softmax and
+    before dropout, detached: a window to look through (attention maps), costing nothing when off."""
+
+    keep_attention = False
+
     def __init__(self, config: GPTConfig, layer_idx: int):
         super().__init__()
         self.config = config  # shared with the model, so `attn_impl` can be switched on a live model
@@ -262,7 +268,7 @@ class CausalSelfAttention(nn.Module):
         if attn_bias is not None:
             attn_bias = attn_bias.to(q.dtype)
 
-        if self.config.attn_impl == "sdpa":
+        if self.config.attn_impl == "sdpa" and not self.keep_attention:
             # Flash / memory-efficient kernels when they apply; is_causal only when no explicit bias is needed.
             y = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=attn_bias, dropout_p=dropout_p,
@@ -276,6 +282,8 @@ class CausalSelfAttention(nn.Module):
                 causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
                 att = att.masked_fill(~causal, float("-inf"))
             att = F.softmax(att.float(), dim=-1).to(q.dtype)  # softmax in fp32 under autocast
+            if self.keep_attention:
+                self.last_attention = att.detach()  # (B, nh, T, S)
             att = self.attn_dropout(att)
             y = att @ v  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): heads side by side again
