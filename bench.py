@@ -147,8 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, metavar="PATH", help="write every figure with its unit as JSON")
     p.add_argument("--seed", type=int, default=1337, help="default %(default)s")
     p.add_argument("--init_from", default=None, metavar="NAME_OR_PATH",
-                   help="time a real model (GPT-2 name, HF folder, run folder or .pt, as train.py's init_from) instead "
-                        "of a randomly initialised one; its shape replaces --preset and the size options")
+                   help="time a real model (GPT-2 name, HF folder, run folder or .pt, nanoGPT ckpt.pt, llm.c .bin: as "
+                        "train.py's init_from) instead of a randomly initialised one; its shape replaces --preset and "
+                        "the size options")
     return p
 
 
@@ -559,13 +560,13 @@ def build_hf(args):
 
 def _make_train_step(loss_fn, model, optimizer, args):
     """The timed training step, one closure for our model and for transformers' (so both sides do the same
-    work). It mirrors `Trainer._train_step` (nanogpt2/trainer.py) with one micro-batch and one process, call
+    work). It mirrors `OptimizerStep` (nanogpt2/trainer.py) with one micro-batch and one process, call
     for call: forward under `nanogpt2.runtime.autocast`, backward through a GradScaler that is enabled only for
     float16 (otherwise its calls pass straight through, as in the trainer), unscale, clip the global gradient
     norm at --grad_clip (not called at --grad_clip 0, where the trainer still computes the norm for its log),
     optimizer step, `zero_grad(set_to_none=True)`. Our optimizer is the trainer's too (`configure_optimizer`).
 
-    It does not call the trainer because `_train_step` is a method of a `Trainer`, built from a RunConfig
+    It does not call the trainer because `OptimizerStep` works on a `Trainer`, built from a RunConfig
     around a prepared dataset, and it does more than the step: it draws the batch from the run's sampler,
     sets the scheduled learning rate, all-reduces the loss under DDP, and reads the loss and gradient norm
     back to the host every step (`.tolist()`, a device sync) to log them and skip non-finite steps. None of

@@ -45,9 +45,11 @@ def parse_args(argv):
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--init_from", default="gpt2",
                     help="a train.py out_dir or checkpoint .pt, a GPT-2 name (gpt2, gpt2-medium, ...), an OpenAI size (124M, "
-                         "355M, ...), or an HF or OpenAI folder; "
+                         "355M, ...), an HF or OpenAI folder, a nanoGPT ckpt.pt or out_dir, or an llm.c model .bin; "
                          "'resume' means --out_dir")
     ap.add_argument("--out_dir", default="out", help="run folder used when --init_from resume (nanoGPT)")
+    ap.add_argument("--meta_pkl", default=None, help="the meta.pkl of a nanoGPT character model (default: beside its "
+                    "ckpt.pt, or data/<dataset>/meta.pkl)")
     ap.add_argument("--start", default="",
                     help="prompt text, or FILE:path to read it from a file; empty starts from <|endoftext|>")
     ap.add_argument("--instruction", default=None,
@@ -143,7 +145,7 @@ def main(argv=None):
     dtype = resolve_dtype(args.dtype, device)  # checked before the model loads (or downloads)
     prompt = make_prompt(args)  # before the model loads: a bad prompt file or template fails at once
     init_from = args.out_dir if args.init_from == "resume" else args.init_from
-    model, tok, desc = load_model_and_tokenizer(init_from, device)
+    model, tok, desc = load_model_and_tokenizer(init_from, device, meta_pkl=args.meta_pkl)
     print(f"loaded {desc}", file=sys.stderr)
     if args.compile:
         model = torch.compile(model, mode=args.compile_mode)

@@ -78,12 +78,19 @@ class RunConfig:
         "scratch",
         "scratch | gpt2 | gpt2-medium | gpt2-large | gpt2-xl | distilgpt2 | 124M | 355M | 774M | 1558M (OpenAI's "
         "release) | a local HF or OpenAI folder | a training checkpoint (.pt file or run folder; weights only) | "
+        "a nanoGPT ckpt.pt or out_dir | an llm.c model file (.bin) | "
         "resume (= resume_from auto, but a checkpoint must exist)",
         "output")
+    meta_pkl: str = setting(
+        "", "the meta.pkl of a nanoGPT character init_from, when it is neither beside its ckpt.pt nor in "
+        "data/<its dataset>/ ('': look there)", "output")
     resume_from: str = setting(
         "", "'' (start fresh), 'auto' (the checkpoint of out_dir with the highest step, damaged ones skipped, if there is "
         "one) or a checkpoint path: "
         "restores model, optimizer, scaler, step, sampler and RNG states", "output")
+    overwrite: bool = setting(
+        False, "a fresh run into an out_dir that holds another run's checkpoints or metrics: remove them (and its "
+        "samples, plots, TensorBoard events) first; without it such a run is refused", "output")
     checkpoint_interval: int = setting(1000, "save checkpoint_step_N.pt every this many steps (0: never)", "output")
     keep_last: int = setting(3, "keep only the newest this many step (and epoch) checkpoints (0: keep all)", "output")
     save_best: bool = setting(True, "save checkpoint_best.pt whenever the validation loss reaches a new best", "output")
@@ -107,7 +114,8 @@ class RunConfig:
     sample_top_k: int = setting(200, "top-k of the samples (0: off)", "logging")
 
     # --- data ---
-    dataset: str = setting("shakespeare", "dataset name (see nanogpt2.data.DATASETS) or a path to a text file/folder", "data")
+    dataset: str = setting("shakespeare", "dataset name (see nanogpt2.data.DATASETS), a path to a text file/folder, a "
+                           "nanoGPT data folder (train.bin, val.bin) or a folder of llm.c token shards", "data")
     tokenizer: str = setting("auto", "auto (the dataset's own: char for shakespeare_char, else gpt2) | gpt2 | char", "data")
     data_path: str = setting("", "local copy of the dataset's raw text (skips the download)", "data")
     val_fraction: Optional[float] = setting(
@@ -152,6 +160,9 @@ class RunConfig:
     compile: Optional[bool] = setting(None, "torch.compile the model (none: on for CUDA, off elsewhere)", "system")
     seed: int = setting(1337, "random seed (model init, data order, dropout)", "system")
     backend: str = setting("", "DDP backend ('': nccl on CUDA, gloo on CPU)", "system")
+    dist_timeout: float = setting(
+        1800.0, "seconds a process waits at a collective for the others (torchrun) before the run stops: a lost "
+        "process ends the run in bounded time", "system")
 
     # --- conversions ---
 
@@ -288,6 +299,8 @@ def validate(cfg: RunConfig) -> RunConfig:
     for key in non_negative:
         if getattr(cfg, key) < 0:
             raise NanoGPT2Error(f"{key} must be >= 0, not {getattr(cfg, key)}")
+    if not cfg.dist_timeout > 0:
+        raise NanoGPT2Error(f"dist_timeout must be > 0 seconds, not {cfg.dist_timeout}")
     if cfg.log_interval < 1:
         raise NanoGPT2Error(f"log_interval must be >= 1, not {cfg.log_interval}")
     if not 0.0 <= cfg.dropout < 1.0:

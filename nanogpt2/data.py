@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 import regex
 
+from nanogpt2.checkpoint import tokenizer_info
 from nanogpt2.download import FileLock, file_sha256
 from nanogpt2.errors import DataWarning, NanoGPT2Error, write_error
 from nanogpt2.progress import ProgressLine
@@ -636,6 +637,7 @@ def _local_source(path: Path) -> _Source:
                        {s: [_file_entry(p, _local_fmt(p))] for s, p in own.items()})
     files = sorted(p for p in path.rglob("*")
                    if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES + JSONL_SUFFIXES
+                   and p.stem.lower() != "readme"  # the folder's description, not its corpus
                    and not any(part.startswith(".") for part in p.relative_to(path).parts))
     if not files:
         raise NanoGPT2Error(f"the folder {path} holds no text files ({', '.join(TEXT_SUFFIXES + JSONL_SUFFIXES)}); "
@@ -834,6 +836,9 @@ def prepare_dataset(name_or_path="shakespeare", tokenizer=None, data_path=None, 
     backend / num_workers: the GPT-2 tokenizer backend ("auto", "tiktoken", "python") and encode_batch workers
         (None: one per core). force: rebuild even if the cache is valid.
     """
+    foreign = _token_folder(name_or_path, tokenizer, data_path)
+    if foreign is not None:
+        return foreign
     spec, local_path, key = _resolve(name_or_path)
     if data_path is not None and spec is None:
         raise NanoGPT2Error(f"data_path= is for registered datasets ({', '.join(list_datasets())}); "
@@ -871,6 +876,25 @@ def prepare_dataset(name_or_path="shakespeare", tokenizer=None, data_path=None, 
             print(f"{d.name}: rebuilding the token cache ({why})", file=sys.stderr)
         name = spec.name if spec is not None else str(local_path)
         return _build(d, name, source, tok_obj, tok_name, val_fraction, quiet, num_workers, src_files)
+
+
+def _token_folder(name_or_path, tokenizer, data_path):
+    """A folder of token ids another tool wrote, used as it is (nanoGPT's train.bin + val.bin, llm.c's shards:
+    nanogpt2/token_files.py), else None. Its ids fix the tokenizer: another one asked for is refused."""
+    from nanogpt2 import llmc, nanogpt_format
+
+    p = Path(str(name_or_path)).expanduser()
+    if str(name_or_path) in DATASETS or not p.is_dir():
+        return None
+    ds = nanogpt_format.open_data_folder(p) or llmc.open_shard_folder(p)
+    if ds is None:
+        return None
+    asked = tokenizer if tokenizer is None or isinstance(tokenizer, str) else getattr(tokenizer, "name", None)
+    if asked not in (None, ds.tokenizer().name) or data_path is not None:
+        why = f"tokenizer={asked}" if data_path is None else f"data_path={data_path}"
+        raise NanoGPT2Error(f"{p} holds token ids already ({ds.format}, {ds.tokenizer().name} tokenizer): {why} "
+                            f"cannot apply; drop it (tokenizer=auto)")
+    return ds
 
 
 def _resolve_tokenizer(tokenizer, spec, backend):
@@ -982,31 +1006,11 @@ def _build(d: Path, name, source: _Source, tok, tok_name, val_fraction, quiet, n
         tok = _build_char_vocab(source)
     dtype = np.dtype(np.uint16 if tok.n_vocab < 65536 else np.uint32)
     eot = getattr(tok, "eot_token", None)
-    if eot is not None:
-        sep_ids, separator = [eot], ENDOFTEXT
-    else:
-        separator = CHAR_DOC_SEPARATOR
-        try:
-            sep_ids = list(tok.encode_ordinary(CHAR_DOC_SEPARATOR))
-        except NanoGPT2Error:  # a vocabulary without "\n": fine as long as there is one document
-            sep_ids = None
+    sep_ids, separator = _document_separator(tok)
     tmp = d.parent / f".tmp-{d.name}.{os.getpid()}-{time.time_ns() % 10**9}"
     tmp.mkdir(parents=True)
     try:
-        splits, total_src = {}, 0
-        for split, entries in source.splits.items():
-            size = sum(e.size for e in entries)
-            progress = _tokenizing_progress(Path(name).name + ("" if split == "all" else f" {split}"), size, quiet)
-            want_sha = source.split_sha256.get(split)
-            info = _encode_split(entries, tok, tmp / f"{split}.bin", dtype, sep_ids, progress, num_workers,
-                                 source.crlf, want_sha)
-            progress(info["source_bytes"], info["tokens"], final=True)
-            total_src += info["source_bytes"]
-            if want_sha and info["text_sha256"] != want_sha:
-                warnings.warn(f"the {split} text of {name} from {source.label} differs from the official release "
-                              f"(sha256 {info['text_sha256'][:12]}..., expected {want_sha[:12]}...): results will "
-                              f"not be comparable with published numbers", DataWarning, stacklevel=3)
-            splits[split] = info
+        splits, total_src = _encode_splits(tmp, name, source, tok, dtype, sep_ids, quiet, num_workers)
         n_total = sum(v["tokens"] for v in splits.values())
         n_docs = sum(v["documents"] for v in splits.values())
         if n_total == 0:
@@ -1046,18 +1050,7 @@ def _build(d: Path, name, source: _Source, tok, tok_name, val_fraction, quiet, n
         }
         if tok_name == "char":
             tok.save(tmp / "char_vocab.json")
-        mpath = tmp / "meta.json"
-        with open(mpath, "w", encoding="utf-8") as f:  # written last: its presence means the rest is complete
-            json.dump(meta, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        old = None
-        if d.exists():
-            old = d.parent / f".tmp-{d.name}.old-{os.getpid()}"
-            os.replace(d, old)
-        os.replace(tmp, d)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        _publish(tmp, d, meta)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         err = write_error(e, f"the token cache {d}", d.parent,
@@ -1072,6 +1065,53 @@ def _build(d: Path, name, source: _Source, tok, tok_name, val_fraction, quiet, n
     ds = PreparedDataset(d, meta)
     ds.built = True
     return ds
+
+
+def _document_separator(tok) -> tuple:
+    """(ids, text) put between documents: <|endoftext|> for a BPE vocabulary, else CHAR_DOC_SEPARATOR (ids None
+    for a character vocabulary without it: fine as long as there is one document)."""
+    eot = getattr(tok, "eot_token", None)
+    if eot is not None:
+        return [eot], ENDOFTEXT
+    try:
+        return list(tok.encode_ordinary(CHAR_DOC_SEPARATOR)), CHAR_DOC_SEPARATOR
+    except NanoGPT2Error:
+        return None, CHAR_DOC_SEPARATOR
+
+
+def _encode_splits(tmp: Path, name, source: _Source, tok, dtype, sep_ids, quiet, num_workers) -> tuple:
+    """Tokenize each split of the source into tmp/<split>.bin: ({split: info}, source bytes read). A split whose
+    text differs from the official release's checksum is warned about."""
+    splits, total_src = {}, 0
+    for split, entries in source.splits.items():
+        size = sum(e.size for e in entries)
+        progress = _tokenizing_progress(Path(name).name + ("" if split == "all" else f" {split}"), size, quiet)
+        want_sha = source.split_sha256.get(split)
+        info = _encode_split(entries, tok, tmp / f"{split}.bin", dtype, sep_ids, progress, num_workers,
+                             source.crlf, want_sha)
+        progress(info["source_bytes"], info["tokens"], final=True)
+        total_src += info["source_bytes"]
+        if want_sha and info["text_sha256"] != want_sha:
+            warnings.warn(f"the {split} text of {name} from {source.label} differs from the official release "
+                          f"(sha256 {info['text_sha256'][:12]}..., expected {want_sha[:12]}...): results will "
+                          f"not be comparable with published numbers", DataWarning, stacklevel=4)
+        splits[split] = info
+    return splits, total_src
+
+
+def _publish(tmp: Path, d: Path, meta: dict) -> None:
+    """Write meta.json into the finished tmp folder, then swap it in for d (the old cache removed after)."""
+    with open(tmp / "meta.json", "w", encoding="utf-8") as f:  # written last: its presence means the rest is complete
+        json.dump(meta, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    old = None
+    if d.exists():
+        old = d.parent / f".tmp-{d.name}.old-{os.getpid()}"
+        os.replace(d, old)
+    os.replace(tmp, d)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _split_by_fraction(tmp: Path, info: dict, val_fraction: float, tok, dtype, name) -> dict:
@@ -1106,6 +1146,35 @@ def _split_by_fraction(tmp: Path, info: dict, val_fraction: float, tok, dtype, n
 # ---------------------------------------------------------------------------------------------------------------
 # Raw text of a split
 # ---------------------------------------------------------------------------------------------------------------
+
+def prepare_run_data(cfg, dist, tokenizer=None):
+    """A training run's data: (dataset, tokenizer, train tokens, val tokens) for a RunConfig's dataset,
+    data_path, tokenizer and val_fraction. Under torchrun the first process of each machine prepares it
+    (downloads, tokenizes, writes the cache) while the others wait, stopping with it when it fails
+    (`dist.together`), then read the cache. A `tokenizer` given (the model's) must be the dataset's; both
+    splits must hold at least one window of block_size + 1 tokens."""
+    def prepare(quiet):
+        return prepare_dataset(cfg.dataset, tokenizer=None if cfg.tokenizer == "auto" else cfg.tokenizer,
+                               data_path=cfg.data_path or None, val_fraction=cfg.val_fraction, quiet=quiet)
+
+    ds = dist.together(dist.local_master, lambda: prepare(quiet=not dist.master),
+                       "preparing the dataset failed on another process (see its error)")
+    if not dist.local_master:
+        ds = prepare(quiet=True)
+    if tokenizer is None:
+        tokenizer = ds.tokenizer()
+    elif tokenizer_info(tokenizer) != tokenizer_info(ds.tokenizer()):
+        raise NanoGPT2Error(f"{cfg.dataset} is tokenized with {ds.tokenizer().name!r}, but this run's model uses "
+                            f"{tokenizer.name!r}; set tokenizer={tokenizer.name} (or another dataset)")
+    train, val = ds.tokens("train"), ds.tokens("val")
+    T = cfg.block_size
+    for split, toks in (("train", train), ("val", val)):
+        if len(toks) < T + 1:
+            raise NanoGPT2Error(
+                f"the {split} split of {cfg.dataset} has {len(toks)} tokens, fewer than block_size + 1 = {T + 1}; "
+                f"lower block_size or use more data")
+    return ds, tokenizer, train, val
+
 
 def get_split_text(name_or_path, split, data_path=None, cache_root=None, quiet=False) -> str:
     """The raw text of one split, e.g. get_split_text("wikitext2", "test") for published-comparable

@@ -287,7 +287,7 @@ def check_settings(cfg: FinetuneConfig) -> None:
     if cfg.teacher in ("", "scratch", "resume"):
         raise NanoGPT2Error(f"teacher={cfg.teacher!r}: the teacher must be a trained model: a GPT-2 name, an HF "
                             f"folder, a train.py run folder or a checkpoint")
-    from nanogpt2.convert import HF_REPOS
+    from nanogpt2.hf_checkpoint import HF_REPOS
 
     if cfg.teacher in HF_REPOS:  # a GPT-2 name: its tokenizer is known before the download
         check_vocabulary(cfg, "gpt2", 50257)

@@ -45,6 +45,7 @@ import torch.nn as nn
 from nanogpt2.config import RunConfig, load_config, new_default, setting, settings_text, wants_help
 from nanogpt2.errors import EXIT_INTERRUPTED, NanoGPT2Error
 from nanogpt2.inspect import trainability_table
+from nanogpt2.loader import model_spec
 from nanogpt2.losses import key_token_entries
 from nanogpt2.model import GPT
 from nanogpt2.optim import block_of, frozen_blocks, make_adamw, matches, param_groups, set_trainable
@@ -348,7 +349,7 @@ def save_adapter(model: nn.Module, folder) -> str:
     prompt = isinstance(model, PromptTuned) and isinstance(model, GPT)
     if lora or prompt or getattr(model, "prefix_config", None) is not None:
         return str(save_peft_adapter(model, folder))
-    return str(save_adapter_weights(model, folder))
+    return str(save_adapter_weights(model, folder, model_spec(model)))
 
 
 def export_merged(model: nn.Module, folder, tokenizer=None, log=None) -> str:

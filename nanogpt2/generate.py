@@ -336,31 +336,10 @@ def generate(
       (`release_static_caches(model)` frees them).
     """
     check_sampling_args(temperature, top_k, top_p, repetition_penalty, max_new_tokens)
-    cfg = model.config
     block = model.context_length  # block_size, less any positions the model keeps for itself (a prefix)
-    device = next(model.parameters()).device
     eot_from_tok = getattr(tokenizer, "eot_token", None) if tokenizer is not None else None
-
-    idx = torch.as_tensor(idx, device=device)
-    if idx.dim() == 1:
-        idx = idx[None]
-    if idx.dim() != 2:
-        raise NanoGPT2Error(f"idx must be (B, T) token ids, got shape {tuple(idx.shape)}")
-    idx = idx.long()
-    B, T = idx.shape
-    if B == 0:
-        raise NanoGPT2Error("idx has no rows: pass at least one prompt")
-
-    if T == 0:  # empty prompt: start from <|endoftext|>, as GPT-2 was trained to begin documents
-        start = eos_token_id if eos_token_id is not None else eot_from_tok
-        if start is None:
-            raise NanoGPT2Error("the prompt is empty and there is no end-of-text token to start from: pass a prompt or eos_token_id")
-        idx = torch.full((B, 1), int(start), dtype=torch.long, device=device)
-        attention_mask, T = None, 1
-    if bool(((idx < 0) | (idx >= cfg.vocab_size)).any()):
-        raise NanoGPT2Error(f"idx holds token ids outside [0, {cfg.vocab_size}): was it tokenized for another vocabulary?")
-    mask = _left_padding_mask(attention_mask, B, T, device)  # None when there is no padding (fast path)
-
+    idx, mask = _prompts(model, idx, attention_mask, eos_token_id if eos_token_id is not None else eot_from_tok)
+    T = idx.size(1)
     if T > block:
         warnings.warn(f"the prompt has {T} tokens but the model's context is {block}: only its last {block} tokens are used", stacklevel=2)
     if max_new_tokens == 0:
@@ -370,133 +349,190 @@ def generate(
         raise NanoGPT2Error(f"crop_keep must be between 1 and block_size ({block}), got {crop_keep!r}")
     if pad_token_id is None:
         pad_token_id = eos_token_id if eos_token_id is not None else (eot_from_tok if eot_from_tok is not None else 0)
-    n_vocab = min(cfg.vocab_size, getattr(tokenizer, "n_vocab", None) or cfg.vocab_size)
-    stopper = StopStrings(stop_strings, tokenizer, B) if stop_strings else None
-    can_stop = eos_token_id is not None or stopper is not None
-
-    # Preallocated outputs: tokens (B, T + N) and, with padding, the mask growing with them.
-    total = T + max_new_tokens
-    out = torch.empty(B, total, dtype=torch.long, device=device)
-    out[:, :T] = idx
-    full_mask = None
-    if mask is not None:
-        full_mask = torch.ones(B, total, dtype=torch.long, device=device)
-        full_mask[:, :T] = mask
-    seen = None
-    if repetition_penalty is not None and repetition_penalty != 1.0:
-        seen = torch.zeros(B, cfg.vocab_size + 1, dtype=torch.bool, device=device)  # last column: padding
-        seen.scatter_(1, idx if mask is None else idx.masked_fill(mask == 0, cfg.vocab_size), True)
-        seen = seen[:, :cfg.vocab_size]
-    finished = torch.zeros(B, dtype=torch.bool, device=device)
-    pad = torch.tensor(pad_token_id, dtype=torch.long, device=device)
-
-    # Only the last position's logits are needed: ask for just those when the model can skip the rest
-    # (a prefill of P tokens otherwise pays P x vocab x n_embd multiply-adds in the head).
-    last = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
-
     if static_cache is None:
         static_cache = hasattr(model, "_orig_mod")
-    static_cache = static_cache and use_cache
-    # A StaticKVCache attends over all its slots: its mask covers them all, (B, max_len), 0 where empty.
-    slot_mask = None
-
-    def window_forward(start: int, end: int, kv_cache=None):
-        """Logits (B, V) for the last position of out[:, start:end], from scratch or into a fresh cache."""
-        x = out[:, start:end]  # (B, W)
-        kw = dict(last)
-        if full_mask is not None:
-            m = full_mask[:, start:end]  # (B, W)
-            kw.update(attention_mask=m, position_ids=_positions(m))
-        if static_cache and kv_cache is not None:
-            x = x.new_empty(x.shape).copy_(x)  # standard strides: a slice of `out` has out's, which vary by request
-            kw["cache_position"] = torch.arange(end - start, device=device)  # (W,) the cache is refilled from slot 0
-            if full_mask is not None:
-                slot_mask.zero_()
-                slot_mask[:, :end - start] = m
-                kw["attention_mask"] = slot_mask
-        return model(x, kv_cache=kv_cache, **kw)[0][:, -1]
-
-    def step_forward(pos):
-        """Logits (B, V) of one new token, out[:, cur - 1], on top of the cache (`filled` slots so far)."""
-        x = out[:, cur - 1:cur]  # (B, 1)
-        kw = {} if full_mask is None else dict(attention_mask=full_mask[:, start:cur], position_ids=pos)
-        if static_cache:
-            x = step_input.copy_(x)  # the same (B, 1) buffer every step
-            kw["cache_position"] = torch.full((1,), filled, dtype=torch.long, device=device)  # a tensor: same graph
-            if full_mask is not None:
-                slot_mask[:, filled] = full_mask[:, cur - 1]
-                kw["attention_mask"] = slot_mask
-        return model(x, kv_cache=cache, **kw)[0][:, -1]
+    run = _Decoding(model, idx, mask, max_new_tokens, use_cache, static_cache and use_cache, keep)
+    stopper = StopStrings(stop_strings, tokenizer, idx.size(0)) if stop_strings else None
+    n_vocab = min(model.config.vocab_size, getattr(tokenizer, "n_vocab", None) or model.config.vocab_size)
+    seen = _seen_tokens(idx, mask, model.config.vocab_size) if repetition_penalty not in (None, 1.0) else None
+    can_stop = eos_token_id is not None or stopper is not None
+    finished = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
+    pad = torch.tensor(pad_token_id, dtype=torch.long, device=idx.device)
 
     was_training = model.training
     model.eval()
     try:
-        cache = None
-        cur = T  # tokens in `out` so far
-        start = max(0, cur - block)  # first token the model sees
-        if use_cache:
-            # A static cache's slots: the next power of two >= T + N (at least 64, at most block_size), so requests
-            # share a handful of shapes (one compile each) and attention spans at most twice the tokens.
-            n_slots = min(block, 1 << max(6, (total - 1).bit_length())) if static_cache else min(block, total)
-            if static_cache:
-                cache = _static_cache_for(model, B, n_slots, device)
-            else:
-                cache = model.new_kv_cache(max_len=n_slots)
-            if static_cache:
-                step_input = torch.empty(B, 1, dtype=torch.long, device=device)  # (B, 1)
-            if static_cache and full_mask is not None:
-                slot_mask = torch.zeros(B, cache.max_len, dtype=torch.long, device=device)  # (B, max_len)
-            logits = window_forward(start, cur, cache)  # prefill
-            filled = cur - start  # cache slots in use
-            if full_mask is not None:
-                pos = _positions(full_mask[:, start:cur])[:, -1:]  # (B, 1) position of the last token
-        else:
-            logits = window_forward(start, cur)
-
+        logits = run.prefill()
         for step in range(max_new_tokens):
-            logits = logits.float()  # (B, V) scores in fp32, as transformers' generate takes them
-            if n_vocab < logits.size(-1):  # a padded vocabulary (e.g. 50304): never sample the padding ids
+            # The decode step: scores in fp32 (as transformers' generate takes them), the padded vocabulary's
+            # ids (e.g. 50304) never sampled, the repetition penalty, the next token; stopped rows get `pad`.
+            logits = logits.float()  # (B, V)
+            if n_vocab < logits.size(-1):
                 logits[:, n_vocab:] = -float("inf")
             if seen is not None:
                 logits = apply_repetition_penalty(logits, seen, repetition_penalty)
             tok = next_token(logits, temperature, top_k, top_p, greedy, generator)  # (B,)
             if can_stop:
                 tok = torch.where(finished, pad, tok)
-            out[:, cur] = tok
-            cur += 1
+            run.append(tok)
             if seen is not None:
                 seen.scatter_(1, tok[:, None], True)
             if stream is not None:
                 stream(tok)
-            if can_stop:
-                newly = ~finished
-                if eos_token_id is not None:
-                    finished |= tok == eos_token_id
-                if stopper is not None:
-                    rows = stopper.update(tok.tolist(), newly.tolist())
-                    if rows:
-                        finished[rows] = True
-                if bool(finished.all()):
-                    break
+            if can_stop and _all_stopped(finished, tok, eos_token_id, stopper):
+                break
             if step == max_new_tokens - 1:
                 break  # the last token needs no forward pass
-
-            if not use_cache:
-                start = max(0, cur - block)
-                logits = window_forward(start, cur)
-            elif filled + 1 > cache.max_len:  # full: prefill the last `keep` tokens again
-                start = cur - keep
-                if not static_cache:
-                    cache.length = 0  # reuse the preallocated storage (max_len == block_size here)
-                logits = window_forward(start, cur, cache)
-                filled = keep
-                if full_mask is not None:
-                    pos = _positions(full_mask[:, start:cur])[:, -1:]
-            else:
-                if full_mask is not None:
-                    pos = pos + 1
-                logits = step_forward(pos if full_mask is not None else None)
-                filled += 1
+            logits = run.next_logits()
     finally:
         model.train(was_training)
-    return out[:, :cur].clone() if cur < total else out
+    return run.tokens()
+
+
+def _prompts(model, idx, attention_mask, start_token: Optional[int]) -> tuple:
+    """The prompts as (B, T) int64 on the model's device, checked against its vocabulary, and their left-padding
+    mask (None without padding). An empty prompt (T == 0) becomes `start_token` (GPT-2's <|endoftext|>)."""
+    vocab = model.config.vocab_size
+    device = next(model.parameters()).device
+    idx = torch.as_tensor(idx, device=device)
+    if idx.dim() == 1:
+        idx = idx[None]
+    if idx.dim() != 2:
+        raise NanoGPT2Error(f"idx must be (B, T) token ids, got shape {tuple(idx.shape)}")
+    idx = idx.long()
+    B, T = idx.shape
+    if B == 0:
+        raise NanoGPT2Error("idx has no rows: pass at least one prompt")
+    if T == 0:  # empty prompt: start from <|endoftext|>, as GPT-2 was trained to begin documents
+        if start_token is None:
+            raise NanoGPT2Error("the prompt is empty and there is no end-of-text token to start from: pass a prompt or eos_token_id")
+        idx = torch.full((B, 1), int(start_token), dtype=torch.long, device=device)
+        attention_mask, T = None, 1
+    if bool(((idx < 0) | (idx >= vocab)).any()):
+        raise NanoGPT2Error(f"idx holds token ids outside [0, {vocab}): was it tokenized for another vocabulary?")
+    return idx, _left_padding_mask(attention_mask, B, T, device)  # mask: None when there is no padding (fast path)
+
+
+def _seen_tokens(idx: torch.Tensor, mask: Optional[torch.Tensor], vocab: int) -> torch.Tensor:
+    """(B, vocab) bool: the ids each prompt holds (padding excluded), for the repetition penalty."""
+    seen = torch.zeros(idx.size(0), vocab + 1, dtype=torch.bool, device=idx.device)  # last column: padding
+    seen.scatter_(1, idx if mask is None else idx.masked_fill(mask == 0, vocab), True)
+    return seen[:, :vocab]
+
+
+def _all_stopped(finished: torch.Tensor, tok: torch.Tensor, eos_token_id, stopper) -> bool:
+    """Stopping: mark the rows that just emitted eos or completed a stop string; True once every row has."""
+    newly = ~finished
+    if eos_token_id is not None:
+        finished |= tok == eos_token_id
+    if stopper is not None:
+        rows = stopper.update(tok.tolist(), newly.tolist())
+        if rows:
+            finished[rows] = True
+    return bool(finished.all())
+
+
+class _Decoding:
+    """The forward passes of one `generate` call: the tokens so far in a preallocated (B, T + N) buffer (and,
+    with padding, its growing mask), the KV cache, and which pass comes next — the prefill, one-token steps on
+    the cache, a re-prefill of the last `keep` tokens when the cache is full, or (no cache) the whole window."""
+
+    def __init__(self, model, idx, mask, max_new_tokens: int, use_cache: bool, static_cache: bool, keep: int):
+        self.model, self.use_cache, self.static_cache, self.keep = model, use_cache, static_cache, keep
+        self.block = model.context_length
+        B, T = idx.shape
+        self.device = idx.device
+        self.total = T + max_new_tokens
+        self.out = torch.empty(B, self.total, dtype=torch.long, device=self.device)  # (B, T + N)
+        self.out[:, :T] = idx
+        self.full_mask = None
+        if mask is not None:
+            self.full_mask = torch.ones(B, self.total, dtype=torch.long, device=self.device)  # (B, T + N)
+            self.full_mask[:, :T] = mask
+        # Only the last position's logits are needed: ask for just those when the model can skip the rest
+        # (a prefill of P tokens otherwise pays P x vocab x n_embd multiply-adds in the head).
+        self.last = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
+        self.cache = None
+        self.slot_mask = None  # a StaticKVCache attends over all its slots: (B, max_len), 0 where empty
+        self.cur = T  # tokens in `out` so far
+        self.start = max(0, T - self.block)  # first token the model sees
+        self.filled = 0  # cache slots in use
+        self.pos = None  # (B, 1) position of the last token, with padding
+
+    def prefill(self) -> torch.Tensor:
+        """Logits (B, V) of the prompts' last position, filling a new cache when there is one."""
+        if not self.use_cache:
+            return self._window_forward(self.start, self.cur)
+        B = self.out.size(0)
+        # A static cache's slots: the next power of two >= T + N (at least 64, at most block_size), so requests
+        # share a handful of shapes (one compile each) and attention spans at most twice the tokens.
+        if self.static_cache:
+            n_slots = min(self.block, 1 << max(6, (self.total - 1).bit_length()))
+            self.cache = _static_cache_for(self.model, B, n_slots, self.device)
+            self.step_input = torch.empty(B, 1, dtype=torch.long, device=self.device)  # (B, 1)
+            if self.full_mask is not None:
+                self.slot_mask = torch.zeros(B, self.cache.max_len, dtype=torch.long, device=self.device)
+        else:
+            self.cache = self.model.new_kv_cache(max_len=min(self.block, self.total))
+        logits = self._window_forward(self.start, self.cur, self.cache)
+        self.filled = self.cur - self.start
+        if self.full_mask is not None:
+            self.pos = _positions(self.full_mask[:, self.start:self.cur])[:, -1:]  # (B, 1)
+        return logits
+
+    def append(self, tok: torch.Tensor) -> None:
+        self.out[:, self.cur] = tok
+        self.cur += 1
+
+    def next_logits(self) -> torch.Tensor:
+        """Logits (B, V) after the token just appended: the next window, a re-prefill, or a one-token step."""
+        if not self.use_cache:
+            self.start = max(0, self.cur - self.block)
+            return self._window_forward(self.start, self.cur)
+        if self.filled + 1 > self.cache.max_len:  # full: prefill the last `keep` tokens again
+            self.start = self.cur - self.keep
+            if not self.static_cache:
+                self.cache.length = 0  # reuse the preallocated storage (max_len == block_size here)
+            logits = self._window_forward(self.start, self.cur, self.cache)
+            self.filled = self.keep
+            if self.full_mask is not None:
+                self.pos = _positions(self.full_mask[:, self.start:self.cur])[:, -1:]
+            return logits
+        if self.full_mask is not None:
+            self.pos = self.pos + 1
+        logits = self._step_forward()
+        self.filled += 1
+        return logits
+
+    def tokens(self) -> torch.Tensor:
+        """(B, T + n): the prompts and what was generated."""
+        return self.out[:, :self.cur].clone() if self.cur < self.total else self.out
+
+    def _window_forward(self, start: int, end: int, kv_cache=None) -> torch.Tensor:
+        """Logits (B, V) for the last position of out[:, start:end], from scratch or into a fresh cache."""
+        x = self.out[:, start:end]  # (B, W)
+        kw = dict(self.last)
+        if self.full_mask is not None:
+            m = self.full_mask[:, start:end]  # (B, W)
+            kw.update(attention_mask=m, position_ids=_positions(m))
+        if self.static_cache and kv_cache is not None:
+            x = x.new_empty(x.shape).copy_(x)  # standard strides: a slice of `out` has out's, which vary by request
+            kw["cache_position"] = torch.arange(end - start, device=self.device)  # (W,) refilled from slot 0
+            if self.full_mask is not None:
+                self.slot_mask.zero_()
+                self.slot_mask[:, :end - start] = m
+                kw["attention_mask"] = self.slot_mask
+        return self.model(x, kv_cache=kv_cache, **kw)[0][:, -1]
+
+    def _step_forward(self) -> torch.Tensor:
+        """Logits (B, V) of one new token, out[:, cur - 1], on top of the cache (`filled` slots so far)."""
+        cur = self.cur
+        x = self.out[:, cur - 1:cur]  # (B, 1)
+        kw = {} if self.full_mask is None else dict(attention_mask=self.full_mask[:, self.start:cur], position_ids=self.pos)
+        if self.static_cache:
+            x = self.step_input.copy_(x)  # the same (B, 1) buffer every step
+            kw["cache_position"] = torch.full((1,), self.filled, dtype=torch.long, device=self.device)  # same graph
+            if self.full_mask is not None:
+                self.slot_mask[:, self.filled] = self.full_mask[:, cur - 1]
+                kw["attention_mask"] = self.slot_mask
+        return self.model(x, kv_cache=self.cache, **kw)[0][:, -1]

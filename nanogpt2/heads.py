@@ -39,12 +39,13 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from nanogpt2.convert import (HF_REPOS, config_from_hf, download_hf_model, gpt_hf_export, load_hf_state_dict_into,
-                              read_hf_state_dict, save_pretrained)
+from nanogpt2.convert import save_pretrained
+from nanogpt2.hf_checkpoint import (HF_REPOS, config_from_hf, download_hf_model, gpt_hf_export, load_hf_state_dict_into,
+                                    read_hf_state_dict)
 from nanogpt2.errors import NanoGPT2Error
-from nanogpt2.loader import apply_method_spec, method_spec, register_model_kind
+from nanogpt2.loader import register_model_kind
 from nanogpt2.model import GPT, IGNORE_INDEX, GPTConfig
-from nanogpt2.peft import PEFT_PREFIX, apply_peft_adapter, read_peft_folder, save_peft_adapter
+from nanogpt2.peft import PEFT_PREFIX, apply_method_spec, apply_peft_adapter, method_spec, read_peft_folder, save_peft_adapter
 from nanogpt2.safetensors_io import load_file, save_file
 
 KIND = "gpt_classifier"

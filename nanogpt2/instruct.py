@@ -678,7 +678,7 @@ def task(cfg):
     """`instruct`: the records, split, encoded and reported; the sampler, response-only loss, evaluation and
     answers hook for the trainer."""
     from nanogpt2.finetuning import TaskParts
-    from nanogpt2.trainer import dist_from_env
+    from nanogpt2.distributed import dist_from_env
 
     master = dist_from_env().master
     tok = instruct_tokenizer(cfg)

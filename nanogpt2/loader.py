@@ -9,6 +9,8 @@ One loader for every `init_from`, and the model spec that checkpoints record.
   an OpenAI folder hparams.json + model.ckpt.index / .data-* (+ encoder.json, vocab.bpe: then its tokenizer)
   a run folder     a train.py out_dir: its checkpoint of the highest step (damaged ones skipped, said so)
   a .pt file       one checkpoint
+  nanoGPT          a ckpt.pt nanoGPT's train.py wrote, or its out_dir (+ meta.pkl: nanogpt2/nanogpt_format.py)
+  llm.c            a model file llm.c wrote (gpt2_124M.bin, gpt2_124M_bf16.bin: nanogpt2/llmc.py)
 train.py, sample.py, bench.py and `python -m nanogpt2.evaluate` all load through `load_model` here.
 
 The model spec: a checkpoint records what model it holds as a small dict, `{"kind": "gpt", "config":
@@ -36,9 +38,10 @@ from typing import Callable
 import torch.nn as nn
 
 from nanogpt2 import checkpoint as ckpt_io
+from nanogpt2 import llmc, nanogpt_format
 from nanogpt2.errors import NanoGPT2Error
 from nanogpt2.model import GPT, GPTConfig
-from nanogpt2.peft import apply_adapters, apply_lora, apply_prefix, apply_prompt, collapse_prefix, lora_layers
+from nanogpt2.peft import apply_method_spec, collapse_prefix, method_spec
 
 # ----------------------------------------------------------------------------------------------------
 # Model specs
@@ -50,43 +53,6 @@ MODEL_KINDS: dict = {}  # kind -> build(spec) -> nn.Module
 def register_model_kind(kind: str, build: Callable[[dict], nn.Module]) -> None:
     """Teach the loader to rebuild models whose spec has this `kind`."""
     MODEL_KINDS[kind] = build
-
-
-def apply_method_spec(model: nn.Module, spec: dict) -> nn.Module:
-    """The PEFT method a spec records ("adapters", "lora", "prefix", "prompt"), applied to a freshly built model with GPT-2
-    blocks."""
-    adapters = spec.get("adapters")
-    if adapters is not None:
-        apply_adapters(model, int(adapters["adapter_size"]), bool(adapters.get("train_layernorms", True)))
-    lora = spec.get("lora")
-    if lora is not None:
-        apply_lora(model, int(lora["rank"]), float(lora["alpha"]), lora["targets"], float(lora.get("dropout", 0.0)),
-                   bool(lora.get("use_rslora", False)))
-    prefix = spec.get("prefix")
-    if prefix is not None:
-        apply_prefix(model, int(prefix["prefix_length"]), prefix.get("projection_hidden"))
-    prompt = spec.get("prompt")
-    if prompt is not None:
-        apply_prompt(model, int(prompt["prompt_length"]))
-    return model
-
-
-def method_spec(model: nn.Module) -> dict:
-    """The PEFT method applied to a model's blocks as spec keys: `"lora": {rank, alpha, targets, dropout,
-    use_rslora}`, `"adapters": {adapter_size, train_layernorms}`, `"prefix": {prefix_length, projection_hidden}`,
-    `"prompt": {prompt_length}` ({} for none)."""
-    spec = {}
-    if getattr(model, "lora_config", None) is not None:
-        if any(layer.merged for layer in lora_layers(model).values()):
-            raise NanoGPT2Error("the model's LoRA layers are merged: unmerge_lora(model) before saving it")
-        spec["lora"] = dict(model.lora_config)
-    if getattr(model, "adapter_config", None) is not None:
-        spec["adapters"] = dict(model.adapter_config)
-    if getattr(model, "prefix_config", None) is not None:
-        spec["prefix"] = dict(model.prefix_config)  # projection_hidden None once collapsed: the weights say so too
-    if getattr(model, "prompt_config", None) is not None:
-        spec["prompt"] = dict(model.prompt_config)
-    return spec
 
 
 def _build_gpt(spec: dict) -> GPT:
@@ -209,22 +175,40 @@ def _load_hf(folder: Path, load_gpt):
     return importlib.import_module(HF_ARCHITECTURES[arch]).load_hf_folder(folder)
 
 
-def load_model(init_from: str, device="cpu", dropout=None, log=_warn, config: GPTConfig = None):
+def load_foreign(path: Path, meta_pkl=None):
+    """(model, info) of another project's model file that `path` names (nanoGPT's ckpt.pt or out_dir, an llm.c
+    model file), else None."""
+    if nanogpt_format.checkpoint_file(path) is not None:
+        model, info = nanogpt_format.load_checkpoint_model(path, meta_pkl=meta_pkl)
+    elif llmc.magic(path) is not None:
+        model, info = llmc.load_model_file(path)
+    else:
+        return None
+    info["spec"] = model_spec(model)
+    return model, info
+
+
+def load_model(init_from: str, device="cpu", dropout=None, log=_warn, config: GPTConfig = None, meta_pkl=None):
     """(model on `device`, info) for any init_from (see the module docstring); "scratch" needs the `config` of the
     new, randomly initialised GPT (seed torch first). `dropout`: set every dropout to it (a run's own setting);
-    None keeps the loaded model's. info holds at least path (or the name), tokenizer ({"name": ...} or None for a
+    None keeps the loaded model's. `meta_pkl`: the vocabulary of a nanoGPT character model, where it is not
+    found beside the checkpoint. info holds at least path (or the name), tokenizer ({"name": ...} or None for a
     new model), spec and description."""
-    from nanogpt2.convert import (HF_REPOS, OPENAI_SIZES, download_hf_model, download_openai_model, is_openai_folder,
-                                  load_hf_folder, load_openai_folder, openai_size, openai_tokenizer_info)
+    from nanogpt2.hf_checkpoint import HF_REPOS, download_hf_model, load_hf_folder
+    from nanogpt2.openai_checkpoint import (OPENAI_SIZES, download_openai_model, is_openai_folder, load_openai_folder,
+                                            openai_size, openai_tokenizer_info)
 
     path = Path(init_from)
     hf_folder = openai_folder = None
+    foreign = None if init_from == "scratch" else load_foreign(path, meta_pkl)
     if init_from == "scratch":
         if config is None:
             raise NanoGPT2Error("init_from=scratch needs a model config (n_layer, n_head, n_embd, ...)")
         model = GPT(config)
         info = {"path": "scratch", "tokenizer": None, "spec": model_spec(model),
                 "description": f"GPT from scratch ({config.n_layer} layers, {config.n_embd} wide)"}
+    elif foreign is not None:
+        model, info = foreign
     elif is_checkpoint(path) and not is_hf_folder(path):
         model, info = load_checkpoint_model(path, log=log)
         info["description"] = f"{info['path']} (step {info.get('step')})"
@@ -249,22 +233,146 @@ def load_model(init_from: str, device="cpu", dropout=None, log=_warn, config: GP
         model = load_openai_folder(openai_folder, quiet=False)
         info = {"path": init_from, "tokenizer": openai_tokenizer_info(openai_folder), "spec": model_spec(model),
                 "description": f"{init_from} (OpenAI's TensorFlow GPT-2 weights)"}
-    elif init_from != "scratch" and not is_checkpoint(path):
+    elif foreign is None and init_from != "scratch" and not is_checkpoint(path):
         close = difflib.get_close_matches(init_from, ["scratch", "resume", *HF_REPOS, *OPENAI_SIZES], n=2)
         hint = f" (did you mean {' or '.join(close)}?)" if close else ""
         raise NanoGPT2Error(f"init_from {init_from!r} is not a GPT-2 name ({', '.join(HF_REPOS)}), an OpenAI size "
                             f"({', '.join(OPENAI_SIZES)}), an HF folder, an OpenAI TensorFlow folder, a train.py run "
-                            f"folder or a checkpoint file{hint}")
+                            f"folder or a checkpoint file (nanogpt2's, nanoGPT's or llm.c's){hint}")
+    if meta_pkl and info.get("format") != "nanogpt":
+        log(f"meta_pkl={meta_pkl} is ignored: {init_from} is not a nanoGPT checkpoint")
     if dropout is not None:
         set_dropout(model, dropout)
     return model.to(device), info
 
 
-def load_model_and_tokenizer(init_from: str, device="cpu"):
+def load_model_and_tokenizer(init_from: str, device="cpu", meta_pkl=None):
     """(model in eval mode on `device`, its tokenizer, a description) for sample.py and evaluation. A prefix
-    trained through its reparameterisation MLP is collapsed to its table (the same outputs, no MLP per step)."""
-    model, info = load_model(init_from, device=device)
+    trained through its reparameterisation MLP is collapsed to its table (the same outputs, no MLP per step).
+    `meta_pkl`: as for load_model."""
+    model, info = load_model(init_from, device=device, meta_pkl=meta_pkl)
     if (getattr(model, "prefix_config", None) or {}).get("projection_hidden") is not None:
         collapse_prefix(model)
     tok = ckpt_io.tokenizer_from_info(info["tokenizer"], path=info["path"] if "step" in info else None)
     return model.eval(), tok, info["description"]
+
+
+# ----------------------------------------------------------------------------------------------------
+# The model a training run starts from (train.py, finetune.py: nanogpt2.trainer)
+
+
+def architecture(spec: dict) -> dict:
+    """A model spec without what a resume may change: dropout and the attention kernel (attn_impl); a GPT's
+    config completed with today's defaults (a checkpoint written before a field existed)."""
+    config = dict(spec.get("config") or {})
+    if spec.get("kind") == "gpt":
+        config = GPTConfig(**config).to_dict()
+    config = {k: v for k, v in config.items() if k not in ("dropout", "attn_impl")}
+    return {**spec, "config": config}
+
+
+def build_run_model(cfg, tokenizer, *, model: nn.Module = None, resume_state: dict = None,
+                    prepare: Callable[[nn.Module], nn.Module] = None, log: Callable[[str], None] = print) -> nn.Module:
+    """The model a run trains (`cfg`: its RunConfig): the `model` given (checked against the checkpoint on
+    resume), else the resume checkpoint's spec rebuilt (its weights are loaded by the trainer with the rest of
+    the state), else a new one from cfg.init_from ("scratch": the run's n_layer, n_head, ... and the tokenizer's
+    vocabulary) with `prepare` applied (finetune.py's PEFT method) and its context cropped to cfg.block_size."""
+    if resume_state is not None:
+        path = resume_state["_path"]
+        with ckpt_io.rebuilding(path, "the model"):
+            spec = spec_of(resume_state)
+            if model is None:
+                return build_model(spec)
+        if architecture(model_spec(model)) != architecture(spec):
+            raise NanoGPT2Error(f"{path} holds another model than the one this run was given "
+                                f"({architecture(spec)} vs {architecture(model_spec(model))}); resume with the "
+                                f"same model, or start a new run in another out_dir")
+        return model
+    if model is not None:
+        return model
+    fresh = (_scratch_model(cfg, tokenizer, log) if cfg.init_from in ("scratch", "resume")
+             else _init_model(cfg, tokenizer, log))
+    model = prepare(fresh) if prepare is not None else fresh
+    fit_context(model, cfg.block_size)
+    return model
+
+
+def fit_context(model: nn.Module, block_size: int) -> None:
+    """Crop the positional table to the run's windows (nanoGPT's model surgery: GPT-2's 1024 -> block_size),
+    keeping the positions a method spends on itself (a prefix: context_length = block_size - P)."""
+    context = getattr(model, "context_length", None)
+    if context is None:
+        return
+    if block_size > context:
+        spent = model.config.block_size - context
+        raise NanoGPT2Error(f"block_size={block_size} exceeds the model's context of {context} tokens"
+                            + (f" ({model.config.block_size} positions, {spent} of them taken by the prefix)" if spent else "")
+                            + f"; lower block_size to {context}")
+    if block_size < context:
+        model.crop_block_size(model.config.block_size - (context - block_size))
+
+
+def _init_model(cfg, tokenizer, log) -> GPT:
+    """The GPT of init_from (a GPT-2 name, an HF folder, a checkpoint), checked against the run's tokenizer."""
+    m, info = load_model(cfg.init_from, dropout=cfg.dropout, log=lambda msg: log(f"warning: {msg}"),
+                         meta_pkl=getattr(cfg, "meta_pkl", "") or None)
+    mine = ckpt_io.tokenizer_info(tokenizer) if tokenizer is not None else None
+    if mine is not None and info["tokenizer"] != mine:
+        raise NanoGPT2Error(f"init_from={cfg.init_from} was trained with tokenizer {info['tokenizer'].get('name')!r} "
+                            f"(another vocabulary than this run's {mine['name']!r}); use the same tokenizer "
+                            f"(tokenizer=gpt2 for GPT-2 weights)")
+    if not isinstance(m, GPT):
+        raise NanoGPT2Error(f"init_from={cfg.init_from} holds a {type(m).__name__} ({info['spec'].get('kind')}); "
+                            f"train.py starts from a GPT: resume that run with --resume_from instead")
+    log(f"model: {info['description']}, {m.param_counts()['total'] / 1e6:.2f}M parameters")
+    return m
+
+
+def _scratch_model(cfg, tokenizer, log) -> GPT:
+    """A new GPT of the run's shape settings; its vocabulary the tokenizer's unless vocab_size is set."""
+    n_vocab = tokenizer.n_vocab if tokenizer is not None else None
+    vocab = cfg.vocab_size or n_vocab
+    if vocab is None:
+        raise NanoGPT2Error("vocab_size is not set and there is no tokenizer to take it from")
+    if n_vocab is not None and vocab < n_vocab:
+        raise NanoGPT2Error(f"vocab_size={vocab} is smaller than the tokenizer's {n_vocab} tokens")
+    m, _ = load_model("scratch", config=GPTConfig(block_size=cfg.block_size, vocab_size=vocab, n_layer=cfg.n_layer,
+                                                  n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias))
+    log(f"model: GPT from scratch, {m.param_counts()['total'] / 1e6:.2f}M parameters")
+    return m
+
+
+def check_resume_fits(cfg, state: dict, tokenizer, log: Callable[[str], None]) -> None:
+    """Refuse a resume the checkpoint's model cannot run (another tokenizer, a longer context, a smaller
+    vocabulary); warn about the model settings of `cfg` that the checkpoint's architecture overrides."""
+    path = state["_path"]
+    with ckpt_io.rebuilding(path, "the model"):
+        spec = spec_of(state)
+    saved = state.get("tokenizer")
+    mine = ckpt_io.tokenizer_info(tokenizer) if tokenizer is not None else None
+    if isinstance(saved, dict) and mine is not None and saved != mine:
+        def desc(info):
+            chars = info.get("chars")
+            return f"{info.get('name')!r}" + (f" ({len(chars)} characters)" if isinstance(chars, str) else "")
+        raise NanoGPT2Error(f"{path} was trained with the tokenizer {desc(saved)}, but this run's data "
+                            f"(dataset={cfg.dataset}) uses {desc(mine)}: the token ids would mean other things; "
+                            f"resume with the checkpoint's dataset and tokenizer settings, or start a new run")
+    if spec.get("kind") != "gpt":  # another registered kind: its own module checks its shape
+        return
+    with ckpt_io.rebuilding(path, "the model"):
+        mconf = GPTConfig(**(spec.get("config") or {}))
+        ctx, vocab = int(mconf.block_size), int(mconf.vocab_size)
+    if cfg.block_size > ctx:
+        raise NanoGPT2Error(f"block_size={cfg.block_size} is longer than the context of {path} ({ctx} positions): "
+                            f"resume with --block_size={ctx} or less, or start a new run")
+    n_vocab = getattr(tokenizer, "n_vocab", None)
+    if n_vocab is not None and vocab < n_vocab:
+        raise NanoGPT2Error(f"{path} has a vocabulary of {vocab} tokens, fewer than this run's tokenizer "
+                            f"({n_vocab}); resume with the checkpoint's dataset and tokenizer settings")
+    old = state.get("run_config") if isinstance(state.get("run_config"), dict) else {}
+    shape = ("n_layer", "n_head", "n_embd", "vocab_size", "bias", "dropout")
+    ignored = [f"{k}={getattr(cfg, k)!r} (checkpoint: {old[k]!r})" for k in shape
+               if k in old and old[k] != getattr(cfg, k)]
+    if ignored:
+        log(f"warning: resuming keeps the model of {path}; ignoring {', '.join(ignored)} "
+            f"(to train another model, start a new run in another out_dir)")

@@ -71,6 +71,17 @@ def get_lr(step, kind, learning_rate, min_lr, warmup_iters, lr_decay_iters) -> f
     return min_lr + coeff * (learning_rate - min_lr)
 
 
+def run_length(cfg, steps_per_epoch) -> int:
+    """A run's optimizer steps: max_iters, or max_epochs x steps_per_epoch, the fewer when both are set (0: none)."""
+    total = cfg.max_iters if cfg.max_iters > 0 else None
+    if cfg.max_epochs > 0:
+        if not steps_per_epoch:
+            raise NanoGPT2Error("max_epochs needs to know the epoch length; set max_iters instead")
+        by_epochs = cfg.max_epochs * steps_per_epoch
+        total = by_epochs if total is None else min(total, by_epochs)
+    return total or 0
+
+
 def resolve_schedule(cfg, total_steps: int) -> Schedule:
     """The schedule of a run config: lr_decay_iters 0 means the run's length; warmup_ratio > 0 sets the warmup
     from lr_decay_iters."""

@@ -806,22 +806,62 @@ def _save_peft_prompt(model: "PromptTuned", folder: Path, base_model_name_or_pat
 
 
 # ----------------------------------------------------------------------------------------------------
+# The method as model-spec keys (what checkpoints record; nanogpt2.loader rebuilds it)
+
+
+def apply_method_spec(model: nn.Module, spec: dict) -> nn.Module:
+    """The PEFT method a model spec (nanogpt2.loader) records ("adapters", "lora", "prefix", "prompt"), applied to a
+    freshly built model with GPT-2 blocks."""
+    adapters = spec.get("adapters")
+    if adapters is not None:
+        apply_adapters(model, int(adapters["adapter_size"]), bool(adapters.get("train_layernorms", True)))
+    lora = spec.get("lora")
+    if lora is not None:
+        apply_lora(model, int(lora["rank"]), float(lora["alpha"]), lora["targets"], float(lora.get("dropout", 0.0)),
+                   bool(lora.get("use_rslora", False)))
+    prefix = spec.get("prefix")
+    if prefix is not None:
+        apply_prefix(model, int(prefix["prefix_length"]), prefix.get("projection_hidden"))
+    prompt = spec.get("prompt")
+    if prompt is not None:
+        apply_prompt(model, int(prompt["prompt_length"]))
+    return model
+
+
+def method_spec(model: nn.Module) -> dict:
+    """The PEFT method applied to a model's blocks as spec keys: `"lora": {rank, alpha, targets, dropout,
+    use_rslora}`, `"adapters": {adapter_size, train_layernorms}`, `"prefix": {prefix_length, projection_hidden}`,
+    `"prompt": {prompt_length}` ({} for none)."""
+    spec = {}
+    if getattr(model, "lora_config", None) is not None:
+        if any(layer.merged for layer in lora_layers(model).values()):
+            raise NanoGPT2Error("the model's LoRA layers are merged: unmerge_lora(model) before saving it")
+        spec["lora"] = dict(model.lora_config)
+    if getattr(model, "adapter_config", None) is not None:
+        spec["adapters"] = dict(model.adapter_config)
+    if getattr(model, "prefix_config", None) is not None:
+        spec["prefix"] = dict(model.prefix_config)  # projection_hidden None once collapsed: the weights say so too
+    if getattr(model, "prompt_config", None) is not None:
+        spec["prompt"] = dict(model.prompt_config)
+    return spec
+
+
+# ----------------------------------------------------------------------------------------------------
 # Adapter-only weights (nanogpt2's own format, for methods peft cannot express)
 
 ADAPTER_WEIGHTS = "adapter_weights.pt"
 
 
-def save_adapter_weights(model: nn.Module, folder) -> Path:
-    """`folder/adapter_weights.pt`: the model spec and the trainable tensors alone (a few MB for GPT-2 small with
-    adapters), for sharing; `load_adapter_weights` puts them back on the same base model."""
-    from nanogpt2.loader import model_spec
-
+def save_adapter_weights(model: nn.Module, folder, spec: dict) -> Path:
+    """`folder/adapter_weights.pt`: the model spec (nanogpt2.loader.model_spec(model)) and the trainable tensors
+    alone (a few MB for GPT-2 small with adapters), for sharing; `load_adapter_weights` puts them back on the same
+    base model."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
     path = folder / ADAPTER_WEIGHTS
     tmp = path.with_suffix(".tmp")
-    torch.save({"model_spec": model_spec(model), "tensors": tensors}, tmp)
+    torch.save({"model_spec": spec, "tensors": tensors}, tmp)
     tmp.replace(path)
     return path
 

@@ -179,3 +179,16 @@ def mfu(flops_per_token: float, tokens_per_sec: float, peak: float) -> float:
     if not peak or math.isnan(peak):
         return float("nan")
     return flops_per_token * tokens_per_sec / peak
+
+
+def mfu_denominator(model, block_size: int, device, dtype) -> tuple:
+    """(FLOPs per token of `model` at the run's window, the device's peak FLOP/s, where the peak comes from):
+    what a training run's MFU divides by. A model without `flops_per_token` gets NaN (MFU n/a)."""
+    fpt = getattr(model, "flops_per_token", None)
+    block = getattr(getattr(model, "config", None), "block_size", block_size)
+    flops_per_token = fpt(min(block_size, block)) if callable(fpt) else float("nan")
+    # The CPU peak is a matmul probe on random matrices, run once per process (cached): keep it off the
+    # global RNG, or a run's dropout masks would depend on whether an earlier run in the process probed.
+    with torch.random.fork_rng(devices=[]):
+        peak, source = peak_flops(device, dtype)
+    return flops_per_token, peak, source

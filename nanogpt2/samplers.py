@@ -1,6 +1,7 @@
 """
-Batches for training and evaluation, drawn from token sequences (a memmap from nanogpt2/data.py, a tensor, a
-list): the language-modelling windows here; the task samplers of fine-tuning sit beside them.
+Batches for training and evaluation, drawn from token sequences (a memmap from nanogpt2/data.py, ids mapped
+from another tool's files by nanogpt2/token_files.py, a tensor, a list): the language-modelling windows here;
+the task samplers of fine-tuning sit beside them.
 
 - `RandomWindowSampler`: nanoGPT-style random windows of block_size + 1 tokens with a counter-based RNG, so a
   batch is a pure function of (seed, step, rank): seeded, resumable without state, sharded by DDP rank.
@@ -47,9 +48,12 @@ def _describe(tokens) -> str:
 
 
 def _as_tokens(tokens) -> np.ndarray:
+    """An array of ids; a sequence type that slices into arrays itself (nanogpt2.token_files.MappedTokens, ids
+    over many files) passes as it is: never read whole."""
     if isinstance(tokens, torch.Tensor):
         return tokens.detach().cpu().numpy()
-    if isinstance(tokens, np.ndarray):
+    if isinstance(tokens, np.ndarray) or (hasattr(tokens, "__len__") and hasattr(tokens, "__getitem__")
+                                          and not isinstance(tokens, (list, tuple, range))):
         return tokens
     return np.asarray(tokens)
 

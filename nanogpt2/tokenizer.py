@@ -713,7 +713,7 @@ class BPETokenizer(_Base):
         texts = list(texts)
         for t in texts:
             _check_text(t, "encode_batch")
-        num_workers = _num_workers(num_workers)
+        num_workers = resolve_num_workers(num_workers)
         total = sum(map(len, texts))
         # Serial when processes are not worth starting, or not allowed (inside a daemonic worker process).
         if num_workers <= 1 or len(texts) < 2 or total < 200_000 or multiprocessing.current_process().daemon:
@@ -784,7 +784,8 @@ def _chunk_texts(texts, chunk_chars):
         yield chunk
 
 
-def _num_workers(num_workers):
+def resolve_num_workers(num_workers):
+    """The worker processes of a batch encode: None means one per core this process may use."""
     if num_workers is None:
         try:
             return len(os.sched_getaffinity(0))
@@ -846,7 +847,7 @@ class TiktokenTokenizer(_Base):
         texts = list(texts)
         for t in texts:
             _check_text(t, "encode_batch")
-        num_workers = _num_workers(num_workers)
+        num_workers = resolve_num_workers(num_workers)
         total = sum(map(len, texts))
         if num_workers <= 1 or len(texts) < 2 or total < 50_000:
             return [self._enc.encode_ordinary(t) for t in texts]

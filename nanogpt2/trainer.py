@@ -1,7 +1,7 @@
 """
 The training loop: one loop for pretraining (train.py) and fine-tuning (finetune.py).
 
-What one optimizer step does, in order (`Trainer._train_step`):
+What one optimizer step does, in order (`OptimizerStep`):
 
 1. set the learning rate from the schedule, a pure function of the step (`get_lr`);
 2. take this process's rows of the step's global batch from the sampler (one call per step), split
@@ -21,6 +21,13 @@ micro-batches per optimizer step; with N processes (torchrun) each runs gradient
 of them. Each step draws the same global set of windows whatever N is (the sampler hands each rank
 its slice), so a step's gradient does not depend on the number of processes.
 
+The trainer keeps the loop and the order of its stages; its collaborators each own a concept:
+  nanogpt2/distributed.py  the processes: torchrun's ranks, the process group, all-reduce, "one does it, a
+                           failure there stops all"
+  nanogpt2/rundir.py       the run folder: what it holds, the writability check, the checkpoint to resume from
+  nanogpt2/loader.py       the model: built from init_from, or rebuilt from the resume checkpoint's spec
+  nanogpt2/outputs.py      what the run reports: metrics.jsonl, TensorBoard, the progress line, the plot
+
 References: Karpathy's nanoGPT `train.py` (loop, schedule, DDP, MFU); PyTorch AMP recipe (GradScaler,
 unscale before clipping); Loshchilov & Hutter, "Decoupled Weight Decay Regularization" (AdamW).
 
@@ -32,18 +39,39 @@ Reuse (fine-tuning):
     trainer = Trainer(cfg, model=model, tokenizer=tok, make_sampler=lambda t: MySampler(t.rows_per_step, ...),
                       eval_fn=my_eval, loss_fn=my_loss)
     trainer.train()
+
+The optional parts of a Trainer (for finetune.py and tests); each defaults to the pretraining behaviour:
+    model         an nn.Module whose forward fits `loss_fn` (default: built from cfg.init_from)
+    tokenizer     for samples and checkpoints (default: the dataset's)
+    make_sampler  f(trainer) -> sampler with next_batch(device) returning this process's rows of one
+                  optimizer step (trainer.rows_per_step rows), state_dict() and load_state_dict()
+                  (default: RandomWindowSampler over cfg.dataset's train split)
+    eval_fn       f(trainer) -> {"val_loss": float, ...} (default: loss over the validation split)
+    loss_fn       f(trainer, model, micro_batch) -> (loss, n_tokens): the micro-batch's mean loss and the
+                  number of targets it averages over (default: model(x, y, return_logits=False)[1], the loss
+                  without the logits, and the non-ignored targets).
+                  Each micro-batch's mean counts 1/micro_steps of the step's loss (nanoGPT's accumulation);
+                  the step's n_tokens on this process are summed into `trainer.last_loss_tokens`.
+                  It may return a third item, {name: scalar tensor} of terms to log (a distillation loss's
+                  KD and CLM terms): averaged like the loss (over micro-steps and processes) into the step
+                  record under those names, so they reach the progress line, metrics.jsonl and TensorBoard
+    make_optimizer  f(trainer, model) -> optimizer over the raw model's parameters; groups may carry an
+                  `lr_scale` (default: nanogpt2.optim.make_optimizer from the run config)
+    prepare_model f(trainer, model) -> model, applied to a new model (from init_from or scratch; never to
+                  the `model` given here nor to one rebuilt from a checkpoint's spec on resume): finetune.py
+                  applies its PEFT method there, so the spec the checkpoints record includes it
+    steps_per_epoch  optimizer steps per epoch (default: train tokens / tokens per step)
+    hooks         callables hook(trainer, event), event in "train_start" (before the first step of this
+                  process, after a resume), "step_end", "eval_end", "train_end"
 """
 
 import contextlib
-import json
 import math
-import os
 import random
 import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -52,45 +80,25 @@ import torch
 import torch.nn as nn
 
 from nanogpt2 import checkpoint as ckpt_io
-from nanogpt2.config import RunConfig, format_config, load_config, save_config, settings_text, wants_help
-from nanogpt2.errors import EXIT_INTERRUPTED, NanoGPT2Error, write_error
-from nanogpt2.generate import generate
-from nanogpt2.loader import build_model, load_model, model_spec, spec_of
-from nanogpt2.model import GPT, GPTConfig, IGNORE_INDEX
-from nanogpt2.optim import make_optimizer, resolve_schedule, set_lr
-from nanogpt2.perf import mfu, peak_flops
-from nanogpt2.runtime import DTYPES, autocast, resolve_device, resolve_dtype
+from nanogpt2.config import RunConfig, format_config, load_config, settings_text, wants_help
+from nanogpt2.distributed import batch_geometry, dist_from_env
+from nanogpt2.errors import EXIT_INTERRUPTED, NanoGPT2Error
+from nanogpt2.evaluate import loss_only, test_perplexity, validation_loss
+from nanogpt2.loader import build_run_model, check_resume_fits, model_spec
+from nanogpt2.model import GPT, IGNORE_INDEX
+from nanogpt2.optim import make_optimizer, resolve_schedule, run_length, set_lr
+from nanogpt2.outputs import RunOutputs, Throughput, TrainingSamples, fmt_hours, time_left
+from nanogpt2.perf import mfu_denominator
+from nanogpt2.rundir import RunDir
+from nanogpt2.runtime import autocast, resolve_device, resolve_dtype
 
 # ----------------------------------------------------------------------------------------------------
-# Distributed setup
-
-
-@dataclass
-class Dist:
-    rank: int = 0
-    local_rank: int = 0
-    world_size: int = 1
-    enabled: bool = False
-
-    @property
-    def master(self) -> bool:
-        return self.rank == 0
-
-
-def dist_from_env() -> Dist:
-    """torchrun sets RANK, LOCAL_RANK and WORLD_SIZE; without them this is a single process."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ:
-        return Dist(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0")), int(os.environ["WORLD_SIZE"]), True)
-    return Dist()
+# Small helpers
 
 
 def resolve_compile(setting: Optional[bool], device: torch.device) -> bool:
     """torch.compile or not: the setting when given, else on for CUDA and off elsewhere."""
     return setting if setting is not None else device.type == "cuda"
-
-
-# ----------------------------------------------------------------------------------------------------
-# Small helpers
 
 
 def split_batch(batch, n: int) -> list:
@@ -106,16 +114,6 @@ def split_batch(batch, n: int) -> list:
     return [type(batch)(p[i] for p in parts) for i in range(n)]
 
 
-def _architecture(spec: dict) -> dict:
-    """A model spec without what a resume may change: dropout and the attention kernel (attn_impl); a GPT's
-    config completed with today's defaults (a checkpoint written before a field existed)."""
-    config = dict(spec.get("config") or {})
-    if spec.get("kind") == "gpt":
-        config = GPTConfig(**config).to_dict()
-    config = {k: v for k, v in config.items() if k not in ("dropout", "attn_impl")}
-    return {**spec, "config": config}
-
-
 def default_optimizer(trainer, model) -> torch.optim.Optimizer:
     """The run config's AdamW (two groups, lr_scale 1.0)."""
     return make_optimizer(model, trainer.cfg, trainer.device.type)
@@ -125,16 +123,203 @@ def default_loss_fn(trainer, model, batch):
     """The language-modelling loss of a micro-batch (x, y): (mean over its scored targets, how many there are).
     return_logits=False: the model computes the loss in chunks and never holds the (B, T, vocab) logits."""
     x, y = batch
-    return model(x, y, **_loss_only(trainer.raw_model))[1], (y != IGNORE_INDEX).sum()
+    return model(x, y, **loss_only(trainer.raw_model))[1], (y != IGNORE_INDEX).sum()
 
 
-def _loss_only(raw_model) -> dict:
-    """The forward keyword that skips the logits, for a GPT (another model given to the Trainer may not take it)."""
-    return {"return_logits": False} if isinstance(raw_model, GPT) else {}
+# ----------------------------------------------------------------------------------------------------
+# One optimizer step
 
 
-def _fmt_hours(seconds: float) -> str:
-    return f"{seconds / 3600:.2f}h"
+class OptimizerStep:
+    """One optimizer step of a Trainer (the module docstring's 1-3): the schedule's lr, the micro-batches with
+    DDP's gradient sync on the last only, the GradScaler, clipping, the AdamW update, and the skip rules for a
+    non-finite loss or a float16 overflow. It updates the trainer's step counters (bad_steps_in_row,
+    bad_steps_total, overflow_steps, last_step_time, last_loss_tokens, loss_terms)."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def __call__(self) -> dict:
+        """Run optimizer step number trainer.step (0-based); return its metrics."""
+        t = self.trainer
+        t0 = time.perf_counter()
+        lr = t.schedule.lr_at(t.step)
+        set_lr(t.optimizer, lr)  # times each group's lr_scale
+        t.model.train()
+        micro_batches = split_batch(t.sampler.next_batch(t.device), t.micro_steps)
+        loss_sum = torch.zeros((), device=t.device)
+        n_tokens = torch.zeros((), device=t.device)
+        terms = {}  # the loss_fn's extra terms to log, summed like the loss
+        for i, mb in enumerate(micro_batches):
+            last = i == len(micro_batches) - 1
+            sync = t.model.no_sync() if t.dist.enabled and not last else contextlib.nullcontext()
+            with sync:
+                with t.autocast():
+                    loss, n, *more = t.loss_fn(t, t.model, mb)
+                    loss = loss / t.micro_steps  # each micro-batch's mean counts equally: one big batch's mean
+                t.scaler.scale(loss).backward()
+            loss_sum += loss.detach().float()
+            n_tokens += n
+            for name, value in (more[0] if more else {}).items():
+                terms[name] = terms.get(name, 0.0) + value.detach().float() / t.micro_steps
+        # The loss (and its terms), averaged over every micro-batch of every process: one all-reduce.
+        means = t.dist.all_reduce(torch.stack([loss_sum, *terms.values()])) / t.dist.world_size  # (1 + terms,)
+        loss_sum = means[0]
+        t.loss_terms = t.outputs.loss_terms = tuple(terms)
+        t.scaler.unscale_(t.optimizer)  # no-op unless float16
+        params = [p for g in t.optimizer.param_groups for p in g["params"]]
+        max_norm = t.cfg.grad_clip if t.cfg.grad_clip > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        loss_val, norm_val, n_val, *term_vals = torch.stack(
+            [loss_sum, grad_norm.float().to(loss_sum.device), n_tokens, *means[1:]]).tolist()
+        t.last_loss_tokens = int(n_val)
+
+        rec = {"step": t.step + 1, "loss": loss_val, **dict(zip(t.loss_terms, term_vals)), "lr": lr,
+               "grad_norm": norm_val}
+        if not math.isfinite(loss_val) or (not t.scaler.is_enabled() and not math.isfinite(norm_val)):
+            # A non-finite loss (or gradient without a scaler to catch it): skip the update.
+            t.optimizer.zero_grad(set_to_none=True)
+            t.scaler.update()  # resets the scaler's per-step state (halves the scale on inf grads)
+            t.bad_steps_in_row += 1
+            t.bad_steps_total += 1
+            rec["bad_step"] = True
+            t.log(f"step {t.step + 1}: non-finite loss ({loss_val}) or gradient norm ({norm_val}); step skipped "
+                  f"({t.bad_steps_in_row} in a row, {t.bad_steps_total} in all)")
+        else:
+            t.bad_steps_in_row = 0
+            if t.scaler.is_enabled():
+                scale_before = t.scaler.get_scale()
+                t.scaler.step(t.optimizer)  # skipped when the unscaled gradients hold inf/NaN
+                t.scaler.update()
+                rec["loss_scale"] = t.scaler.get_scale()
+                if not math.isfinite(norm_val):
+                    t.overflow_steps += 1
+                    rec["overflow"] = True
+                    t.log(f"step {t.step + 1}: float16 gradient overflow, step skipped, loss scale "
+                          f"{scale_before:g} -> {t.scaler.get_scale():g}")
+            else:
+                t.optimizer.step()
+            t.optimizer.zero_grad(set_to_none=True)
+        t.last_step_time = time.perf_counter() - t0
+        return rec
+
+    def check_bad_steps(self, rec: dict):
+        """Stop the run (a NanoGPT2Error) after max_bad_steps non-finite steps in a row (called once trainer.step
+        counts the step)."""
+        t = self.trainer
+        if rec.get("bad_step") and t.bad_steps_in_row >= t.cfg.max_bad_steps:
+            last_good = t.rundir.latest_checkpoint()
+            where = f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was written yet"
+            raise NanoGPT2Error(
+                f"the loss was non-finite for {t.bad_steps_in_row} steps in a row (steps "
+                f"{t.step - t.bad_steps_in_row + 1}-{t.step}); stopping without saving; {where}. "
+                f"Lower learning_rate, use dtype=bfloat16/float32 or set grad_clip")
+
+
+# ----------------------------------------------------------------------------------------------------
+# A run's checkpoint: what it holds, and putting it back
+
+
+def run_state(trainer) -> dict:
+    """Everything a Trainer needs to continue exactly (all processes call it: the RNG states are gathered)."""
+    t = trainer
+    rng = ckpt_io.rng_state()
+    if t.dist.enabled:
+        all_rng = t.dist.gather(rng)
+        rng = {**all_rng[0], "per_rank": all_rng}
+    return {
+        "model": t.raw_model.state_dict(),
+        "model_spec": model_spec(t.raw_model),  # what the loader rebuilds before the weights
+        "model_config": t.raw_model.config.to_dict() if isinstance(t.raw_model, GPT) else {},
+        "run_config": t.cfg.to_dict(),
+        "tokenizer": ckpt_io.tokenizer_info(t.tokenizer) if t.tokenizer is not None else None,
+        "optimizer": t.optimizer.state_dict(),
+        "scaler": t.scaler.state_dict(),
+        "scheduler": {**t.schedule.__dict__, "lr": t.schedule.lr_at(t.step)},
+        "step": t.step,
+        "epoch": t.epoch,
+        "best_val_loss": t.best_val_loss,
+        "tokens_seen": t.tokens_seen,
+        "sampler": t.sampler.state_dict(),
+        "rng": rng,
+        "world_size": t.dist.world_size,
+    }
+
+
+def restore_run_state(trainer, state: dict) -> None:
+    """Load what a checkpoint holds into a Trainer, but the RNG states (restored last, `restore_rng`)."""
+    t, path = trainer, state["_path"]
+    with ckpt_io.rebuilding(path, "the model weights"):
+        t.raw_model.load_state_dict(ckpt_io.strip_prefixes(state["model"]))
+    with ckpt_io.rebuilding(path, "the optimizer state"):
+        t.optimizer.load_state_dict(state["optimizer"])
+        for group in t.optimizer.param_groups:  # torch does not compare the moments' shapes
+            for p in group["params"]:
+                for k, v in t.optimizer.state.get(p, {}).items():
+                    if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape != p.shape:
+                        raise ValueError(f"{k} of shape {tuple(v.shape)} for a parameter of shape {tuple(p.shape)}")
+        if t.scaler.is_enabled() and state.get("scaler"):
+            t.scaler.load_state_dict(state["scaler"])
+    with ckpt_io.rebuilding(path, "the training state"):
+        t.step = int(state["step"])
+        t.epoch = int(state.get("epoch", 0))
+        t.best_val_loss = float(state.get("best_val_loss", float("inf")))
+        t.tokens_seen = int(state.get("tokens_seen", 0))
+        t.sampler.load_state_dict(state["sampler"])
+    old = state.get("run_config") if isinstance(state.get("run_config"), dict) else {}
+    exactness = ("batch_size", "block_size", "gradient_accumulation_steps", "tokens_per_step", "seed", "dtype")
+    changed = [f"{k} {old[k]!r} -> {getattr(t.cfg, k)!r}" for k in exactness if k in old and old[k] != getattr(t.cfg, k)]
+    if changed:
+        t.log(f"warning: resuming with changed settings ({'; '.join(changed)}): the run continues but "
+              f"does not reproduce an uninterrupted one")
+
+
+def restore_rng(trainer, rng: dict, path=None) -> None:
+    """This process's RNG states from a checkpoint (its own rank's when it was written by as many processes)."""
+    dist = trainer.dist
+    with ckpt_io.rebuilding(path, "the random number generator states"):
+        per_rank = rng.get("per_rank")
+        if per_rank and len(per_rank) == dist.world_size:
+            ckpt_io.set_rng_state(per_rank[dist.rank])
+        else:
+            if dist.world_size > 1 or per_rank:
+                trainer.log("warning: the checkpoint was written with another number of processes; RNG streams differ")
+            ckpt_io.set_rng_state(rng)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Signals
+
+
+class StopSignal:
+    """SIGTERM / SIGINT while training: the first asks the run to stop after the current step (it saves a
+    checkpoint and exits); a second Ctrl-C aborts at once. `name` holds the signal that asked."""
+
+    def __init__(self, master: bool):
+        self.master = master
+        self.name: Optional[str] = None
+
+    def _handle(self, signum, frame):
+        name = signal.Signals(signum).name
+        if self.name is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now
+        self.name = name
+        if self.master:
+            print(f"\n{name} received: finishing the current step, then saving a checkpoint and exiting "
+                  f"(Ctrl-C again to abort without saving)", flush=True)
+
+    @contextlib.contextmanager
+    def installed(self):
+        """The handlers, for the duration of a `with` (the main thread only: signals go there)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        old = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -142,32 +327,8 @@ def _fmt_hours(seconds: float) -> str:
 
 
 class Trainer:
-    """One training run. `Trainer(cfg).train()` is all train.py does.
-
-    Optional parts (for finetune.py and tests); each defaults to the pretraining behaviour:
-      model         an nn.Module whose forward fits `loss_fn` (default: built from cfg.init_from)
-      tokenizer     for samples and checkpoints (default: the dataset's)
-      make_sampler  f(trainer) -> sampler with next_batch(device) returning this process's rows of one
-                    optimizer step (trainer.rows_per_step rows), state_dict() and load_state_dict()
-                    (default: RandomWindowSampler over cfg.dataset's train split)
-      eval_fn       f(trainer) -> {"val_loss": float, ...} (default: loss over the validation split)
-      loss_fn       f(trainer, model, micro_batch) -> (loss, n_tokens): the micro-batch's mean loss and the
-                    number of targets it averages over (default: model(x, y, return_logits=False)[1], the loss
-                    without the logits, and the non-ignored targets).
-                    Each micro-batch's mean counts 1/micro_steps of the step's loss (nanoGPT's accumulation);
-                    the step's n_tokens on this process are summed into `trainer.last_loss_tokens`.
-                    It may return a third item, {name: scalar tensor} of terms to log (a distillation loss's
-                    KD and CLM terms): averaged like the loss (over micro-steps and processes) into the step
-                    record under those names, so they reach the progress line, metrics.jsonl and TensorBoard
-      make_optimizer  f(trainer, model) -> optimizer over the raw model's parameters; groups may carry an
-                    `lr_scale` (default: nanogpt2.optim.make_optimizer from the run config)
-      prepare_model f(trainer, model) -> model, applied to a new model (from init_from or scratch; never to
-                    the `model` given here nor to one rebuilt from a checkpoint's spec on resume): finetune.py
-                    applies its PEFT method there, so the spec the checkpoints record includes it
-      steps_per_epoch  optimizer steps per epoch (default: train tokens / tokens per step)
-      hooks         callables hook(trainer, event), event in "train_start" (before the first step of this
-                    process, after a resume), "step_end", "eval_end", "train_end"
-    """
+    """One training run. `Trainer(cfg).train()` is all train.py does; the optional parts finetune.py and tests
+    give it are listed in the module docstring ("Reuse")."""
 
     def __init__(self, cfg: RunConfig, *, model: Optional[nn.Module] = None, tokenizer=None,
                  make_sampler: Optional[Callable] = None, eval_fn: Optional[Callable] = None,
@@ -183,9 +344,10 @@ class Trainer:
         self.tokenizer = tokenizer
         self.steps_per_epoch = steps_per_epoch
         self.out_dir = Path(cfg.out_dir)
-        self._stop_signal = None  # name of the signal that asked us to stop
-        self._pg_initialized = False
-        self._tb = None
+        self.rundir = RunDir(cfg.out_dir)
+        self.dist = dist_from_env()
+        self.outputs = RunOutputs(self.rundir, cfg, active=self.dist.master, log=self.log)
+        self.stop_signal = StopSignal(self.dist.master)
         try:
             # Setup, in the one order that works: each stage needs the ones above it.
             self._setup_processes()                    # torchrun ranks, device, dtype, process group, seeds
@@ -201,7 +363,7 @@ class Trainer:
             self._setup_wrappers()                     # torch.compile, DDP (checkpoints come from raw_model)
             self._setup_mfu()
             if resume_state is not None:  # last: model init and the MFU probe above draw random numbers
-                self._restore_rng(resume_state["rng"], resume_state["_path"])
+                restore_rng(self, resume_state["rng"], resume_state["_path"])
                 self.log(f"resumed from {resume_state['_path']} at step {self.step} (epoch {self.epoch}, "
                          f"best val loss {self.best_val_loss:.4f})")
         except BaseException:
@@ -212,11 +374,9 @@ class Trainer:
 
     def _setup_processes(self):
         cfg = self.cfg
-        self.dist = dist_from_env()
         self.device = resolve_device(cfg.device, self.dist.local_rank if self.dist.enabled else None)
         self.dtype = resolve_dtype(cfg.dtype, self.device)
-        if self.dist.enabled:
-            self._init_process_group()
+        self.dist.init_process_group(self.device, cfg.backend, cfg.dist_timeout)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
             torch.backends.cuda.matmul.allow_tf32 = True
@@ -226,56 +386,24 @@ class Trainer:
         random.seed(cfg.seed + self.dist.rank)
 
     def _setup_batch_geometry(self):
-        cfg = self.cfg
-        accum = cfg.gradient_accumulation_steps
-        if cfg.tokens_per_step:
-            per_micro = cfg.batch_size * cfg.block_size
-            if cfg.tokens_per_step % per_micro:
-                raise NanoGPT2Error(
-                    f"tokens_per_step={cfg.tokens_per_step} is not a multiple of batch_size * block_size = {per_micro}; "
-                    f"pick a multiple, e.g. {max(1, round(cfg.tokens_per_step / per_micro)) * per_micro}")
-            accum = cfg.tokens_per_step // per_micro
-        W = self.dist.world_size
-        if accum % W:
-            raise NanoGPT2Error(
-                f"gradient_accumulation_steps={accum} is the global count and must be divisible by the "
-                f"{W} processes; use a multiple of {W}")
-        self.accum_steps = accum
-        self.micro_steps = accum // W  # micro-steps each process runs per optimizer step
-        self.rows_per_step = cfg.batch_size * self.micro_steps  # rows this process gets per step
-        self.tokens_per_step = cfg.batch_size * cfg.block_size * accum  # global
+        geometry = batch_geometry(self.cfg, self.dist.world_size)
+        self.accum_steps = geometry.accum_steps
+        self.micro_steps = geometry.micro_steps  # micro-steps each process runs per optimizer step
+        self.rows_per_step = geometry.rows_per_step  # rows this process gets per step
+        self.tokens_per_step = geometry.tokens_per_step  # global
+        if geometry.notice:
+            self.log(geometry.notice)
 
     def _check_out_dir(self):
-        """Refuse an out_dir that cannot be created or written before any work (data, downloads) starts, without
-        creating it: a run refused later leaves the file system as it was."""
-        def check():
-            existing = self.out_dir.absolute()
-            while not existing.exists() and existing != existing.parent:
-                existing = existing.parent
-            why = ("Not a directory" if not existing.is_dir() else
-                   "Permission denied" if not os.access(existing, os.W_OK | os.X_OK) else None)
-            if why:
-                raise NanoGPT2Error(f"cannot write to out_dir={self.cfg.out_dir} ({why}: {existing}); "
-                                    f"pick a folder you can write to")
-
-        self._together(self.dist.master, check, f"cannot write to out_dir={self.cfg.out_dir} (see rank 0's error)")
+        """Refuse, before any work (data, downloads) starts and without writing anything, an out_dir that cannot be
+        written, that a live run owns, or whose earlier run a fresh start would replace."""
+        self.dist.together(self.dist.master, lambda: self.rundir.check_start(self.cfg),
+                           f"out_dir={self.cfg.out_dir} refused on rank 0 (see its error)")
 
     def _setup_outputs(self):
-        cfg = self.cfg
-        self.log(format_config(cfg))
-
-        def write():  # rank 0 writes
-            try:
-                self.out_dir.mkdir(parents=True, exist_ok=True)
-                save_config(cfg, self.out_dir / "config.json")
-                for stray in ckpt_io.remove_stray_temp_files(self.out_dir):
-                    self.log(f"removed {stray.name}, left by a checkpoint save that was killed")
-            except OSError as e:
-                raise NanoGPT2Error(f"cannot write to out_dir={cfg.out_dir} ({e.strerror or e}); "
-                                    f"pick a folder you can write to") from None
-
-        self._together(self.dist.master, write, f"cannot write to out_dir={cfg.out_dir} (see rank 0's error)")
-        self._metrics_path = self.out_dir / "metrics.jsonl"
+        self.log(format_config(self.cfg))
+        self.dist.together(self.dist.master, lambda: self.rundir.create(self.cfg, self.log),
+                           f"cannot write to out_dir={self.cfg.out_dir} (see rank 0's error)")
 
     def _setup_data(self, make_sampler):
         if make_sampler is None:
@@ -283,26 +411,22 @@ class Trainer:
         else:
             self.sampler = make_sampler(self)
             self.train_tokens = None
-        self._check_sample_prompt()
+        TrainingSamples(self.cfg, self.tokenizer).check_prompt()
 
     def _setup_run_length(self):
-        cfg = self.cfg
         if self.steps_per_epoch is None and self.train_tokens is not None:
             self.steps_per_epoch = max(1, math.ceil(self.train_tokens / self.tokens_per_step))
-        total = cfg.max_iters if cfg.max_iters > 0 else None
-        if cfg.max_epochs > 0:
-            if not self.steps_per_epoch:
-                raise NanoGPT2Error("max_epochs needs to know the epoch length; set max_iters instead")
-            by_epochs = cfg.max_epochs * self.steps_per_epoch
-            total = by_epochs if total is None else min(total, by_epochs)
-        self.max_steps = total or 0
-        self.schedule = resolve_schedule(cfg, self.max_steps)
+        self.max_steps = run_length(self.cfg, self.steps_per_epoch)
+        self.schedule = resolve_schedule(self.cfg, self.max_steps)
 
     def _setup_model(self, model, resume_state):
-        self.raw_model = self._build_model(model, resume_state)
+        self.raw_model = build_run_model(
+            self.cfg, self.tokenizer, model=model, resume_state=resume_state, log=self.log,
+            prepare=None if self.prepare_model is None else lambda m: self.prepare_model(self, m))
         self.raw_model.to(device=self.device, dtype=torch.float32)  # fp32 master weights and optimizer state
         self.optimizer = self.make_optimizer(self, self.raw_model)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == "float16")
+        self._optimizer_step = OptimizerStep(self)
         self.step = 0
         self.epoch = 0
         self.best_val_loss = float("inf")
@@ -315,7 +439,7 @@ class Trainer:
         self.loss_terms = ()  # names of the extra terms the loss_fn returned at the latest step
         self.last_record = None  # metrics of the latest step (for hooks)
         if resume_state is not None:
-            self._restore(resume_state)
+            restore_run_state(self, resume_state)
 
     def _setup_wrappers(self):
         self.model = self.raw_model
@@ -331,236 +455,32 @@ class Trainer:
 
     def _setup_mfu(self):
         """The MFU denominator: the model's FLOPs per token and the device's peak."""
-        fpt = getattr(self.raw_model, "flops_per_token", None)
-        block = getattr(getattr(self.raw_model, "config", None), "block_size", self.cfg.block_size)
-        self.flops_per_token = fpt(min(self.cfg.block_size, block)) if callable(fpt) else float("nan")
-        # The CPU peak is a matmul probe on random matrices, run once per process (cached): keep it off the
-        # global RNG, or a run's dropout masks would depend on whether an earlier run in the process probed.
-        with torch.random.fork_rng(devices=[]):
-            self.peak_flops, self.peak_source = peak_flops(self.device, self.dtype)
+        self.flops_per_token, self.peak_flops, self.peak_source = mfu_denominator(
+            self.raw_model, self.cfg.block_size, self.device, self.dtype)
 
     # --- setup helpers -------------------------------------------------------------------------------
 
-    def _init_process_group(self):
-        import torch.distributed as td
-
-        backend = self.cfg.backend or ("nccl" if self.device.type == "cuda" else "gloo")
-        if self.device.type == "cuda":
-            torch.cuda.set_device(self.device)
-        td.init_process_group(backend=backend)
-        self._pg_initialized = True
-
     def _setup_default_data(self):
-        from nanogpt2.data import prepare_dataset
+        from nanogpt2.data import prepare_run_data
         from nanogpt2.samplers import RandomWindowSampler
 
         cfg = self.cfg
-        # The first process per machine prepares (downloads, tokenizes, writes memmaps); the others wait for
-        # it (an all-reduce of its failure flag, so that they stop with it instead of hanging), then read the cache.
-        def prepare(quiet):
-            return prepare_dataset(cfg.dataset, tokenizer=None if cfg.tokenizer == "auto" else cfg.tokenizer,
-                                   data_path=cfg.data_path or None, val_fraction=cfg.val_fraction, quiet=quiet)
-
-        ds = self._together(self.dist.local_rank == 0, lambda: prepare(quiet=not self.dist.master),
-                            "preparing the dataset failed on another process (see its error)")
-        if self.dist.local_rank != 0:
-            ds = prepare(quiet=True)
-        self.dataset = ds
-        if self.tokenizer is None:
-            self.tokenizer = ds.tokenizer()
-        elif ckpt_io.tokenizer_info(self.tokenizer) != ckpt_io.tokenizer_info(ds.tokenizer()):
-            raise NanoGPT2Error(f"{cfg.dataset} is tokenized with {ds.tokenizer().name!r}, but this run's model uses "
-                                f"{self.tokenizer.name!r}; set tokenizer={self.tokenizer.name} (or another dataset)")
-        train, val = ds.tokens("train"), ds.tokens("val")
-        T = cfg.block_size
-        for split, toks in (("train", train), ("val", val)):
-            if len(toks) < T + 1:
-                raise NanoGPT2Error(
-                    f"the {split} split of {cfg.dataset} has {len(toks)} tokens, fewer than block_size + 1 = {T + 1}; "
-                    f"lower block_size or use more data")
+        self.dataset, self.tokenizer, train, val = prepare_run_data(cfg, self.dist, self.tokenizer)
         self.train_tokens = len(train)
         self.val_data = val
-        self.sampler = RandomWindowSampler(train, T, self.rows_per_step, seed=cfg.seed,
+        self.sampler = RandomWindowSampler(train, cfg.block_size, self.rows_per_step, seed=cfg.seed,
                                            rank=self.dist.rank, world_size=self.dist.world_size)
         if self.eval_fn is None:
-            self.eval_fn = Trainer.evaluate_val
+            self.eval_fn = validation_loss
         self.log(f"data: {cfg.dataset} ({self.tokenizer.name} tokenizer, vocab {self.tokenizer.n_vocab}): "
-                 f"{len(train):,} train / {len(val):,} val tokens in {ds.dir}")
+                 f"{len(train):,} train / {len(val):,} val tokens in {self.dataset.dir}")
 
     def _find_resume(self):
-        cfg = self.cfg
-        spec = cfg.resume_from or ("auto" if cfg.init_from == "resume" else "")
-        if not spec:
-            if self.dist.master and ckpt_io.list_checkpoints(self.out_dir):
-                self.log(f"note: {self.out_dir} already holds checkpoints from an earlier run; this run starts "
-                         f"fresh (use --resume_from auto to continue it)")
-            return None
-        if spec == "auto" and not ckpt_io.list_checkpoints(self.out_dir):
-            if cfg.init_from == "resume":
-                raise NanoGPT2Error(f"init_from=resume but there is no checkpoint in {self.out_dir}; "
-                                    f"check out_dir or start with init_from=scratch")
-            self.log(f"resume_from=auto: no checkpoint in {self.out_dir} yet, starting fresh")
-            return None
-        folder = self.out_dir if spec == "auto" else Path(spec)
-        if folder.is_dir():  # the highest stored step; damaged checkpoints are skipped, and said so
-            path, state, skipped = ckpt_io.load_latest(folder, check=self._check_resumable)
-            for bad, why in skipped:
-                self.log(f"warning: skipping {bad.name}: {why}")
-            if skipped:
-                self.log(f"warning: falling back to {path.name} (step {state['step']})")
-        else:
-            path = ckpt_io.find_checkpoint(spec, "latest")
-            state = ckpt_io.load_checkpoint(path, map_location="cpu")
-            self._check_resumable(path, state)
-        if ckpt_io.CHECKSUM not in state:
-            self.log(f"note: {path} has no checksum (written by an earlier nanogpt2): loaded without verification")
-        state["_path"] = str(path)
-        self._check_resume_fits(state)
+        """The checkpoint to resume from (or None), checked against this run's tokenizer and block size."""
+        state = self.rundir.find_resume(self.cfg, self.log)
+        if state is not None:
+            check_resume_fits(self.cfg, state, self.tokenizer, self.log)
         return state
-
-    @staticmethod
-    def _check_resumable(path, state):
-        for key in ("optimizer", "step", "sampler", "rng"):
-            if key not in state:
-                raise NanoGPT2Error(f"{path} has no {key!r}: it holds weights only and cannot be resumed; "
-                                    f"use --init_from={path} to start a new run from its weights")
-
-    def _check_resume_fits(self, state):
-        """Refuse a resume the checkpoint's model cannot run (another vocabulary, a longer context); warn about
-        model settings of this config that the checkpoint's architecture overrides."""
-        cfg, path = self.cfg, state["_path"]
-        with ckpt_io.rebuilding(path, "the model"):
-            spec = spec_of(state)
-        saved = state.get("tokenizer")
-        mine = ckpt_io.tokenizer_info(self.tokenizer) if self.tokenizer is not None else None
-        if isinstance(saved, dict) and mine is not None and saved != mine:
-            def desc(info):
-                chars = info.get("chars")
-                return f"{info.get('name')!r}" + (f" ({len(chars)} characters)" if isinstance(chars, str) else "")
-            raise NanoGPT2Error(f"{path} was trained with the tokenizer {desc(saved)}, but this run's data "
-                                f"(dataset={cfg.dataset}) uses {desc(mine)}: the token ids would mean other things; "
-                                f"resume with the checkpoint's dataset and tokenizer settings, or start a new run")
-        if spec.get("kind") != "gpt":  # another registered kind: its own module checks its shape
-            return
-        with ckpt_io.rebuilding(path, "the model"):
-            mconf = GPTConfig(**(spec.get("config") or {}))
-            ctx, vocab = int(mconf.block_size), int(mconf.vocab_size)
-        if cfg.block_size > ctx:
-            raise NanoGPT2Error(f"block_size={cfg.block_size} is longer than the context of {path} ({ctx} positions): "
-                                f"resume with --block_size={ctx} or less, or start a new run")
-        n_vocab = getattr(self.tokenizer, "n_vocab", None)
-        if n_vocab is not None and vocab < n_vocab:
-            raise NanoGPT2Error(f"{path} has a vocabulary of {vocab} tokens, fewer than this run's tokenizer "
-                                f"({n_vocab}); resume with the checkpoint's dataset and tokenizer settings")
-        old = state.get("run_config") if isinstance(state.get("run_config"), dict) else {}
-        shape = ("n_layer", "n_head", "n_embd", "vocab_size", "bias", "dropout")
-        ignored = [f"{k}={getattr(cfg, k)!r} (checkpoint: {old[k]!r})" for k in shape
-                   if k in old and old[k] != getattr(cfg, k)]
-        if ignored:
-            self.log(f"warning: resuming keeps the model of {path}; ignoring {', '.join(ignored)} "
-                     f"(to train another model, start a new run in another out_dir)")
-
-    def _build_model(self, model, resume_state):
-        """The model to train: the one given to the Trainer (resumed into, on resume), else the checkpoint's
-        (its weights come in _restore), else a new one from init_from."""
-        cfg = self.cfg
-        if resume_state is not None:
-            path = resume_state["_path"]
-            with ckpt_io.rebuilding(path, "the model"):
-                spec = spec_of(resume_state)
-                if model is None:
-                    return build_model(spec)
-            if _architecture(model_spec(model)) != _architecture(spec):
-                raise NanoGPT2Error(f"{path} holds another model than the one this run was given "
-                                    f"({_architecture(spec)} vs {_architecture(model_spec(model))}); resume with the "
-                                    f"same model, or start a new run in another out_dir")
-            return model
-        if model is not None:
-            return model
-        fresh = self._scratch_model() if cfg.init_from in ("scratch", "resume") else self._init_model()
-        model = self.prepare_model(self, fresh) if self.prepare_model is not None else fresh
-        self._fit_context(model)
-        return model
-
-    def _fit_context(self, model):
-        """Crop the positional table to the run's windows (nanoGPT's model surgery: GPT-2's 1024 -> block_size),
-        keeping the positions a method spends on itself (a prefix: context_length = block_size - P)."""
-        context = getattr(model, "context_length", None)
-        if context is None:
-            return
-        cfg = self.cfg
-        if cfg.block_size > context:
-            spent = model.config.block_size - context
-            raise NanoGPT2Error(f"block_size={cfg.block_size} exceeds the model's context of {context} tokens"
-                                + (f" ({model.config.block_size} positions, {spent} of them taken by the prefix)" if spent else "")
-                                + f"; lower block_size to {context}")
-        if cfg.block_size < context:
-            model.crop_block_size(model.config.block_size - (context - cfg.block_size))
-
-    def _init_model(self) -> GPT:
-        """The GPT of init_from (a GPT-2 name, an HF folder, a checkpoint), checked against this run."""
-        cfg = self.cfg
-        m, info = load_model(cfg.init_from, dropout=cfg.dropout, log=lambda msg: self.log(f"warning: {msg}"))
-        mine = ckpt_io.tokenizer_info(self.tokenizer) if self.tokenizer is not None else None
-        if mine is not None and info["tokenizer"] != mine:
-            raise NanoGPT2Error(f"init_from={cfg.init_from} was trained with tokenizer {info['tokenizer'].get('name')!r} "
-                                f"(another vocabulary than this run's {mine['name']!r}); use the same tokenizer "
-                                f"(tokenizer=gpt2 for GPT-2 weights)")
-        if not isinstance(m, GPT):
-            raise NanoGPT2Error(f"init_from={cfg.init_from} holds a {type(m).__name__} ({info['spec'].get('kind')}); "
-                                f"train.py starts from a GPT: resume that run with --resume_from instead")
-        self.log(f"model: {info['description']}, {m.param_counts()['total'] / 1e6:.2f}M parameters")
-        return m
-
-    def _scratch_model(self) -> GPT:
-        cfg = self.cfg
-        n_vocab = self.tokenizer.n_vocab if self.tokenizer is not None else None
-        vocab = cfg.vocab_size or n_vocab
-        if vocab is None:
-            raise NanoGPT2Error("vocab_size is not set and there is no tokenizer to take it from")
-        if n_vocab is not None and vocab < n_vocab:
-            raise NanoGPT2Error(f"vocab_size={vocab} is smaller than the tokenizer's {n_vocab} tokens")
-        m, _ = load_model("scratch", config=GPTConfig(block_size=cfg.block_size, vocab_size=vocab, n_layer=cfg.n_layer,
-                                                      n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias))
-        self.log(f"model: GPT from scratch, {m.param_counts()['total'] / 1e6:.2f}M parameters")
-        return m
-
-    def _restore(self, state):
-        """Load what a checkpoint holds, but the RNG states (restored last, see __init__)."""
-        cfg, path = self.cfg, state["_path"]
-        with ckpt_io.rebuilding(path, "the model weights"):
-            self.raw_model.load_state_dict(ckpt_io.strip_prefixes(state["model"]))
-        with ckpt_io.rebuilding(path, "the optimizer state"):
-            self.optimizer.load_state_dict(state["optimizer"])
-            for group in self.optimizer.param_groups:  # torch does not compare the moments' shapes
-                for p in group["params"]:
-                    for k, v in self.optimizer.state.get(p, {}).items():
-                        if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape != p.shape:
-                            raise ValueError(f"{k} of shape {tuple(v.shape)} for a parameter of shape {tuple(p.shape)}")
-            if self.scaler.is_enabled() and state.get("scaler"):
-                self.scaler.load_state_dict(state["scaler"])
-        with ckpt_io.rebuilding(path, "the training state"):
-            self.step = int(state["step"])
-            self.epoch = int(state.get("epoch", 0))
-            self.best_val_loss = float(state.get("best_val_loss", float("inf")))
-            self.tokens_seen = int(state.get("tokens_seen", 0))
-            self.sampler.load_state_dict(state["sampler"])
-        old = state.get("run_config") if isinstance(state.get("run_config"), dict) else {}
-        exactness = ("batch_size", "block_size", "gradient_accumulation_steps", "tokens_per_step", "seed", "dtype")
-        changed = [f"{k} {old[k]!r} -> {getattr(cfg, k)!r}" for k in exactness if k in old and old[k] != getattr(cfg, k)]
-        if changed:
-            self.log(f"warning: resuming with changed settings ({'; '.join(changed)}): the run continues but "
-                     f"does not reproduce an uninterrupted one")
-
-    def _restore_rng(self, rng: dict, path=None):
-        with ckpt_io.rebuilding(path, "the random number generator states"):
-            per_rank = rng.get("per_rank")
-            if per_rank and len(per_rank) == self.dist.world_size:
-                ckpt_io.set_rng_state(per_rank[self.dist.rank])
-            else:
-                if self.dist.world_size > 1 or per_rank:
-                    self.log("warning: the checkpoint was written with another number of processes; RNG streams differ")
-                ckpt_io.set_rng_state(rng)
 
     # --- helpers ----------------------------------------------------------------------------------------
 
@@ -571,150 +491,35 @@ class Trainer:
     def autocast(self):
         return autocast(self.device, self.dtype)
 
-    def _together(self, runs_here: bool, fn, elsewhere: str):
-        """fn() on the processes where `runs_here` (rank 0, or each machine's first); a NanoGPT2Error there
-        stops every process (its failure flag is all-reduced), so none hangs at a later collective. Returns fn's
-        result (None where it did not run); the others raise NanoGPT2Error(elsewhere)."""
-        failed, error, result = torch.zeros(1, device=self.device), None, None
-        if runs_here:
-            try:
-                result = fn()
-            except NanoGPT2Error as e:
-                failed[0], error = 1.0, e
-        if self._all_reduce(failed, op="max").item():
-            raise error or NanoGPT2Error(elsewhere)
-        return result
-
-    def _all_reduce(self, t: torch.Tensor, op="sum") -> torch.Tensor:
-        if self.dist.enabled:
-            import torch.distributed as td
-
-            td.all_reduce(t, op=td.ReduceOp.SUM if op == "sum" else td.ReduceOp.MAX)
-        return t
-
     def _emit(self, event: str):
         for hook in self.hooks:
             hook(self, event)
 
-    # --- one optimizer step -----------------------------------------------------------------------------
-
     def _train_step(self) -> dict:
-        """Run optimizer step number self.step (0-based); return its metrics."""
-        t0 = time.perf_counter()
-        lr = self.schedule.lr_at(self.step)
-        set_lr(self.optimizer, lr)  # times each group's lr_scale
-        self.model.train()
-        micro_batches = split_batch(self.sampler.next_batch(self.device), self.micro_steps)
-        loss_sum = torch.zeros((), device=self.device)
-        n_tokens = torch.zeros((), device=self.device)
-        terms = {}  # the loss_fn's extra terms to log, summed like the loss
-        for i, mb in enumerate(micro_batches):
-            last = i == len(micro_batches) - 1
-            sync = self.model.no_sync() if self.dist.enabled and not last else contextlib.nullcontext()
-            with sync:
-                with self.autocast():
-                    loss, n, *more = self.loss_fn(self, self.model, mb)
-                    loss = loss / self.micro_steps  # each micro-batch's mean counts equally: one big batch's mean
-                self.scaler.scale(loss).backward()
-            loss_sum += loss.detach().float()
-            n_tokens += n
-            for name, value in (more[0] if more else {}).items():
-                terms[name] = terms.get(name, 0.0) + value.detach().float() / self.micro_steps
-        # The loss (and its terms), averaged over every micro-batch of every process: one all-reduce.
-        means = self._all_reduce(torch.stack([loss_sum, *terms.values()])) / self.dist.world_size  # (1 + terms,)
-        loss_sum = means[0]
-        self.loss_terms = tuple(terms)
-        self.scaler.unscale_(self.optimizer)  # no-op unless float16
-        params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-        loss_val, norm_val, n_val, *term_vals = torch.stack(
-            [loss_sum, grad_norm.float().to(loss_sum.device), n_tokens, *means[1:]]).tolist()
-        self.last_loss_tokens = int(n_val)
-
-        rec = {"step": self.step + 1, "loss": loss_val, **dict(zip(self.loss_terms, term_vals)), "lr": lr,
-               "grad_norm": norm_val}
-        if not math.isfinite(loss_val) or (not self.scaler.is_enabled() and not math.isfinite(norm_val)):
-            # A non-finite loss (or gradient without a scaler to catch it): skip the update.
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.update()  # resets the scaler's per-step state (halves the scale on inf grads)
-            self.bad_steps_in_row += 1
-            self.bad_steps_total += 1
-            rec["bad_step"] = True
-            self.log(f"step {self.step + 1}: non-finite loss ({loss_val}) or gradient norm ({norm_val}); step skipped "
-                     f"({self.bad_steps_in_row} in a row, {self.bad_steps_total} in all)")
-        else:
-            self.bad_steps_in_row = 0
-            if self.scaler.is_enabled():
-                scale_before = self.scaler.get_scale()
-                self.scaler.step(self.optimizer)  # skipped when the unscaled gradients hold inf/NaN
-                self.scaler.update()
-                rec["loss_scale"] = self.scaler.get_scale()
-                if not math.isfinite(norm_val):
-                    self.overflow_steps += 1
-                    rec["overflow"] = True
-                    self.log(f"step {self.step + 1}: float16 gradient overflow, step skipped, loss scale "
-                             f"{scale_before:g} -> {self.scaler.get_scale():g}")
-            else:
-                self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-        self.last_step_time = time.perf_counter() - t0
-        return rec
+        """Run optimizer step number self.step (0-based); return its metrics (OptimizerStep)."""
+        return self._optimizer_step()
 
     # --- evaluation -------------------------------------------------------------------------------------
 
-    @torch.no_grad()
     def evaluate_val(self) -> dict:
-        """Mean loss over `eval_iters` validation batches (0: the whole split) of non-overlapping windows, each
-        process taking every world_size-th batch; token-weighted and all-reduced. Returns val_loss, val_ppl."""
-        from nanogpt2.samplers import eval_windows
+        """The validation loss of the current weights (nanogpt2.evaluate.validation_loss)."""
+        return validation_loss(self)
 
-        cfg = self.cfg
-        model = self.eval_model
-        model.eval()
-        total = torch.zeros(2, device=self.device, dtype=torch.float64)  # (sum of token losses, tokens)
-        # The first eval_iters batches of the split (built on the CPU); this process takes every world_size-th.
-        batches = eval_windows(self.val_data, cfg.block_size, cfg.batch_size, max_batches=cfg.eval_iters or None)
-        for i, (x, y) in enumerate(batches):
-            if i % self.dist.world_size != self.dist.rank:
-                continue
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            with self.autocast():
-                _, loss = model(x, y, **_loss_only(self.raw_model))  # the loss alone: no (B, T, vocab) logits
-            n = (y != IGNORE_INDEX).sum()
-            total += torch.stack([loss.double() * n, n.double()])
-        self._all_reduce(total)
-        loss_sum, count = total.tolist()
-        if count == 0:
-            raise NanoGPT2Error("the validation split yields no full window; lower block_size")
-        val_loss = loss_sum / count
-        return {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 700.0))}
-
-    @torch.no_grad()
     def evaluate_test(self) -> Optional[dict]:
-        """The final test evaluation (`test_eval`): strided perplexity of the last weights on the dataset's
-        own test split, when it has one — the numbers papers report (nanogpt2/evaluate.py). Under DDP every
-        process scores its share of the windows and the sums are all-reduced; rank 0 logs the result and
-        appends it to metrics.jsonl as test_loss, test_ppl, test_bits_per_byte."""
-        from nanogpt2.evaluate import evaluate_perplexity
-
-        cfg, ds = self.cfg, getattr(self, "dataset", None)
-        if not (cfg.test_eval and ds is not None and "test" in ds.meta.get("splits", {})):
+        """The final test evaluation (`test_eval`, nanogpt2.evaluate.test_perplexity): rank 0 logs it and appends
+        it to metrics.jsonl as test_loss, test_ppl, test_bits_per_byte."""
+        res = test_perplexity(self)
+        if res is None:
             return None
-        block = min(cfg.block_size, self.raw_model.config.block_size)
-        res = evaluate_perplexity(self.raw_model, ds.tokens("test"), block_size=block,
-                                  stride=min(cfg.test_stride, block), batch_size=cfg.batch_size, device=self.device,
-                                  dtype=None if self.dtype == "float32" else DTYPES[self.dtype],
-                                  n_bytes=ds.meta["splits"]["test"].get("text_bytes"),
-                                  rank=self.dist.rank, world_size=self.dist.world_size, all_reduce=self._all_reduce)
         self.raw_model.train()
         if not self.dist.master:
             return None
         rec = {"step": self.step, "test_loss": res["loss"], "test_ppl": res["ppl"],
                "test_bits_per_byte": res.get("bits_per_byte"), "test_tokens": res["tokens"], "test_stride": res["stride"]}
-        self.log(f"test ({res['tokens']:,} tokens, block {block}, stride {res['stride']}) | loss {res['loss']:.4f} | "
-                 f"ppl {res['ppl']:.2f}" + (f" | {res['bits_per_byte']:.4f} bits/byte" if res.get("bits_per_byte") else ""))
-        self._write_record(rec)
+        self.log(f"test ({res['tokens']:,} tokens, block {res['block_size']}, stride {res['stride']}) | loss "
+                 f"{res['loss']:.4f} | ppl {res['ppl']:.2f}"
+                 + (f" | {res['bits_per_byte']:.4f} bits/byte" if res.get("bits_per_byte") else ""))
+        self.outputs.write(rec)
         return rec
 
     def _evaluate(self, rec: dict, reason: str):
@@ -734,247 +539,64 @@ class Trainer:
 
     # --- samples ----------------------------------------------------------------------------------------
 
-    @torch.no_grad()
     def sample(self) -> Optional[str]:
         """A short generated text from the current weights (rank 0; own RNG, so training is unaffected)."""
         if not self.dist.master or self.tokenizer is None or not isinstance(self.raw_model, GPT):
             return None
-        cfg, tok, model = self.cfg, self.tokenizer, self.raw_model
-        ids = self._sample_prompt_ids()
-        idx = torch.tensor([ids], dtype=torch.long, device=self.device)  # (1, T0)
-        gen = torch.Generator(device=self.device).manual_seed(cfg.seed + self.step)
-        model.eval()
-        try:
-            with self.autocast():
-                out = generate(model, idx, cfg.sample_tokens, temperature=cfg.sample_temperature,
-                               top_k=cfg.sample_top_k or None, generator=gen, tokenizer=tok)
-        finally:
-            model.train()
-        return tok.decode(out[0, len(ids):].tolist())
-
-    def _sample_prompt_ids(self) -> list:
-        """The token ids the samples start from: sample_prompt, else the end-of-text token (char: a newline)."""
-        tok = self.tokenizer
-        if self.cfg.sample_prompt:
-            return tok.encode(self.cfg.sample_prompt)
-        if tok.eot_token is not None:
-            return [tok.eot_token]
-        return tok.encode("\n") if "\n" in getattr(tok, "chars", "\n") else [0]
-
-    def _check_sample_prompt(self):
-        """Encode sample_prompt once at start: a prompt the tokenizer cannot encode would otherwise stop the
-        run at its first sample, losing the steps since the last checkpoint."""
-        if not (self.cfg.sample_interval and self.cfg.sample_prompt and self.tokenizer is not None):
-            return
-        try:
-            self._sample_prompt_ids()
-        except NanoGPT2Error as e:
-            chars = getattr(self.tokenizer, "chars", None)
-            why = (f"it has characters the dataset's character vocabulary lacks: "
-                   f"{sorted(set(self.cfg.sample_prompt) - set(chars))!r}" if chars is not None else str(e))
-            raise NanoGPT2Error(f"sample_prompt={self.cfg.sample_prompt!r} cannot be encoded by the "
-                                f"{getattr(self.tokenizer, 'name', '?')} tokenizer: {why}. Change sample_prompt, or "
-                                f"set sample_interval=0") from None
+        return TrainingSamples(self.cfg, self.tokenizer).generate(self.raw_model, self.step, self.device, self.autocast)
 
     # --- checkpoints ------------------------------------------------------------------------------------
 
     def state_dict(self) -> dict:
-        """Everything needed to continue exactly (see nanogpt2/checkpoint.py for the keys)."""
-        rng = ckpt_io.rng_state()
-        if self.dist.enabled:
-            import torch.distributed as td
-
-            all_rng = [None] * self.dist.world_size
-            td.all_gather_object(all_rng, rng)
-            rng = {**all_rng[0], "per_rank": all_rng}
-        return {
-            "model": self.raw_model.state_dict(),
-            "model_spec": model_spec(self.raw_model),  # what the loader rebuilds before the weights
-            "model_config": self.raw_model.config.to_dict() if isinstance(self.raw_model, GPT) else {},
-            "run_config": self.cfg.to_dict(),
-            "tokenizer": ckpt_io.tokenizer_info(self.tokenizer) if self.tokenizer is not None else None,
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "scheduler": {**self.schedule.__dict__, "lr": self.schedule.lr_at(self.step)},
-            "step": self.step,
-            "epoch": self.epoch,
-            "best_val_loss": self.best_val_loss,
-            "tokens_seen": self.tokens_seen,
-            "sampler": self.sampler.state_dict(),
-            "rng": rng,
-            "world_size": self.dist.world_size,
-        }
+        """Everything needed to continue exactly (run_state; see nanogpt2/checkpoint.py for the keys)."""
+        return run_state(self)
 
     def save(self, name: str) -> Path:
         """Write checkpoint_{name}.pt (all processes must call this: RNG states are gathered; rank 0 writes).
         A failed write (a full disk) is a NanoGPT2Error on every process; the previous checkpoints stay as they were."""
         state = self.state_dict()
-        path = self.out_dir / f"{ckpt_io.PREFIX}{name}{ckpt_io.SUFFIX}"
-        self._together(self.dist.master, lambda: ckpt_io.save_checkpoint(path, state),
+        path = self.rundir.checkpoint_path(name)
+        self.dist.together(self.dist.master, lambda: ckpt_io.save_checkpoint(path, state),
                        f"writing {path} failed on rank 0 (see its error)")
         return path
 
     # --- logging outputs ----------------------------------------------------------------------------------
 
-    def _open_outputs(self, resumed: bool):
-        if not self.dist.master:
-            return
-        if resumed and self._metrics_path.exists():  # drop records past the checkpoint (they will be redone),
-            keep = []                                  # and a final test record (redone at the end)
-            for line in self._metrics_path.read_text().splitlines():
-                try:
-                    rec = json.loads(line)
-                    if rec.get("step", 0) <= self.step and "test_loss" not in rec:
-                        keep.append(line)
-                except ValueError:  # a line cut short by a crash
-                    pass
-            self._metrics_path.write_text("".join(line + "\n" for line in keep))
-        elif not resumed:
-            self._metrics_path.write_text("")
-        if self.cfg.tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                self.log("tensorboard is not installed: no event files (pip install tensorboard)")
-            else:
-                self._tb = SummaryWriter(str(self.out_dir / "tensorboard"), purge_step=self.step + 1 if resumed else None)
-
-    def _write_record(self, rec: dict):
-        if not self.dist.master:
-            return
-        self._append(self._metrics_path, json.dumps(rec) + "\n", "metrics")
-        if self._tb is not None:
-            for key in ("loss", *self.loss_terms, "ppl", "lr", "grad_norm", "tokens_per_sec", "mfu", "val_loss",
-                        "val_ppl", "loss_scale"):
-                if key in rec and rec[key] is not None and math.isfinite(rec[key]):
-                    self._tb.add_scalar(key if key.startswith("val") else f"train/{key}", rec[key], rec["step"])
-
-    def _append(self, path: Path, text: str, what: str):
-        """Append to a log file of out_dir; a full disk is one line naming the file and the free space."""
-        try:
-            with open(path, "a") as f:
-                f.write(text)
-        except OSError as e:
-            raise write_error(e, f"the {what} {path}", self.out_dir,
-                              "free some space (the checkpoints so far are intact), then --resume_from auto",
-                              any_os_error=True) from None
-
     def _time_left(self, step_time: float) -> dict:
-        """elapsed_h; eta_h, the hours to the end of the run (steps left x `step_time`, the mean training-step
-        time of the last log interval; evaluations and checkpoints come on top), or to the end of the wall-clock
-        budget when that comes first; budget_left_h (None without a budget)."""
-        elapsed = time.time() - self.t_start
-        eta = (self.max_steps - self.step) * step_time
-        budget_left = None
-        if self.cfg.max_training_hours > 0:
-            budget_left = max(0.0, self.cfg.max_training_hours * 3600 - elapsed)
-            eta = min(eta, budget_left)
-        return {"elapsed_h": elapsed / 3600, "eta_h": eta / 3600,
-                "budget_left_h": None if budget_left is None else budget_left / 3600}
+        """elapsed_h, eta_h, budget_left_h (nanogpt2.outputs.time_left) after self.step of max_steps."""
+        return time_left(self.t_start, self.max_steps - self.step, step_time, self.cfg.max_training_hours)
 
     def _progress_line(self, rec: dict) -> str:
-        budget = rec["budget_left_h"]
-        by_budget = budget is not None and rec["step"] < self.max_steps and rec["eta_h"] >= budget
-        parts = [
-            f"step {rec['step']}/{self.max_steps}",
-            f"loss {rec['loss']:.4f}",
-            *(f"{name} {rec[name]:.4f}" for name in self.loss_terms if name in rec),
-            f"ppl {rec['ppl']:.2f}",
-            f"lr {rec['lr']:.2e}",
-            f"grad {rec['grad_norm']:.3f}",
-            f"{rec['tokens_per_sec']:,.0f} tok/s",
-            f"MFU {100 * rec['mfu']:.2f}%" if math.isfinite(rec["mfu"]) else "MFU n/a",
-            f"Elapsed: {_fmt_hours(3600 * rec['elapsed_h'])}",
-            f"ETA: {_fmt_hours(3600 * rec['eta_h'])}" + (" (time limit)" if by_budget else ""),
-            f"Budget left: {_fmt_hours(3600 * budget)}" if budget is not None else "Budget left: none",
-        ]
-        return " | ".join(parts)
+        return self.outputs.progress_line(rec, self.max_steps)
 
-    def plot(self):
-        """loss (train and val), perplexity and learning rate against the step, to training_curves.png."""
-        if not (self.cfg.plot and self.dist.master and self._metrics_path.exists()):
-            return None
-        try:
-            import matplotlib
+    @property
+    def _stop_signal(self) -> Optional[str]:
+        """The name of the signal that asked the run to stop (None: none did); a hook may set it."""
+        return self.stop_signal.name
 
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:
-            self.log("matplotlib is not installed: no plot (pip install matplotlib)")
-            return None
-        recs = [json.loads(line) for line in self._metrics_path.read_text().splitlines() if line.strip()]
-        recs = [r for r in recs if "loss" in r]  # step records (not the final test_* record)
-        if not recs:
-            return None
-        fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-        train = [(r["step"], r["loss"]) for r in recs if math.isfinite(r["loss"])]
-        val = [(r["step"], r["val_loss"]) for r in recs if "val_loss" in r]
-        for ax, key, title in ((axes[0], None, "loss"), (axes[1], "ppl", "perplexity")):
-            f = (lambda v: v) if key is None else (lambda v: math.exp(min(v, 50)))
-            if train:
-                ax.plot([s for s, _ in train], [f(v) for _, v in train], label="train")
-            if val:
-                ax.plot([s for s, _ in val], [f(v) for _, v in val], "o-", label="val")
-            ax.set_title(title)
-            ax.set_xlabel("step")
-            ax.legend()
-        axes[1].set_yscale("log")
-        axes[2].plot([r["step"] for r in recs], [r["lr"] for r in recs])
-        axes[2].set_title("learning rate")
-        axes[2].set_xlabel("step")
-        fig.tight_layout()
-        path = self.out_dir / "training_curves.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        return path
-
-    # --- signals ------------------------------------------------------------------------------------------
-
-    def _on_signal(self, signum, frame):
-        name = signal.Signals(signum).name
-        if self._stop_signal is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C: stop now
-        self._stop_signal = name
-        if self.dist.master:
-            print(f"\n{name} received: finishing the current step, then saving a checkpoint and exiting "
-                  f"(Ctrl-C again to abort without saving)", flush=True)
-
-    @contextlib.contextmanager
-    def _signal_handlers(self):
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            yield
-        finally:
-            for s, h in old.items():
-                signal.signal(s, h)
+    @_stop_signal.setter
+    def _stop_signal(self, name: Optional[str]):
+        self.stop_signal.name = name
 
     # --- the loop ---------------------------------------------------------------------------------------
 
     def train(self) -> dict:
         """Train to max_steps (or until a stop); return a summary dict."""
         try:
-            with self._signal_handlers():
+            with self.stop_signal.installed(), self.dist.lost_processes():
                 return self._train()
         finally:
             self.close()
 
     def close(self):
         """Close the TensorBoard writer and leave the process group (idempotent)."""
-        if self._tb is not None:
-            self._tb.close()
-            self._tb = None
-        if self._pg_initialized:
-            import torch.distributed as td
-
-            td.destroy_process_group()
-            self._pg_initialized = False
+        self.outputs.close()
+        self.dist.close()
+        self.rundir.release()
 
     def _train(self) -> dict:
         cfg = self.cfg
-        self._open_outputs(self.step > 0)
+        self.outputs.open(resumed_at=self.step)
         self.log(f"{self.dist.world_size} process(es) on {self.device} ({self.dtype}); "
                  f"{self.accum_steps} micro-steps of {cfg.batch_size} x {cfg.block_size} tokens per step "
                  f"({self.micro_steps} per process) = {self.tokens_per_step:,} tokens/step; "
@@ -989,14 +611,13 @@ class Trainer:
 
         stopped, last_rec = None, None
         self._emit("train_start")
-        self._window = [0, 0.0]  # tokens and seconds of training steps since the last logged step
+        self._throughput = Throughput(self.flops_per_token, self.peak_flops, self.dist.world_size)
         while self.step < self.max_steps:
             rec = self._train_step()
             self.step += 1
             self.tokens_seen += self.tokens_per_step
-            self._window[0] += self.tokens_per_step
-            self._window[1] += self.last_step_time
-            self._check_bad_steps(rec)
+            self._throughput.add(self.tokens_per_step, self.last_step_time)
+            self._optimizer_step.check_bad_steps(rec)
             epoch_end = bool(self.steps_per_epoch) and self.step % self.steps_per_epoch == 0
             if epoch_end:
                 self.epoch += 1
@@ -1018,15 +639,6 @@ class Trainer:
 
     # --- pieces of the loop, in the order they run ---------------------------------------------------------
 
-    def _check_bad_steps(self, rec: dict):
-        if rec.get("bad_step") and self.bad_steps_in_row >= self.cfg.max_bad_steps:
-            last_good, _ = ckpt_io.by_step(self.out_dir)  # the highest stored step first
-            where = f"the last good checkpoint is {last_good[0]}" if last_good else "no checkpoint was written yet"
-            raise NanoGPT2Error(
-                f"the loss was non-finite for {self.bad_steps_in_row} steps in a row (steps "
-                f"{self.step - self.bad_steps_in_row + 1}-{self.step}); stopping without saving; {where}. "
-                f"Lower learning_rate, use dtype=bfloat16/float32 or set grad_clip")
-
     def _evaluate_if_due(self, rec: dict, epoch_end: bool, final: bool):
         """Evaluation: every eval_interval steps, at each epoch end, at the end."""
         if self.eval_fn is None:
@@ -1042,17 +654,12 @@ class Trainer:
         cfg = self.cfg
         if not (self.step % cfg.log_interval == 0 or self.step == 1 or final or "val_loss" in rec):
             return
-        win_tokens, win_time = self._window
-        tps = win_tokens / win_time if win_time > 0 else float("nan")
-        rec["tokens_per_sec"] = tps
-        rec["mfu"] = mfu(self.flops_per_token, tps / self.dist.world_size, self.peak_flops)
-        step_time = win_time * self.tokens_per_step / win_tokens if win_tokens else self.last_step_time
+        step_time = self._throughput.take(rec, self.tokens_per_step, self.last_step_time)
         rec.update(self._time_left(step_time))
         rec["tokens"] = self.tokens_seen
         if self.step % cfg.log_interval == 0 or self.step == 1 or final:
             self.log(self._progress_line(rec))
-        self._write_record(rec)
-        self._window = [0, 0.0]
+        self.outputs.write(rec)
 
     def _periodic_outputs(self, epoch_end: bool, final: bool):
         """Samples every sample_interval steps; step and epoch checkpoints (the final one is saved at the end)."""
@@ -1061,15 +668,15 @@ class Trainer:
             text = self.sample()
             if text is not None:
                 self.log(f"--- sample at step {self.step} ---\n{text}\n---")
-                self._append(self.out_dir / "samples.txt", f"--- step {self.step} ---\n{text}\n", "samples")
+                self.outputs.write_sample(self.step, text)
         if cfg.checkpoint_interval and self.step % cfg.checkpoint_interval == 0 and not final:
             self.save(f"step_{self.step}")
             if self.dist.master:
-                ckpt_io.prune_checkpoints(self.out_dir, "step", cfg.keep_last)
+                self.rundir.prune("step", cfg.keep_last)
         if epoch_end and not final:
             self.save(f"epoch_{self.epoch}")
             if self.dist.master:
-                ckpt_io.prune_checkpoints(self.out_dir, "epoch", cfg.keep_last)
+                self.rundir.prune("epoch", cfg.keep_last)
 
     def _agreed_stops(self):
         """(a signal arrived, the next step would cross the wall-clock budget, elapsed seconds): agreed by all
@@ -1080,7 +687,7 @@ class Trainer:
         time_up = limit > 0 and elapsed + self.last_step_time >= limit
         if self.dist.enabled:
             flags = torch.tensor([float(sig), float(time_up)], device=self.device)
-            sig, time_up = (bool(v) for v in self._all_reduce(flags, op="max").tolist())
+            sig, time_up = (bool(v) for v in self.dist.all_reduce(flags, op="max").tolist())
         return sig, time_up, elapsed
 
     def _stop(self, sig: bool, time_up: bool, elapsed: float) -> Optional[str]:
@@ -1093,7 +700,7 @@ class Trainer:
         if time_up:
             path = self.save("time_limit")
             self.log(f"wall-clock limit max_training_hours={self.cfg.max_training_hours} reached after step {self.step} "
-                     f"(Elapsed: {_fmt_hours(elapsed)}): saved {path}; continue with --resume_from auto")
+                     f"(Elapsed: {fmt_hours(elapsed)}): saved {path}; continue with --resume_from auto")
             return "time_limit"
         return None
 
@@ -1102,23 +709,20 @@ class Trainer:
         test_rec = None
         if stopped is None:
             path = self.save("final")
-            self.log(f"done: {self.step} steps in {_fmt_hours(time.time() - self.t_start)}; saved {path}; "
+            self.log(f"done: {self.step} steps in {fmt_hours(time.time() - self.t_start)}; saved {path}; "
                      f"best val loss {self.best_val_loss:.4f}")
             stopped = "done"
             try:
                 test_rec = self.evaluate_test()
             except NanoGPT2Error as e:  # the run itself succeeded: its checkpoints and metrics stand
                 self.log(f"warning: no final test evaluation: {e}")
-        plot = self.plot()
+        plot = self.outputs.plot()
         if plot is not None:
             self.log(f"plot: {plot}")
         self._emit("train_end")
-        if self.dist.enabled:
-            # Every rank gets here (stops are agreed on by all-reduce): leave together, so that no rank tears its
-            # process group down while rank 0 is still writing (gloo's threads could abort the early leaver).
-            import torch.distributed as td
-
-            td.barrier()
+        # Every rank gets here (stops are agreed on by all-reduce): leave together, so that no rank tears its
+        # process group down while rank 0 is still writing (gloo's threads could abort the early leaver).
+        self.dist.barrier()
         return {"step": self.step, "stopped": stopped, "best_val_loss": self.best_val_loss,
                 "last": last_rec, "test": test_rec, "bad_steps": self.bad_steps_total, "overflow_steps": self.overflow_steps}
 

@@ -23,9 +23,10 @@ import torch.nn.functional as F
 
 from conftest import FIXTURES, ROOT, one_error_line, oracle, shared_data
 from http_fixture import file_server  # noqa: F401  (a fixture)
-from nanogpt2 import classify
-from nanogpt2.classify import (CLASSIFY_DATASETS, BucketSampler, ClassifyData, Examples, classification_metrics,
-                               confusion_matrix, encode, load_data, make_splits, pad_batch)
+from nanogpt2 import classify_data
+from nanogpt2.classify import classification_metrics, confusion_matrix
+from nanogpt2.classify_data import (CLASSIFY_DATASETS, BucketSampler, ClassifyData, Examples, encode, load_data,
+                                    make_splits, pad_batch)
 from nanogpt2.config import load_config
 from nanogpt2.data import Remote
 from nanogpt2.errors import NanoGPT2Error
@@ -344,7 +345,7 @@ def test_stratified_holdout_is_seeded_disjoint_and_keeps_the_proportions():
 
 def test_bucket_sampler_is_a_function_of_seed_step_and_rank():
     lengths = np.random.default_rng(0).integers(1, 40, 203)
-    enc = classify.Encoded([np.full(n, i % 50, dtype=np.int32) for i, n in enumerate(lengths)], lengths,
+    enc = classify_data.Encoded([np.full(n, i % 50, dtype=np.int32) for i, n in enumerate(lengths)], lengths,
                            np.arange(203) % 3, 0)
     one = BucketSampler(enc, 8, pad_id=50256, seed=5)
     two = [BucketSampler(enc, 4, pad_id=50256, seed=5, rank=r, world_size=2) for r in range(2)]
@@ -418,7 +419,7 @@ def test_classify_run_writes_the_results_tree_and_evaluate_scores_it(tmp_path, c
     assert history["val"][-1]["accuracy"] is not None and len(history["train"]) == 16
     summary_md = (root / "summary.md").read_text()
     assert "| fine-tuned | 8 |" in summary_md and "seeded stratified hold-out" in summary_md
-    from nanogpt2.evaluate import main as evaluate
+    from nanogpt2.evaluate_cli import main as evaluate
 
     capsys.readouterr()
     again = evaluate(["--task", "classify", "--init_from", str(tmp_path / "out"), "--device", "cpu"])
@@ -471,7 +472,7 @@ def test_prompt_tuning_trains_the_prompt_and_the_head_and_its_weights_load_back(
     weights are a nanogpt2 checkpoint (HF GPT-2 cannot hold a prompt) that the loader and evaluate read. The base
     is a GPT-2 folder of 48 positions: the run's 44-token rows and the 4 virtual tokens fill them."""
     from nanogpt2.convert import save_pretrained
-    from nanogpt2.evaluate import main as evaluate
+    from nanogpt2.evaluate_cli import main as evaluate
     from nanogpt2.model import GPT
     from nanogpt2.peft import PromptTuned
 

@@ -179,7 +179,7 @@ def test_help(capsys):
         main(["--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    assert "SRC" in out and "--to {hf,nanogpt2}" in out and "124M" in out
+    assert "SRC" in out and "--to {hf,nanogpt2,nanogpt,llmc}" in out and "124M" in out
 
 
 def test_hf_folder_to_pt_to_run_folder_to_hf(tmp_path, capsys):

@@ -19,7 +19,8 @@ import torch
 
 from conftest import FIXTURES, ROOT, oracle
 from http_fixture import serve, unused_url
-from nanogpt2.convert import config_from_hf, load_hf_state_dict_into, load_pretrained, read_hf_state_dict, save_pretrained
+from nanogpt2.convert import load_pretrained, save_pretrained
+from nanogpt2.hf_checkpoint import config_from_hf, load_hf_state_dict_into, read_hf_state_dict
 from nanogpt2.errors import NanoGPT2Error
 from nanogpt2.model import ACTIVATIONS, GPT, GPTConfig
 

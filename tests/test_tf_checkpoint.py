@@ -23,7 +23,7 @@ import torch
 from conftest import FIXTURES, oracle, shared_data
 from http_fixture import serve, unused_url
 from nanogpt2 import tf_checkpoint as tfc
-from nanogpt2.convert import openai_tokenizer_info
+from nanogpt2.openai_checkpoint import openai_tokenizer_info
 from nanogpt2.errors import NanoGPT2Error
 from nanogpt2.loader import load_model, load_model_and_tokenizer
 from nanogpt2.model import GPT

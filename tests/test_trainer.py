@@ -480,6 +480,21 @@ def test_float16_gradscaler_skips_inf_gradient_and_halves_scale(tmp_path):
     assert all(s.dtype == torch.float32 for st in tr.optimizer.state.values() for s in st.values() if s.dim())
 
 
+def test_float16_gradients_are_unscaled_before_their_norm_is_clipped(tmp_path):
+    """The GradScaler's factor (2**16 at the start) comes off before the gradient norm is measured and clipped
+    (scaler.unscale_ before clip_grad_norm_): a float16 run's first step logs float32's norm, not 65536 times it."""
+    norms = {}
+    for dtype in ("float32", "float16"):
+        cfg = cfg_for(tmp_path / dtype, f"--dtype={dtype}", "--max_iters=1", "--checkpoint_interval=0",
+                      "--vocab_size=65", "--grad_clip=0.01", "--eval_interval=0")
+        tr = tiny_trainer(cfg)
+        assert tr.scaler.is_enabled() == (dtype == "float16")
+        tr.train()
+        norms[dtype] = records(cfg)[0]["grad_norm"]
+    assert norms["float32"] > 0.01  # so the clip acts
+    assert norms["float16"] == pytest.approx(norms["float32"], rel=0.05)
+
+
 def test_bfloat16_autocast_trains(tmp_path):
     cfg = cfg_for(tmp_path, "--dtype=bfloat16", "--max_iters=5", "--checkpoint_interval=0", "--vocab_size=65")
     tr = tiny_trainer(cfg)

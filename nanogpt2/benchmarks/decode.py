@@ -68,73 +68,16 @@ def benchmark_decode(
         n_params = model.param_counts()["total"]
         compiled = torch.compile(model, mode=compile_mode) if compile else None
 
-        hf = None
-        if compare_hf:
-            try:
-                import transformers
-                from transformers import GPT2LMHeadModel
-            except ImportError:
-                notes.append("transformers is not installed: no comparison with its generate")
-            else:
-                from nanogpt2.convert import save_pretrained
-
-                with tempfile.TemporaryDirectory() as tmp:
-                    save_pretrained(model, tmp)
-                    hf = GPT2LMHeadModel.from_pretrained(tmp, attn_implementation="sdpa").to(device).eval()
-                hf.generation_config.eos_token_id = None
-                hf.generation_config.pad_token_id = 0
-                notes.append(f"transformers {transformers.__version__} GPT2LMHeadModel, sdpa attention, generate(do_sample=False)")
+        hf = _hf_twin(model, device, notes) if compare_hf else None
 
         def amp():
             return autocast(device, str(dtype).replace("torch.", ""))
-
-        def timed(fn):
-            t0 = time.perf_counter()
-            with amp():
-                res = fn()
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            return time.perf_counter() - t0, res
 
         rows = []
         gen = torch.Generator(device="cpu").manual_seed(seed)
         for B in batch_sizes:
             prompt = torch.randint(0, model.config.vocab_size, (B, prompt_len), generator=gen).to(device)
-            runs = {
-                "cache": lambda: generate(model, prompt, new_tokens, greedy=True),
-            }
-            if compiled is not None:
-                runs["compiled"] = lambda: generate(compiled, prompt, new_tokens, greedy=True)
-            if no_cache:
-                runs["no_cache"] = lambda: generate(model, prompt, new_tokens, greedy=True, use_cache=False)
-            if hf is not None:
-                def run_hf():
-                    with torch.inference_mode():
-                        return hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens,
-                                           do_sample=False)
-                runs["hf"] = run_hf
-            best = {k: float("inf") for k in runs}
-            outs = {}
-            for k, fn in runs.items():  # warm-up (allocator, first-call overheads)
-                with amp():
-                    outs[k] = fn()
-            for _ in range(repeats):
-                for k, fn in runs.items():
-                    seconds, outs[k] = timed(fn)
-                    best[k] = min(best[k], seconds)
-            row = {"batch": B}
-            for k in runs:
-                row[f"{k}_tok_s"] = B * new_tokens / best[k]
-            if "compiled" in runs:
-                row["same_tokens_compiled"] = bool(torch.equal(outs["cache"], outs["compiled"]))
-            if "hf" in runs:
-                row["cache_vs_hf"] = row["cache_tok_s"] / row["hf_tok_s"]
-                if "compiled" in runs:
-                    row["compiled_vs_hf"] = row["compiled_tok_s"] / row["hf_tok_s"]
-                row["same_tokens"] = bool(torch.equal(outs["cache"], outs["hf"]))
-            if "no_cache" in runs:
-                row["cache_vs_no_cache"] = row["cache_tok_s"] / row["no_cache_tok_s"]
-                row["same_tokens_no_cache"] = bool(torch.equal(outs["cache"], outs["no_cache"]))
+            row = _decode_row(model, compiled, hf, prompt, new_tokens, no_cache, repeats, amp, device)
             rows.append(row)
             if not quiet:
                 print(format_benchmark({"rows": [row]}, header=False), flush=True)
@@ -151,6 +94,78 @@ def benchmark_decode(
         }
     finally:
         torch.set_num_threads(old_threads)
+
+
+def _decode_row(model, compiled, hf, prompt, new_tokens: int, no_cache: bool, repeats: int, amp, device: str) -> dict:
+    """One batch size's row: tokens/s of each path and whether their greedy tokens agree."""
+    B = prompt.size(0)
+    runs = {
+        "cache": lambda: generate(model, prompt, new_tokens, greedy=True),
+    }
+    if compiled is not None:
+        runs["compiled"] = lambda: generate(compiled, prompt, new_tokens, greedy=True)
+    if no_cache:
+        runs["no_cache"] = lambda: generate(model, prompt, new_tokens, greedy=True, use_cache=False)
+    if hf is not None:
+        def run_hf():
+            with torch.inference_mode():
+                return hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens,
+                                   do_sample=False)
+        runs["hf"] = run_hf
+    best, outs = _best_of(runs, repeats, amp, device)
+    row = {"batch": B}
+    for k in runs:
+        row[f"{k}_tok_s"] = B * new_tokens / best[k]
+    if "compiled" in runs:
+        row["same_tokens_compiled"] = bool(torch.equal(outs["cache"], outs["compiled"]))
+    if "hf" in runs:
+        row["cache_vs_hf"] = row["cache_tok_s"] / row["hf_tok_s"]
+        if "compiled" in runs:
+            row["compiled_vs_hf"] = row["compiled_tok_s"] / row["hf_tok_s"]
+        row["same_tokens"] = bool(torch.equal(outs["cache"], outs["hf"]))
+    if "no_cache" in runs:
+        row["cache_vs_no_cache"] = row["cache_tok_s"] / row["no_cache_tok_s"]
+        row["same_tokens_no_cache"] = bool(torch.equal(outs["cache"], outs["no_cache"]))
+    return row
+
+
+def _hf_twin(model, device: str, notes: list):
+    """transformers' GPT2LMHeadModel with our weights (through save_pretrained, a temp folder), greedy without
+    an eos; None (and a note) when transformers is not installed."""
+    try:
+        import transformers
+        from transformers import GPT2LMHeadModel
+    except ImportError:
+        notes.append("transformers is not installed: no comparison with its generate")
+        return None
+    from nanogpt2.convert import save_pretrained
+
+    with tempfile.TemporaryDirectory() as tmp:
+        save_pretrained(model, tmp)
+        hf = GPT2LMHeadModel.from_pretrained(tmp, attn_implementation="sdpa").to(device).eval()
+    hf.generation_config.eos_token_id = None
+    hf.generation_config.pad_token_id = 0
+    notes.append(f"transformers {transformers.__version__} GPT2LMHeadModel, sdpa attention, generate(do_sample=False)")
+    return hf
+
+
+def _best_of(runs: dict, repeats: int, amp, device: str) -> tuple:
+    """({name: best seconds of `repeats`}, {name: its last output}) after one warm-up call each (allocator,
+    first-call overheads); the runs alternate, so background load hits them alike."""
+    outs = {}
+    for k, fn in runs.items():
+        with amp():
+            outs[k] = fn()
+    best = {k: float("inf") for k in runs}
+    for _ in range(repeats):
+        for k, fn in runs.items():
+            t0 = time.perf_counter()
+            with amp():
+                outs[k] = fn()
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            best[k] = min(best[k], time.perf_counter() - t0)
+    return best, outs
 
 
 def format_benchmark(res: dict, header: bool = True) -> str:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from nanogpt2.data import DATASETS
 from nanogpt2.errors import NanoGPT2Error, read_text
-from nanogpt2.tokenizer import ASSETS, BPETokenizer, TiktokenTokenizer, _num_workers, load_tiktoken_ranks
+from nanogpt2.tokenizer import ASSETS, BPETokenizer, TiktokenTokenizer, resolve_num_workers, load_tiktoken_ranks
 
 DEFAULT_TEXT = ASSETS / DATASETS["shakespeare"].bundled  # the bundled Tiny Shakespeare (the data registry's copy)
 
@@ -78,8 +78,8 @@ def benchmark_tokenizer(text_path=None, repeats=5, num_workers=None) -> dict:
     text = read_text(text_path, "benchmark text")
     mb = len(text.encode("utf-8")) / 1e6
     ranks = load_tiktoken_ranks()  # the bundled GPT-2 ranks, read and checked once, outside the timings
-    res = {"text": str(text_path), "mb": round(mb, 3), "cpus": _num_workers(None),
-           "num_workers": _num_workers(num_workers), "date": time.strftime("%Y-%m-%d"),
+    res = {"text": str(text_path), "mb": round(mb, 3), "cpus": resolve_num_workers(None),
+           "num_workers": resolve_num_workers(num_workers), "date": time.strftime("%Y-%m-%d"),
            "load_avg_1min": round(os.getloadavg()[0], 2)}
     try:
         tk = TiktokenTokenizer(ranks)
