@@ -36,6 +36,8 @@ others), and with `merge_and_export=DIR` an HF GPT-2 folder of the merged model.
 import importlib
 import math
 import re
+import sys
+from pathlib import Path
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Callable, Optional
@@ -44,9 +46,11 @@ import torch.nn as nn
 
 from nanogpt2.config import RunConfig, load_config, new_default, setting, settings_text, wants_help
 from nanogpt2.errors import EXIT_INTERRUPTED, NanoGPT2Error
+from nanogpt2.export_dir import ADAPTER_WEIGHTS, HF_MODEL, PEFT_ADAPTER, ExportDir
 from nanogpt2.inspect import trainability_table
+from nanogpt2.lm_results import LMResults, lm_scores
 from nanogpt2.loader import model_spec
-from nanogpt2.losses import key_token_entries
+from nanogpt2.losses import KEY_TOKEN_FORMULAS, key_token_entries
 from nanogpt2.model import GPT
 from nanogpt2.optim import block_of, frozen_blocks, make_adamw, matches, param_groups, set_trainable
 from nanogpt2.peft import (PromptTuned, apply_adapters, apply_lora, apply_prefix, apply_prompt, lora_layers,
@@ -67,7 +71,7 @@ class FinetuneConfig(RunConfig):
     script = "finetune.py"
     groups = MappingProxyType({**RunConfig.groups, "method": "Fine-tuning method", "task": "Task"})
     choices = MappingProxyType({**RunConfig.choices, "method": METHODS, "task": tuple(TASKS),
-                                "student_init": ("teacher", "scratch")})
+                                "student_init": ("teacher", "scratch"), "key_token_formula": KEY_TOKEN_FORMULAS})
 
     # --- defaults that differ from train.py's: the fine-tuning recipe of the configs (GPT-2 small, WikiText-2:
     # 3 epochs of 16,384-token steps, linear warmup over 10 % then linear decay to 1e-7, weight decay 0.01, AdamW
@@ -121,7 +125,8 @@ class FinetuneConfig(RunConfig):
     head_only_steps: int = setting(0, "train only the task's head for this many steps first, then the method's whole set", "method")
     head_only_epochs: int = setting(0, "the same in epochs (adds to head_only_steps)", "method")
     merge_and_export: str = setting(
-        "", "at the end, write the fine-tuned model (LoRA merged) as an HF GPT-2 folder here ('': no export)", "method")
+        "", "at the end, write the fine-tuned model (LoRA merged) as an HF GPT-2 folder here ('': no export); an absent "
+        "or empty folder, or an earlier export (replaced); never a run folder or init_from (docs/conversion.md)", "method")
 
     # --- the task ---
     task: str = setting("lm", "what to fine-tune for: " + " | ".join(TASKS), "task")
@@ -136,9 +141,11 @@ class FinetuneConfig(RunConfig):
     max_examples: int = setting(
         0, "classify: use at most this many rows of each split of the data (a seeded stratified sample, before any "
         "hold-out; 0: all)", "task")
-    baseline_eval: bool = setting(True, "classify: score the model before training (the pretrained body with its fresh "
-                                  "head) on the test split", "task")
-    results_dir: str = setting("results", "classify: the results tree goes to results_dir/<model>/<timestamp>/", "task")
+    baseline_eval: bool = setting(True, "classify / lm / instruct: score the model before training (classify: the "
+                                  "pretrained body with its fresh head, on the test split; lm: validation and test "
+                                  "perplexity; instruct: the held-out response loss)", "task")
+    results_dir: str = setting("results", "classify / lm / instruct: the results tree goes to "
+                               "results_dir/<model>/<timestamp>/", "task")
 
     # --- task instruct ---
     template: str = setting(
@@ -151,6 +158,10 @@ class FinetuneConfig(RunConfig):
     key_token_alpha: float = setting(
         0.0, "lm / instruct: > 0 turns on the key-token weighted loss: per-sample mean cross-entropy, sample weight "
         "1 + alpha x (key tokens among its targets), normalised over the batch", "task")
+    key_token_formula: str = setting(
+        "normalised", "lm / instruct, with key_token_alpha: normalised (ours, above) | hf_course (the HF course's: "
+        "sample weight alpha x (1 + key tokens among its input ids), a plain mean over the samples; see "
+        "docs/instruct.md)", "task")
 
     # --- task distill ---
     teacher: str = setting("gpt2", "task=distill: the model the student learns from, anything init_from takes (a GPT-2 "
@@ -187,6 +198,12 @@ class FinetuneConfig(RunConfig):
         if bool(self.key_tokens.strip()) != (self.key_token_alpha > 0):
             raise NanoGPT2Error("key_tokens and key_token_alpha > 0 go together (the weighted loss needs both); "
                                 "set both, or neither")
+        if self.key_token_formula != "normalised" and self.key_token_alpha == 0:
+            raise NanoGPT2Error(f"key_token_formula={self.key_token_formula} chooses the key-token weighted loss; "
+                                f"set key_tokens and key_token_alpha > 0 too (the course's alpha: 1.0)")
+        if self.train_stride and self.task in ("classify", "instruct"):
+            raise NanoGPT2Error(f"train_stride walks a token stream in windows (tasks lm and distill); task={self.task} "
+                                f"trains on whole examples: drop train_stride")
         if self.merge_and_export and self.method == "adapter":
             raise NanoGPT2Error("Houlsby adapters cannot be merged into GPT-2 weights, so merge_and_export cannot "
                                 "write an HF GPT-2 folder; share out_dir/adapter/ instead, or use method=lora")
@@ -233,12 +250,19 @@ class TaskParts:
 
 def task(cfg: FinetuneConfig) -> TaskParts:
     """`lm`: language modelling on any dataset train.py knows, with train.py's data, loss and evaluations (with
-    key_token_alpha > 0, the key-token weighted loss of nanogpt2.losses)."""
+    key_token_alpha > 0, the key-token weighted loss of nanogpt2.losses), the baseline before training and the
+    results tree (nanogpt2.lm_results)."""
+    def note(trainer):
+        return (f"{cfg.dataset}: {trainer.train_tokens:,} train / {len(trainer.val_data):,} validation tokens "
+                f"({trainer.tokenizer.name} tokenizer)")
+
+    results = LMResults(cfg, "lm", lm_scores, save_weights, note)
+    loss_fn = None
     if cfg.key_token_alpha > 0:
         from nanogpt2.losses import KeyTokenLoss
 
-        return TaskParts(loss_fn=KeyTokenLoss(cfg.key_tokens, cfg.key_token_alpha))
-    return TaskParts()
+        loss_fn = KeyTokenLoss(cfg.key_tokens, cfg.key_token_alpha, cfg.key_token_formula)
+    return TaskParts(loss_fn=loss_fn, before_train=results.before_train, after_train=results.after_train)
 
 
 def load_task(name: str) -> Callable:
@@ -257,6 +281,8 @@ def apply_method(model: nn.Module, cfg: FinetuneConfig, tokenizer=None) -> nn.Mo
     if cfg.method == "lora":
         apply_lora(model, cfg.lora_rank, cfg.lora_alpha, [t.strip() for t in cfg.lora_targets.split(",") if t.strip()],
                    cfg.lora_dropout, cfg.use_rslora)
+        for line in lora_warnings(model):
+            print(f"warning: {line}", file=sys.stderr, flush=True)
     elif cfg.method == "adapter":
         apply_adapters(model, cfg.adapter_size, cfg.adapter_train_layernorms)
     elif cfg.method == "prefix":
@@ -269,6 +295,29 @@ def apply_method(model: nn.Module, cfg: FinetuneConfig, tokenizer=None) -> nn.Mo
             init = tokenizer.encode_ordinary(cfg.prompt_init_text)  # plain text: no special tokens
         model = apply_prompt(model, cfg.prompt_length, init)
     return model
+
+
+def lora_warnings(model: nn.Module) -> list:
+    """What cannot work in a model's LoRA settings, one line each: lora_alpha 0 (every update is scaled to zero),
+    and a rank above min(in, out) of a targeted layer (the update is full-rank there: the extra rank adds
+    parameters, not expressiveness)."""
+    layers = lora_layers(model)
+    if not layers:
+        return []
+    lines, rank = [], model.lora_config["rank"]
+    if model.lora_config["alpha"] == 0:
+        lines.append("lora_alpha=0 scales every LoRA update by 0: the adapter changes nothing and learns nothing (its "
+                     "gradients are 0 too); set lora_alpha > 0, e.g. 2 x lora_rank")
+    small = {n: min(m.in_features, len(m.out_rows)) for n, m in layers.items()}
+    over = {n: k for n, k in small.items() if rank > k}
+    if over:
+        name, k = next(iter(over.items()))
+        m = layers[name]
+        lines.append(f"lora_rank={rank} is above min(in, out) of {len(over)} targeted layer(s) (e.g. {name}: "
+                     f"{m.in_features} -> {len(m.out_rows)}, min {k}): there the update is a full-rank one, and each "
+                     f"rank past {k} adds parameters that cannot raise it; use lora_rank <= {min(over.values())}, or "
+                     f"method=full")
+    return lines
 
 
 def lr_scale_fn(cfg: FinetuneConfig, n_layer: int) -> Optional[Callable[[str], float]]:
@@ -341,27 +390,92 @@ class HeadOnlyPhase:
 # Outputs of a run
 
 
-def save_adapter(model: nn.Module, folder) -> str:
+def peft_base(init_from: str, log=None) -> str:
+    """What a peft folder's base_model_name_or_path records: the HF repo of a GPT-2 name, the absolute path of a
+    local HF folder; else '' and one line through `log` saying peft needs an HF base and how to make one."""
+    from nanogpt2.hf_checkpoint import HF_REPOS
+
+    if init_from in HF_REPOS:
+        return HF_REPOS[init_from]
+    folder = Path(init_from).expanduser()
+    if folder.is_dir() and (folder / "config.json").is_file() and any(folder.glob("model.safetensors*")):
+        return str(folder.resolve())
+    if log is not None:
+        log(f"the peft adapter folder names no base model: peft needs an HF base, and init_from={init_from} is not "
+            f"one; make one with `python -m nanogpt2.convert {init_from} DIR` and set base_model_name_or_path "
+            f"to DIR in adapter_config.json")
+    return ""
+
+
+def save_adapter(model: nn.Module, folder, overwrite: bool = False, log=None, base: str = "") -> str:
     """The trainable weights alone, for sharing: an HF peft folder for LoRA (when peft can express it), prefix
-    tuning and a language model's prompt tuning, else `adapter_weights.pt` (nanogpt2.peft.save_adapter_weights).
-    Returns what was written."""
+    tuning and a language model's prompt tuning, naming `base` (peft_base) as its base model, else
+    `adapter_weights.pt` (nanogpt2.peft.save_adapter_weights). Returns what was written."""
     lora = getattr(model, "lora_config", None) is not None and not any(l.partial for l in lora_layers(model).values())
     prompt = isinstance(model, PromptTuned) and isinstance(model, GPT)
     if lora or prompt or getattr(model, "prefix_config", None) is not None:
-        return str(save_peft_adapter(model, folder))
-    return str(save_adapter_weights(model, folder, model_spec(model)))
+        return str(save_peft_adapter(model, folder, base, overwrite=overwrite, log=log, name="out_dir/adapter"))
+    return str(save_adapter_weights(model, folder, model_spec(model), overwrite, log))
 
 
-def export_merged(model: nn.Module, folder, tokenizer=None, log=None) -> str:
+def export_merged(model: nn.Module, folder, tokenizer=None, log=None, overwrite: bool = False,
+                  reserved: dict = None) -> str:
     """An HF GPT-2 folder of the fine-tuned model (nanogpt2.convert.save_pretrained: LoRA merged on a copy, the
     run's model stays unmerged); a prefix or a prompt cannot merge into GPT-2's weights, so it is exported as an HF
-    peft PREFIX_TUNING / PROMPT_TUNING folder."""
+    peft PREFIX_TUNING / PROMPT_TUNING folder. Where: the export rule of nanogpt2/export_dir.py."""
     from nanogpt2.convert import save_pretrained
 
+    name = "merge_and_export"
     for attr, what in (("prefix_config", "prefix-tuning"), ("prompt_config", "prompt-tuning")):
         if getattr(model, attr, None) is not None:
-            return str(save_peft_adapter(model, folder)) + f" (peft {what} folder; the base model is init_from)"
-    return str(save_pretrained(model, folder, tokenizer=tokenizer, log=log)) + " (HF folder)"
+            return str(save_peft_adapter(model, folder, overwrite=overwrite, log=log, reserved=reserved, name=name)) \
+                + f" (peft {what} folder; the base model is init_from)"
+    return str(save_pretrained(model, folder, tokenizer=tokenizer, log=log, overwrite=overwrite, reserved=reserved,
+                               name=name)) + " (HF folder)"
+
+
+def export_plans(cfg: FinetuneConfig) -> list:
+    """The export folders the run writes at its end, checked against the export rule (nanogpt2/export_dir.py)
+    before anything is done: a refusal is one line, and nothing is written."""
+    out = Path(cfg.out_dir)
+    plans = []
+    if cfg.method not in ("full", "selective"):
+        prompt_ok = cfg.method == "prompt" and cfg.task != "classify"  # a classifier's prompt: adapter_weights.pt
+        peft_ok = cfg.method == "prefix" or prompt_ok or (cfg.method == "lora" and "c_attn." not in cfg.lora_targets)
+        plans.append(ExportDir.check(out / "adapter", PEFT_ADAPTER if peft_ok else ADAPTER_WEIGHTS, cfg.overwrite,
+                                     name="out_dir/adapter"))
+    if cfg.merge_and_export:
+        plans.append(ExportDir.check(cfg.merge_and_export, PEFT_ADAPTER if cfg.method in ("prefix", "prompt") else HF_MODEL,
+                                     cfg.overwrite, export_reserved(cfg), "merge_and_export"))
+    return plans
+
+
+def export_reserved(cfg: FinetuneConfig) -> dict:
+    """What merge_and_export must not be, nor hold: the run's out_dir (and its adapter folder), init_from (a path)."""
+    reserved = {"the run's out_dir": cfg.out_dir, "the run's out_dir/adapter": str(Path(cfg.out_dir) / "adapter")}
+    return {**reserved, "init_from": cfg.init_from} if Path(cfg.init_from).exists() else reserved
+
+
+def save_model_checkpoint(trainer, folder) -> Path:
+    """The run's model as one checkpoint the loader reads (folder/checkpoint_final.pt: weights, spec, tokenizer,
+    run config), for what an HF GPT-2 folder cannot hold (Houlsby adapters, a char vocabulary)."""
+    from nanogpt2 import checkpoint as ckpt_io
+
+    model = trainer.raw_model
+    return ckpt_io.save_checkpoint(Path(folder) / f"{ckpt_io.PREFIX}final{ckpt_io.SUFFIX}", {
+        "model": model.state_dict(), "model_spec": model_spec(model), "model_config": {}, "step": trainer.step,
+        "tokenizer": ckpt_io.tokenizer_info(trainer.tokenizer), "run_config": trainer.cfg.to_dict()})
+
+
+def save_weights(trainer, folder) -> str:
+    """The results tree's train/weights/ of a language model: an HF GPT-2 folder (LoRA merged on a copy; a prefix:
+    an HF peft folder), or a checkpoint (`save_model_checkpoint`) with Houlsby adapters or a char vocabulary."""
+    model = trainer.raw_model
+    if getattr(model, "adapter_config", None) is not None:
+        return f"{save_model_checkpoint(trainer, folder)} (nanogpt2 checkpoint: Houlsby adapters have no HF GPT-2 form)"
+    if getattr(trainer.tokenizer, "name", "gpt2") != "gpt2":
+        return f"{save_model_checkpoint(trainer, folder)} (nanogpt2 checkpoint: it holds the {trainer.tokenizer.name} vocabulary)"
+    return export_merged(model, folder, trainer.tokenizer, trainer.log)
 
 
 def write_outputs(trainer) -> None:
@@ -370,9 +484,13 @@ def write_outputs(trainer) -> None:
     if not trainer.dist.master:
         return
     if cfg.method not in ("full", "selective"):
-        trainer.log(f"adapter weights: {save_adapter(model, trainer.out_dir / 'adapter')}")
+        lora = getattr(model, "lora_config", None) is not None or getattr(model, "prefix_config", None) is not None
+        base = peft_base(cfg.init_from, trainer.log) if lora else ""
+        trainer.log(f"adapter weights: {save_adapter(model, trainer.out_dir / 'adapter', cfg.overwrite, trainer.log, base)}")
     if cfg.merge_and_export:
-        trainer.log(f"exported to {export_merged(model, cfg.merge_and_export, trainer.tokenizer, trainer.log)}")
+        where = export_merged(model, cfg.merge_and_export, trainer.tokenizer, trainer.log, cfg.overwrite,
+                              export_reserved(cfg))
+        trainer.log(f"exported to {where}")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -381,6 +499,7 @@ def write_outputs(trainer) -> None:
 
 def run(cfg: FinetuneConfig, hooks=()) -> dict:
     """One fine-tuning run: the task's parts, the method on its model, the trainer."""
+    export_plans(cfg)  # refused exports stop the run here, before anything is loaded or written
     parts = load_task(cfg.task)(cfg)
     head_patterns = tuple(parts.head_patterns)
 

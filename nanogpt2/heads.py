@@ -45,8 +45,8 @@ from nanogpt2.hf_checkpoint import (HF_REPOS, config_from_hf, download_hf_model,
 from nanogpt2.errors import NanoGPT2Error
 from nanogpt2.loader import register_model_kind
 from nanogpt2.model import GPT, IGNORE_INDEX, GPTConfig
-from nanogpt2.peft import PEFT_PREFIX, apply_method_spec, apply_peft_adapter, method_spec, read_peft_folder, save_peft_adapter
-from nanogpt2.safetensors_io import load_file, save_file
+from nanogpt2.peft import (PEFT_PREFIX, apply_method_spec, apply_peft_adapter, method_spec, peft_adapter_parts,
+                           read_peft_folder, write_peft_folder)
 
 KIND = "gpt_classifier"
 HF_ARCHITECTURE = "GPT2ForSequenceClassification"
@@ -92,6 +92,7 @@ class GPTForSequenceClassification(nn.Module):
         nn.init.trunc_normal_(self.score.weight, mean=0.0, std=0.02, a=-0.04, b=0.04)
         self.num_labels, self.pad_token_id, self.labels = num_labels, pad_token_id, labels
         self.label_smoothing = label_smoothing  # of the loss `forward` returns (a training setting, not in the spec)
+        self.gradient_checkpointing = False  # read by GPT.body: recompute each block in the backward
 
     @classmethod
     def from_gpt(cls, gpt: GPT, num_labels: int, **kwargs) -> "GPTForSequenceClassification":
@@ -101,6 +102,8 @@ class GPTForSequenceClassification(nn.Module):
             if getattr(gpt, attr, None) is not None:
                 setattr(model, attr, getattr(gpt, attr))
         return model
+
+    gradient_checkpointing_enable = GPT.gradient_checkpointing_enable  # the body's switch (see GPT's)
 
     # --- forward ---------------------------------------------------------------------------------------
 
@@ -204,10 +207,11 @@ class GPTForSequenceClassification(nn.Module):
                   "label2id": {n: i for i, n in enumerate(self.labels)}, "pad_token_id": self.pad_token_id}
         return {"config": config, "tensors": parts["tensors"], "generation_config": None}
 
-    def save_pretrained(self, out_dir) -> Path:
+    def save_pretrained(self, out_dir, overwrite: bool = False, log=None) -> Path:
         """An HF GPT2ForSequenceClassification folder (config.json + model.safetensors) that transformers loads:
-        nanogpt2.convert.save_pretrained with this model's `hf_export` (LoRA merged on a copy; adapters refused)."""
-        return save_pretrained(self, out_dir)
+        nanogpt2.convert.save_pretrained with this model's `hf_export` (LoRA merged on a copy; adapters refused),
+        where the export rule of nanogpt2/export_dir.py allows."""
+        return save_pretrained(self, out_dir, log=log, overwrite=overwrite)
 
 
 def _read_json(folder: Path, name: str = "config.json", what: str = "an HF GPT-2 checkpoint folder") -> dict:
@@ -267,15 +271,12 @@ def load_peft_classifier(model: GPTForSequenceClassification, folder) -> list:
 
 
 
-def save_peft_classifier(model: GPTForSequenceClassification, folder, base_model_name_or_path: str = "") -> Path:
+def save_peft_classifier(model: GPTForSequenceClassification, folder, base_model_name_or_path: str = "",
+                         overwrite: bool = False, log=None) -> Path:
     """The model's LoRA layers and its head as an HF peft folder of task SEQ_CLS, which
-    `peft.PeftModel.from_pretrained(GPT2ForSequenceClassification...)` loads."""
-    folder = save_peft_adapter(model, folder, base_model_name_or_path)
-    weights = folder / "adapter_model.safetensors"
-    tensors = load_file(weights)
+    `peft.PeftModel.from_pretrained(GPT2ForSequenceClassification...)` loads; written once, where the export rule of
+    nanogpt2/export_dir.py allows (an earlier peft folder, e.g. the run's LoRA-only one, is replaced)."""
+    config, tensors = peft_adapter_parts(model, base_model_name_or_path)
     tensors[f"{PEFT_PREFIX}{HEAD}.weight"] = model.score.weight.detach().cpu()
-    save_file(tensors, weights)
-    config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
     config.update(task_type="SEQ_CLS", modules_to_save=[HEAD])
-    (folder / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    return folder
+    return write_peft_folder(folder, config, tensors, overwrite, log)

@@ -209,9 +209,12 @@ def load_model(init_from: str, device="cpu", dropout=None, log=_warn, config: GP
                 "description": f"GPT from scratch ({config.n_layer} layers, {config.n_embd} wide)"}
     elif foreign is not None:
         model, info = foreign
-    elif is_checkpoint(path) and not is_hf_folder(path):
+    elif is_checkpoint(path):  # a run folder that an HF export was written into is still the run
         model, info = load_checkpoint_model(path, log=log)
         info["description"] = f"{info['path']} (step {info.get('step')})"
+        if is_hf_folder(path):
+            log(f"{path} holds a train.py run and an HF export written into it: reading the run "
+                f"({Path(info['path']).name}); export it to a folder of its own to keep both apart")
     elif is_hf_folder(path):
         hf_folder = path
     elif is_openai_folder(path):
@@ -324,6 +327,11 @@ def _init_model(cfg, tokenizer, log) -> GPT:
     if not isinstance(m, GPT):
         raise NanoGPT2Error(f"init_from={cfg.init_from} holds a {type(m).__name__} ({info['spec'].get('kind')}); "
                             f"train.py starts from a GPT: resume that run with --resume_from instead")
+    n_vocab = getattr(tokenizer, "n_vocab", None)
+    if n_vocab is not None and m.config.vocab_size < n_vocab:  # token ids past its table would crash the embedding
+        raise NanoGPT2Error(f"init_from={cfg.init_from} has a vocabulary of {m.config.vocab_size:,} tokens, smaller "
+                            f"than this run's {tokenizer.name} tokenizer ({n_vocab:,}): start from a model of that "
+                            f"vocabulary, or use the model's own tokenizer and data")
     log(f"model: {info['description']}, {m.param_counts()['total'] / 1e6:.2f}M parameters")
     return m
 
@@ -337,7 +345,8 @@ def _scratch_model(cfg, tokenizer, log) -> GPT:
     if n_vocab is not None and vocab < n_vocab:
         raise NanoGPT2Error(f"vocab_size={vocab} is smaller than the tokenizer's {n_vocab} tokens")
     m, _ = load_model("scratch", config=GPTConfig(block_size=cfg.block_size, vocab_size=vocab, n_layer=cfg.n_layer,
-                                                  n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias))
+                                                  n_head=cfg.n_head, n_embd=cfg.n_embd, n_inner=cfg.n_inner,
+                                                  dropout=cfg.dropout, bias=cfg.bias))
     log(f"model: GPT from scratch, {m.param_counts()['total'] / 1e6:.2f}M parameters")
     return m
 
@@ -370,7 +379,7 @@ def check_resume_fits(cfg, state: dict, tokenizer, log: Callable[[str], None]) -
         raise NanoGPT2Error(f"{path} has a vocabulary of {vocab} tokens, fewer than this run's tokenizer "
                             f"({n_vocab}); resume with the checkpoint's dataset and tokenizer settings")
     old = state.get("run_config") if isinstance(state.get("run_config"), dict) else {}
-    shape = ("n_layer", "n_head", "n_embd", "vocab_size", "bias", "dropout")
+    shape = ("n_layer", "n_head", "n_embd", "n_inner", "vocab_size", "bias", "dropout")
     ignored = [f"{k}={getattr(cfg, k)!r} (checkpoint: {old[k]!r})" for k in shape
                if k in old and old[k] != getattr(cfg, k)]
     if ignored:

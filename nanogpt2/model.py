@@ -19,6 +19,7 @@ Run it:
     logits, loss = model(idx, targets)              # (B, T, vocab), scalar
     _, loss = model(idx, targets, return_logits=False)   # the loss alone, without the (B, T, vocab) logits
     model = GPT.from_pretrained("gpt2")             # HF weights, no `transformers` needed
+    model.gradient_checkpointing_enable()           # training recomputes each block in the backward (less memory)
 
 The model knows nothing of tokenizers, data, training or PEFT.
 """
@@ -30,6 +31,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 
 IGNORE_INDEX = -100  # a target the loss skips (padding, prompt tokens, already-scored positions): PyTorch's default
 
@@ -471,6 +473,7 @@ class GPT(nn.Module):
             ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias),
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.gradient_checkpointing = False  # recompute each block in the backward (gradient_checkpointing_enable)
         if config.tie_word_embeddings:
             self.transformer.wte.weight = self.lm_head.weight  # one matrix: input embedding and output head
 
@@ -559,8 +562,15 @@ class GPT(nn.Module):
         elif attention_mask is not None or (past > 0 and T > 1):
             attn_bias = build_attention_bias(attention_mask, T, past, x.dtype, x.device)  # (B|1, 1, T, S)
 
+        # Gradient checkpointing: keep only each block's input and run the block again in the backward, with the
+        # RNG state of its forward (the same dropout masks), so the gradients are those of the plain pass.
+        recompute = getattr(self, "gradient_checkpointing", False) and self.training and torch.is_grad_enabled()
         for block in self.transformer.h:
-            x = block(x, attn_bias, kv_cache, cache_position)
+            if recompute:
+                x = checkpoint(block, x, attn_bias, kv_cache, cache_position, use_reentrant=False,
+                               preserve_rng_state=True)  # (B, T, C)
+            else:
+                x = block(x, attn_bias, kv_cache, cache_position)  # (B, T, C)
         if kv_cache is not None and not static:
             kv_cache.length += T
         return self.transformer.ln_f(x)  # (B, T, C)
@@ -596,6 +606,13 @@ class GPT(nn.Module):
         weight = self.transformer.wte.weight
         return StaticKVCache(self.config.n_layer, max_len, batch_size, self.config.n_head,
                              self.config.n_embd // self.config.n_head, dtype or weight.dtype, weight.device)
+
+    def gradient_checkpointing_enable(self, enable: bool = True) -> None:
+        """Gradient checkpointing on (or off): in training with gradients on, each block's activations are not kept
+        but recomputed in the backward (torch.utils.checkpoint, non-reentrant, RNG state preserved): the activation
+        memory of one block instead of n_layer, for one more forward of the blocks. Losses and gradients are the
+        plain pass's; eval mode, no_grad and decoding are untouched."""
+        self.gradient_checkpointing = bool(enable)
 
     def set_attn_impl(self, impl: str):
         """Switch every layer between "sdpa" and "reference" attention."""

@@ -65,6 +65,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from nanogpt2.errors import NanoGPT2Error
+from nanogpt2.export_dir import ADAPTER_WEIGHTS, PEFT_ADAPTER, ExportDir
 from nanogpt2.model import GPT, KVCache, StaticKVCache
 
 LORA_TARGETS = ("c_attn", "c_proj", "attn.c_proj", "mlp.c_proj", "c_fc", "c_attn.q", "c_attn.k", "c_attn.v")
@@ -670,17 +671,15 @@ def apply_peft_adapter(model: nn.Module, config: dict, tensors: dict, folder: Pa
     return wrapped
 
 
-def save_peft_adapter(model: nn.Module, folder, base_model_name_or_path: str = "") -> Path:
-    """Write the model's LoRA layers, its prefix or its prompt as an HF peft folder (adapter_config.json +
-    adapter_model.safetensors)."""
-    from nanogpt2.safetensors_io import save_file
-
+def peft_adapter_parts(model: nn.Module, base_model_name_or_path: str = "") -> tuple[dict, dict]:
+    """(adapter_config.json, {name: tensor}) of an HF peft folder of the model's LoRA layers, its prefix or its
+    prompt."""
     if isinstance(model, PromptTuned):
-        return _save_peft_prompt(model, Path(folder), base_model_name_or_path)
+        return _peft_prompt_parts(model, base_model_name_or_path)
     if isinstance(model, PrefixGPT):
         if lora_layers(model):
             raise NanoGPT2Error("the model has both LoRA layers and a prefix; a peft folder holds one method")
-        return _save_peft_prefix(model, Path(folder), base_model_name_or_path)
+        return _peft_prefix_parts(model, base_model_name_or_path)
     layers = lora_layers(model)
     config = getattr(model, "lora_config", None)
     if not layers or config is None:
@@ -690,13 +689,10 @@ def save_peft_adapter(model: nn.Module, folder, base_model_name_or_path: str = "
                             "whole); use targets such as c_attn, c_proj, c_fc")
     if any(layer.merged for layer in layers.values()):
         raise NanoGPT2Error("the LoRA layers are merged; unmerge_lora(model) before saving the adapter")
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     tensors = {}
     for name, layer in layers.items():
         tensors[f"{PEFT_PREFIX}{name}.lora_A.weight"] = layer.lora_A.detach()
         tensors[f"{PEFT_PREFIX}{name}.lora_B.weight"] = layer.lora_B.detach()
-    save_file(tensors, folder / "adapter_model.safetensors")
     peft_config = {
         "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model_name_or_path,
         "r": config["rank"], "lora_alpha": config["alpha"], "lora_dropout": config["dropout"],
@@ -704,8 +700,28 @@ def save_peft_adapter(model: nn.Module, folder, base_model_name_or_path: str = "
         "bias": "none", "use_dora": False, "init_lora_weights": True, "inference_mode": True,
         "modules_to_save": None, "layers_to_transform": None, "rank_pattern": {}, "alpha_pattern": {},
     }
-    (folder / "adapter_config.json").write_text(json.dumps(peft_config, indent=2) + "\n", encoding="utf-8")
-    return folder
+    return peft_config, tensors
+
+
+def write_peft_folder(folder, peft_config: dict, tensors: dict, overwrite: bool = False, log=None,
+                      reserved: dict = None, name: str = "the adapter folder") -> Path:
+    """adapter_model.safetensors + adapter_config.json (last), under the export rule of nanogpt2/export_dir.py."""
+    from nanogpt2.safetensors_io import save_file
+
+    plan = ExportDir.open(folder, PEFT_ADAPTER, overwrite, reserved, name)
+    save_file(tensors, plan.target("adapter_model.safetensors"))
+    plan.write_json("adapter_config.json", peft_config)
+    return plan.finish(log)
+
+
+def save_peft_adapter(model: nn.Module, folder, base_model_name_or_path: str = "", overwrite: bool = False,
+                      log=None, reserved: dict = None, name: str = "the adapter folder") -> Path:
+    """Write the model's LoRA layers, its prefix or its prompt as an HF peft folder (adapter_config.json +
+    adapter_model.safetensors), where nanogpt2/export_dir.py's rule allows (an earlier peft folder is replaced,
+    said through `log`; `overwrite` replaces only those two files in a folder holding others)."""
+    ExportDir.check(folder, PEFT_ADAPTER, overwrite, reserved, name)
+    peft_config, tensors = peft_adapter_parts(model, base_model_name_or_path)
+    return write_peft_folder(folder, peft_config, tensors, overwrite, log, reserved, name)
 
 
 def _check_virtual_config(model: nn.Module, folder: Path, config: dict, what: str) -> int:
@@ -744,24 +760,19 @@ def _load_peft_prefix(model: nn.Module, folder: Path, config: dict, tensors: dic
     return ["prefix_encoder"]
 
 
-def _save_peft_prefix(model: "PrefixGPT", folder: Path, base_model_name_or_path: str) -> Path:
-    """The prefix as a peft PREFIX_TUNING folder: the (collapsed) table as `prompt_embeddings`, prefix_projection
-    false (the table is all there is to load; peft saves a projected prefix the same way)."""
-    from nanogpt2.safetensors_io import save_file
-
+def _peft_prefix_parts(model: "PrefixGPT", base_model_name_or_path: str) -> tuple[dict, dict]:
+    """The prefix as a peft PREFIX_TUNING folder's parts: the (collapsed) table as `prompt_embeddings`,
+    prefix_projection false (the table is all there is to load; peft saves a projected prefix the same way)."""
     cfg, P = model.config, model.prefix_config["prefix_length"]
-    folder.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         table = model.prefix_encoder().detach().contiguous()  # (P, 2LC)
-    save_file({"prompt_embeddings": table}, folder / "adapter_model.safetensors")
     peft_config = {
         "peft_type": "PREFIX_TUNING", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model_name_or_path,
         "num_virtual_tokens": P, "token_dim": cfg.n_embd, "num_layers": cfg.n_layer,
         "num_attention_heads": cfg.n_head, "num_transformer_submodules": 1, "encoder_hidden_size": cfg.n_embd,
         "prefix_projection": False, "init_weights": None, "inference_mode": True, "modules_to_save": None,
     }
-    (folder / "adapter_config.json").write_text(json.dumps(peft_config, indent=2) + "\n", encoding="utf-8")
-    return folder
+    return peft_config, {"prompt_embeddings": table}
 
 
 def _load_peft_prompt(model: nn.Module, folder: Path, config: dict, tensors: dict) -> list:
@@ -782,18 +793,14 @@ def _load_peft_prompt(model: nn.Module, folder: Path, config: dict, tensors: dic
     return ["prompt_encoder"]
 
 
-def _save_peft_prompt(model: "PromptTuned", folder: Path, base_model_name_or_path: str) -> Path:
+def _peft_prompt_parts(model: "PromptTuned", base_model_name_or_path: str) -> tuple[dict, dict]:
     """The prompt as a peft PROMPT_TUNING folder (CAUSAL_LM): `prompt_embeddings` (P, n_embd). prompt_tuning_init is
     written RANDOM whatever started the prompt: peft skips the init when it loads a folder for inference, and with
     TEXT it would fetch a tokenizer to initialise weights it then overwrites."""
-    from nanogpt2.safetensors_io import save_file
-
     if not isinstance(model, GPT):
         raise NanoGPT2Error(f"a peft prompt-tuning folder holds a language model's prompt; this {type(model).__name__} "
                             f"is shared as adapter_weights.pt (nanogpt2.peft.save_adapter_weights)")
     cfg = model.config
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file({"prompt_embeddings": model.prompt_encoder().detach().contiguous()}, folder / "adapter_model.safetensors")
     peft_config = {
         "peft_type": "PROMPT_TUNING", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model_name_or_path,
         "num_virtual_tokens": model.virtual_length, "token_dim": cfg.n_embd, "num_layers": cfg.n_layer,
@@ -801,8 +808,7 @@ def _save_peft_prompt(model: "PromptTuned", folder: Path, base_model_name_or_pat
         "prompt_tuning_init_text": None, "tokenizer_name_or_path": None, "inference_mode": True,
         "modules_to_save": None,
     }
-    (folder / "adapter_config.json").write_text(json.dumps(peft_config, indent=2) + "\n", encoding="utf-8")
-    return folder
+    return peft_config, {"prompt_embeddings": model.prompt_encoder().detach().contiguous()}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -849,28 +855,25 @@ def method_spec(model: nn.Module) -> dict:
 # ----------------------------------------------------------------------------------------------------
 # Adapter-only weights (nanogpt2's own format, for methods peft cannot express)
 
-ADAPTER_WEIGHTS = "adapter_weights.pt"
+ADAPTER_WEIGHTS_FILE = ADAPTER_WEIGHTS.marker  # "adapter_weights.pt"
 
 
-def save_adapter_weights(model: nn.Module, folder, spec: dict) -> Path:
+def save_adapter_weights(model: nn.Module, folder, spec: dict, overwrite: bool = False, log=None) -> Path:
     """`folder/adapter_weights.pt`: the model spec (nanogpt2.loader.model_spec(model)) and the trainable tensors
     alone (a few MB for GPT-2 small with adapters), for sharing; `load_adapter_weights` puts them back on the same
-    base model."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    base model. Written atomically where nanogpt2/export_dir.py's rule allows."""
     tensors = {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
-    path = folder / ADAPTER_WEIGHTS
-    tmp = path.with_suffix(".tmp")
-    torch.save({"model_spec": spec, "tensors": tensors}, tmp)
-    tmp.replace(path)
-    return path
+    plan = ExportDir.open(folder, ADAPTER_WEIGHTS, overwrite, name="the adapter folder")
+    plan.write(ADAPTER_WEIGHTS_FILE, lambda f: torch.save({"model_spec": spec, "tensors": tensors}, f))
+    plan.finish(log)
+    return plan.folder / ADAPTER_WEIGHTS_FILE
 
 
 def load_adapter_weights(model: nn.Module, path) -> list:
     """Load `adapter_weights.pt` (or its folder) onto `model`, which must already have the same method applied
     (e.g. rebuilt by nanogpt2.loader.build_model from the file's model_spec). Returns the tensor names loaded."""
     path = Path(path)
-    path = path / ADAPTER_WEIGHTS if path.is_dir() else path
+    path = path / ADAPTER_WEIGHTS_FILE if path.is_dir() else path
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         tensors = state["tensors"]

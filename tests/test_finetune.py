@@ -33,8 +33,8 @@ def data_cache(tmp_path_factory, monkeypatch):
 def ft_cfg(out, *overrides):
     """A tiny fine-tuning run of a new 2-layer model on Tiny Shakespeare (characters)."""
     return load_config([TINY, f"--out_dir={out}", "--init_from=scratch", "--max_iters=6", "--eval_interval=3",
-                        "--checkpoint_interval=0", "--learning_rate=1e-2", "--test_eval=false", *overrides],
-                       cls=FinetuneConfig)
+                        "--checkpoint_interval=0", "--learning_rate=1e-2", "--test_eval=false",
+                        f"--results_dir={out}-results", *overrides], cls=FinetuneConfig)
 
 
 @pytest.fixture(scope="module")

@@ -398,6 +398,7 @@ TRAIN_PY_SCHEDULE = ("--max_epochs=0", "--gradient_accumulation_steps=1", "--war
 def instruct_cfg(tmp_path, data, monkeypatch, *overrides):
     monkeypatch.setattr(instruct, "instruct_tokenizer", lambda cfg: CompactGPT2(read_records(data)))
     return load_config([TINY, "--task=instruct", f"--dataset={data}", f"--out_dir={tmp_path}", "--init_from=scratch",
+                        f"--results_dir={tmp_path}-results",
                         "--block_size=256", "--max_length=256", "--checkpoint_interval=0", "--eval_iters=0",
                         "--val_fraction=0.2", *TRAIN_PY_SCHEDULE, *overrides], cls=FinetuneConfig)
 
@@ -459,7 +460,7 @@ def test_lm_task_with_key_tokens_uses_the_weighted_loss(tmp_path):
 
     cfg = load_config([TINY, f"--out_dir={tmp_path}", "--init_from=scratch", "--max_iters=1", "--checkpoint_interval=0",
                        "--test_eval=false", "--method=full", "--key_tokens=e,t", "--key_token_alpha=2",
-                       "--gradient_accumulation_steps=1"], cls=FinetuneConfig)
+                       "--gradient_accumulation_steps=1", f"--results_dir={tmp_path}-results"], cls=FinetuneConfig)
     run(cfg, hooks=[first_batch])
     x, y = seen["batch"]
     key_ids = torch.tensor(seen["tok"].encode("et"))
