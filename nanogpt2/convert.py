@@ -72,10 +72,11 @@ def _note(msg: str):
 
 
 def _refuse_unexportable(model, fmt: str = "a plain HF GPT-2 folder") -> None:
-    """HF GPT-2 (and nanoGPT, llm.c) has no adapter layers and no learned prefix: such a model cannot become a
-    plain HF folder (`fmt`)."""
+    """HF GPT-2 (and nanoGPT, llm.c) has no adapter layers, no learned prefix or prompt: such a model cannot become
+    a plain HF folder (`fmt`)."""
     for m in model.modules():
-        for attr, what in (("adapter_config", "Houlsby adapters"), ("prefix_config", "prefix tuning")):
+        for attr, what in (("adapter_config", "Houlsby adapters"), ("prefix_config", "prefix tuning"),
+                           ("prompt_config", "prompt tuning")):
             if getattr(m, attr, None) is not None:
                 raise NanoGPT2Error(
                     f"this model has {what} ({attr}={getattr(m, attr)!r}), which {fmt} cannot "
@@ -103,8 +104,9 @@ def save_pretrained(model, out_dir, tokenizer=None, log=_note, overwrite: bool =
       source) and foreign files are refused, `overwrite` replaces only these three files). Each file is written
       atomically, config.json last.
     - LoRA is merged first, on a copy (the HF folder is plain GPT-2; `model` stays unmerged).
-    - Houlsby adapters (`adapter_config`) and prefix tuning (`prefix_config`) are refused with a message pointing to
-      the peft export (nanogpt2.peft.save_peft_adapter, finetune.py --merge_and_export) and the .pt format.
+    - Houlsby adapters (`adapter_config`), prefix and prompt tuning (`prefix_config`, `prompt_config`) are refused,
+      with a message pointing to the peft export (nanogpt2.peft.save_peft_adapter, finetune.py --merge_and_export)
+      and the .pt format.
     - GPT-2's tokenizer files go beside the weights (nanogpt2/hf_tokenizer.py; a character model: one line saying
       no HF tokenizer exists for it).
     - A vocabulary padded past the `tokenizer` (e.g. 50304 rows for 50257 ids) is kept as it is and said so
