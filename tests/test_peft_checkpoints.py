@@ -113,13 +113,14 @@ def test_a_lora_checkpoint_is_a_small_fraction_of_a_full_one_written_by_real_run
 @pytest.mark.parametrize("method, args", [
     ("adapter", ("--method=adapter", "--adapter_size=4", "--adapter_train_layernorms=false")),
     ("prefix", ("--method=prefix", "--prefix_length=4", "--prefix_projection=8", "--block_size=28")),
+    ("prompt", ("--method=prompt", "--prompt_length=4", "--block_size=28")),
 ])
-def test_adapter_and_prefix_checkpoints_rebuild_bit_for_bit(tmp_path, base, method, args):
+def test_adapter_prefix_and_prompt_checkpoints_rebuild_bit_for_bit(tmp_path, base, method, args):
     final = Final()
     run(load_config(ft_args(tmp_path / method, base, *args), cls=FinetuneConfig), hooks=[final])
     state = ckpt_io.load_checkpoint(tmp_path / method / "checkpoint_final.pt")
     assert "base" in state and "transformer.wte.weight" not in state["model"]
-    assert all((".adapter." in k) if method == "adapter" else k.startswith("prefix_encoder.") for k in state["model"])
+    assert all((".adapter." in k) if method == "adapter" else k.startswith(f"{method}_encoder.") for k in state["model"])
     rebuilt, _ = load_model(str(tmp_path / method / "checkpoint_final.pt"))
     got = rebuilt.state_dict()
     assert set(got) == set(final.state) and all(torch.equal(got[k], final.state[k]) for k in got)
