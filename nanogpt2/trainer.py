@@ -290,8 +290,8 @@ def base_reference(trainer, base, resume_state) -> Optional[dict]:
     if resume_state is not None:
         return resume_state.get("base")
     if base is None:
-        t.log(f"checkpoints hold the whole model: its base (init_from={t.cfg.init_from}) is not a file or a name "
-              f"they could refer to")
+        t.log(f"checkpoints hold the whole model: it was not read from a base file or name they could refer to "
+              f"(init_from={t.cfg.init_from}, or a model the task built itself)")
         return None
     trained = {id(p) for g in t.optimizer.param_groups for p in g["params"]}
     names = [n for n, p in t.raw_model.named_parameters(remove_duplicate=False) if id(p) in trained]
