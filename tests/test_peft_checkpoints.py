@@ -295,3 +295,13 @@ def test_keep_last_covers_every_repeated_kind_and_never_best_final_or_another_ru
                                          "--eval_interval=2"), cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     assert names(keep) == ["checkpoint_best.pt", "checkpoint_final.pt", "checkpoint_step_5.pt"]
+
+
+def test_a_base_from_scratch_cannot_be_referred_to_the_checkpoints_hold_the_whole_model(tmp_path):
+    res = script("finetune.py", TINY, "--init_from=scratch", *LORA, "--max_iters=2", "--eval_interval=0",
+                 "--checkpoint_interval=0", "--test_eval=false", "--baseline_eval=false", f"--out_dir={tmp_path / 'out'}",
+                 f"--results_dir={tmp_path / 'results'}", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "checkpoints hold the whole model: it was not read from a base file or name" in res.stdout
+    state = ckpt_io.load_checkpoint(tmp_path / "out" / "checkpoint_final.pt")
+    assert "base" not in state and "transformer.wte.weight" in state["model"]
