@@ -91,8 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="nanogpt2 benchmarks: fused attention, training throughput and MFU (optionally vs "
                     "transformers), decoding, tokenizer. Defaults are sized for the device; "
                     "see docs/benchmarks.md.", allow_abbrev=False)
-    p.add_argument("which", nargs="*", default=["all"], choices=BENCHMARKS + ("all",),
-                   help="benchmarks to run, in this order (default: all)")
+    # No argparse `choices` here: Python 3.11+ checks a nargs="*" positional's list default against them and
+    # refuses a bare `python bench.py`; the names are checked in resolve() instead.
+    p.add_argument("which", nargs="*", default=[], metavar="BENCHMARK",
+                   help=f"benchmarks to run, in this order: {', '.join(BENCHMARKS)} or all (default: all, sized for "
+                        f"the device)")
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
     p.add_argument("--preset", default=None, choices=sorted(PRESETS) + sorted(BENCH_PRESETS),
                    help="model size (default: gpt2 on a GPU, shakespeare-char on a CPU)")
@@ -152,6 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve(args) -> argparse.Namespace:
     """Fill the device-dependent defaults; validate."""
+    unknown = [w for w in args.which if w not in BENCHMARKS + ("all",)]
+    if unknown:
+        raise NanoGPT2Error(f"unknown benchmark {unknown[0]!r}; pick from {', '.join(BENCHMARKS)} or all "
+                            f"(none: all)")
+    args.run_all = not args.which or "all" in args.which
+    args.which = BENCHMARKS if args.run_all else tuple(dict.fromkeys(args.which))
     device = resolve_device(args.device or "auto")
     gpu = device.type == "cuda"
     args.device = device
@@ -1229,8 +1238,7 @@ def main(argv=None):
     if load and load[0] > 0.5 * (os.cpu_count() or 1):
         print(f"note: load average {load[0]:.1f} on {os.cpu_count()} cores: other processes compete for the CPU, so the "
               f"timings are noisy (the paired ratios are the robust figures; --threads 1 avoids thread stalls)")
-    which = BENCHMARKS if "all" in args.which else tuple(dict.fromkeys(args.which))
-    for name in which:
+    for name in args.which:
         if name == "attention":
             res = bench_attention(args)
             print_attention(res)

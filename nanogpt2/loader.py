@@ -36,9 +36,11 @@ from typing import Callable
 import torch.nn as nn
 
 from nanogpt2 import checkpoint as ckpt_io
+from nanogpt2.download import DownloadError
 from nanogpt2.errors import NanoGPT2Error
 from nanogpt2.model import GPT, GPTConfig
 from nanogpt2.peft import apply_method_spec, collapse_prefix, method_spec
+from nanogpt2.rundir import run_folders
 
 # ----------------------------------------------------------------------------------------------------
 # Model specs
@@ -224,14 +226,33 @@ def load_model(init_from: str, device="cpu", dropout=None, log=_warn, config: GP
     return model.to(device), info
 
 
-def load_model_and_tokenizer(init_from: str, device="cpu"):
-    """(model in eval mode on `device`, its tokenizer, a description) for sample.py and evaluation. A prefix
+def load_for_inference(init_from: str, device="cpu"):
+    """(model in eval mode on `device`, its tokenizer, load_model's info) for sample.py and evaluation. A prefix
     trained through its reparameterisation MLP is collapsed to its table (the same outputs, no MLP per step)."""
-    model, info = load_model(init_from, device=device)
+    try:
+        model, info = load_model(init_from, device=device)
+    except DownloadError as e:  # a GPT-2 name, offline: name what loads without a download
+        raise DownloadError(f"{e} {offline_alternative()}") from None
     if (getattr(model, "prefix_config", None) or {}).get("projection_hidden") is not None:
         collapse_prefix(model)
     tok = ckpt_io.tokenizer_from_info(info["tokenizer"], path=info["path"] if "step" in info else None)
-    return model.eval(), tok, info["description"]
+    return model.eval(), tok, info
+
+
+def offline_alternative(where=".") -> str:
+    """What to pass instead of a model that cannot be downloaded: the run folders in `where` (a train.py out_dir
+    loads offline), or how to make one."""
+    runs = run_folders(where)
+    if runs:
+        return f"Offline, a run folder here loads without a download: {' or '.join(f'--init_from {p.name}' for p in runs[:3])}."
+    return ("Offline, train a model first (python train.py writes out-shakespeare, on a CPU too) and pass "
+            "--init_from out-shakespeare.")
+
+
+def load_model_and_tokenizer(init_from: str, device="cpu"):
+    """(model in eval mode on `device`, its tokenizer, a description): `load_for_inference` without the info."""
+    model, tok, info = load_for_inference(init_from, device)
+    return model, tok, info["description"]
 
 
 # ----------------------------------------------------------------------------------------------------
