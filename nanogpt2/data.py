@@ -496,7 +496,7 @@ def _local_registry_source(spec: DatasetSpec, path: Path, need) -> _Source:
                 raise NanoGPT2Error(
                     f"{path} has no {', '.join(missing)} (found: {only}). data_path= for {spec.name} takes "
                     f"{spec.local}. To use one file on its own, pass it as the dataset instead, e.g. "
-                    f"prepare_dataset('{path / next(iter(spec.splits.values()))}') (split by val_fraction)")
+                    f"--dataset {path / next(iter(spec.splits.values()))} (split by val_fraction)")
             return _Source("local", str(path), list(found.values()),
                            {s: [_file_entry(p, spec.fmt)] for s, p in found.items()}, spec.crlf, spec.split_sha256)
         raise NanoGPT2Error(f"data_path {path} for {spec.name} should be {spec.local}")

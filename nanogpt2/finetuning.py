@@ -42,7 +42,8 @@ import torch.nn as nn
 
 from nanogpt2.config import RunConfig, load_config, new_default, setting, settings_text, wants_help
 from nanogpt2.errors import EXIT_INTERRUPTED, NanoGPT2Error
-from nanogpt2.loader import model_spec
+from nanogpt2.distributed import dist_from_env
+from nanogpt2.loader import model_context, model_spec
 from nanogpt2.losses import key_token_entries
 from nanogpt2.optim import make_adamw, param_groups
 from nanogpt2.peft import (apply_adapters, apply_lora, apply_prefix, lora_layers, save_adapter_weights, save_peft_adapter,
@@ -398,8 +399,27 @@ def write_outputs(trainer) -> None:
 # finetune.py
 
 
+def cap_block_size(cfg: FinetuneConfig, log: Callable[[str], None] = print) -> FinetuneConfig:
+    """block_size is the recipe's longest window, not a demand: a base model (`init_from`) of a shorter context
+    trains at its context, less a prefix's positions, said in one line. (A distillation's teacher bounds the
+    student's windows itself: nanogpt2.distill.)"""
+    base = cfg.init_from
+    context = None if cfg.task == "distill" else model_context(base)
+    if context is None:
+        return cfg
+    room = context - (cfg.prefix_length if cfg.method == "prefix" else 0)
+    if not 1 <= room < cfg.block_size:
+        return cfg  # fits (or a prefix longer than the context: the method says so)
+    log(f"block_size={cfg.block_size} is longer than the context of {base} ({context} tokens"
+        + (f", {cfg.prefix_length} of them for the prefix" if room < context else "") + f"): using block_size={room}")
+    capped = cfg.replace(block_size=room)
+    capped._sources = getattr(cfg, "_sources", None)  # the config files, for the config line
+    return capped
+
+
 def run(cfg: FinetuneConfig, hooks=()) -> dict:
     """One fine-tuning run: the task's parts, the method on its model, the trainer."""
+    cfg = cap_block_size(cfg, log=print if dist_from_env().master else (lambda msg: None))
     parts = load_task(cfg.task)(cfg)
     head_patterns = tuple(parts.head_patterns)
 

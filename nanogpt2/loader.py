@@ -31,7 +31,7 @@ import importlib
 import json
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import torch.nn as nn
 
@@ -295,6 +295,29 @@ def build_run_model(cfg, tokenizer, *, model: nn.Module = None, resume_state: di
     return model
 
 
+def model_context(init_from: str) -> Optional[int]:
+    """The context (positions for real tokens) of the model `init_from` names, found without a download: a run
+    folder's or checkpoint's model, an HF folder's config.json, an OpenAI folder's hparams.json; None for a name
+    or size (GPT-2's 1024, downloaded later), scratch, and what the loader will refuse anyway."""
+    from nanogpt2.openai_checkpoint import is_openai_folder
+
+    path = Path(init_from)
+    try:
+        if init_from == "scratch" or not path.exists():
+            return None
+        if is_checkpoint(path) and not is_hf_folder(path):
+            model, _ = load_checkpoint_model(path, log=lambda msg: None)  # the run's own load says what it skips
+            return getattr(model, "context_length", None)
+        if is_hf_folder(path):
+            hf = json.loads((path / "config.json").read_text())
+            return int(hf.get("n_positions", hf.get("n_ctx", 1024)))
+        if is_openai_folder(path):
+            return int(json.loads((path / "hparams.json").read_text())["n_ctx"])
+    except (NanoGPT2Error, OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None  # loading it for the run says what is wrong
+    return None
+
+
 def fit_context(model: nn.Module, block_size: int) -> None:
     """Crop the positional table to the run's windows (nanoGPT's model surgery: GPT-2's 1024 -> block_size),
     keeping the positions a method spends on itself (a prefix: context_length = block_size - P)."""
@@ -315,8 +338,10 @@ def _init_model(cfg, tokenizer, log) -> GPT:
     m, info = load_model(cfg.init_from, dropout=cfg.dropout, log=lambda msg: log(f"warning: {msg}"))
     mine = ckpt_io.tokenizer_info(tokenizer) if tokenizer is not None else None
     if mine is not None and info["tokenizer"] != mine:
+        own = (info.get("config") or {}).get("dataset")  # a run folder's: data in its tokenizer
+        fix = f"fine-tune it on data in its tokenizer (--dataset {own}, its own)" if own else "use the same tokenizer"
         raise NanoGPT2Error(f"init_from={cfg.init_from} was trained with tokenizer {info['tokenizer'].get('name')!r} "
-                            f"(another vocabulary than this run's {mine['name']!r}); use the same tokenizer "
+                            f"(another vocabulary than this run's {mine['name']!r}, dataset {cfg.dataset}); {fix} "
                             f"(tokenizer=gpt2 for GPT-2 weights)")
     if not isinstance(m, GPT):
         raise NanoGPT2Error(f"init_from={cfg.init_from} holds a {type(m).__name__} ({info['spec'].get('kind')}); "

@@ -69,6 +69,7 @@ def char_run(tmp_path_factory):
 # The run's own data, the loss it reported
 
 
+@pytest.mark.slow
 def test_a_char_run_scores_its_own_validation_windows(char_run):
     """configs/tiny.py trains on shakespeare_char (the char tokenizer, val = the last 10 % of the characters): the
     bare command scores that split on the run's validation windows and prints train.py's last val_loss."""
@@ -87,6 +88,7 @@ def test_a_char_run_scores_its_own_validation_windows(char_run):
     assert (strided["stride"], strided["tokens"]) == (16, 1999) and "bits_per_byte" not in strided
 
 
+@pytest.mark.slow
 def test_a_val_fraction_split_is_the_one_train_py_validated_on(tmp_path):
     """A dataset without a validation split of its own, cut by a non-default val_fraction, with the GPT-2
     tokenizer: evaluate takes the same cut (not the dataset's default) and reproduces the run's val_loss."""
@@ -99,6 +101,7 @@ def test_a_val_fraction_split_is_the_one_train_py_validated_on(tmp_path):
     assert evaluate(tmp_path, "--init_from", "run")["loss"] == pytest.approx(res["loss"], abs=1e-12)
 
 
+@pytest.mark.slow
 def test_a_test_split_of_its_own_scores_as_the_runs_final_test(tmp_path):
     """A local folder with train / val / test files: --split test is the run's final test evaluation (strided,
     test_stride), the same test_loss and bits per byte; the default is still the validation split."""
