@@ -81,6 +81,8 @@ BENCH_PRESETS = {"shakespeare-char": dict(n_layer=6, n_head=6, n_embd=384, vocab
                  # GPT-2-shaped (its vocabulary) at shakespeare-char's size: the CPU fine-tuning benchmark
                  "gpt2-6x384": dict(n_layer=6, n_head=6, n_embd=384, vocab_size=50257, block_size=256)}
 MiB = 2 ** 20
+# How long a bare `python bench.py` (every benchmark, the device's default sizes) takes, measured (docs/benchmarks.md)
+ALL_MINUTES = {"cpu": "N minutes on a 2-core CPU", "cuda": "a few minutes on one H100 (not yet run on a GPU)"}
 
 # ----------------------------------------------------------------------------------------------------
 # Options
@@ -1215,6 +1217,95 @@ def print_external(name, res):
 
 
 # ----------------------------------------------------------------------------------------------------
+# Running them, the summary
+
+
+def run_benchmark(name: str, args) -> dict:
+    """One sub-benchmark: its results, its table printed."""
+    if name == "attention":
+        res = bench_attention(args)
+        print_attention(res)
+    elif name == "train":
+        res = bench_train(args)
+        print_train(res, args)
+    elif name == "finetune":
+        res = bench_finetune(args)
+        print_train(res, args, other="peft", title=f"finetune ({res['method']})")
+    elif name == "classify":
+        res = bench_classify(args)
+        print_classify(res, args)
+    elif name == "instruct":
+        res = bench_instruct(args)
+        print_instruct(res, args)
+    elif name == "distill":
+        res = bench_distill(args)
+        print_distill(res)
+    else:
+        res = bench_generate(args) if name == "generate" else bench_tokenizer(args)
+        print_external(name, res)
+    return res
+
+
+def all_notice(args) -> str:
+    """What a bare `python bench.py` (or `all`) runs, and how long it takes here."""
+    where = "a GPU" if args.device.type == "cuda" else "a CPU"
+    took = ALL_MINUTES["cuda" if args.device.type == "cuda" else "cpu"]
+    return (f"running every benchmark ({', '.join(BENCHMARKS)}) sized for {where}: model {args.preset}, batch "
+            f"{args.batch_size} x {args.block_size} tokens, {args.repeats} repeats of {args.steps} steps; about {took} "
+            f"(docs/benchmarks.md); name one or more to run only those, e.g. python bench.py train")
+
+
+def _ratio(res: dict, key: str, other: str) -> str:
+    value = (res.get(key) or {}).get("value")
+    return f", {value:.2f}x {other}" if value is not None else ""
+
+
+def headline(name: str, res: dict) -> str:
+    """The figure of one benchmark that the summary shows (the tables above hold the rest)."""
+    if str(res.get("status", "ok")) != "ok":
+        return res["status"]
+    if name == "attention":
+        top = [s for s in res["summary"] if s["mode"] == "forward+backward"][-1]
+        return f"sdpa {top['speedup']['value']:.2f}x as fast as reference (T={top['seq_len']}, forward+backward)"
+    if name in ("train", "finetune"):
+        ours, other = res["ours"], "peft" if name == "finetune" else "hf"
+        return (f"{ours['tokens_per_sec']['value']:,.0f} tokens/s, MFU {ours['mfu']['value']:.2f} %"
+                + _ratio(res, "ratio_tokens_per_sec", other))
+    if name == "classify":
+        return f"{res['ours']['examples_per_sec']['value']:,.1f} examples/s" + _ratio(res, "ratio_examples_per_sec", "hf")
+    if name == "generate":
+        row = res["figures"]["rows"][0]
+        return (f"{row['cache_tok_s']:,.0f} tokens/s with the KV cache (batch {row['batch']}), "
+                f"{row['cache_vs_no_cache']:.2f}x without it")
+    if name == "tokenizer":
+        f = res["figures"]
+        return f"tiktoken {f['tiktoken_warm_mbps']:.2f} MB/s, python {f['python_warm_mbps']:.2f} MB/s"
+    if name == "instruct":
+        base = res["no mask"]["ms_per_iter"]["value"]
+        return (f"the padding mask takes {res['with mask']['ms_per_iter']['value'] / base:.2f}x the time, static "
+                f"padding {res['static padding']['ms_per_iter']['value'] / base:.2f}x")
+    return (f"distillation step {res['step_cost']['value']:.2f}x the plain step; the student decodes "
+            f"{res['decode_speedup']['value']:.2f}x as fast as the teacher")
+
+
+def print_summary(report: dict) -> None:
+    """One row per benchmark that ran: its headline figure and the time it took."""
+    if not report["results"]:
+        return
+    print(f"\n== summary ({report['device'].get('name', report['device'].get('type'))})")
+    print(f"{'benchmark':<11}{'wall s':>8}{'CPU s':>8}   result")
+    for name, res in report["results"].items():
+        t = report["timings"][name]
+        try:
+            line = headline(name, res)
+        except (KeyError, TypeError, IndexError, ZeroDivisionError):
+            line = "see its table above"
+        print(f"{name:<11}{t['wall']['value']:>8.1f}{t['cpu']['value']:>8.1f}   {line}")
+    total = sum(t["wall"]["value"] for t in report["timings"].values())
+    print(f"{'total':<11}{total:>8.1f}")
+
+
+# ----------------------------------------------------------------------------------------------------
 # Main
 
 
@@ -1231,40 +1322,22 @@ def main(argv=None):
                     hf_optim=args.hf_optim, hf_compile=args.hf_compile, lr=args.lr, betas=[args.beta1, args.beta2],
                     weight_decay=args.weight_decay, grad_clip=args.grad_clip, seed=args.seed, num_labels=args.num_labels,
                     tokenizer_text=args.tokenizer_text),
-        results={},
+        results={}, timings={},
     )
     print_header(report)
     load = report["device"].get("load_average_at_start")
     if load and load[0] > 0.5 * (os.cpu_count() or 1):
         print(f"note: load average {load[0]:.1f} on {os.cpu_count()} cores: other processes compete for the CPU, so the "
               f"timings are noisy (the paired ratios are the robust figures; --threads 1 avoids thread stalls)")
+    if args.run_all:
+        print(f"note: {all_notice(args)}")
     for name in args.which:
-        if name == "attention":
-            res = bench_attention(args)
-            print_attention(res)
-        elif name == "train":
-            res = bench_train(args)
-            print_train(res, args)
-        elif name == "finetune":
-            res = bench_finetune(args)
-            print_train(res, args, other="peft", title=f"finetune ({res['method']})")
-        elif name == "classify":
-            res = bench_classify(args)
-            print_classify(res, args)
-        elif name == "generate":
-            res = bench_generate(args)
-            print_external(name, res)
-        elif name == "instruct":
-            res = bench_instruct(args)
-            print_instruct(res, args)
-        elif name == "distill":
-            res = bench_distill(args)
-            print_distill(res)
-        else:
-            res = bench_tokenizer(args)
-            print_external(name, res)
+        t0, c0 = time.perf_counter(), time.process_time()
+        res = run_benchmark(name, args)
         report["results"][name] = res
+        report["timings"][name] = dict(wall=fig(time.perf_counter() - t0, "s"), cpu=fig(time.process_time() - c0, "s"))
         sys.stdout.flush()
+    print_summary(report)
     if "load_average_at_start" in report["device"]:
         report["device"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     if args.json:
