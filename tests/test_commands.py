@@ -18,6 +18,7 @@ end the way every user error does: exit status 2 and one `error:` line saying wh
 import json
 import os
 import re
+import resource
 import shlex
 import subprocess
 import sys
@@ -29,7 +30,7 @@ from conftest import ROOT, one_error_line
 from http_fixture import unused_url
 
 LINKED = ("train.py", "sample.py", "finetune.py", "bench.py", "configs")
-TIMINGS = []  # (command, exit status, seconds) of every command run, for the summary at the end
+TIMINGS = []  # (command, exit status, wall seconds, CPU seconds) of every command run, for the summary at the end
 
 # ----------------------------------------------------------------------------------------------------
 # Commands out of the documents, and running them
@@ -83,11 +84,16 @@ def run(where, command: str, *extra, timeout=900):
     """Run `command` (as a user types it) plus `extra` arguments in `where`; return the CompletedProcess."""
     words = shlex.split(command) + list(extra)
     argv = {"python": [sys.executable], "torchrun": [sys.executable, "-m", "torch.distributed.run"]}[words[0]] + words[1:]
-    t0 = time.time()
+    t0, c0 = time.time(), _children_cpu()
     res = subprocess.run(argv, cwd=where, env=offline_env(where.parent / "nanogpt2-cache"), capture_output=True,
                          text=True, timeout=timeout)
-    TIMINGS.append((command, res.returncode, time.time() - t0))
+    TIMINGS.append((command, res.returncode, time.time() - t0, _children_cpu() - c0))
     return res
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def ok(res):
@@ -113,60 +119,22 @@ def last_val_loss(run_folder):
 def timings_summary():
     yield
     if TIMINGS:
-        print("\ncommand exit seconds:")
-        for command, status, seconds in TIMINGS:
-            print(f"  {status:>3} {seconds:7.1f}s  {command}")
+        print("\nexit   wall s  CPU s  command")
+        for command, status, wall, cpu in TIMINGS:
+            print(f"{status:>4} {wall:8.1f} {cpu:6.1f}  {command}")
 
 
 # ----------------------------------------------------------------------------------------------------
-# The quick start and the card's commands
+# The quick start, the card's commands, README.md's "The scripts"
 
 TRAIN = "python train.py"
 CARD = ["python -m nanogpt2.evaluate --init_from out-shakespeare", "python sample.py --top_p 0.9",
         "python finetune.py configs/finetune_lora.py --init_from out-shakespeare", "python bench.py"]
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """The quick start's `python train.py` (configs/shakespeare.py, 20 steps): a folder holding out-shakespeare."""
-    where = workdir(tmp_path_factory, "card")
-    assert "pip install -e . && python train.py" in (ROOT / "README.md").read_text(encoding="utf-8")
-    res = ok(run(where, TRAIN, "--max_iters", "20"))
-    assert "saved out-shakespeare/checkpoint_final.pt" in res.stdout
-    return where
-
-
-def test_the_card_evaluate_scores_the_run_on_its_own_validation_split(trained):
-    res = ok(run(trained, CARD[0]))
-    assert "shakespeare_char val (the run's own data)" in res.stdout
-    assert f"loss {last_val_loss(trained / 'out-shakespeare'):.4f} " in res.stdout  # the number train.py printed
-
-
-def test_the_card_sample_offline_names_the_run_folder(trained):
-    offline(run(trained, CARD[1]), "Offline, a run folder here loads without a download: --init_from out-shakespeare")
-
-
-def test_the_card_finetune_caps_block_size_then_needs_wikitext(trained):
-    res = run(trained, CARD[2], "--max_iters", "4")
-    assert "block_size=1024 is longer than the context of out-shakespeare (64 tokens): using block_size=64" in res.stdout
-    offline(res, "dataset 'wikitext2'", "--data_path")
-
-
-@pytest.mark.slow
-def test_the_card_bench_runs_every_benchmark_and_sums_up(trained):
-    res = ok(run(trained, CARD[3], "--steps", "1", "--warmup", "0", "--repeats", "1", "--attn_block_time", "0.02"))
-    assert "note: running every benchmark (attention, train, classify, generate, tokenizer, finetune, instruct, " \
-           "distill) sized for a CPU" in res.stdout
-    summary = res.stdout[res.stdout.index("== summary"):].splitlines()
-    for name in ("attention", "train", "classify", "generate", "tokenizer", "finetune", "instruct", "distill"):
-        assert any(line.startswith(name + " ") for line in summary), summary
-
-
-# ----------------------------------------------------------------------------------------------------
-# README.md's "The scripts", every command
-
 OFFLINE_WIKITEXT = ("dataset 'wikitext2'", "--data_path")
-README = {  # command -> (added arguments, what must happen)
+README = {  # README.md's "The scripts", every command -> (added arguments, what must happen: ok, or the words of
+            # the one error line of a command that needs the network; torchrun and bench.py have tests of their own)
     "python train.py configs/wikitext2.py": ((), OFFLINE_WIKITEXT),
     "python train.py configs/wikitext2.py --batch_size=4 --max_iters 2000": ((), OFFLINE_WIKITEXT),
     "torchrun --nproc_per_node=8 train.py configs/wikitext2.py": ((), "torchrun"),
@@ -179,7 +147,7 @@ README = {  # command -> (added arguments, what must happen)
     "python -m nanogpt2.evaluate --init_from gpt2 --dataset wikitext2 --split test": ((), ("model 'gpt2'",)),
     "python -m nanogpt2.data wikitext2": ((), OFFLINE_WIKITEXT),
     'python -m nanogpt2.tokenizer "some text"': ((), "ok"),
-    "python bench.py": ((), "the card's"),  # run once, above
+    "python bench.py": ((), "the card's"),
 }
 
 
@@ -187,21 +155,63 @@ def test_the_readme_scripts_block_is_this_list():
     assert doc_commands("README.md", after="## The scripts") == list(README)
 
 
-@pytest.mark.parametrize("command", [c for c, (_, want) in README.items() if want not in ("torchrun", "the card's")])
-def test_each_readme_script_runs_or_says_what_it_needs(trained, command):
-    extra, want = README[command]
-    res = run(trained, command, *extra)
-    if want == "ok":
-        ok(res)
-    else:
-        offline(res, *want)
+@pytest.mark.slow
+def test_the_quick_start_then_the_card_and_every_readme_script_in_one_folder(tmp_path_factory):
+    """As a new user: `python train.py` (the quick start), the card's commands in that folder, then each command
+    of README's scripts block, then the docs' examples on that run (conversion.md, sampling.md). One test, so that
+    the run is trained once (also under pytest-xdist)."""
+    where = workdir(tmp_path_factory, "card")
+    assert "pip install -e . && python train.py" in (ROOT / "README.md").read_text(encoding="utf-8")
+    res = ok(run(where, TRAIN, "--max_iters", "20"))
+    assert "saved out-shakespeare/checkpoint_final.pt" in res.stdout
+    val_loss = last_val_loss(where / "out-shakespeare")
+
+    res = ok(run(where, CARD[0]))  # evaluate: the run's own validation split, the number train.py printed
+    assert "shakespeare_char val (the run's own data)" in res.stdout and f"loss {val_loss:.4f} " in res.stdout
+    offline(run(where, CARD[1]), "Offline, a run folder here loads without a download: --init_from out-shakespeare")
+    res = run(where, CARD[2], "--max_iters", "4")  # finetune: block_size capped, then WikiText-2 is needed
+    assert "block_size=1024 is longer than the context of out-shakespeare (64 tokens): using block_size=64" in res.stdout
+    offline(res, *OFFLINE_WIKITEXT)
+
+    for command, (extra, want) in README.items():
+        if want in ("torchrun", "the card's"):
+            continue  # below, each in a test of its own
+        res = run(where, command, *extra)
+        if want == "ok":
+            ok(res)
+        else:
+            offline(res, *want)
+    assert not (where / "out" / "gpt2-hf").exists()  # a refused conversion writes nothing
+
+    convert, = in_doc("docs/conversion.md", "python -m nanogpt2.convert out-shakespeare out/hf")
+    assert "sha256:" in ok(run(where, convert)).stdout and (where / "out" / "hf" / "model.safetensors").is_file()
+    samples, prompted, scored = in_doc(
+        "docs/sampling.md", "python sample.py --init_from out-shakespeare --num_samples 3 --temperature 0.8 --top_k 200",
+        "python sample.py --init_from out-shakespeare/checkpoint_best.pt --start FILE:prompt.txt --top_p 0.9 --seed 7",
+        "python -m nanogpt2.evaluate --init_from out-shakespeare --json")
+    assert ok(run(where, samples, "--max_new_tokens", "16")).stdout.count("---------------") == 3
+    (where / "prompt.txt").write_text("ROMEO:\n", encoding="utf-8")
+    assert ok(run(where, prompted, "--max_new_tokens", "16")).stdout.startswith("ROMEO:\n")
+    assert json.loads(ok(run(where, scored)).stdout.splitlines()[-1])["loss"] == pytest.approx(val_loss, abs=1e-5)
 
 
 @pytest.mark.slow
-def test_the_readme_torchrun_command_stops_every_process_with_the_download_error(trained):
+def test_the_card_bench_runs_every_benchmark_and_sums_up(tmp_path_factory):
+    res = ok(run(workdir(tmp_path_factory, "bench"), CARD[3], "--steps", "1", "--warmup", "0", "--repeats", "1",
+                 "--attn_block_time", "0.02"))
+    assert "note: running every benchmark (attention, train, classify, generate, tokenizer, finetune, instruct, " \
+           "distill) sized for a CPU" in res.stdout
+    summary = res.stdout[res.stdout.index("== summary"):].splitlines()
+    for name in ("attention", "train", "classify", "generate", "tokenizer", "finetune", "instruct", "distill"):
+        assert any(line.startswith(name + " ") for line in summary), summary
+
+
+@pytest.mark.slow
+def test_the_readme_torchrun_command_stops_every_process_with_the_download_error(tmp_path_factory):
     """Eight processes (gloo on a CPU); the first cannot download WikiText-2, the others stop with it, none hangs.
     torchrun itself exits 1 and reports its children's failure."""
-    res = run(trained, "torchrun --nproc_per_node=8 train.py configs/wikitext2.py", timeout=600)
+    res = run(workdir(tmp_path_factory, "torchrun"), "torchrun --nproc_per_node=8 train.py configs/wikitext2.py",
+              timeout=600)
     assert res.returncode != 0
     assert "error: could not download dataset 'wikitext2'" in res.stderr
     assert "error: preparing the dataset failed on another process" in res.stderr
@@ -218,6 +228,7 @@ def in_doc(path, *commands):
     return commands
 
 
+@pytest.mark.slow
 def test_finetuning_tutorial_line_by_line(tmp_path_factory):
     """docs/finetuning.md: train a base, LoRA on it, sample from it, evaluate it (its own validation split: the
     loss the run reported)."""
@@ -240,6 +251,7 @@ def test_finetuning_tutorial_line_by_line(tmp_path_factory):
     assert f"loss {last_val_loss(where / 'ft-lora'):.4f} " in res.stdout
 
 
+@pytest.mark.slow
 def test_training_md_examples(tmp_path_factory):
     helps, short = in_doc("docs/training.md", "python train.py --help", "python train.py configs/shakespeare.py --max_iters=500")
     where = workdir(tmp_path_factory, "training")
@@ -260,20 +272,6 @@ def test_data_md_examples(tmp_path_factory):
             f.write(json.dumps({"text": text[i:i + 2_000]}) + "\n")
     ok(run(where, local))
     assert "wikitext2" in ok(run(where, listing)).stdout
-
-
-def test_conversion_and_sampling_md_examples_on_the_quick_start_run(trained):
-    convert, = in_doc("docs/conversion.md", "python -m nanogpt2.convert out-shakespeare out/hf")
-    assert "sha256:" in ok(run(trained, convert)).stdout and (trained / "out" / "hf" / "model.safetensors").is_file()
-    samples, prompted, scored = in_doc(
-        "docs/sampling.md", "python sample.py --init_from out-shakespeare --num_samples 3 --temperature 0.8 --top_k 200",
-        "python sample.py --init_from out-shakespeare/checkpoint_best.pt --start FILE:prompt.txt --top_p 0.9 --seed 7",
-        "python -m nanogpt2.evaluate --init_from out-shakespeare --json")
-    assert ok(run(trained, samples, "--max_new_tokens", "16")).stdout.count("---------------") == 3
-    (trained / "prompt.txt").write_text("ROMEO:\n", encoding="utf-8")
-    assert ok(run(trained, prompted, "--max_new_tokens", "16")).stdout.startswith("ROMEO:\n")
-    res = json.loads(ok(run(trained, scored)).stdout.splitlines()[-1])
-    assert res["loss"] == pytest.approx(last_val_loss(trained / "out-shakespeare"), abs=1e-5)
 
 
 @pytest.mark.slow
