@@ -115,12 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="timed iterations per repeat (default 20 GPU, 2 CPU)")
     p.add_argument("--warmup", type=int, default=None, help="untimed iterations first (default 5 GPU, 1 CPU)")
     p.add_argument("--repeats", type=int, default=None,
-                   help="interleaved timed blocks per variant; the median is reported (default 5)")
+                   help="interleaved timed blocks per variant; the median is reported (default 5; every benchmark on "
+                        "a CPU: 3)")
     p.add_argument("--tokenizer_text", default=None, metavar="FILE",
                    help="tokenizer: the UTF-8 text to encode (default: the bundled Tiny Shakespeare; the figures in "
                         "docs/benchmarks.md use WikiText-2's wiki.test.raw)")
     p.add_argument("--seq_lens", default=None,
-                   help="attention sweep, comma-separated (default 128..4096 GPU, 128..1024 CPU)")
+                   help="attention sweep, comma-separated (default 128..4096 GPU, 128..1024 CPU, 128..512 for every "
+                        "benchmark on a CPU)")
     p.add_argument("--attn_block_time", type=float, default=None,
                    help="attention: seconds per timed block, iterations calibrated to it (default 0.1 GPU, 0.25 CPU)")
     p.add_argument("--vs", default=None, choices=["hf", "peft"],
@@ -185,7 +187,8 @@ def resolve(args) -> argparse.Namespace:
         raise NanoGPT2Error(f"--compile_mode {args.compile_mode} needs --compile (compiling is off on a CPU by default)")
     args.steps = args.steps if args.steps is not None else (20 if gpu else 2)
     args.warmup = args.warmup if args.warmup is not None else (5 if gpu else 1)
-    args.repeats = args.repeats if args.repeats is not None else 5
+    overview = args.run_all and not gpu  # every benchmark on a CPU: fewer repeats, a shorter sweep (minutes, not 10+)
+    args.repeats = args.repeats if args.repeats is not None else (3 if overview else 5)
     if args.steps < 1 or args.repeats < 1 or args.warmup < 0:
         raise NanoGPT2Error("--steps and --repeats must be >= 1 and --warmup >= 0")
     if args.seq_lens:
@@ -194,7 +197,7 @@ def resolve(args) -> argparse.Namespace:
         except ValueError:
             raise NanoGPT2Error(f"--seq_lens must be comma-separated integers, e.g. 128,256,512 (got {args.seq_lens!r})")
     else:
-        args.seq_lens = [128, 256, 512, 1024, 2048, 4096] if gpu else [128, 256, 512, 1024]
+        args.seq_lens = [128, 256, 512, 1024, 2048, 4096] if gpu else [128, 256, 512] if overview else [128, 256, 512, 1024]
     try:
         args.model_config = GPTConfig(dropout=args.dropout, **model_kw)
     except ValueError as e:

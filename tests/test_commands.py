@@ -144,6 +144,7 @@ README = {  # README.md's "The scripts", every command -> (added arguments, what
     "python sample.py --init_from out-shakespeare --top_p 0.9": (("--max_new_tokens", "20", "--num_samples", "1"), "ok"),
     'python sample.py --init_from gpt2 --start "Hello" --stream --top_p 0.9': ((), ("model 'gpt2'", "--init_from")),
     "python -m nanogpt2.convert 124M out/gpt2-hf": ((), ("124M",)),
+    "python -m nanogpt2.evaluate --init_from out-shakespeare": ((), "ok"),
     "python -m nanogpt2.evaluate --init_from gpt2 --dataset wikitext2 --split test": ((), ("model 'gpt2'",)),
     "python -m nanogpt2.data wikitext2": ((), OFFLINE_WIKITEXT),
     'python -m nanogpt2.tokenizer "some text"': ((), "ok"),
