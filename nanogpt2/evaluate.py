@@ -171,7 +171,7 @@ def evaluate_dataset(model, tokenizer, dataset: str = "wikitext2", split: str = 
     """Strided perplexity on a dataset split by name (e.g. the training loop's final test evaluation).
 
     A split the dataset's text has of its own is `nanogpt2.data.get_split_text(dataset, split, data_path)`
-    (documents joined by "\n\n", as the guide joins wikitext's rows); the train / val split of a text without
+    (documents joined by "\\n\\n", as the guide joins wikitext's rows); the train / val split of a text without
     split files (Tiny Shakespeare, a local file) is the cut by val_fraction that train.py makes, the tokens of
     `prepare_dataset(dataset, tokenizer).tokens(split)`. `max_tokens` keeps only the first that many tokens
     (quick checks; bits per byte then counts the bytes of those tokens)."""
@@ -380,14 +380,13 @@ def _check_args(args) -> None:
 
 def _describe(res: dict, own: bool) -> str:
     """The line saying what was scored."""
-    what = f"{res['dataset']} {res['split']}" + (" (the run's own data)" if own else "")
-    if res.get("stride") is None:
-        batches = f"the first {res['eval_iters']} batches" if res["eval_iters"] else "every batch"
-        return (f"{what}: {res['tokens']:,} tokens scored of {res['tokens_total']:,}, {res['windows']} windows of "
-                f"{res['block_size']} ({batches} of {res['batch_size']}: the run's validation; --stride N for strided "
-                f"perplexity, --eval_iters 0 for the whole split)")
-    return (f"{what}: {res['tokens']:,} tokens scored of {res['tokens_total']:,}, {res['windows']} windows of "
-            f"{res['block_size']}, stride {res['stride']}")
+    what = (f"{res['dataset']} {res['split']}" + (" (the run's own data)" if own else "") + f": {res['tokens']:,} "
+            f"tokens scored of {res['tokens_total']:,}, {res['windows']} windows of {res['block_size']}")
+    if res.get("stride") is not None:
+        return f"{what}, stride {res['stride']}"
+    batches = f"at most {res['eval_iters']} batches" if res["eval_iters"] else "every batch"
+    return (f"{what} ({batches} of {res['batch_size']}: the run's validation; --stride N for strided perplexity, "
+            f"--eval_iters 0 for the whole split)")
 
 
 def main(argv=None):
