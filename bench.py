@@ -187,7 +187,8 @@ def resolve(args) -> argparse.Namespace:
         raise NanoGPT2Error(f"--compile_mode {args.compile_mode} needs --compile (compiling is off on a CPU by default)")
     args.steps = args.steps if args.steps is not None else (20 if gpu else 2)
     args.warmup = args.warmup if args.warmup is not None else (5 if gpu else 1)
-    overview = args.run_all and not gpu  # every benchmark on a CPU: fewer repeats, a shorter sweep (minutes, not 10+)
+    # every benchmark on a CPU: fewer repeats, a shorter attention sweep, decoding at batch 1 only (minutes, not 25)
+    overview = args.overview = args.run_all and not gpu
     args.repeats = args.repeats if args.repeats is not None else (3 if overview else 5)
     if args.steps < 1 or args.repeats < 1 or args.warmup < 0:
         raise NanoGPT2Error("--steps and --repeats must be >= 1 and --warmup >= 0")
@@ -944,7 +945,8 @@ def bench_generate(args) -> dict:
         new_tokens = min(32, args.block_size - prompt_len)  # prompt + new tokens must fit the context
         return benchmark_decode(model=model, device=str(args.device), dtype=args.dtype, seed=args.seed,
                                 repeats=args.repeats, prompt_len=prompt_len, new_tokens=new_tokens, quiet=True,
-                                compile=args.compile, compile_mode=args.compile_mode)
+                                compile=args.compile, compile_mode=args.compile_mode,
+                                batch_sizes=(1,) if args.overview else (1, 8))
     return _external(decode.benchmark_decode, decode.format_benchmark, call)
 
 

@@ -268,18 +268,18 @@ def test_failing_sub_benchmark_is_reported():
 
 def test_no_argument_means_every_benchmark_sized_for_the_device():
     """A bare `python bench.py` (Python 3.11+ once refused it: argparse checked the list default against choices):
-    every benchmark, in order; on a CPU 3 repeats and a sweep to 512 unless given."""
+    every benchmark, in order; on a CPU 3 repeats, a sweep to 512 and decoding at batch 1 unless given."""
     sys.path.insert(0, str(ROOT))
     import bench
 
     args = bench.resolve(bench.build_parser().parse_args(["--device", "cpu"]))
-    assert args.run_all and args.which == bench.BENCHMARKS
+    assert args.run_all and args.overview and args.which == bench.BENCHMARKS
     assert (args.repeats, args.seq_lens, args.preset) == (3, [128, 256, 512], "shakespeare-char")
     assert "sized for a CPU" in bench.all_notice(args) and "about" in bench.all_notice(args)
     args = bench.resolve(bench.build_parser().parse_args(["all", "--device", "cpu", "--repeats", "2"]))
     assert args.run_all and args.repeats == 2
     args = bench.resolve(bench.build_parser().parse_args(["train", "train", "attention", "--device", "cpu"]))
-    assert not args.run_all and args.which == ("train", "attention") and args.repeats == 5
+    assert not args.run_all and not args.overview and args.which == ("train", "attention") and args.repeats == 5
     with pytest.raises(NanoGPT2Error, match="unknown benchmark 'trian'; pick from attention, train"):
         bench.resolve(bench.build_parser().parse_args(["trian", "--device", "cpu"]))
 
