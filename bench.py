@@ -82,7 +82,8 @@ BENCH_PRESETS = {"shakespeare-char": dict(n_layer=6, n_head=6, n_embd=384, vocab
                  "gpt2-6x384": dict(n_layer=6, n_head=6, n_embd=384, vocab_size=50257, block_size=256)}
 MiB = 2 ** 20
 # How long a bare `python bench.py` (every benchmark, the device's default sizes) takes, measured (docs/benchmarks.md)
-ALL_MINUTES = {"cpu": "N minutes on a 2-core CPU", "cuda": "a few minutes on one H100 (not yet run on a GPU)"}
+ALL_MINUTES = {"cpu": "about 1.5 minutes on a quiet 2-core CPU (several times that when other jobs load it)",
+               "cuda": "not yet run on a GPU, so not yet timed"}
 
 # ----------------------------------------------------------------------------------------------------
 # Options
@@ -1256,7 +1257,7 @@ def all_notice(args) -> str:
     where = "a GPU" if args.device.type == "cuda" else "a CPU"
     took = ALL_MINUTES["cuda" if args.device.type == "cuda" else "cpu"]
     return (f"running every benchmark ({', '.join(BENCHMARKS)}) sized for {where}: model {args.preset}, batch "
-            f"{args.batch_size} x {args.block_size} tokens, {args.repeats} repeats of {args.steps} steps; about {took} "
+            f"{args.batch_size} x {args.block_size} tokens, {args.repeats} repeats of {args.steps} steps; {took} "
             f"(docs/benchmarks.md); name one or more to run only those, e.g. python bench.py train")
 
 
