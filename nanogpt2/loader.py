@@ -339,10 +339,10 @@ def _init_model(cfg, tokenizer, log) -> GPT:
     mine = ckpt_io.tokenizer_info(tokenizer) if tokenizer is not None else None
     if mine is not None and info["tokenizer"] != mine:
         own = (info.get("config") or {}).get("dataset")  # a run folder's: data in its tokenizer
-        fix = f"fine-tune it on data in its tokenizer (--dataset {own}, its own)" if own else "use the same tokenizer"
+        fix = (f"fine-tune it on data in its tokenizer (--dataset {own}, its own)" if own
+               else "use the same tokenizer (tokenizer=gpt2 for GPT-2 weights)")
         raise NanoGPT2Error(f"init_from={cfg.init_from} was trained with tokenizer {info['tokenizer'].get('name')!r} "
-                            f"(another vocabulary than this run's {mine['name']!r}, dataset {cfg.dataset}); {fix} "
-                            f"(tokenizer=gpt2 for GPT-2 weights)")
+                            f"(another vocabulary than this run's {mine['name']!r}, dataset {cfg.dataset}); {fix}")
     if not isinstance(m, GPT):
         raise NanoGPT2Error(f"init_from={cfg.init_from} holds a {type(m).__name__} ({info['spec'].get('kind')}); "
                             f"train.py starts from a GPT: resume that run with --resume_from instead")
