@@ -15,10 +15,14 @@ Sub-benchmarks (pick one, or `all`):
              `transformers.GPT2ForSequenceClassification` loaded from our weights, on the same batch and padding,
              interleaved with ours (the first losses must agree).
   generate   KV-cache decoding (`nanogpt2.benchmarks.decode.benchmark_decode`).
-  finetune   a fine-tuning step (`--method lora|adapter|full`, LoRA r/alpha/targets as finetune.py's) of `GPT`;
-             `--vs peft` times transformers' GPT2LMHeadModel wrapped by HF peft with the same LoRA config, batch,
-             dtype and optimizer (ours), both eager or both compiled (--compile), interleaved: tokens/s and
-             step peak memory ratios (`ratio_tokens_per_sec`, `ratio_peak_memory`).
+  finetune   a fine-tuning step (`--method lora|adapter|prompt|full`, LoRA r/alpha/targets and prompt_length as
+             finetune.py's) of `GPT`; `--vs peft` times transformers' GPT2LMHeadModel wrapped by HF peft with the
+             same LoRA or prompt-tuning config, batch, dtype and optimizer (ours), both eager or both compiled
+             (--compile), interleaved: tokens/s and step peak memory ratios (`ratio_tokens_per_sec`,
+             `ratio_peak_memory`). With prompt tuning a row holds block_size - prompt_length real tokens.
+             train and finetune with `--gradient_checkpointing`: our step with each block recomputed in the
+             backward (GPT.gradient_checkpointing_enable) beside the same model's step without it ("plain"),
+             interleaved: the time and step peak memory ratios (checkpointed / plain).
   tokenizer  BPE encode throughput, the python backend against tiktoken
              (`nanogpt2.benchmarks.tokenizer.benchmark_tokenizer`; `--tokenizer_text FILE` picks the text).
   instruct   forward + backward of the instruct task's response-only loss on right-padded rows of varied
@@ -27,6 +31,9 @@ Sub-benchmarks (pick one, or `all`):
   distill    a distillation training step (the teacher's forward, then the student's step on
              `nanogpt2.distill.kd_loss`) against the student's plain step, interleaved; greedy decoding tokens/s of
              the student and the teacher side by side. The teacher is the run's model, the student its half.
+  monitor    the training monitor's cost (nanogpt2/monitor.py: the gradient norm of each part of the model and
+             the peak memory, on every `--log_interval`-th step) against the training step: both timed in
+             interleaved rounds, the monitor's work on a twin model holding gradients; its share of a step.
 
 Timing: warmup iterations are excluded, the device is synchronised around each timed block, compared
 variants are interleaved (A B B A ...) and each figure is the median of `--repeats` blocks, so that load
@@ -43,6 +50,7 @@ Output: a table on stdout and, with `--json PATH`, every figure with its unit (s
     python bench.py train --preset gpt2 --block_size 1024 --batch_size 16 --dtype bfloat16 --compile --vs hf
     python bench.py attention --seq_lens 128,256,512,1024
     python bench.py finetune --method lora --vs peft --preset gpt2-6x384   # LoRA step vs transformers + peft
+    python bench.py train --preset gpt2 --batch_size 1 --gradient_checkpointing   # memory and time, with vs without
     python bench.py classify --vs hf --preset gpt2 --block_size 256 --batch_size 8 --threads 1
     python bench.py train --n_layer 2 --n_head 2 --n_embd 64 --vocab_size 256 --block_size 32 --batch_size 2 \\
         --steps 2 --warmup 1 --json out.json              # a tiny model, seconds
@@ -73,7 +81,7 @@ from nanogpt2.model import PRESETS, CausalSelfAttention, GPT, GPTConfig
 from nanogpt2.optim import make_adamw, param_groups
 from nanogpt2.runtime import DTYPE_ALIASES, DTYPES, autocast, resolve_device, resolve_dtype
 
-BENCHMARKS = ("attention", "train", "classify", "generate", "tokenizer", "finetune", "instruct", "distill")
+BENCHMARKS = ("attention", "train", "classify", "generate", "tokenizer", "finetune", "instruct", "distill", "monitor")
 # Bench-only sizes beside the model presets (GPT-2 family: vocab 50257, block 1024). "shakespeare-char" is
 # nanoGPT's config/train_shakespeare_char.py model (6 layers, 6 heads, 384 wide, block 256, 65-character
 # vocabulary): the default on a CPU and the CPU goal in docs/benchmarks.md.
@@ -129,11 +137,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vs", default=None, choices=["hf", "peft"],
                    help="train: hf times transformers' GPT2LMHeadModel; classify: hf times GPT2ForSequenceClassification; "
                         "finetune: peft times transformers + HF peft LoRA")
-    p.add_argument("--method", default="lora", choices=["lora", "adapter", "full"], help="finetune: the method (default %(default)s)")
+    p.add_argument("--method", default="lora", choices=["lora", "adapter", "prompt", "full"], help="finetune: the method (default %(default)s)")
     p.add_argument("--lora_rank", type=int, default=8, help="finetune: LoRA rank (default %(default)s)")
     p.add_argument("--lora_alpha", type=float, default=16.0, help="finetune: LoRA alpha (default %(default)s)")
     p.add_argument("--lora_targets", default="c_attn", help="finetune: LoRA targets, comma-separated (default %(default)s)")
     p.add_argument("--adapter_size", type=int, default=64, help="finetune: adapter bottleneck (default %(default)s)")
+    p.add_argument("--prompt_length", type=int, default=20, help="finetune: prompt tuning's virtual tokens (default %(default)s)")
+    p.add_argument("--gradient_checkpointing", action="store_true",
+                   help="train, finetune: time our step with gradient checkpointing beside the same step without it "
+                        "(interleaved; time and peak-memory ratios); excludes --vs")
+    p.add_argument("--log_interval", type=int, default=10,
+                   help="monitor: the trainer's log_interval, whose steps pay the monitor's work (default %(default)s)")
     p.add_argument("--num_labels", type=int, default=4, help="classes of the classify benchmark (default %(default)s)")
     p.add_argument("--compile_mode", default=None, choices=["default", "reduce-overhead", "max-autotune"],
                    help="torch.compile mode when compiling (default: torch's default); reduce-overhead adds CUDA graphs")
@@ -153,8 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, metavar="PATH", help="write every figure with its unit as JSON")
     p.add_argument("--seed", type=int, default=1337, help="default %(default)s")
     p.add_argument("--init_from", default=None, metavar="NAME_OR_PATH",
-                   help="time a real model (GPT-2 name, HF folder, run folder or .pt, as train.py's init_from) instead "
-                        "of a randomly initialised one; its shape replaces --preset and the size options")
+                   help="time a real model (GPT-2 name, HF folder, run folder or .pt, nanoGPT ckpt.pt, llm.c .bin: as "
+                        "train.py's init_from) instead of a randomly initialised one; its shape replaces --preset and "
+                        "the size options")
     return p
 
 
@@ -184,6 +199,9 @@ def resolve(args) -> argparse.Namespace:
     args.batch_size = args.batch_size or (16 if gpu else 8)
     args.dtype = resolve_dtype(args.dtype, device)
     args.compile = gpu if args.compile is None else args.compile
+    if args.gradient_checkpointing and args.vs:
+        raise NanoGPT2Error(f"--gradient_checkpointing compares our step with and without checkpointing; drop --vs "
+                            f"{args.vs} (run that comparison on its own)")
     if args.compile_mode and not args.compile:
         raise NanoGPT2Error(f"--compile_mode {args.compile_mode} needs --compile (compiling is off on a CPU by default)")
     args.steps = args.steps if args.steps is not None else (20 if gpu else 2)
@@ -607,12 +625,31 @@ def _compiled_name(args) -> str:
     return "torch.compile" + (f", mode={args.compile_mode}" if args.compile_mode else "")
 
 
+def _ckpt_note(args) -> str:
+    return ", gradient checkpointing" if args.gradient_checkpointing else ""
+
+
+def _plain_twin(args, make_model, x, y, ours: str):
+    """--gradient_checkpointing: the other side, the same model built again (same seed, same method) without
+    checkpointing, with an optimizer of its own; returns (its step, its info)."""
+    torch.manual_seed(args.seed)
+    twin = make_model().to(args.device)
+    twin.train()
+    optimizer, optim_source = configure_optimizer(twin, args)
+    fwd = torch.compile(twin, mode=args.compile_mode) if args.compile else twin
+    step = _make_train_step(lambda: fwd(x, y, return_logits=False)[1], twin, optimizer, args)
+    return step, dict(model=ours.replace(_ckpt_note(args), ", no gradient checkpointing"),
+                      optimizer=f"{optim_source}: {_describe_optimizer(optimizer)}", params=twin.param_counts()["total"],
+                      trainable=sum(p.numel() for p in twin.parameters() if p.requires_grad))
+
+
 def bench_train(args) -> dict:
     device, cfg = args.device, args.model_config
     B, T = args.batch_size, args.block_size
     torch.manual_seed(args.seed)
     model = new_model(args).to(device)
     model.train()
+    model.gradient_checkpointing_enable(args.gradient_checkpointing)
     optimizer, optim_source = configure_optimizer(model, args)
     fwd = torch.compile(model, mode=args.compile_mode) if args.compile else model
     x = torch.randint(0, cfg.vocab_size, (B, T), device=device)  # (B, T)
@@ -620,9 +657,12 @@ def bench_train(args) -> dict:
     # return_logits=False: the trainer's loss (nanogpt2.trainer.default_loss_fn), in chunks, no (B, T, vocab) logits
     steps = {"ours": _make_train_step(lambda: fwd(x, y, return_logits=False)[1], model, optimizer, args)}
     info = {"ours": dict(model=f"nanogpt2 GPT ({_compiled_name(args) if args.compile else 'eager'}), "
-                               f"attn_impl={cfg.attn_impl}, chunked loss (return_logits=False)",
+                               f"attn_impl={cfg.attn_impl}, chunked loss (return_logits=False)" + _ckpt_note(args),
                          optimizer=f"{optim_source}: {_describe_optimizer(optimizer)}",
                          params=model.param_counts()["total"])}
+    if args.gradient_checkpointing:
+        steps["plain"], info["plain"] = _plain_twin(args, lambda: new_model(args), x, y, info["ours"]["model"])
+        return _measure(steps, info, args, model.flops_per_token(T), B * T, other="plain")
     skipped = None
 
     if args.vs == "hf":
@@ -654,32 +694,45 @@ def bench_train(args) -> dict:
 
 
 def build_peft(args, hf):
-    """transformers' model wrapped by HF peft with our LoRA settings (None, reason when peft is missing)."""
+    """transformers' model wrapped by HF peft with our LoRA or prompt-tuning settings (None, reason when peft is
+    missing)."""
     try:
         import peft
     except ImportError as e:
         return None, f"peft is not installed ({e}); pip install peft to compare"
+    if args.method == "prompt":
+        config = peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=args.prompt_length)
+        return peft.get_peft_model(hf, config), f"peft {peft.__version__} PromptTuningConfig(num_virtual_tokens={args.prompt_length})"
     config = peft.LoraConfig(r=args.lora_rank, lora_alpha=args.lora_alpha, lora_dropout=0.0, fan_in_fan_out=True,
                              target_modules=args.lora_targets.split(","), bias="none")
     return peft.get_peft_model(hf, config), f"peft {peft.__version__} LoraConfig(r={args.lora_rank}, alpha={args.lora_alpha})"
 
 
-def bench_finetune(args) -> dict:
-    """A fine-tuning step of `--method` (LoRA, adapters or all weights) on our GPT; `--vs peft` (LoRA) times
-    transformers + peft with the same config, batch, dtype and optimizer (ours, fused AdamW over the
-    trainable parameters), compiled when --compile, interleaved with ours."""
-    from nanogpt2.peft import apply_adapters, apply_lora
+def _finetune_model(args) -> GPT:
+    """A new model of the run's shape with --method applied (LoRA, adapters, a prompt; full: as it is)."""
+    from nanogpt2.peft import apply_adapters, apply_lora, apply_prompt
 
+    model = new_model(args)
+    if args.method == "lora":
+        apply_lora(model, args.lora_rank, args.lora_alpha, args.lora_targets.split(","))
+    elif args.method == "adapter":
+        apply_adapters(model, args.adapter_size)
+    elif args.method == "prompt":
+        apply_prompt(model, args.prompt_length)
+    return model
+
+
+def bench_finetune(args) -> dict:
+    """A fine-tuning step of `--method` (LoRA, adapters, a prompt or all weights) on our GPT; `--vs peft` (LoRA,
+    prompt) times transformers + peft with the same config, batch, dtype and optimizer (ours, fused AdamW over the
+    trainable parameters), compiled when --compile, interleaved with ours."""
     device, cfg = args.device, args.model_config
     B, T = args.batch_size, args.block_size
     torch.manual_seed(args.seed)
-    model = new_model(args).to(device)
-    targets = args.lora_targets.split(",")
-    if args.method == "lora":
-        apply_lora(model, args.lora_rank, args.lora_alpha, targets)
-    elif args.method == "adapter":
-        apply_adapters(model, args.adapter_size)
+    model = _finetune_model(args).to(device)
+    T = min(T, model.context_length)  # real tokens a row: a prompt's virtual tokens fill the rest of the context
     model.train()
+    model.gradient_checkpointing_enable(args.gradient_checkpointing)
     optimizer, optim_source = configure_optimizer(model, args)
     fwd = torch.compile(model, mode=args.compile_mode) if args.compile else model
     x = torch.randint(0, cfg.vocab_size, (B, T), device=device)  # (B, T)
@@ -688,12 +741,21 @@ def bench_finetune(args) -> dict:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     # return_logits=False: the trainer's loss, in chunks, no (B, T, vocab) logits
     steps = {"ours": _make_train_step(lambda: fwd(x, y, return_logits=False)[1], model, optimizer, args)}
-    info = {"ours": dict(model=f"nanogpt2 GPT + method {args.method} ({compiled}), chunked loss (return_logits=False)",
-                         params=model.param_counts()["total"],
+    info = {"ours": dict(model=f"nanogpt2 GPT + method {args.method} ({compiled}), chunked loss (return_logits=False)"
+                               + _ckpt_note(args), params=model.param_counts()["total"],
                          trainable=trainable, optimizer=f"{optim_source}: {_describe_optimizer(optimizer)}")}
+    # Frozen weights need no weight gradient: 4N + 8LTC FLOPs per token instead of 6N + 12LTC (2/3 of training);
+    # per real token, a prompt's virtual positions counted in.
+    flops = model.flops_per_token(args.block_size) * (1.0 if args.method == "full" else 2 / 3) * args.block_size / T
+    if args.gradient_checkpointing:
+        steps["plain"], info["plain"] = _plain_twin(args, lambda: _finetune_model(args), x, y, info["ours"]["model"])
+        out = _measure(steps, info, args, int(flops), B * T, other="plain")
+        out["method"] = args.method
+        return out
     skipped = None
     if args.vs == "peft":
-        hf, note = build_hf(args) if args.method == "lora" else (None, "--vs peft compares LoRA (--method lora)")
+        hf, note = (build_hf(args) if args.method in ("lora", "prompt")
+                    else (None, "--vs peft compares LoRA and prompt tuning (--method lora | prompt)"))
         theirs, peft_note = build_peft(args, hf) if hf is not None else (None, note)
         if theirs is None:
             skipped = peft_note
@@ -706,8 +768,6 @@ def bench_finetune(args) -> dict:
             info["peft"] = dict(model=f"{note} + {peft_note} ({compiled})", params=sum(p.numel() for p in theirs.parameters()),
                                 trainable=sum(p.numel() for p in theirs.parameters() if p.requires_grad),
                                 optimizer=f"same: {_describe_optimizer(their_opt)}")
-    # Frozen weights need no weight gradient: 4N + 8LTC FLOPs per token instead of 6N + 12LTC (2/3 of training).
-    flops = model.flops_per_token(T) * (1.0 if args.method == "full" else 2 / 3)
     out = _measure(steps, info, args, int(flops), B * T, other="peft")
     out["method"] = args.method
     if args.vs == "peft" and "peft" not in steps:
@@ -817,6 +877,49 @@ def _profile_steps(steps, args) -> dict:
         print(f"\nprofile of {args.steps} {name} step(s), top ops (trace: {path}):")
         print(prof.key_averages().table(sort_by=sort_key, row_limit=15))
     return traces
+
+
+# ----------------------------------------------------------------------------------------------------
+# Monitor: what the trainer's layer-wise gradient norms and peak memory cost per step
+
+
+def bench_monitor(args) -> dict:
+    """The monitor's work on a logged step (GradNormGroups.norms(), their read-back, peak_memory()) timed beside the
+    training step of the same model in interleaved rounds; per step it costs that work / --log_interval. The work
+    runs on a twin model whose gradients stay (the step zeroes its own)."""
+    from nanogpt2.monitor import GradNormGroups, peak_memory
+
+    device, cfg = args.device, args.model_config
+    B, T = args.batch_size, args.block_size
+    if args.log_interval < 1:
+        raise NanoGPT2Error("--log_interval must be >= 1")
+    torch.manual_seed(args.seed)
+    model = new_model(args).to(device)
+    model.train()
+    optimizer, _ = configure_optimizer(model, args)
+    x = torch.randint(0, cfg.vocab_size, (B, T), device=device)  # (B, T)
+    y = torch.roll(x, -1, dims=1)  # (B, T)
+    step = _make_train_step(lambda: model(x, y, return_logits=False)[1], model, optimizer, args)
+    twin = new_model(args).to(device)
+    twin.train()
+    twin(x, y, return_logits=False)[1].backward()  # gradients for the monitor to read
+    groups = GradNormGroups(twin)
+
+    def monitor():
+        norms = groups.norms()
+        torch.stack(list(norms.values())).tolist()  # the trainer reads them back with the step's loss
+        return peak_memory(device)
+
+    for _ in range(max(1, args.warmup)):
+        step(), monitor()
+    iters = {"step": args.steps, "monitor": 10 * args.steps}
+    times = interleaved_times({"step": step, "monitor": monitor}, iters, args.repeats, device)
+    step_s, monitor_s = statistics.median(times["step"]), statistics.median(times["monitor"])
+    return dict(parts=len(groups.parts), log_interval=args.log_interval, tokens_per_step=B * T,
+                step_ms=fig(1e3 * step_s, "ms"), monitor_ms=fig(1e3 * monitor_s, "ms per logged step"),
+                cost_per_step=fig(100 * monitor_s / args.log_interval / step_s, "% of a step"),
+                step_ms_blocks=[round(1e3 * t, 3) for t in times["step"]],
+                monitor_ms_blocks=[round(1e3 * t, 4) for t in times["monitor"]])
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -1193,6 +1296,14 @@ def print_distill(res):
           f"{_v(res['decode']['teacher'], '{:.0f}')} tokens/s ({_v(res['decode_speedup'], '{:.2f}')}x)")
 
 
+def print_monitor(res, args):
+    print(f"\n== monitor: gradient norms of {res['parts']} parts + peak memory, every {res['log_interval']} steps "
+          f"(median of {args.repeats} interleaved blocks)")
+    print(f"   training step {_v(res['step_ms'])} ms ({res['tokens_per_step']} tokens); the monitor's work "
+          f"{_v(res['monitor_ms'], '{:.3f}')} ms per logged step: {_v(res['cost_per_step'], '{:.3f}')} % of a step at "
+          f"log_interval {res['log_interval']}")
+
+
 def print_classify(res, args):
     print(f"\n== classify: training step of the sequence classifier, {res['examples_per_step']} rows padded to "
           f"{res['padded_length']} (mean real length {res['mean_length']:.0f}), {res['num_labels']} labels "
@@ -1233,10 +1344,11 @@ def run_benchmark(name: str, args) -> dict:
         print_attention(res)
     elif name == "train":
         res = bench_train(args)
-        print_train(res, args)
+        print_train(res, args, other="plain" if args.gradient_checkpointing else "hf")
     elif name == "finetune":
         res = bench_finetune(args)
-        print_train(res, args, other="peft", title=f"finetune ({res['method']})")
+        print_train(res, args, other="plain" if args.gradient_checkpointing else "peft",
+                    title=f"finetune ({res['method']})")
     elif name == "classify":
         res = bench_classify(args)
         print_classify(res, args)
@@ -1246,6 +1358,9 @@ def run_benchmark(name: str, args) -> dict:
     elif name == "distill":
         res = bench_distill(args)
         print_distill(res)
+    elif name == "monitor":
+        res = bench_monitor(args)
+        print_monitor(res, args)
     else:
         res = bench_generate(args) if name == "generate" else bench_tokenizer(args)
         print_external(name, res)
@@ -1274,7 +1389,8 @@ def headline(name: str, res: dict) -> str:
         top = [s for s in res["summary"] if s["mode"] == "forward+backward"][-1]
         return f"sdpa {top['speedup']['value']:.2f}x as fast as reference (T={top['seq_len']}, forward+backward)"
     if name in ("train", "finetune"):
-        ours, other = res["ours"], "peft" if name == "finetune" else "hf"
+        ours = res["ours"]
+        other = "plain" if "plain" in res else "peft" if name == "finetune" else "hf"
         return (f"{ours['tokens_per_sec']['value']:,.0f} tokens/s, MFU {ours['mfu']['value']:.2f} %"
                 + _ratio(res, "ratio_tokens_per_sec", other))
     if name == "classify":
@@ -1290,6 +1406,9 @@ def headline(name: str, res: dict) -> str:
         base = res["no mask"]["ms_per_iter"]["value"]
         return (f"the padding mask takes {res['with mask']['ms_per_iter']['value'] / base:.2f}x the time, static "
                 f"padding {res['static padding']['ms_per_iter']['value'] / base:.2f}x")
+    if name == "monitor":
+        return (f"the monitor's work {res['cost_per_step']['value']:.3f} % of a training step at log_interval "
+                f"{res['log_interval']}")
     return (f"distillation step {res['step_cost']['value']:.2f}x the plain step; the student decodes "
             f"{res['decode_speedup']['value']:.2f}x as fast as the teacher")
 
@@ -1327,7 +1446,7 @@ def main(argv=None):
                     warmup=args.warmup, repeats=args.repeats, seq_lens=args.seq_lens, vs=args.vs,
                     hf_optim=args.hf_optim, hf_compile=args.hf_compile, lr=args.lr, betas=[args.beta1, args.beta2],
                     weight_decay=args.weight_decay, grad_clip=args.grad_clip, seed=args.seed, num_labels=args.num_labels,
-                    tokenizer_text=args.tokenizer_text),
+                    tokenizer_text=args.tokenizer_text, gradient_checkpointing=args.gradient_checkpointing),
         results={}, timings={},
     )
     print_header(report)

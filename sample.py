@@ -5,6 +5,7 @@ Sample text from a trained model, from GPT-2 by name, or from a Hugging Face GPT
     python sample.py --init_from out --num_samples 3 --temperature 0.8 --top_k 200   # a train.py run
     python sample.py --init_from gpt2 --start FILE:prompt.txt --top_p 0.9 --seed 7
     python sample.py --init_from gpt2 --start "Once upon a time" --compare            # strategies side by side
+    python sample.py --init_from gpt2 --start "Once upon a time" --compare "t=0.5,t=1.0,t=1.5,k=10,k=50,p=0.9"
     python sample.py --init_from out-instruct --template alpaca --instruction "Name three colors." --greedy
     python sample.py --help
 
@@ -29,15 +30,44 @@ from nanogpt2.generate import TextStreamer, check_sampling_args, generate
 from nanogpt2.runtime import autocast, resolve_device, resolve_dtype
 from nanogpt2.tokenizer import ENDOFTEXT
 
-# The strategies --compare shows: (label, generate keywords)
-COMPARE = [
-    ("greedy", dict(greedy=True)),
-    ("temperature 0.7", dict(temperature=0.7)),
-    ("temperature 1.3", dict(temperature=1.3)),
-    ("top_k 5", dict(top_k=5)),
-    ("top_k 200", dict(top_k=200)),
-    ("top_p 0.9", dict(top_p=0.9)),
-]
+# The strategies a bare --compare shows (the recipes' grid is a --compare "t=0.5,t=1.0,t=1.5,k=10,k=50,p=0.9" away)
+DEFAULT_COMPARE = "greedy,t=0.7,t=1.3,k=5,k=200,p=0.9"
+# a --compare key -> (generate keyword, its type, the label's name)
+COMPARE_KEYS = {"t": ("temperature", float, "temperature"), "temperature": ("temperature", float, "temperature"),
+                "k": ("top_k", int, "top_k"), "top_k": ("top_k", int, "top_k"),
+                "p": ("top_p", float, "top_p"), "top_p": ("top_p", float, "top_p")}
+
+
+def parse_compare(spec: str) -> list:
+    """`--compare`'s strategies as [(label, generate keywords)]: comma-separated, each `greedy` or `KEY=VALUE`
+    (t / temperature, k / top_k, p / top_p), several joined by `+` for one strategy (`t=0.8+k=50`)."""
+    strategies = []
+    for item in (part.strip() for part in spec.split(",")):
+        if not item:
+            raise NanoGPT2Error(f"--compare {spec!r} has an empty strategy; write e.g. --compare \"t=0.5,k=10,p=0.9\"")
+        kw, labels = {}, []
+        for term in (t.strip() for t in item.split("+")):
+            key, eq, value = term.partition("=")
+            if term == "greedy":
+                kw["greedy"], label = True, "greedy"
+            elif eq and key.strip() in COMPARE_KEYS:
+                name, typ, shown = COMPARE_KEYS[key.strip()]
+                try:
+                    kw[name] = typ(value)
+                except ValueError:
+                    raise NanoGPT2Error(f"--compare: {term!r} needs {'an integer' if typ is int else 'a number'} "
+                                        f"after '='") from None
+                label = f"{shown} {value.strip()}"
+            else:
+                raise NanoGPT2Error(f"--compare: unknown strategy {term!r}; use greedy, t=T, k=K, p=P (or temperature=, "
+                                    f"top_k=, top_p=), several joined by '+', e.g. \"greedy,t=0.8+k=50,p=0.9\"")
+            labels.append(label)
+        check_sampling_args(kw.get("temperature", 1.0), kw.get("top_k"), kw.get("top_p"))
+        strategies.append((", ".join(labels), kw))
+    return strategies
+
+
+COMPARE = parse_compare(DEFAULT_COMPARE)  # (label, generate keywords) of a bare --compare
 
 
 def parse_args(argv):
@@ -45,9 +75,11 @@ def parse_args(argv):
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--init_from", default="gpt2",
                     help="a train.py out_dir or checkpoint .pt, a GPT-2 name (gpt2, gpt2-medium, ...), an OpenAI size (124M, "
-                         "355M, ...), or an HF or OpenAI folder; "
+                         "355M, ...), an HF or OpenAI folder, a nanoGPT ckpt.pt or out_dir, or an llm.c model .bin; "
                          "'resume' means --out_dir")
     ap.add_argument("--out_dir", default="out", help="run folder used when --init_from resume (nanoGPT)")
+    ap.add_argument("--meta_pkl", default=None, help="the meta.pkl of a nanoGPT character model (default: beside its "
+                    "ckpt.pt, or data/<dataset>/meta.pkl)")
     ap.add_argument("--start", default="",
                     help="prompt text, or FILE:path to read it from a file; empty starts from <|endoftext|>")
     ap.add_argument("--instruction", default=None,
@@ -72,8 +104,10 @@ def parse_args(argv):
     ap.add_argument("--compile_mode", default=None, choices=["default", "reduce-overhead", "max-autotune"],
                     help="torch.compile's mode with --compile; reduce-overhead decodes through CUDA graphs on a GPU")
     ap.add_argument("--stream", action="store_true", help="print tokens as they are generated")
-    ap.add_argument("--compare", action="store_true",
-                    help="show the same prompt under several strategies side by side (greedy, low/high temperature, small/large k, top-p)")
+    ap.add_argument("--compare", nargs="?", const=DEFAULT_COMPARE, default=None, metavar="STRATEGIES",
+                    help="show the same prompt under several strategies side by side, each with the same seed: "
+                         "comma-separated greedy, t=T, k=K, p=P, several joined by '+' (t=0.8+k=50); bare: "
+                         f"{DEFAULT_COMPARE}")
     ap.add_argument("--columns", type=int, default=2, help="columns for --compare")
     ap.add_argument("--no_cache", action="store_true", help="recompute the whole context every step (for checks)")
     return ap.parse_args(argv)
@@ -135,6 +169,7 @@ def side_by_side(columns: list, n_cols: int) -> str:
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     check_sampling_args(args.temperature, args.top_k, args.top_p, args.repetition_penalty, args.max_new_tokens)
+    strategies = parse_compare(args.compare) if args.compare is not None else None  # checked before the model loads
     if args.compile_mode and not args.compile:
         raise NanoGPT2Error(f"--compile_mode {args.compile_mode} needs --compile")
     if args.num_samples < 1:
@@ -143,7 +178,7 @@ def main(argv=None):
     dtype = resolve_dtype(args.dtype, device)  # checked before the model loads (or downloads)
     prompt = make_prompt(args)  # before the model loads: a bad prompt file or template fails at once
     init_from = args.out_dir if args.init_from == "resume" else args.init_from
-    model, tok, desc = load_model_and_tokenizer(init_from, device)
+    model, tok, desc = load_model_and_tokenizer(init_from, device, meta_pkl=args.meta_pkl)
     print(f"loaded {desc}", file=sys.stderr)
     if args.compile:
         model = torch.compile(model, mode=args.compile_mode)
@@ -166,9 +201,9 @@ def main(argv=None):
             warnings.simplefilter("ignore")  # the long-prompt warning was printed above
             return generate(model, x, args.max_new_tokens, generator=g, stream=stream, **common, **kw)
 
-    if args.compare:
+    if strategies is not None:
         cells = []
-        for label, kw in COMPARE:
+        for label, kw in strategies:
             y = run(args.seed, **kw)
             cells.append((label, decode(tok, y[0, len(prompt_ids):].tolist())))
         print(f"prompt: {decode(tok, prompt_ids)!r}\n")

@@ -187,7 +187,8 @@ class ClassifyTask:
         self.cfg, self.master = cfg, dist_from_env().master
         self.tokenizer = get_tokenizer("gpt2")
         self.model = given_classifier(cfg)
-        context = self.model.config.block_size if self.model is not None else cfg.block_size
+        spent = cfg.prompt_length if cfg.method == "prompt" else 0  # the positions a prompt takes
+        context = self.model.config.block_size - spent if self.model is not None else cfg.block_size
         self.max_length = resolve_max_length(cfg.max_length, context)
         data = load_data(cfg.dataset, cfg.data_path or None, quiet=not self.master)
         splits, self.note = make_splits(data, cfg.val_fraction or DEFAULT_VAL_FRACTION, cfg.test_fraction,
@@ -274,12 +275,9 @@ class ClassifyTask:
             self.results.write_evaluation("baseline", self.baseline, f"{self.dataset} test, before fine-tuning")
 
     def _results_folder(self, trainer) -> Results:
-        record = trainer.out_dir / "classify_results.txt"  # where this run's results go, for a resumed run
-        if trainer.step > 0 and record.exists() and Path(record.read_text().strip()).is_dir():
-            return Results(record.read_text().strip())
-        results = Results.new(self.cfg.results_dir, model_name(self.cfg.init_from))
-        record.write_text(str(results.root.resolve()) + "\n")
-        return results
+        # out_dir/classify_results.txt: where this run's results go, for a resumed run
+        return Results.for_run(trainer.out_dir, trainer.step > 0, self.cfg.results_dir, model_name(self.cfg.init_from),
+                               "classify_results.txt")
 
     def test_at_end(self, trainer, event: str):
         """A trainer hook: the test evaluation of the final weights, at train_end of a finished run (every process
@@ -314,17 +312,15 @@ class ClassifyTask:
 
     def _save_weights(self, trainer, folder: Path) -> str:
         """The fine-tuned classifier: an HF GPT2ForSequenceClassification folder (LoRA merged), or with Houlsby
-        adapters, which HF GPT-2 cannot hold, a checkpoint the loader reads (checkpoint_final.pt)."""
-        from nanogpt2 import checkpoint as ckpt_io
-        from nanogpt2.loader import model_spec
+        adapters or a tuned prompt, which HF GPT-2 cannot hold, a checkpoint the loader reads (checkpoint_final.pt)."""
+        from nanogpt2.finetuning import save_model_checkpoint
 
         model = trainer.raw_model
-        if getattr(model, "adapter_config", None) is None:
+        what = next((w for a, w in (("adapter_config", "Houlsby adapters"), ("prompt_config", "a tuned prompt"))
+                     if getattr(model, a, None) is not None), None)
+        if what is None:
             return f"{model.save_pretrained(folder)} (HF GPT2ForSequenceClassification folder)"
-        path = ckpt_io.save_checkpoint(folder / f"{ckpt_io.PREFIX}final{ckpt_io.SUFFIX}", {
-            "model": model.state_dict(), "model_spec": model_spec(model), "model_config": {}, "step": trainer.step,
-            "tokenizer": ckpt_io.tokenizer_info(self.tokenizer), "run_config": self.cfg.to_dict()})
-        return f"{path} (nanogpt2 checkpoint: Houlsby adapters have no HF GPT-2 form)"
+        return f"{save_model_checkpoint(trainer, folder)} (nanogpt2 checkpoint: HF GPT-2 cannot hold {what})"
 
 
 def _read_metrics(path: Path) -> Optional[dict]:
@@ -394,7 +390,7 @@ def evaluate_main(argv=None) -> dict:
     data = load_data(s["dataset"], s["data_path"] or None)
     splits, note = make_splits(data, s["val_fraction"], s["test_fraction"], s["max_examples"], s["seed"])
     names = label_set(0, data, splits, model)
-    max_length = resolve_max_length(s["max_length"], model.config.block_size)
+    max_length = resolve_max_length(s["max_length"], getattr(model, "context_length", model.config.block_size))
     enc = encode(splits[args.split], get_tokenizer("gpt2"), max_length)
     pad = model.pad_token_id if model.pad_token_id is not None else get_tokenizer("gpt2").eot_token
     t0 = time.perf_counter()

@@ -10,10 +10,19 @@ A run is configured in three layers, later ones winning (nanoGPT's "configurator
    be a run setting (modules, functions and `_private` names are ignored);
 3. command-line overrides, `--key=value` or `--key value` (a bool may stand alone: `--compile`).
 
+A setting given in a file or on the command line wins over a default of the one that competes with it for the
+same thing (`COMPETING`: max_iters / max_epochs, warmup_iters / warmup_ratio); between two given ones the
+later layer wins, with one `notice:` line saying which governs.
+
 Values are type-checked against the setting's type: an int is accepted for a float, `true/false`
 (also `1/0`, `yes/no`, `on/off`) for a bool, and `none`/`auto` for the settings whose default is None.
-An unknown name is rejected with the closest valid names. Every failure is a `NanoGPT2Error` (one line,
-exit status 2 from the scripts).
+An unknown name is rejected with the closest valid names, or with ours when it is another recipe's name for
+one of our settings (`RECIPE_NAMES`: `--d_model` -> `--n_embd`, `--epochs` -> `--max_epochs`). Every failure
+is a `NanoGPT2Error` (one line, exit status 2 from the scripts).
+
+nanoGPT's config files run as they are: its names are ours, and the few of its train.py settings we have no
+setting for (`NANOGPT_KEYS`: `wandb_*`, `always_save_checkpoint`, `decay_lr`) are accepted, translated or
+ignored, with one `notice:` line per file (or command line) naming them, shown above the effective config.
 
     from nanogpt2.config import load_config
     cfg = load_config(["configs/tiny.py", "--max_iters=50", "--dtype", "float32"])
@@ -78,12 +87,21 @@ class RunConfig:
         "scratch",
         "scratch | gpt2 | gpt2-medium | gpt2-large | gpt2-xl | distilgpt2 | 124M | 355M | 774M | 1558M (OpenAI's "
         "release) | a local HF or OpenAI folder | a training checkpoint (.pt file or run folder; weights only) | "
+        "a nanoGPT ckpt.pt or out_dir | an llm.c model file (.bin) | "
         "resume (= resume_from auto, but a checkpoint must exist)",
         "output")
+    meta_pkl: str = setting(
+        "", "the meta.pkl of a nanoGPT character init_from, when it is neither beside its ckpt.pt nor in "
+        "data/<its dataset>/ ('': look there)", "output")
     resume_from: str = setting(
         "", "'' (start fresh), 'auto' (the checkpoint of out_dir with the highest step, damaged ones skipped, if there is "
         "one) or a checkpoint path: "
         "restores model, optimizer, scaler, step, sampler and RNG states", "output")
+    overwrite: bool = setting(
+        False, "a fresh run into an out_dir that holds another run's checkpoints or metrics: remove them (and its "
+        "samples, plots, TensorBoard events) first; without it such a run is refused. finetune.py: also lets "
+        "merge_and_export / out_dir/adapter replace other files (only the files the export writes; never a run folder)",
+        "output")
     checkpoint_interval: int = setting(1000, "save checkpoint_step_N.pt every this many steps (0: never)", "output")
     keep_last: int = setting(3, "keep only the newest this many step (and epoch) checkpoints (0: keep all)", "output")
     save_best: bool = setting(True, "save checkpoint_best.pt whenever the validation loss reaches a new best", "output")
@@ -98,6 +116,9 @@ class RunConfig:
     test_eval: bool = setting(True, "after the last step, strided perplexity on the dataset's test split when it has one (nanogpt2.evaluate)", "logging")
     test_stride: int = setting(512, "stride of that test evaluation (HF's perplexity guide; block_size: disjoint windows)", "logging")
     log_interval: int = setting(10, "print a progress line and append to metrics.jsonl every this many steps", "logging")
+    log_grad_norms: bool = setting(
+        True, "on the logged steps, the gradient norm of each part of the model (embeddings, each block, head) into "
+        "metrics.jsonl (grad_norms), TensorBoard and the plot", "logging")
     tensorboard: bool = setting(True, "write TensorBoard event files to out_dir/tensorboard when tensorboard is installed", "logging")
     plot: bool = setting(True, "at the end, plot loss/perplexity/lr to out_dir/training_curves.png when matplotlib is installed", "logging")
     sample_interval: int = setting(500, "print (and append to out_dir/samples.txt) a generated sample every this many steps (0: never)", "logging")
@@ -107,7 +128,8 @@ class RunConfig:
     sample_top_k: int = setting(200, "top-k of the samples (0: off)", "logging")
 
     # --- data ---
-    dataset: str = setting("shakespeare", "dataset name (see nanogpt2.data.DATASETS) or a path to a text file/folder", "data")
+    dataset: str = setting("shakespeare", "dataset name (see nanogpt2.data.DATASETS), a path to a text file/folder, a "
+                           "nanoGPT data folder (train.bin, val.bin) or a folder of llm.c token shards", "data")
     tokenizer: str = setting("auto", "auto (the dataset's own: char for shakespeare_char, else gpt2) | gpt2 | char", "data")
     data_path: str = setting("", "local copy of the dataset's raw text (skips the download)", "data")
     val_fraction: Optional[float] = setting(
@@ -115,6 +137,9 @@ class RunConfig:
         "0.1 for shakespeare, else 0.005)", "data")
     batch_size: int = setting(12, "sequences per micro-step on each process", "data")
     block_size: int = setting(1024, "sequence length (context) in tokens", "data")
+    train_stride: int = setting(
+        0, "0: random training windows (nanoGPT's); > 0: windows of block_size every this many tokens (overlapping "
+        "when < block_size, the recipes' stride), each epoch in a new seeded order", "data")
     gradient_accumulation_steps: int = setting(
         1, "GLOBAL micro-steps per optimizer step (nanoGPT semantics): each of N processes runs this / N", "data")
     tokens_per_step: int = setting(
@@ -127,6 +152,7 @@ class RunConfig:
     n_embd: int = setting(768, "embedding width", "model")
     dropout: float = setting(0.0, "dropout probability (embeddings, attention, residuals)", "model")
     bias: bool = setting(True, "biases in Linear layers and LayerNorms (GPT-2: true)", "model")
+    n_inner: Optional[int] = setting(None, "MLP hidden width (none: 4 x n_embd; the recipes' d_ff)", "model")
     vocab_size: Optional[int] = setting(None, "vocabulary size (none: the tokenizer's; may be padded up, e.g. 50304)", "model")
 
     # --- optimizer and schedule ---
@@ -150,8 +176,15 @@ class RunConfig:
     device: str = setting("auto", "auto (cuda if available, else mps if available, else cpu; under torchrun: cuda or cpu) | cpu | cuda | cuda:N | mps", "system")
     dtype: str = setting("auto", "auto (bfloat16 on CUDA if supported, else float16; float32 elsewhere) | float32 | bfloat16 | float16", "system")
     compile: Optional[bool] = setting(None, "torch.compile the model (none: on for CUDA, off elsewhere)", "system")
+    gradient_checkpointing: bool = setting(
+        False, "recompute each transformer block in the backward instead of keeping its activations "
+        "(torch.utils.checkpoint, non-reentrant, RNG state kept): activation memory of about one block, for one more "
+        "forward of the blocks per step; the same losses and gradients", "system")
     seed: int = setting(1337, "random seed (model init, data order, dropout)", "system")
     backend: str = setting("", "DDP backend ('': nccl on CUDA, gloo on CPU)", "system")
+    dist_timeout: float = setting(
+        1800.0, "seconds a process waits at a collective for the others (torchrun) before the run stops: a lost "
+        "process ends the run in bounded time", "system")
 
     # --- conversions ---
 
@@ -216,8 +249,64 @@ FIELDS = settings_of(RunConfig)
 # Type checking
 
 
+# The names other recipes give our settings (the course recipes' scripts, HF TrainingArguments, HF GPT2Config):
+# their name -> (ours, the script that has it when train.py does not, a note). Only the unknown-key message reads
+# it: a recipe's name is refused with ours, never silently accepted.
+RECIPE_NAMES = MappingProxyType({
+    "d_model": ("n_embd", None, ""),
+    "hidden_size": ("n_embd", None, ""),
+    "d_ff": ("n_inner", None, "the MLP width"),
+    "intermediate_size": ("n_inner", None, "the MLP width"),
+    "num_layers": ("n_layer", None, ""),
+    "n_layers": ("n_layer", None, ""),
+    "num_hidden_layers": ("n_layer", None, ""),
+    "num_heads": ("n_head", None, ""),
+    "n_heads": ("n_head", None, ""),
+    "num_attention_heads": ("n_head", None, ""),
+    "context_length": ("block_size", None, ""),
+    "max_seq_length": ("block_size", None, ""),
+    "seq_len": ("block_size", None, ""),
+    "n_positions": ("block_size", None, ""),
+    "max_position_embeddings": ("block_size", None, ""),
+    "dropout_rate": ("dropout", None, ""),
+    "drop_rate": ("dropout", None, ""),
+    "epochs": ("max_epochs", None, ""),
+    "num_epochs": ("max_epochs", None, ""),
+    "num_train_epochs": ("max_epochs", None, ""),
+    "max_steps": ("max_iters", None, ""),
+    "lr": ("learning_rate", None, ""),
+    "warmup_steps": ("warmup_iters", None, ""),
+    "train_batch_size": ("batch_size", None, ""),
+    "per_device_train_batch_size": ("batch_size", None, ""),
+    "eval_steps": ("eval_interval", None, ""),
+    "save_steps": ("checkpoint_interval", None, ""),
+    "logging_steps": ("log_interval", None, ""),
+    "output_dir": ("out_dir", None, ""),
+    "checkpoint_dir": ("out_dir", None, "the run folder of checkpoints; --resume_from auto continues it"),
+    "dataset_path": ("data_path", None, "a registered dataset's local copy; a text file or folder of your own goes "
+                                        "to --dataset"),
+    "model_path": ("init_from", None, "a GPT-2 name, an HF or OpenAI folder, a run folder or a checkpoint"),
+    "model_name": ("init_from", None, ""),
+    "model_name_or_path": ("init_from", None, ""),
+    "stride": ("train_stride", None, "overlapping training windows every this many tokens"),
+    "modification_type": ("method", "finetune.py", "full | lora | adapter | prefix | selective"),
+    "lora_r": ("lora_rank", "finetune.py", ""),
+    "max_length": ("max_length", "finetune.py", "tokens per classify / instruct example; train.py's windows are "
+                                                "--block_size"),
+})
+
+
 def unknown_key_message(key: str, where: str, cls=RunConfig) -> str:
-    close = difflib.get_close_matches(key, list(settings_of(cls)), n=3, cutoff=0.6)
+    """The error of a setting `cls` does not have: ours for a recipe's name (RECIPE_NAMES), else the closest."""
+    known = settings_of(cls)
+    if key in RECIPE_NAMES:
+        ours, script, note = RECIPE_NAMES[key]
+        note = f" ({note})" if note else ""
+        if ours in known:
+            return f"{where}: unknown setting {key!r}; nanogpt2 calls it {ours}: --{ours}{note}"
+        if script is not None:
+            return f"{where}: unknown setting {key!r}; it is {script}'s --{ours}{note}"
+    close = difflib.get_close_matches(key, list(known), n=3, cutoff=0.6)
     hint = f"; did you mean {' or '.join(close)}?" if close else f"; run `python {cls.script} --help` for the list"
     return f"{where}: unknown setting {key!r}{hint}"
 
@@ -264,6 +353,44 @@ def check_value(key: str, value, where: str = "config", cls=RunConfig):
     raise NanoGPT2Error(f"{where}: {key} must be {want}{' or None' if optional else ''}, not {value!r} ({type(value).__name__})")
 
 
+# nanoGPT train.py settings that have no setting of ours of that name: name -> what happens to them.
+# A callable turns nanoGPT's value into our settings ({} when there is nothing to set); a string is why the key
+# is ignored. Other nanoGPT names (out_dir, eval_interval, n_layer, beta2, backend, ...) are ours already.
+_NO_WANDB = "no Weights & Biases logging here: metrics go to out_dir/metrics.jsonl and TensorBoard"
+NANOGPT_KEYS = MappingProxyType({
+    "wandb_log": _NO_WANDB,
+    "wandb_project": _NO_WANDB,
+    "wandb_run_name": _NO_WANDB,
+    "always_save_checkpoint": "checkpoint_best.pt is saved on each new best validation loss (save_best) and "
+                              "checkpoint_step_N.pt every checkpoint_interval steps",
+    "decay_lr": lambda value: {"lr_schedule": "cosine"} if value else {"lr_schedule": "constant", "warmup_iters": 0},
+})
+NANOGPT_TYPES = MappingProxyType({"wandb_log": bool, "wandb_project": str, "wandb_run_name": str,
+                                  "always_save_checkpoint": bool, "decay_lr": bool})
+
+
+def nanogpt_settings(values: dict, where: str, cls=RunConfig) -> tuple:
+    """Split nanoGPT-only keys out of `values` ({name: value}): (our settings they become, one notice line or
+    ''). The keys of `values` that are ours pass through unchanged; the translations come after them, so
+    nanoGPT's `decay_lr = False` wins over a warmup_iters of the same file, as in nanoGPT."""
+    ours, translated, ignored, replaced = {}, {}, {}, []
+    for key, value in values.items():
+        rule = NANOGPT_KEYS.get(key) if key not in settings_of(cls) else None
+        if rule is None:
+            ours[key] = value
+        elif isinstance(rule, str):
+            ignored.setdefault(rule, []).append(key)
+        else:
+            new = rule(value)
+            translated.update(new)
+            replaced.append(f"{key}={value!r} -> " + ", ".join(f"{k}={v!r}" for k, v in new.items()))
+    if not ignored and not replaced:
+        return ours, ""
+    parts = [f"ignored {', '.join(keys)} ({why})" for why, keys in ignored.items()]
+    parts += [f"replaced {r}" for r in replaced]
+    return {**ours, **translated}, f"notice: nanoGPT settings in {where}: " + "; ".join(parts)
+
+
 def set_setting(cfg: RunConfig, key: str, value, where: str):
     cls = type(cfg)
     if key not in settings_of(cls):
@@ -283,11 +410,15 @@ def validate(cfg: RunConfig) -> RunConfig:
             raise NanoGPT2Error(f"{key} must be >= 1, not {getattr(cfg, key)}")
     non_negative = ["max_iters", "max_epochs", "warmup_iters", "warmup_ratio", "lr_decay_iters", "min_lr", "weight_decay",
                     "grad_clip", "eval_interval", "eval_iters", "checkpoint_interval", "keep_last", "sample_interval",
-                    "sample_tokens", "sample_top_k", "tokens_per_step", "max_training_hours", "learning_rate", "eps",
+                    "sample_tokens", "sample_top_k", "tokens_per_step", "train_stride", "max_training_hours", "learning_rate", "eps",
                     "sample_temperature"]
     for key in non_negative:
         if getattr(cfg, key) < 0:
             raise NanoGPT2Error(f"{key} must be >= 0, not {getattr(cfg, key)}")
+    if not cfg.dist_timeout > 0:
+        raise NanoGPT2Error(f"dist_timeout must be > 0 seconds, not {cfg.dist_timeout}")
+    if cfg.n_inner is not None and cfg.n_inner < 1:
+        raise NanoGPT2Error(f"n_inner must be >= 1 or none (4 x n_embd), not {cfg.n_inner}")
     if cfg.log_interval < 1:
         raise NanoGPT2Error(f"log_interval must be >= 1, not {cfg.log_interval}")
     if not 0.0 <= cfg.dropout < 1.0:
@@ -348,6 +479,9 @@ def read_config_file(path, cls=RunConfig) -> dict:
     for key, value in namespace.items():
         if key.startswith("_") or isinstance(value, (types.ModuleType, types.FunctionType, type)):
             continue
+        if key in NANOGPT_KEYS and key not in settings_of(cls):  # nanoGPT's own; nanogpt_settings translates it
+            values[key] = value
+            continue
         if key not in settings_of(cls):
             raise NanoGPT2Error(unknown_key_message(key, str(path), cls))
         values[key] = check_value(key, value, str(path), cls)
@@ -368,10 +502,10 @@ def parse_argv(argv, cls=RunConfig) -> tuple:
             continue
         key, eq, value = arg[2:].partition("=")
         key = key.replace("-", "_")
-        if key not in settings_of(cls):
+        if key not in settings_of(cls) and key not in NANOGPT_KEYS:
             raise NanoGPT2Error(unknown_key_message(key, "command line", cls))
         if not eq:
-            typ, _ = setting_type(key, cls)
+            typ = setting_type(key, cls)[0] if key in settings_of(cls) else NANOGPT_TYPES[key]
             nxt = argv[i] if i < len(argv) else None
             if typ is bool and (nxt is None or nxt.startswith("--") or nxt.lower() not in _TRUE | _FALSE):
                 value = "true"  # a bare boolean flag: --compile
@@ -393,15 +527,69 @@ def load_config(argv, default_config_file=None, cls=RunConfig) -> RunConfig:
     files, overrides = parse_argv(list(argv), cls)
     if not files and default_config_file is not None:
         files = [str(default_config_file)]
-    cfg = cls()
+    cfg, notices, given = cls(), [], {}
     for f in files:
-        for key, value in read_config_file(f, cls).items():
+        values, notice = nanogpt_settings(read_config_file(f, cls), f, cls)
+        notices += [notice] if notice else []
+        for key, value in values.items():
             setattr(cfg, key, value)
-    for key, text in overrides.items():
-        setattr(cfg, key, parse_value(key, text, cls=cls))
+            given[key] = (len(given), f)
+    parsed = {k: (parse_value(k, t, cls=cls) if k in settings_of(cls) else parse_value_nanogpt(k, t))
+              for k, t in overrides.items()}
+    values, notice = nanogpt_settings(parsed, "the command line", cls)
+    notices += [notice] if notice else []
+    for key, value in values.items():
+        setattr(cfg, key, value)
+        given[key] = (len(files), "the command line")
+    notices += resolve_given(cfg, {k: layer for k, (_, layer) in given.items()}, files)
     cfg.validate()
     cfg._sources = files  # noqa: not a setting; shown by format_config
+    cfg._notices = notices  # noqa: not a setting; shown by format_config above the settings
     return cfg
+
+
+# Pairs of settings that both set one thing: (a, b, what they set, the rule when both are active in one layer).
+# Active: > 0. A setting given (config file or command line) wins over the other's default; between two given
+# ones the later layer (command line > later file > earlier file) wins; the loser is set to 0.
+COMPETING = (
+    ("max_iters", "max_epochs", "the run length", "the fewer steps"),
+    ("warmup_iters", "warmup_ratio", "the warmup", "warmup_ratio"),
+)
+
+
+def resolve_given(cfg, given: dict, files) -> list:
+    """Apply COMPETING to `cfg` in place: given {setting: where it was given ('the command line' or a config
+    file)}, in the order applied. Returns the notice lines, one per pair where two given settings conflict."""
+    order = [*files, "the command line"]
+    notices = []
+    for a, b, what, same_layer_rule in COMPETING:
+        va, vb = getattr(cfg, a), getattr(cfg, b)
+        if not (va > 0 and vb > 0) or (a not in given and b not in given):
+            continue
+        if a in given and b in given:
+            la, lb = order.index(given[a]), order.index(given[b])
+            if la == lb:
+                notices.append(f"notice: {a}={va!r} and {b}={vb!r} are both set in {given[a]}: {same_layer_rule} "
+                               f"governs {what}")
+                continue
+            winner, loser = (a, b) if la > lb else (b, a)
+            notices.append(f"notice: {winner}={getattr(cfg, winner)!r} ({given[winner]}) governs {what}, not "
+                           f"{loser}={getattr(cfg, loser)!r} ({given[loser]}): {loser} set to 0")
+        else:
+            winner, loser = (a, b) if a in given else (b, a)
+        setattr(cfg, loser, type(getattr(cfg, loser))(0))  # given wins over the other's default, silently
+    return notices
+
+
+def parse_value_nanogpt(key: str, text: str):
+    """A nanoGPT-only key from the command line, as its NANOGPT_TYPES type (its rule in NANOGPT_KEYS decides
+    what it does)."""
+    low = text.strip().lower()
+    if NANOGPT_TYPES[key] is not bool:
+        return text
+    if low not in _TRUE | _FALSE:
+        raise NanoGPT2Error(f"command line: --{key} must be true or false, not {text!r}")
+    return low in _TRUE
 
 
 def wants_help(argv) -> bool:
@@ -416,7 +604,8 @@ def format_config(cfg: RunConfig, width: int = 110) -> str:
     """The effective config as `key=value` items wrapped at `width` columns; changed settings marked '*'."""
     defaults = type(cfg)()
     sources = getattr(cfg, "_sources", None)
-    lines = [f"effective config (config files: {', '.join(sources) if sources else 'none'}; * = not the default):"]
+    lines = [*getattr(cfg, "_notices", []),
+             f"effective config (config files: {', '.join(sources) if sources else 'none'}; * = not the default):"]
     line = " "
     for name in settings_of(type(cfg)):
         value = getattr(cfg, name)

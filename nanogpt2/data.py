@@ -132,6 +132,7 @@ class DatasetSpec:
     val_fraction: float | None = None
     crlf: bool = False
     split_sha256: dict = field(default_factory=dict)
+    note: str = ""          # one notice line for the user (how the files were read), or ''
     local: str = ""
     license: str = ""
     homepage: str = ""
@@ -417,6 +418,7 @@ class _Source:
     splits: dict            # split -> list of _Entry ("all" when the dataset has no splits of its own)
     crlf: bool = False
     split_sha256: dict = field(default_factory=dict)
+    note: str = ""          # one notice line for the user (how the files were read), or ''
 
 
 def _file_entry(path: Path, fmt: str) -> _Entry:
@@ -492,11 +494,13 @@ def _local_registry_source(spec: DatasetSpec, path: Path, need) -> _Source:
                     if split in need:
                         missing.append(fname)
             if missing:
-                only = ", ".join(sorted(p.name for p in found.values())) or "none of them"
+                have = sorted(found.values())
+                only = ", ".join(p.name for p in have) or "none of them"
+                alone = (f" To train on one file on its own, pass it as --dataset instead (e.g. --dataset {have[0]}; "
+                         f"its validation split is cut by --val_fraction)" if have else "")
                 raise NanoGPT2Error(
-                    f"{path} has no {', '.join(missing)} (found: {only}). data_path= for {spec.name} takes "
-                    f"{spec.local}. To use one file on its own, pass it as the dataset instead, e.g. "
-                    f"--dataset {path / next(iter(spec.splits.values()))} (split by val_fraction)")
+                    f"{path} has no {', '.join(missing)} (found: {only}). --data_path for {spec.name} takes "
+                    f"{spec.local}.{alone}")
             return _Source("local", str(path), list(found.values()),
                            {s: [_file_entry(p, spec.fmt)] for s, p in found.items()}, spec.crlf, spec.split_sha256)
         raise NanoGPT2Error(f"data_path {path} for {spec.name} should be {spec.local}")
@@ -605,15 +609,46 @@ def _registry_source(spec: DatasetSpec, data_path, cache_root: Path, need, quiet
     return _downloaded_source(spec, cache_root, need, quiet)
 
 
+# A split's word at the start of a word of the name: "wiki.valid.raw", "training.txt", "val.txt", "dev.jsonl";
+# not "latest.txt", "interval.txt", "evaluation.md", "device.txt".
+_NAME_SPLITS = (("train", re.compile(r"(?<![a-z])train")),
+                ("val", re.compile(r"(?<![a-z])(valid|val(?![a-z])|dev(?![a-z]))")),
+                ("test", re.compile(r"(?<![a-z])test")))
+
+
+def _name_split(name: str):
+    """The split a file's name says ("wiki.valid.raw" -> val, "my_train_set.txt" -> train), or None when it
+    names none or more than one."""
+    said = [split for split, pattern in _NAME_SPLITS if pattern.search(name.lower())]
+    return said[0] if len(said) == 1 else None
+
+
 def _split_by_name(path: Path):
-    """A folder's own split files: train.* and val.* / valid.* / validation.* (and test.*), or None."""
+    """A folder's own split files, by their names (*train*, *valid* / *val* / *dev*, *test*: WikiText's
+    wiki.train.raw, wiki.valid.raw, wiki.test.raw; train.txt, val.txt): {split: [files]}, or None when no file
+    names a split. Refused in one line: a folder whose named files lack a train or a val split, or that mixes
+    named and unnamed files (which split would those be?)."""
+    files = [p for p in sorted(path.iterdir()) if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES + JSONL_SUFFIXES
+             and p.stem.lower() != "readme" and not p.name.startswith(".")]
+    named = {p: _name_split(p.name) for p in files}
+    if not any(named.values()):
+        return None
     found = {}
-    for p in sorted(path.iterdir()):
-        if p.is_file() and p.suffix in TEXT_SUFFIXES + JSONL_SUFFIXES:
-            split = _SPLIT_ALIASES.get(p.stem.lower())
-            if split in SPLITS and split not in found:
-                found[split] = p
-    return found if "train" in found and "val" in found else None
+    for p, split in named.items():
+        if split is not None:
+            found.setdefault(split, []).append(p)
+    listing = ", ".join(f"{p.name} ({split or 'no split'})" for p, split in named.items())
+    unnamed = [p.name for p, split in named.items() if split is None]
+    if unnamed:
+        raise NanoGPT2Error(f"{path} mixes split files with others ({listing}): move {', '.join(unnamed)} out, or "
+                            f"name it *train*, *valid* or *test*")
+    missing = [s for s in ("train", "val") if s not in found]
+    if missing:
+        raise NanoGPT2Error(
+            f"{path} has {listing} but no {' or '.join(f'*{m}*' for m in missing)} file: add "
+            f"{' and '.join({'train': 'a train file (e.g. wiki.train.raw)', 'val': 'a validation file (e.g. wiki.valid.raw)'}[m] for m in missing)}, "
+            f"or pass one file as --dataset (its validation split is cut by --val_fraction)")
+    return found
 
 
 def _local_fmt(p: Path) -> str:
@@ -633,15 +668,18 @@ def _local_source(path: Path) -> _Source:
         raise NanoGPT2Error(f"{path} is not a file or folder")
     own = _split_by_name(path)
     if own:
-        return _Source("local", str(path), list(own.values()),
-                       {s: [_file_entry(p, _local_fmt(p))] for s, p in own.items()})
+        return _Source("local", str(path), [p for ps in own.values() for p in ps],
+                       {s: [_file_entry(p, _local_fmt(p)) for p in ps] for s, ps in own.items()})
     files = sorted(p for p in path.rglob("*")
                    if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES + JSONL_SUFFIXES
+                   and p.stem.lower() != "readme"  # the folder's description, not its corpus
                    and not any(part.startswith(".") for part in p.relative_to(path).parts))
     if not files:
         raise NanoGPT2Error(f"the folder {path} holds no text files ({', '.join(TEXT_SUFFIXES + JSONL_SUFFIXES)}); "
                             f"put the corpus there as .txt files (one document each) or .jsonl")
-    return _Source("local", str(path), files, {"all": [_file_entry(p, _local_fmt(p)) for p in files]})
+    note = (f"notice: {path}: its {len(files)} files name no split (*train*, *valid*, *test*): used as one corpus, "
+            f"the validation split cut by val_fraction" if len(files) > 1 else "")
+    return _Source("local", str(path), files, {"all": [_file_entry(p, _local_fmt(p)) for p in files]}, note=note)
 
 
 def _resolve(name_or_path):
@@ -836,6 +874,9 @@ def prepare_dataset(name_or_path="shakespeare", tokenizer=None, data_path=None, 
     backend / num_workers: the GPT-2 tokenizer backend ("auto", "tiktoken", "python") and encode_batch workers
         (None: one per core). force: rebuild even if the cache is valid.
     """
+    foreign = _token_folder(name_or_path, tokenizer, data_path)
+    if foreign is not None:
+        return foreign
     spec, local_path, key = _resolve(name_or_path)
     if data_path is not None and spec is None:
         raise NanoGPT2Error(f"data_path= is for registered datasets ({', '.join(list_datasets())}); "
@@ -869,10 +910,31 @@ def prepare_dataset(name_or_path="shakespeare", tokenizer=None, data_path=None, 
             source = _registry_source(spec, data_path, cache_root, list(spec.splits), quiet)
         else:
             source = _local_source(local_path)
+            if not quiet and source.note:
+                print(source.note, file=sys.stderr)
         if not quiet and meta is not None:
             print(f"{d.name}: rebuilding the token cache ({why})", file=sys.stderr)
         name = spec.name if spec is not None else str(local_path)
         return _build(d, name, source, tok_obj, tok_name, val_fraction, quiet, num_workers, src_files)
+
+
+def _token_folder(name_or_path, tokenizer, data_path):
+    """A folder of token ids another tool wrote, used as it is (nanoGPT's train.bin + val.bin, llm.c's shards:
+    nanogpt2/token_files.py), else None. Its ids fix the tokenizer: another one asked for is refused."""
+    from nanogpt2 import llmc, nanogpt_format
+
+    p = Path(str(name_or_path)).expanduser()
+    if str(name_or_path) in DATASETS or not p.is_dir():
+        return None
+    ds = nanogpt_format.open_data_folder(p) or llmc.open_shard_folder(p)
+    if ds is None:
+        return None
+    asked = tokenizer if tokenizer is None or isinstance(tokenizer, str) else getattr(tokenizer, "name", None)
+    if asked not in (None, ds.tokenizer().name) or data_path is not None:
+        why = f"tokenizer={asked}" if data_path is None else f"data_path={data_path}"
+        raise NanoGPT2Error(f"{p} holds token ids already ({ds.format}, {ds.tokenizer().name} tokenizer): {why} "
+                            f"cannot apply; drop it (tokenizer=auto)")
+    return ds
 
 
 def _resolve_tokenizer(tokenizer, spec, backend):

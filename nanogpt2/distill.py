@@ -350,7 +350,7 @@ def build_student(cfg: FinetuneConfig, teacher: GPT) -> GPT:
             student.crop_block_size(cfg.block_size)
         else:
             config = {**teacher.config.to_dict(), "block_size": cfg.block_size, "n_layer": cfg.n_layer,
-                      "n_head": cfg.n_head, "n_embd": cfg.n_embd, "n_inner": None, "dropout": cfg.dropout, "bias": cfg.bias}
+                      "n_head": cfg.n_head, "n_embd": cfg.n_embd, "n_inner": cfg.n_inner, "dropout": cfg.dropout, "bias": cfg.bias}
             student = GPT(GPTConfig(**config))
     return student
 

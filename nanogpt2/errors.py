@@ -12,6 +12,7 @@ checkpoint_interrupted.pt (resumable: a job scheduler can requeue it), 130 abort
 """
 
 import errno
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -25,7 +26,14 @@ class DataWarning(UserWarning):
 
 
 class NanoGPT2Error(Exception):
-    """An error caused by the user's input or environment; the message tells them what to do."""
+    """An error caused by the user's input or environment; the message tells them what to do. Under torchrun,
+    `rank` is set on an error that happened on that process alone (rank > 0), so that it is printed with it."""
+
+    rank = None
+
+
+class ElsewhereError(NanoGPT2Error):
+    """Another process of the run failed (nanogpt2.distributed's `together`); that process prints what and why."""
 
 
 def read_text(path, what: str = "file") -> str:
@@ -82,12 +90,24 @@ def write_error(e, what: str, folder, fix: str, any_os_error: bool = False):
     return NanoGPT2Error(f"cannot write {what}: {why}; {free}; {fix}")
 
 
+def _rank() -> int:
+    """This process's rank under torchrun (0 without it)."""
+    try:
+        return int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
+    except ValueError:
+        return 0
+
+
 def run_cli(main, *args, **kwargs):
-    """Call `main(*args, **kwargs)`; turn a NanoGPT2Error into one line on stderr and exit status 2."""
+    """Call `main(*args, **kwargs)`; turn a NanoGPT2Error into one line on stderr and exit status 2. Under torchrun
+    one voice: rank 0 prints the errors every process meets alike; an error of one other process alone is printed
+    by that process, with its rank; a process stopped by another's failure (ElsewhereError) prints nothing."""
     try:
         return main(*args, **kwargs)
     except NanoGPT2Error as e:
-        print(f"error: {e}", file=sys.stderr)
+        rank = _rank()
+        if not isinstance(e, ElsewhereError) and (rank == 0 or e.rank is not None):
+            print(f"error: [rank {rank}] {e}" if rank else f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -341,7 +341,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "windows by default, else strided perplexity (HF's method) and bits per byte.")
     ap.add_argument("--task", default="lm", choices=("lm", "classify"),
                     help="lm: perplexity (this command); classify: a classifier's accuracy (--task classify --help)")
-    ap.add_argument("--init_from", default="gpt2", help="GPT-2 name, OpenAI size (124M, ...), HF or OpenAI folder, train.py out_dir or checkpoint file")
+    ap.add_argument("--init_from", default="gpt2", help="GPT-2 name, OpenAI size (124M, ...), HF or OpenAI folder, "
+                    "train.py out_dir or checkpoint file, nanoGPT ckpt.pt or out_dir, llm.c model .bin")
+    ap.add_argument("--meta_pkl", default=None, help="the meta.pkl of a nanoGPT character model (default: beside its "
+                    "ckpt.pt, or data/<dataset>/meta.pkl)")
     ap.add_argument("--dataset", default=None,
                     help="dataset name (see nanogpt2.data.DATASETS) or a text file (default: a run's own, else wikitext2)")
     ap.add_argument("--split", default=None,
@@ -396,7 +399,7 @@ def main(argv=None):
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
 
-    model, tok, info = load_for_inference(args.init_from, device)
+    model, tok, info = load_for_inference(args.init_from, device, meta_pkl=args.meta_pkl)
     cfg = run_config(info, args.dataset)
     if cfg is not None:  # the run's own data: its tokens, its validation windows
         if args.data_path is not None:

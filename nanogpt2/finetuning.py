@@ -11,6 +11,8 @@ Methods (`method`):
   adapter     Houlsby adapters of `adapter_size` in every block (nanogpt2.peft.apply_adapters)
   prefix      prefix tuning: `prefix_length` learned keys/values per layer (nanogpt2.peft.apply_prefix); the
               windows (`block_size`) must leave those positions free in the model's context
+  prompt      prompt tuning: `prompt_length` learned input embeddings before the tokens' (nanogpt2.peft.apply_prompt),
+              random or from `prompt_init_text`; like a prefix, they take positions of the model's context
   selective   full, but the blocks of `freeze_layers` (and the embeddings / head with `freeze_embeddings` /
               `freeze_head`) stay frozen
 For every method: `layer_lr_scales` gives the blocks contiguous groups with their own multiple of the scheduled
@@ -34,6 +36,8 @@ others), and with `merge_and_export=DIR` an HF GPT-2 folder of the merged model.
 import importlib
 import math
 import re
+import sys
+from pathlib import Path
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Callable, Optional
@@ -43,14 +47,18 @@ import torch.nn as nn
 from nanogpt2.config import RunConfig, load_config, new_default, setting, settings_text, wants_help
 from nanogpt2.errors import EXIT_INTERRUPTED, NanoGPT2Error
 from nanogpt2.distributed import dist_from_env
+from nanogpt2.export_dir import ADAPTER_WEIGHTS, HF_MODEL, PEFT_ADAPTER, ExportDir
+from nanogpt2.inspect import trainability_table
+from nanogpt2.lm_results import LMResults, lm_scores
 from nanogpt2.loader import model_context, model_spec
-from nanogpt2.losses import key_token_entries
-from nanogpt2.optim import make_adamw, param_groups
-from nanogpt2.peft import (apply_adapters, apply_lora, apply_prefix, lora_layers, save_adapter_weights, save_peft_adapter,
-                           trainable_report)
+from nanogpt2.losses import KEY_TOKEN_FORMULAS, key_token_entries
+from nanogpt2.model import GPT
+from nanogpt2.optim import block_of, frozen_blocks, make_adamw, matches, param_groups, set_trainable
+from nanogpt2.peft import (PromptTuned, apply_adapters, apply_lora, apply_prefix, apply_prompt, lora_layers,
+                           save_adapter_weights, save_peft_adapter)
 from nanogpt2.trainer import Trainer
 
-METHODS = ("full", "lora", "adapter", "prefix", "selective")
+METHODS = ("full", "lora", "adapter", "prefix", "prompt", "selective")
 # task name -> module whose `task(cfg)` returns its TaskParts (imported when the task is chosen)
 TASKS = {"lm": "nanogpt2.finetuning", "classify": "nanogpt2.classify", "instruct": "nanogpt2.instruct",
          "distill": "nanogpt2.distill"}
@@ -64,7 +72,7 @@ class FinetuneConfig(RunConfig):
     script = "finetune.py"
     groups = MappingProxyType({**RunConfig.groups, "method": "Fine-tuning method", "task": "Task"})
     choices = MappingProxyType({**RunConfig.choices, "method": METHODS, "task": tuple(TASKS),
-                                "student_init": ("teacher", "scratch")})
+                                "student_init": ("teacher", "scratch"), "key_token_formula": KEY_TOKEN_FORMULAS})
 
     # --- defaults that differ from train.py's: the fine-tuning recipe of the configs (GPT-2 small, WikiText-2:
     # 3 epochs of 16,384-token steps, linear warmup over 10 % then linear decay to 1e-7, weight decay 0.01, AdamW
@@ -90,7 +98,7 @@ class FinetuneConfig(RunConfig):
     sample_interval: int = new_default(RunConfig, "sample_interval", 200)
 
     # --- the method ---
-    method: str = setting("lora", "full | lora | adapter | prefix | selective (see docs/finetuning.md)", "method")
+    method: str = setting("lora", "full | lora | adapter | prefix | prompt | selective (see docs/finetuning.md)", "method")
     lora_rank: int = setting(8, "LoRA rank r", "method")
     lora_alpha: float = setting(16.0, "LoRA alpha: the update is scaled by alpha / r (alpha / sqrt(r) with use_rslora)", "method")
     lora_dropout: float = setting(0.0, "dropout on the LoRA branch's input", "method")
@@ -104,6 +112,10 @@ class FinetuneConfig(RunConfig):
     prefix_projection: int = setting(
         0, "prefix tuning: hidden size of the reparameterisation MLP used in training (0: learn the table directly); "
         "collapsed to the table at the end of the run", "method")
+    prompt_length: int = setting(20, "prompt tuning: learned input embeddings (virtual tokens) before the real tokens", "method")
+    prompt_init_text: str = setting(
+        "", "prompt tuning: start the virtual tokens from this text's token embeddings, cut or repeated to "
+        "prompt_length (peft's prompt_tuning_init=TEXT); '': random N(0, 1), peft's RANDOM", "method")
     freeze_layers: str = setting("", "method=selective: comma-separated block indices to freeze, e.g. 0,1,2,3", "method")
     freeze_embeddings: bool = setting(False, "method=selective: freeze the token and position embeddings (a tied LM "
                                       "head shares the token embedding, so it freezes too)", "method")
@@ -114,7 +126,8 @@ class FinetuneConfig(RunConfig):
     head_only_steps: int = setting(0, "train only the task's head for this many steps first, then the method's whole set", "method")
     head_only_epochs: int = setting(0, "the same in epochs (adds to head_only_steps)", "method")
     merge_and_export: str = setting(
-        "", "at the end, write the fine-tuned model (LoRA merged) as an HF GPT-2 folder here ('': no export)", "method")
+        "", "at the end, write the fine-tuned model (LoRA merged) as an HF GPT-2 folder here ('': no export); an absent "
+        "or empty folder, or an earlier export (replaced); never a run folder or init_from (docs/conversion.md)", "method")
 
     # --- the task ---
     task: str = setting("lm", "what to fine-tune for: " + " | ".join(TASKS), "task")
@@ -129,9 +142,11 @@ class FinetuneConfig(RunConfig):
     max_examples: int = setting(
         0, "classify: use at most this many rows of each split of the data (a seeded stratified sample, before any "
         "hold-out; 0: all)", "task")
-    baseline_eval: bool = setting(True, "classify: score the model before training (the pretrained body with its fresh "
-                                  "head) on the test split", "task")
-    results_dir: str = setting("results", "classify: the results tree goes to results_dir/<model>/<timestamp>/", "task")
+    baseline_eval: bool = setting(True, "classify / lm / instruct: score the model before training (classify: the "
+                                  "pretrained body with its fresh head, on the test split; lm: validation and test "
+                                  "perplexity; instruct: the held-out response loss)", "task")
+    results_dir: str = setting("results", "classify / lm / instruct: the results tree goes to "
+                               "results_dir/<model>/<timestamp>/", "task")
 
     # --- task instruct ---
     template: str = setting(
@@ -144,6 +159,10 @@ class FinetuneConfig(RunConfig):
     key_token_alpha: float = setting(
         0.0, "lm / instruct: > 0 turns on the key-token weighted loss: per-sample mean cross-entropy, sample weight "
         "1 + alpha x (key tokens among its targets), normalised over the batch", "task")
+    key_token_formula: str = setting(
+        "normalised", "lm / instruct, with key_token_alpha: normalised (ours, above) | hf_course (the HF course's: "
+        "sample weight alpha x (1 + key tokens among its input ids), a plain mean over the samples; see "
+        "docs/instruct.md)", "task")
 
     # --- task distill ---
     teacher: str = setting("gpt2", "task=distill: the model the student learns from, anything init_from takes (a GPT-2 "
@@ -161,7 +180,7 @@ class FinetuneConfig(RunConfig):
 
     def validate(self) -> "FinetuneConfig":
         super().validate()
-        positive = ["lora_rank", "adapter_size", "prefix_length"]
+        positive = ["lora_rank", "adapter_size", "prefix_length", "prompt_length"]
         for key in positive:
             if getattr(self, key) < 1:
                 raise NanoGPT2Error(f"{key} must be >= 1, not {getattr(self, key)}")
@@ -180,9 +199,18 @@ class FinetuneConfig(RunConfig):
         if bool(self.key_tokens.strip()) != (self.key_token_alpha > 0):
             raise NanoGPT2Error("key_tokens and key_token_alpha > 0 go together (the weighted loss needs both); "
                                 "set both, or neither")
+        if self.key_token_formula != "normalised" and self.key_token_alpha == 0:
+            raise NanoGPT2Error(f"key_token_formula={self.key_token_formula} chooses the key-token weighted loss; "
+                                f"set key_tokens and key_token_alpha > 0 too (the course's alpha: 1.0)")
+        if self.train_stride and self.task in ("classify", "instruct"):
+            raise NanoGPT2Error(f"train_stride walks a token stream in windows (tasks lm and distill); task={self.task} "
+                                f"trains on whole examples: drop train_stride")
         if self.merge_and_export and self.method == "adapter":
             raise NanoGPT2Error("Houlsby adapters cannot be merged into GPT-2 weights, so merge_and_export cannot "
                                 "write an HF GPT-2 folder; share out_dir/adapter/ instead, or use method=lora")
+        if self.merge_and_export and self.method == "prompt" and self.task == "classify":
+            raise NanoGPT2Error("a classifier's prompt cannot be merged into its weights, so merge_and_export cannot "
+                                "write an HF folder; share out_dir/adapter/ instead, or use method=lora")
         return self
 
 
@@ -195,17 +223,6 @@ def layer_scales(text: str) -> list:
     if any(not (math.isfinite(s) and s >= 0) for s in scales):
         raise NanoGPT2Error(f"layer_lr_scales must be finite numbers >= 0, not {text!r}")
     return scales
-
-
-def frozen_blocks(text: str) -> list:
-    """`freeze_layers` as sorted block indices ('' -> [])."""
-    try:
-        blocks = sorted({int(s) for s in text.split(",")}) if text.strip() else []
-    except ValueError:
-        raise NanoGPT2Error(f"freeze_layers must be comma-separated block indices, e.g. 0,1,2,3, not {text!r}") from None
-    if blocks and blocks[0] < 0:
-        raise NanoGPT2Error(f"freeze_layers holds a negative block index: {text!r}")
-    return blocks
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -234,12 +251,19 @@ class TaskParts:
 
 def task(cfg: FinetuneConfig) -> TaskParts:
     """`lm`: language modelling on any dataset train.py knows, with train.py's data, loss and evaluations (with
-    key_token_alpha > 0, the key-token weighted loss of nanogpt2.losses)."""
+    key_token_alpha > 0, the key-token weighted loss of nanogpt2.losses), the baseline before training and the
+    results tree (nanogpt2.lm_results)."""
+    def note(trainer):
+        return (f"{cfg.dataset}: {trainer.train_tokens:,} train / {len(trainer.val_data):,} validation tokens "
+                f"({trainer.tokenizer.name} tokenizer)")
+
+    results = LMResults(cfg, "lm", lm_scores, save_weights, note)
+    loss_fn = None
     if cfg.key_token_alpha > 0:
         from nanogpt2.losses import KeyTokenLoss
 
-        return TaskParts(loss_fn=KeyTokenLoss(cfg.key_tokens, cfg.key_token_alpha))
-    return TaskParts()
+        loss_fn = KeyTokenLoss(cfg.key_tokens, cfg.key_token_alpha, cfg.key_token_formula)
+    return TaskParts(loss_fn=loss_fn, before_train=results.before_train, after_train=results.after_train)
 
 
 def load_task(name: str) -> Callable:
@@ -252,47 +276,49 @@ def load_task(name: str) -> Callable:
 # The method: what trains, at what rate
 
 
-def apply_method(model: nn.Module, cfg: FinetuneConfig) -> nn.Module:
-    """The method's modules (recorded in the model spec, so checkpoints rebuild them)."""
+def apply_method(model: nn.Module, cfg: FinetuneConfig, tokenizer=None) -> nn.Module:
+    """The method's modules (recorded in the model spec, so checkpoints rebuild them); `tokenizer` encodes
+    prompt_init_text."""
     if cfg.method == "lora":
         apply_lora(model, cfg.lora_rank, cfg.lora_alpha, [t.strip() for t in cfg.lora_targets.split(",") if t.strip()],
                    cfg.lora_dropout, cfg.use_rslora)
+        for line in lora_warnings(model):
+            print(f"warning: {line}", file=sys.stderr, flush=True)
     elif cfg.method == "adapter":
         apply_adapters(model, cfg.adapter_size, cfg.adapter_train_layernorms)
     elif cfg.method == "prefix":
         model = apply_prefix(model, cfg.prefix_length, cfg.prefix_projection or None)
+    elif cfg.method == "prompt":
+        init = None
+        if cfg.prompt_init_text:
+            if tokenizer is None:
+                raise NanoGPT2Error("prompt_init_text needs the run's tokenizer; this task gives none")
+            init = tokenizer.encode_ordinary(cfg.prompt_init_text)  # plain text: no special tokens
+        model = apply_prompt(model, cfg.prompt_length, init)
     return model
 
 
-def _block_of(name: str) -> Optional[int]:
-    m = re.search(r"(?:^|\.)h\.(\d+)\.", name)
-    return int(m.group(1)) if m else None
-
-
-def _matches(name: str, patterns) -> bool:
-    from fnmatch import fnmatchcase
-
-    return any(fnmatchcase(name, p) for p in patterns)
-
-
-def set_trainable(model: nn.Module, cfg: FinetuneConfig, head_patterns, modules_to_save=()) -> None:
-    """requires_grad by the method: full trains everything, selective all but its frozen blocks (and embeddings /
-    head); the PEFT methods froze the base when they were applied, and the task's `modules_to_save` (a new head)
-    train with them."""
-    n_layer = len(model.transformer.h)
-    if cfg.method == "selective":
-        blocks = frozen_blocks(cfg.freeze_layers)
-        if blocks and blocks[-1] >= n_layer:
-            raise NanoGPT2Error(f"freeze_layers={cfg.freeze_layers!r} names block {blocks[-1]}, but the model has "
-                                f"{n_layer} blocks (0-{n_layer - 1})")
-        for name, p in model.named_parameters():
-            embedding = cfg.freeze_embeddings and re.search(r"(^|\.)(wte|wpe)\.", name) is not None
-            head = cfg.freeze_head and _matches(name, head_patterns)
-            p.requires_grad_(not (_block_of(name) in blocks or embedding or head))
-    elif cfg.method != "full":
-        for name, p in model.named_parameters():
-            if _matches(name, modules_to_save):
-                p.requires_grad_(True)
+def lora_warnings(model: nn.Module) -> list:
+    """What cannot work in a model's LoRA settings, one line each: lora_alpha 0 (every update is scaled to zero),
+    and a rank above min(in, out) of a targeted layer (the update is full-rank there: the extra rank adds
+    parameters, not expressiveness)."""
+    layers = lora_layers(model)
+    if not layers:
+        return []
+    lines, rank = [], model.lora_config["rank"]
+    if model.lora_config["alpha"] == 0:
+        lines.append("lora_alpha=0 scales every LoRA update by 0: the adapter changes nothing and learns nothing (its "
+                     "gradients are 0 too); set lora_alpha > 0, e.g. 2 x lora_rank")
+    small = {n: min(m.in_features, len(m.out_rows)) for n, m in layers.items()}
+    over = {n: k for n, k in small.items() if rank > k}
+    if over:
+        name, k = next(iter(over.items()))
+        m = layers[name]
+        lines.append(f"lora_rank={rank} is above min(in, out) of {len(over)} targeted layer(s) (e.g. {name}: "
+                     f"{m.in_features} -> {len(m.out_rows)}, min {k}): there the update is a full-rank one, and each "
+                     f"rank past {k} adds parameters that cannot raise it; use lora_rank <= {min(over.values())}, or "
+                     f"method=full")
+    return lines
 
 
 def lr_scale_fn(cfg: FinetuneConfig, n_layer: int) -> Optional[Callable[[str], float]]:
@@ -305,7 +331,7 @@ def lr_scale_fn(cfg: FinetuneConfig, n_layer: int) -> Optional[Callable[[str], f
         raise NanoGPT2Error(f"layer_lr_scales has {len(scales)} groups but the model has {n_layer} blocks")
 
     def scale(name: str) -> float:
-        block = _block_of(name)
+        block = block_of(name)
         if block is not None:
             return scales[block * len(scales) // n_layer]
         return scales[0] if re.search(r"(^|\.)(wte|wpe)\.", name) else scales[-1]
@@ -318,11 +344,12 @@ def make_finetune_optimizer(head_patterns, modules_to_save=()):
     matrices only). Called on fresh runs and on resume alike, so the groups always match."""
     def make(trainer, model):
         cfg = trainer.cfg
-        set_trainable(model, cfg, head_patterns, modules_to_save)
+        set_trainable(model, cfg.method, head_patterns, modules_to_save, cfg.freeze_layers, cfg.freeze_embeddings,
+                      cfg.freeze_head)
         groups = param_groups(model, cfg.weight_decay, cfg.decay_pos_emb, lr_scale=lr_scale_fn(cfg, len(model.transformer.h)))
         if not any(g["params"] for g in groups):
             raise NanoGPT2Error(f"method={cfg.method} leaves nothing to train; freeze fewer parts")
-        trainer.log(trainable_report(model))
+        trainer.log(trainability_table(model, grouped=True))  # what trains, then peft's totals line
         return make_adamw(groups, cfg.learning_rate, (cfg.beta1, cfg.beta2), cfg.eps, trainer.device.type)
 
     return make
@@ -349,7 +376,7 @@ class HeadOnlyPhase:
             self.steps += self.epochs * (trainer.steps_per_epoch or 0)
             if self.epochs and not trainer.steps_per_epoch:
                 raise NanoGPT2Error("head_only_epochs needs the epoch length; use head_only_steps")
-            head = {n for n in self.trainable if _matches(n, self.head_patterns)}
+            head = {n for n in self.trainable if matches(n, self.head_patterns)}
             if not head:
                 raise NanoGPT2Error("head_only_steps: this task's head has no trainable parameter under "
                                     f"method={trainer.cfg.method}")
@@ -357,31 +384,99 @@ class HeadOnlyPhase:
                         f"{len(self.trainable)} tensors")
         head_phase = trainer.step < self.steps
         for n, p in model.named_parameters():
-            p.requires_grad_(n in self.trainable and (not head_phase or _matches(n, self.head_patterns)))
+            p.requires_grad_(n in self.trainable and (not head_phase or matches(n, self.head_patterns)))
 
 
 # ----------------------------------------------------------------------------------------------------
 # Outputs of a run
 
 
-def save_adapter(model: nn.Module, folder) -> str:
-    """The trainable weights alone, for sharing: an HF peft folder for LoRA (when peft can express it) and prefix
-    tuning, else `adapter_weights.pt` (nanogpt2.peft.save_adapter_weights). Returns what was written."""
+def peft_base(init_from: str, log=None) -> str:
+    """What a peft folder's base_model_name_or_path records: the HF repo of a GPT-2 name, the absolute path of a
+    local HF folder; else '' and one line through `log` saying peft needs an HF base and how to make one."""
+    from nanogpt2.hf_checkpoint import HF_REPOS
+
+    if init_from in HF_REPOS:
+        return HF_REPOS[init_from]
+    folder = Path(init_from).expanduser()
+    if folder.is_dir() and (folder / "config.json").is_file() and any(folder.glob("model.safetensors*")):
+        return str(folder.resolve())
+    if log is not None:
+        log(f"the peft adapter folder names no base model: peft needs an HF base, and init_from={init_from} is not "
+            f"one; make one with `python -m nanogpt2.convert {init_from} DIR` and set base_model_name_or_path "
+            f"to DIR in adapter_config.json")
+    return ""
+
+
+def save_adapter(model: nn.Module, folder, overwrite: bool = False, log=None, base: str = "") -> str:
+    """The trainable weights alone, for sharing: an HF peft folder for LoRA (when peft can express it), prefix
+    tuning and a language model's prompt tuning, naming `base` (peft_base) as its base model, else
+    `adapter_weights.pt` (nanogpt2.peft.save_adapter_weights). Returns what was written."""
     lora = getattr(model, "lora_config", None) is not None and not any(l.partial for l in lora_layers(model).values())
-    if lora or getattr(model, "prefix_config", None) is not None:
-        return str(save_peft_adapter(model, folder))
-    return str(save_adapter_weights(model, folder, model_spec(model)))
+    prompt = isinstance(model, PromptTuned) and isinstance(model, GPT)
+    if lora or prompt or getattr(model, "prefix_config", None) is not None:
+        return str(save_peft_adapter(model, folder, base, overwrite=overwrite, log=log, name="out_dir/adapter"))
+    return str(save_adapter_weights(model, folder, model_spec(model), overwrite, log))
 
 
-def export_merged(model: nn.Module, folder, tokenizer=None, log=None) -> str:
+def export_merged(model: nn.Module, folder, tokenizer=None, log=None, overwrite: bool = False,
+                  reserved: dict = None) -> str:
     """An HF GPT-2 folder of the fine-tuned model (nanogpt2.convert.save_pretrained: LoRA merged on a copy, the
-    run's model stays unmerged); a prefix cannot merge into GPT-2's weights, so it is exported as an HF peft
-    PREFIX_TUNING folder."""
+    run's model stays unmerged); a prefix or a prompt cannot merge into GPT-2's weights, so it is exported as an HF
+    peft PREFIX_TUNING / PROMPT_TUNING folder. Where: the export rule of nanogpt2/export_dir.py."""
     from nanogpt2.convert import save_pretrained
 
-    if getattr(model, "prefix_config", None) is not None:
-        return str(save_peft_adapter(model, folder)) + " (peft prefix-tuning folder; the base model is init_from)"
-    return str(save_pretrained(model, folder, tokenizer=tokenizer, log=log)) + " (HF folder)"
+    name = "merge_and_export"
+    for attr, what in (("prefix_config", "prefix-tuning"), ("prompt_config", "prompt-tuning")):
+        if getattr(model, attr, None) is not None:
+            return str(save_peft_adapter(model, folder, overwrite=overwrite, log=log, reserved=reserved, name=name)) \
+                + f" (peft {what} folder; the base model is init_from)"
+    return str(save_pretrained(model, folder, tokenizer=tokenizer, log=log, overwrite=overwrite, reserved=reserved,
+                               name=name)) + " (HF folder)"
+
+
+def export_plans(cfg: FinetuneConfig) -> list:
+    """The export folders the run writes at its end, checked against the export rule (nanogpt2/export_dir.py)
+    before anything is done: a refusal is one line, and nothing is written."""
+    out = Path(cfg.out_dir)
+    plans = []
+    if cfg.method not in ("full", "selective"):
+        prompt_ok = cfg.method == "prompt" and cfg.task != "classify"  # a classifier's prompt: adapter_weights.pt
+        peft_ok = cfg.method == "prefix" or prompt_ok or (cfg.method == "lora" and "c_attn." not in cfg.lora_targets)
+        plans.append(ExportDir.check(out / "adapter", PEFT_ADAPTER if peft_ok else ADAPTER_WEIGHTS, cfg.overwrite,
+                                     name="out_dir/adapter"))
+    if cfg.merge_and_export:
+        plans.append(ExportDir.check(cfg.merge_and_export, PEFT_ADAPTER if cfg.method in ("prefix", "prompt") else HF_MODEL,
+                                     cfg.overwrite, export_reserved(cfg), "merge_and_export"))
+    return plans
+
+
+def export_reserved(cfg: FinetuneConfig) -> dict:
+    """What merge_and_export must not be, nor hold: the run's out_dir (and its adapter folder), init_from (a path)."""
+    reserved = {"the run's out_dir": cfg.out_dir, "the run's out_dir/adapter": str(Path(cfg.out_dir) / "adapter")}
+    return {**reserved, "init_from": cfg.init_from} if Path(cfg.init_from).exists() else reserved
+
+
+def save_model_checkpoint(trainer, folder) -> Path:
+    """The run's model as one checkpoint the loader reads (folder/checkpoint_final.pt: weights, spec, tokenizer,
+    run config), for what an HF GPT-2 folder cannot hold (Houlsby adapters, a char vocabulary)."""
+    from nanogpt2 import checkpoint as ckpt_io
+
+    model = trainer.raw_model
+    return ckpt_io.save_checkpoint(Path(folder) / f"{ckpt_io.PREFIX}final{ckpt_io.SUFFIX}", {
+        "model": model.state_dict(), "model_spec": model_spec(model), "model_config": {}, "step": trainer.step,
+        "tokenizer": ckpt_io.tokenizer_info(trainer.tokenizer), "run_config": trainer.cfg.to_dict()})
+
+
+def save_weights(trainer, folder) -> str:
+    """The results tree's train/weights/ of a language model: an HF GPT-2 folder (LoRA merged on a copy; a prefix:
+    an HF peft folder), or a checkpoint (`save_model_checkpoint`) with Houlsby adapters or a char vocabulary."""
+    model = trainer.raw_model
+    if getattr(model, "adapter_config", None) is not None:
+        return f"{save_model_checkpoint(trainer, folder)} (nanogpt2 checkpoint: Houlsby adapters have no HF GPT-2 form)"
+    if getattr(trainer.tokenizer, "name", "gpt2") != "gpt2":
+        return f"{save_model_checkpoint(trainer, folder)} (nanogpt2 checkpoint: it holds the {trainer.tokenizer.name} vocabulary)"
+    return export_merged(model, folder, trainer.tokenizer, trainer.log)
 
 
 def write_outputs(trainer) -> None:
@@ -390,9 +485,13 @@ def write_outputs(trainer) -> None:
     if not trainer.dist.master:
         return
     if cfg.method not in ("full", "selective"):
-        trainer.log(f"adapter weights: {save_adapter(model, trainer.out_dir / 'adapter')}")
+        lora = getattr(model, "lora_config", None) is not None or getattr(model, "prefix_config", None) is not None
+        base = peft_base(cfg.init_from, trainer.log) if lora else ""
+        trainer.log(f"adapter weights: {save_adapter(model, trainer.out_dir / 'adapter', cfg.overwrite, trainer.log, base)}")
     if cfg.merge_and_export:
-        trainer.log(f"exported to {export_merged(model, cfg.merge_and_export, trainer.tokenizer, trainer.log)}")
+        where = export_merged(model, cfg.merge_and_export, trainer.tokenizer, trainer.log, cfg.overwrite,
+                              export_reserved(cfg))
+        trainer.log(f"exported to {where}")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -401,17 +500,18 @@ def write_outputs(trainer) -> None:
 
 def cap_block_size(cfg: FinetuneConfig, log: Callable[[str], None] = print) -> FinetuneConfig:
     """block_size is the recipe's longest window, not a demand: a base model (`init_from`) of a shorter context
-    trains at its context, less a prefix's positions, said in one line. (A distillation's teacher bounds the
+    trains at its context, less a prefix's or a prompt's positions, said in one line. (A distillation's teacher bounds the
     student's windows itself: nanogpt2.distill.)"""
     base = cfg.init_from
     context = None if cfg.task == "distill" else model_context(base)
     if context is None:
         return cfg
-    room = context - (cfg.prefix_length if cfg.method == "prefix" else 0)
+    virtual = {"prefix": cfg.prefix_length, "prompt": cfg.prompt_length}.get(cfg.method, 0)
+    room = context - virtual
     if not 1 <= room < cfg.block_size:
         return cfg  # fits (or a prefix longer than the context: the method says so)
     log(f"block_size={cfg.block_size} is longer than the context of {base} ({context} tokens"
-        + (f", {cfg.prefix_length} of them for the prefix" if room < context else "") + f"): using block_size={room}")
+        + (f", {virtual} of them for the {cfg.method}" if virtual else "") + f"): using block_size={room}")
     capped = cfg.replace(block_size=room)
     capped._sources = getattr(cfg, "_sources", None)  # the config files, for the config line
     return capped
@@ -419,15 +519,16 @@ def cap_block_size(cfg: FinetuneConfig, log: Callable[[str], None] = print) -> F
 
 def run(cfg: FinetuneConfig, hooks=()) -> dict:
     """One fine-tuning run: the task's parts, the method on its model, the trainer."""
+    export_plans(cfg)  # refused exports stop the run here, before anything is loaded or written
     cfg = cap_block_size(cfg, log=print if dist_from_env().master else (lambda msg: None))
     parts = load_task(cfg.task)(cfg)
     head_patterns = tuple(parts.head_patterns)
 
     def prepare(trainer, base):
         model = parts.prepare_model(trainer, base) if parts.prepare_model is not None else base
-        return apply_method(model, cfg)
+        return apply_method(model, cfg, trainer.tokenizer)
 
-    model = apply_method(parts.model, cfg) if parts.model is not None else None
+    model = apply_method(parts.model, cfg, parts.tokenizer) if parts.model is not None else None
     all_hooks = [*parts.hooks, *hooks]
     if cfg.head_only_steps or cfg.head_only_epochs:
         all_hooks.insert(0, HeadOnlyPhase(head_patterns, cfg.head_only_steps, cfg.head_only_epochs))

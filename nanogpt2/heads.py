@@ -15,7 +15,8 @@ over int labels, ignoring -100, with optional `label_smoothing` (HF's model has 
 same way). The head starts from a truncated normal (std 0.02, cut at 2 std).
 
 Its parameter names are the GPT's (`transformer.h.0.attn.c_attn.weight`, ...) plus `score.weight`, and it has
-`.config` and `.transformer`, so nanogpt2.peft (LoRA, adapters) and finetune.py's methods apply to it unchanged.
+`.config`, `.transformer` and GPT's `body`, so nanogpt2.peft (LoRA, adapters, prompt tuning) and finetune.py's
+methods apply to it unchanged.
 Checkpoints record `model_spec()` (kind "gpt_classifier": the GPT config, num_labels, pad id, label names, and the
 PEFT method of the body), which nanogpt2.loader rebuilds.
 
@@ -44,8 +45,8 @@ from nanogpt2.hf_checkpoint import (HF_REPOS, config_from_hf, download_hf_model,
 from nanogpt2.errors import NanoGPT2Error
 from nanogpt2.loader import register_model_kind
 from nanogpt2.model import GPT, IGNORE_INDEX, GPTConfig
-from nanogpt2.peft import PEFT_PREFIX, apply_method_spec, apply_peft_adapter, method_spec, read_peft_folder, save_peft_adapter
-from nanogpt2.safetensors_io import load_file, save_file
+from nanogpt2.peft import (PEFT_PREFIX, apply_method_spec, apply_peft_adapter, method_spec, peft_adapter_parts,
+                           read_peft_folder, write_peft_folder)
 
 KIND = "gpt_classifier"
 HF_ARCHITECTURE = "GPT2ForSequenceClassification"
@@ -91,6 +92,7 @@ class GPTForSequenceClassification(nn.Module):
         nn.init.trunc_normal_(self.score.weight, mean=0.0, std=0.02, a=-0.04, b=0.04)
         self.num_labels, self.pad_token_id, self.labels = num_labels, pad_token_id, labels
         self.label_smoothing = label_smoothing  # of the loss `forward` returns (a training setting, not in the spec)
+        self.gradient_checkpointing = False  # read by GPT.body: recompute each block in the backward
 
     @classmethod
     def from_gpt(cls, gpt: GPT, num_labels: int, **kwargs) -> "GPTForSequenceClassification":
@@ -101,7 +103,14 @@ class GPTForSequenceClassification(nn.Module):
                 setattr(model, attr, getattr(gpt, attr))
         return model
 
+    gradient_checkpointing_enable = GPT.gradient_checkpointing_enable  # the body's switch (see GPT's)
+
     # --- forward ---------------------------------------------------------------------------------------
+
+    # GPT's own body and context surgery on our transformer: they read nothing but .config and .transformer (and a
+    # PEFT method that changes the body, prompt tuning, overrides `body` as it does a GPT's).
+    body = GPT.body
+    crop_block_size = GPT.crop_block_size
 
     def last_token_index(self, idx: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """(B,) position of each row's rightmost non-pad token (see the module docstring)."""
@@ -119,8 +128,7 @@ class GPTForSequenceClassification(nn.Module):
                 labels: Optional[torch.Tensor] = None):
         """idx (B, T) token ids, attention_mask (B, T) 1 real / 0 padding, labels (B,) -> (logits (B, num_labels),
         loss or None)."""
-        # GPT's own body on our transformer: it reads nothing but .config and .transformer.
-        hidden = GPT.body(self, idx, attention_mask)  # (B, T, C)
+        hidden = self.body(idx, attention_mask)  # (B, T, C)
         last = self.last_token_index(idx, attention_mask)  # (B,)
         pooled = hidden[torch.arange(idx.size(0), device=idx.device), last]  # (B, C)
         logits = self.score(self.dropout(pooled))  # (B, num_labels)
@@ -199,10 +207,11 @@ class GPTForSequenceClassification(nn.Module):
                   "label2id": {n: i for i, n in enumerate(self.labels)}, "pad_token_id": self.pad_token_id}
         return {"config": config, "tensors": parts["tensors"], "generation_config": None}
 
-    def save_pretrained(self, out_dir) -> Path:
+    def save_pretrained(self, out_dir, overwrite: bool = False, log=None) -> Path:
         """An HF GPT2ForSequenceClassification folder (config.json + model.safetensors) that transformers loads:
-        nanogpt2.convert.save_pretrained with this model's `hf_export` (LoRA merged on a copy; adapters refused)."""
-        return save_pretrained(self, out_dir)
+        nanogpt2.convert.save_pretrained with this model's `hf_export` (LoRA merged on a copy; adapters refused),
+        where the export rule of nanogpt2/export_dir.py allows."""
+        return save_pretrained(self, out_dir, log=log, overwrite=overwrite)
 
 
 def _read_json(folder: Path, name: str = "config.json", what: str = "an HF GPT-2 checkpoint folder") -> dict:
@@ -262,15 +271,12 @@ def load_peft_classifier(model: GPTForSequenceClassification, folder) -> list:
 
 
 
-def save_peft_classifier(model: GPTForSequenceClassification, folder, base_model_name_or_path: str = "") -> Path:
+def save_peft_classifier(model: GPTForSequenceClassification, folder, base_model_name_or_path: str = "",
+                         overwrite: bool = False, log=None) -> Path:
     """The model's LoRA layers and its head as an HF peft folder of task SEQ_CLS, which
-    `peft.PeftModel.from_pretrained(GPT2ForSequenceClassification...)` loads."""
-    folder = save_peft_adapter(model, folder, base_model_name_or_path)
-    weights = folder / "adapter_model.safetensors"
-    tensors = load_file(weights)
+    `peft.PeftModel.from_pretrained(GPT2ForSequenceClassification...)` loads; written once, where the export rule of
+    nanogpt2/export_dir.py allows (an earlier peft folder, e.g. the run's LoRA-only one, is replaced)."""
+    config, tensors = peft_adapter_parts(model, base_model_name_or_path)
     tensors[f"{PEFT_PREFIX}{HEAD}.weight"] = model.score.weight.detach().cpu()
-    save_file(tensors, weights)
-    config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
     config.update(task_type="SEQ_CLS", modules_to_save=[HEAD])
-    (folder / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    return folder
+    return write_peft_folder(folder, config, tensors, overwrite, log)

@@ -25,6 +25,7 @@ import torch
 
 from nanogpt2.download import cache_dir, download, hf_url
 from nanogpt2.errors import NanoGPT2Error
+from nanogpt2.export_dir import is_hf_config, run_folder_files
 from nanogpt2.safetensors_io import load_file
 
 if TYPE_CHECKING:  # model.py imports convert.py lazily (GPT.from_pretrained), which imports this: no model import
@@ -281,6 +282,12 @@ def load_hf_folder(folder, **overrides) -> GPT:
         hf_config = json.loads(config_path.read_text())
     except ValueError as e:
         raise NanoGPT2Error(f"{config_path} is not valid JSON ({e})") from None
+    run = run_folder_files(folder)
+    if run and not is_hf_config(config_path):
+        raise NanoGPT2Error(f"{config_path} holds a train.py run's settings, not an HF config: {folder} is a run folder "
+                            f"({', '.join(sorted(run)[:3])}, ...) whose config.json the run rewrote after an HF export "
+                            f"was written into it; load it as the run (--init_from {folder}: its checkpoint), or export "
+                            f"it to a folder of its own: python -m nanogpt2.convert {folder} {folder}-hf")
     config = config_from_hf(hf_config, source=str(config_path), **overrides)
     hf_state = read_hf_state_dict(folder)
     from nanogpt2.model import GPT

@@ -55,13 +55,16 @@ import torch
 
 from nanogpt2.data import Remote, default_cache_root
 from nanogpt2.errors import DataWarning, NanoGPT2Error, read_text, run_cli, write_error
-from nanogpt2.losses import key_token_weighted_loss, masked_mean_loss, parse_key_tokens
+from nanogpt2.lm_results import LMResults, eval_scores
+from nanogpt2.losses import (course_key_token_loss, key_counts, key_token_weighted_loss, masked_mean_loss,
+                             parse_key_tokens)
 from nanogpt2.model import IGNORE_INDEX
 from nanogpt2.tokenizer import get_tokenizer
 
 DEFAULT_MAX_LENGTH = 512        # tokens per example when max_length=0 (Alpaca's model_max_length)
 DEFAULT_VAL_FRACTION = 0.02     # held-out share of the records when val_fraction is none (Alpaca: 1,040 records)
 TOP_P = 0.9                     # nucleus of the top-p answers every sample_interval
+HELD_OUT = "held-out"           # the split the baseline and the results tree score (the response tokens)
 
 # ----------------------------------------------------------------------------------------------------
 # Templates
@@ -534,11 +537,16 @@ def _logits_and_targets(model, batch: dict):
     return logits, y
 
 
-def make_loss_fn(key_ids=None, alpha: float = 0.0):
+def make_loss_fn(key_ids=None, alpha: float = 0.0, formula: str = "normalised"):
     """The trainer's loss_fn: the mean over the micro-batch's scored targets (the response's tokens unless
-    train_on_input), or the key-token weighted loss when alpha > 0 (nanogpt2.losses)."""
+    train_on_input), or the key-token weighted loss when alpha > 0 (nanogpt2.losses: ours, or with formula
+    hf_course the course's, its key tokens counted among each example's real input ids, prompt included)."""
     def loss_fn(trainer, model, batch):
         logits, y = _logits_and_targets(model, batch)
+        if alpha > 0 and formula == "hf_course":
+            ids = batch["input_ids"]  # (B, L)
+            real = torch.arange(ids.size(1), device=ids.device) < batch["lengths"].to(ids.device)[:, None]  # (B, L)
+            return course_key_token_loss(logits, y, key_counts(ids, key_ids, real), alpha)
         if alpha > 0:
             return key_token_weighted_loss(logits, y, key_ids, alpha)
         return masked_mean_loss(logits, y)
@@ -677,7 +685,7 @@ def global_rows(cfg) -> int:
 def task(cfg):
     """`instruct`: the records, split, encoded and reported; the sampler, response-only loss, evaluation and
     answers hook for the trainer."""
-    from nanogpt2.finetuning import TaskParts
+    from nanogpt2.finetuning import TaskParts, save_weights
     from nanogpt2.distributed import dist_from_env
 
     master = dist_from_env().master
@@ -699,17 +707,16 @@ def task(cfg):
         return InstructSampler(train, trainer.rows_per_step, tok.eot_token, seed=cfg.seed, rank=trainer.dist.rank,
                                world_size=trainer.dist.world_size)
 
-    def baseline(trainer):
-        if trainer.step == 0 and not cfg.eval_only:
-            res = eval_fn(trainer)
-            trainer.raw_model.train()
-            trainer.log(f"before training: response val loss {res['val_loss']:.4f} | val ppl {res['val_ppl']:.2f} "
-                        f"({res['val_tokens']:,} scored tokens of {len(val):,} held-out records)")
+    def note(trainer):
+        return (f"{where}: {len(train):,} training / {len(val):,} held-out records (seed {cfg.seed}); the loss, "
+                f"and the held-out score, on {'every token' if cfg.train_on_input else 'the response tokens only'}")
 
+    results = LMResults(cfg, "instruct", lambda trainer: eval_scores(trainer, HELD_OUT), save_weights, note,
+                        val_name=HELD_OUT)
     return TaskParts(tokenizer=tok, make_sampler=make_sampler, eval_fn=eval_fn,
-                     loss_fn=make_loss_fn(key_ids, cfg.key_token_alpha),
+                     loss_fn=make_loss_fn(key_ids, cfg.key_token_alpha, cfg.key_token_formula),
                      steps_per_epoch=math.ceil(len(train) / global_rows(cfg)),
-                     hooks=[Answers(tok, template)], before_train=baseline)
+                     hooks=[Answers(tok, template)], before_train=results.before_train, after_train=results.after_train)
 
 
 # ----------------------------------------------------------------------------------------------------

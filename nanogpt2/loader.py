@@ -9,6 +9,8 @@ One loader for every `init_from`, and the model spec that checkpoints record.
   an OpenAI folder hparams.json + model.ckpt.index / .data-* (+ encoder.json, vocab.bpe: then its tokenizer)
   a run folder     a train.py out_dir: its checkpoint of the highest step (damaged ones skipped, said so)
   a .pt file       one checkpoint
+  nanoGPT          a ckpt.pt nanoGPT's train.py wrote, or its out_dir (+ meta.pkl: nanogpt2/nanogpt_format.py)
+  llm.c            a model file llm.c wrote (gpt2_124M.bin, gpt2_124M_bf16.bin: nanogpt2/llmc.py)
 train.py, sample.py, bench.py and `python -m nanogpt2.evaluate` all load through `load_model` here.
 
 The model spec: a checkpoint records what model it holds as a small dict, `{"kind": "gpt", "config":
@@ -36,6 +38,7 @@ from typing import Callable, Optional
 import torch.nn as nn
 
 from nanogpt2 import checkpoint as ckpt_io
+from nanogpt2 import llmc, nanogpt_format
 from nanogpt2.download import DownloadError
 from nanogpt2.errors import NanoGPT2Error
 from nanogpt2.model import GPT, GPTConfig
@@ -69,7 +72,7 @@ HF_ARCHITECTURES = {"GPT2ForSequenceClassification": "nanogpt2.heads"}  # module
 
 def model_spec(model: nn.Module) -> dict:
     """What a checkpoint records about `model` so that `build_model` can rebuild it (before its weights): for a
-    GPT its config and its PEFT method (`method_spec`: `"lora"`, `"adapters"` or `"prefix"`)."""
+    GPT its config and its PEFT method (`method_spec`: `"lora"`, `"adapters"`, `"prefix"` or `"prompt"`)."""
     own = getattr(model, "model_spec", None)
     if callable(own):
         return own()
@@ -174,10 +177,24 @@ def _load_hf(folder: Path, load_gpt):
     return importlib.import_module(HF_ARCHITECTURES[arch]).load_hf_folder(folder)
 
 
-def load_model(init_from: str, device="cpu", dropout=None, log=_warn, config: GPTConfig = None):
+def load_foreign(path: Path, meta_pkl=None):
+    """(model, info) of another project's model file that `path` names (nanoGPT's ckpt.pt or out_dir, an llm.c
+    model file), else None."""
+    if nanogpt_format.checkpoint_file(path) is not None:
+        model, info = nanogpt_format.load_checkpoint_model(path, meta_pkl=meta_pkl)
+    elif llmc.magic(path) is not None:
+        model, info = llmc.load_model_file(path)
+    else:
+        return None
+    info["spec"] = model_spec(model)
+    return model, info
+
+
+def load_model(init_from: str, device="cpu", dropout=None, log=_warn, config: GPTConfig = None, meta_pkl=None):
     """(model on `device`, info) for any init_from (see the module docstring); "scratch" needs the `config` of the
     new, randomly initialised GPT (seed torch first). `dropout`: set every dropout to it (a run's own setting);
-    None keeps the loaded model's. info holds at least path (or the name), tokenizer ({"name": ...} or None for a
+    None keeps the loaded model's. `meta_pkl`: the vocabulary of a nanoGPT character model, where it is not
+    found beside the checkpoint. info holds at least path (or the name), tokenizer ({"name": ...} or None for a
     new model), spec and description."""
     from nanogpt2.hf_checkpoint import HF_REPOS, download_hf_model, load_hf_folder
     from nanogpt2.openai_checkpoint import (OPENAI_SIZES, download_openai_model, is_openai_folder, load_openai_folder,
@@ -185,15 +202,21 @@ def load_model(init_from: str, device="cpu", dropout=None, log=_warn, config: GP
 
     path = Path(init_from)
     hf_folder = openai_folder = None
+    foreign = None if init_from == "scratch" else load_foreign(path, meta_pkl)
     if init_from == "scratch":
         if config is None:
             raise NanoGPT2Error("init_from=scratch needs a model config (n_layer, n_head, n_embd, ...)")
         model = GPT(config)
         info = {"path": "scratch", "tokenizer": None, "spec": model_spec(model),
                 "description": f"GPT from scratch ({config.n_layer} layers, {config.n_embd} wide)"}
-    elif is_checkpoint(path) and not is_hf_folder(path):
+    elif foreign is not None:
+        model, info = foreign
+    elif is_checkpoint(path):  # a run folder that an HF export was written into is still the run
         model, info = load_checkpoint_model(path, log=log)
         info["description"] = f"{info['path']} (step {info.get('step')})"
+        if is_hf_folder(path):
+            log(f"{path} holds a train.py run and an HF export written into it: reading the run "
+                f"({Path(info['path']).name}); export it to a folder of its own to keep both apart")
     elif is_hf_folder(path):
         hf_folder = path
     elif is_openai_folder(path):
@@ -215,22 +238,25 @@ def load_model(init_from: str, device="cpu", dropout=None, log=_warn, config: GP
         model = load_openai_folder(openai_folder, quiet=False)
         info = {"path": init_from, "tokenizer": openai_tokenizer_info(openai_folder), "spec": model_spec(model),
                 "description": f"{init_from} (OpenAI's TensorFlow GPT-2 weights)"}
-    elif init_from != "scratch" and not is_checkpoint(path):
+    elif foreign is None and init_from != "scratch" and not is_checkpoint(path):
         close = difflib.get_close_matches(init_from, ["scratch", "resume", *HF_REPOS, *OPENAI_SIZES], n=2)
         hint = f" (did you mean {' or '.join(close)}?)" if close else ""
         raise NanoGPT2Error(f"init_from {init_from!r} is not a GPT-2 name ({', '.join(HF_REPOS)}), an OpenAI size "
                             f"({', '.join(OPENAI_SIZES)}), an HF folder, an OpenAI TensorFlow folder, a train.py run "
-                            f"folder or a checkpoint file{hint}")
+                            f"folder or a checkpoint file (nanogpt2's, nanoGPT's or llm.c's){hint}")
+    if meta_pkl and info.get("format") != "nanogpt":
+        log(f"meta_pkl={meta_pkl} is ignored: {init_from} is not a nanoGPT checkpoint")
     if dropout is not None:
         set_dropout(model, dropout)
     return model.to(device), info
 
 
-def load_for_inference(init_from: str, device="cpu"):
+def load_for_inference(init_from: str, device="cpu", meta_pkl=None):
     """(model in eval mode on `device`, its tokenizer, load_model's info) for sample.py and evaluation. A prefix
-    trained through its reparameterisation MLP is collapsed to its table (the same outputs, no MLP per step)."""
+    trained through its reparameterisation MLP is collapsed to its table (the same outputs, no MLP per step).
+    `meta_pkl`: as for load_model."""
     try:
-        model, info = load_model(init_from, device=device)
+        model, info = load_model(init_from, device=device, meta_pkl=meta_pkl)
     except DownloadError as e:  # a GPT-2 name, offline: name what loads without a download
         raise DownloadError(f"{e} {offline_alternative()}") from None
     if (getattr(model, "prefix_config", None) or {}).get("projection_hidden") is not None:
@@ -249,9 +275,9 @@ def offline_alternative(where=".") -> str:
             "--init_from out-shakespeare.")
 
 
-def load_model_and_tokenizer(init_from: str, device="cpu"):
+def load_model_and_tokenizer(init_from: str, device="cpu", meta_pkl=None):
     """(model in eval mode on `device`, its tokenizer, a description): `load_for_inference` without the info."""
-    model, tok, info = load_for_inference(init_from, device)
+    model, tok, info = load_for_inference(init_from, device, meta_pkl)
     return model, tok, info["description"]
 
 
@@ -335,7 +361,8 @@ def fit_context(model: nn.Module, block_size: int) -> None:
 
 def _init_model(cfg, tokenizer, log) -> GPT:
     """The GPT of init_from (a GPT-2 name, an HF folder, a checkpoint), checked against the run's tokenizer."""
-    m, info = load_model(cfg.init_from, dropout=cfg.dropout, log=lambda msg: log(f"warning: {msg}"))
+    m, info = load_model(cfg.init_from, dropout=cfg.dropout, log=lambda msg: log(f"warning: {msg}"),
+                         meta_pkl=getattr(cfg, "meta_pkl", "") or None)
     mine = ckpt_io.tokenizer_info(tokenizer) if tokenizer is not None else None
     if mine is not None and info["tokenizer"] != mine:
         own = (info.get("config") or {}).get("dataset")  # a run folder's: data in its tokenizer
@@ -346,6 +373,11 @@ def _init_model(cfg, tokenizer, log) -> GPT:
     if not isinstance(m, GPT):
         raise NanoGPT2Error(f"init_from={cfg.init_from} holds a {type(m).__name__} ({info['spec'].get('kind')}); "
                             f"train.py starts from a GPT: resume that run with --resume_from instead")
+    n_vocab = getattr(tokenizer, "n_vocab", None)
+    if n_vocab is not None and m.config.vocab_size < n_vocab:  # token ids past its table would crash the embedding
+        raise NanoGPT2Error(f"init_from={cfg.init_from} has a vocabulary of {m.config.vocab_size:,} tokens, smaller "
+                            f"than this run's {tokenizer.name} tokenizer ({n_vocab:,}): start from a model of that "
+                            f"vocabulary, or use the model's own tokenizer and data")
     log(f"model: {info['description']}, {m.param_counts()['total'] / 1e6:.2f}M parameters")
     return m
 
@@ -359,7 +391,8 @@ def _scratch_model(cfg, tokenizer, log) -> GPT:
     if n_vocab is not None and vocab < n_vocab:
         raise NanoGPT2Error(f"vocab_size={vocab} is smaller than the tokenizer's {n_vocab} tokens")
     m, _ = load_model("scratch", config=GPTConfig(block_size=cfg.block_size, vocab_size=vocab, n_layer=cfg.n_layer,
-                                                  n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias))
+                                                  n_head=cfg.n_head, n_embd=cfg.n_embd, n_inner=cfg.n_inner,
+                                                  dropout=cfg.dropout, bias=cfg.bias))
     log(f"model: GPT from scratch, {m.param_counts()['total'] / 1e6:.2f}M parameters")
     return m
 
@@ -392,7 +425,7 @@ def check_resume_fits(cfg, state: dict, tokenizer, log: Callable[[str], None]) -
         raise NanoGPT2Error(f"{path} has a vocabulary of {vocab} tokens, fewer than this run's tokenizer "
                             f"({n_vocab}); resume with the checkpoint's dataset and tokenizer settings")
     old = state.get("run_config") if isinstance(state.get("run_config"), dict) else {}
-    shape = ("n_layer", "n_head", "n_embd", "vocab_size", "bias", "dropout")
+    shape = ("n_layer", "n_head", "n_embd", "n_inner", "vocab_size", "bias", "dropout")
     ignored = [f"{k}={getattr(cfg, k)!r} (checkpoint: {old[k]!r})" for k in shape
                if k in old and old[k] != getattr(cfg, k)]
     if ignored:

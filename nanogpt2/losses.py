@@ -13,8 +13,20 @@ Token losses for fine-tuning tasks: the masked mean cross-entropy, and a key-tok
   (samples with no scored target count nothing). With alpha = 0 every sample counts equally: the mean of the
   per-sample means, which is the plain token-mean cross-entropy when every sample scores as many targets (lm
   windows); with unequal lengths (instruct responses) it gives short answers the weight of long ones.
-- `KeyTokenLoss(key_tokens, alpha)`: the trainer's `loss_fn` for (x, y) batches (`finetune.py --task lm
-  --key_tokens ... --key_token_alpha A`); the instruct task calls `key_token_weighted_loss` itself.
+- `course_key_token_loss(logits, targets, input_keys, alpha) -> (loss, n)`: the Hugging Face course's recipe
+  ("Training a causal language model from scratch", its `keytoken_weighted_loss`), chosen with
+  `key_token_formula=hf_course`: the same per-sample means, each weighted by alpha * (1 + how many key tokens
+  the sample's input ids hold), averaged over the samples without normalising by the weights:
+
+      loss = mean_b  alpha * (1 + k_b) * mean_t CE[b, t],     k_b = #{key tokens among sample b's input ids}
+
+  Its value grows with alpha and the key counts (it is not a cross-entropy: a batch with k_b = 5 everywhere and
+  alpha = 1 reads 6 x its cross-entropy, and its gradient is 6 x as large, i.e. a larger learning rate), where
+  ours stays a weighted mean of cross-entropies. The course counts the key tokens among the input ids, the
+  whole sample: for an lm window of block_size + 1 tokens that is x and the last target (`window_key_counts`).
+- `KeyTokenLoss(key_tokens, alpha, formula)`: the trainer's `loss_fn` for (x, y) batches (`finetune.py --task lm
+  --key_tokens ... --key_token_alpha A [--key_token_formula hf_course]`); the instruct task calls the two losses
+  itself.
 
 `key_tokens` (a setting) holds comma-separated token ids or strings (`42, yes, no`), or a JSON list for exact
 strings with their leading spaces (`[" yes", " no", 50256]`); each string must be one token of the run's
@@ -60,6 +72,32 @@ def key_token_weighted_loss(logits: torch.Tensor, targets: torch.Tensor, key_ids
     weight = (1.0 + alpha * keys.float()) * (per_sample_n > 0)  # (B,) an empty sample counts nothing
     return (weight * per_sample_mean).sum() / weight.sum().clamp(min=1e-12), per_sample_n.sum()
 
+
+def course_key_token_loss(logits: torch.Tensor, targets: torch.Tensor, input_keys: torch.Tensor, alpha: float):
+    """The HF course's key-token loss of the module docstring: (loss, number of scored targets). logits (B, T, V),
+    targets (B, T) with IGNORE_INDEX where nothing is scored, input_keys (B,): key tokens among each sample's
+    input ids. Samples with no scored target (a prompt-only instruct row) are left out of the mean."""
+    scored = targets != IGNORE_INDEX  # (B, T)
+    per_sample_n = scored.sum(dim=1)  # (B,)
+    per_sample_mean = token_losses(logits, targets).sum(dim=1) / per_sample_n.clamp(min=1)  # (B,)
+    weight = alpha * (1.0 + input_keys.to(per_sample_mean.device).float())  # (B,)
+    present = (per_sample_n > 0).float()  # (B,)
+    return (weight * per_sample_mean * present).sum() / present.sum().clamp(min=1), per_sample_n.sum()
+
+
+def key_counts(tokens: torch.Tensor, key_ids: torch.Tensor, valid: torch.Tensor = None) -> torch.Tensor:
+    """(B,) how many of each row's tokens (B, L) are key tokens (only where `valid` (B, L), when given)."""
+    hits = torch.isin(tokens, key_ids.to(tokens.device))  # (B, L)
+    return (hits & valid if valid is not None else hits).sum(dim=1)  # (B,)
+
+
+def window_key_counts(x: torch.Tensor, y: torch.Tensor, key_ids: torch.Tensor) -> torch.Tensor:
+    """(B,) key tokens among the sample's input ids for lm windows: x (B, T) and the last target y[:, -1], the
+    window of T + 1 tokens the course's input_ids would hold."""
+    return key_counts(torch.cat([x, y[:, -1:]], dim=1), key_ids)  # (B,)
+
+
+KEY_TOKEN_FORMULAS = ("normalised", "hf_course")  # key_token_formula: ours, the HF course's
 
 # ----------------------------------------------------------------------------------------------------
 # Key tokens
@@ -109,18 +147,23 @@ def parse_key_tokens(spec: str, tokenizer) -> list:
 
 
 class KeyTokenLoss:
-    """The trainer's loss_fn for language-modelling batches (x, y): `key_token_weighted_loss`. The key tokens
-    are resolved with the run's tokenizer on the first call (the lm task only knows it once the data is ready)."""
+    """The trainer's loss_fn for language-modelling batches (x, y): `key_token_weighted_loss` (formula
+    "normalised") or `course_key_token_loss` ("hf_course"). The key tokens are resolved with the run's tokenizer
+    on the first call (the lm task only knows it once the data is ready)."""
 
-    def __init__(self, key_tokens: str, alpha: float):
+    def __init__(self, key_tokens: str, alpha: float, formula: str = "normalised"):
         key_token_entries(key_tokens)  # a syntax error shows before the run starts
-        self.key_tokens, self.alpha = key_tokens, alpha
+        if formula not in KEY_TOKEN_FORMULAS:
+            raise NanoGPT2Error(f"key_token_formula must be one of {', '.join(KEY_TOKEN_FORMULAS)}, not {formula!r}")
+        self.key_tokens, self.alpha, self.formula = key_tokens, alpha, formula
         self.key_ids = None
 
     def __call__(self, trainer, model, batch):
         if self.key_ids is None:
             self.key_ids = torch.tensor(parse_key_tokens(self.key_tokens, trainer.tokenizer), dtype=torch.long)
-            trainer.log(f"key-token weighted loss: alpha {self.alpha}, key ids {self.key_ids.tolist()}")
+            trainer.log(f"key-token weighted loss ({self.formula}): alpha {self.alpha}, key ids {self.key_ids.tolist()}")
         x, y = batch
         logits, _ = model(x)  # (B, T, V)
+        if self.formula == "hf_course":
+            return course_key_token_loss(logits, y, window_key_counts(x, y, self.key_ids), self.alpha)
         return key_token_weighted_loss(logits, y, self.key_ids, self.alpha)

@@ -19,6 +19,7 @@ Run it:
     logits, loss = model(idx, targets)              # (B, T, vocab), scalar
     _, loss = model(idx, targets, return_logits=False)   # the loss alone, without the (B, T, vocab) logits
     model = GPT.from_pretrained("gpt2")             # HF weights, no `transformers` needed
+    model.gradient_checkpointing_enable()           # training recomputes each block in the backward (less memory)
 
 The model knows nothing of tokenizers, data, training or PEFT.
 """
@@ -30,6 +31,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 
 IGNORE_INDEX = -100  # a target the loss skips (padding, prompt tokens, already-scored positions): PyTorch's default
 
@@ -228,6 +230,12 @@ def _bias(q_pos: torch.Tensor, S: int, attention_mask: Optional[torch.Tensor], d
 
 
 class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention. `keep_attention = True` (off by default) makes the forward take the
+    explicit path and keep the probabilities it computes, `last_attention` (B, nh, T, S) after the softmax and
+    before dropout, detached: a window to look through (attention maps), costing nothing when off."""
+
+    keep_attention = False
+
     def __init__(self, config: GPTConfig, layer_idx: int):
         super().__init__()
         self.config = config  # shared with the model, so `attn_impl` can be switched on a live model
@@ -262,7 +270,7 @@ class CausalSelfAttention(nn.Module):
         if attn_bias is not None:
             attn_bias = attn_bias.to(q.dtype)
 
-        if self.config.attn_impl == "sdpa":
+        if self.config.attn_impl == "sdpa" and not self.keep_attention:
             # Flash / memory-efficient kernels when they apply; is_causal only when no explicit bias is needed.
             y = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=attn_bias, dropout_p=dropout_p,
@@ -276,6 +284,8 @@ class CausalSelfAttention(nn.Module):
                 causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
                 att = att.masked_fill(~causal, float("-inf"))
             att = F.softmax(att.float(), dim=-1).to(q.dtype)  # softmax in fp32 under autocast
+            if self.keep_attention:
+                self.last_attention = att.detach()  # (B, nh, T, S)
             att = self.attn_dropout(att)
             y = att @ v  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): heads side by side again
@@ -463,6 +473,7 @@ class GPT(nn.Module):
             ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias),
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.gradient_checkpointing = False  # recompute each block in the backward (gradient_checkpointing_enable)
         if config.tie_word_embeddings:
             self.transformer.wte.weight = self.lm_head.weight  # one matrix: input embedding and output head
 
@@ -513,7 +524,7 @@ class GPT(nn.Module):
         return (logits if return_logits else None), loss  # a head replaced by another module: the plain loss
 
     def body(self, idx, attention_mask=None, position_ids=None, kv_cache: Optional[KVCache] = None,
-             cache_position: Optional[torch.Tensor] = None) -> torch.Tensor:
+             cache_position: Optional[torch.Tensor] = None, inputs_embeds: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The transformer without its head: (B, T) ids -> the final hidden states (B, T, C), after `ln_f`.
 
         What a classification head or a distillation loss reads; `forward` puts the LM head on top.
@@ -521,9 +532,11 @@ class GPT(nn.Module):
         position_ids: (B, T), default past..past+T-1. kv_cache: a KVCache to read from and append to
         (incremental decoding). With a StaticKVCache instead: cache_position (T,) int64, the cache slots of
         the T inputs (also their positions unless position_ids is given), and attention_mask, if any, covers
-        all max_len slots.
+        all max_len slots. inputs_embeds: (B, T, C) vectors taken in place of the token embeddings (idx is then
+        None; HF's name), e.g. learned ones; the position embeddings are added to them as to any token's.
         """
-        B, T = idx.size()
+        B, T = idx.size() if inputs_embeds is None else inputs_embeds.shape[:2]
+        device = idx.device if inputs_embeds is None else inputs_embeds.device
         static = isinstance(kv_cache, StaticKVCache)
         if static:  # slots and positions come as a tensor: no Python count that would change the graph
             if cache_position is None:
@@ -536,9 +549,9 @@ class GPT(nn.Module):
             if past + T > self.config.block_size:
                 raise ValueError(f"cannot forward {past + T} positions: block_size is {self.config.block_size}")
             if position_ids is None:
-                position_ids = torch.arange(past, past + T, dtype=torch.long, device=idx.device)[None]  # (1, T)
+                position_ids = torch.arange(past, past + T, dtype=torch.long, device=device)[None]  # (1, T)
 
-        tok_emb = self.transformer.wte(idx)  # (B, T, C)
+        tok_emb = self.transformer.wte(idx) if inputs_embeds is None else inputs_embeds  # (B, T, C)
         pos_emb = self.transformer.wpe(position_ids)  # (1 or B, T, C)
         x = self.transformer.drop(tok_emb + pos_emb)  # (B, T, C)
 
@@ -549,8 +562,15 @@ class GPT(nn.Module):
         elif attention_mask is not None or (past > 0 and T > 1):
             attn_bias = build_attention_bias(attention_mask, T, past, x.dtype, x.device)  # (B|1, 1, T, S)
 
+        # Gradient checkpointing: keep only each block's input and run the block again in the backward, with the
+        # RNG state of its forward (the same dropout masks), so the gradients are those of the plain pass.
+        recompute = getattr(self, "gradient_checkpointing", False) and self.training and torch.is_grad_enabled()
         for block in self.transformer.h:
-            x = block(x, attn_bias, kv_cache, cache_position)
+            if recompute:
+                x = checkpoint(block, x, attn_bias, kv_cache, cache_position, use_reentrant=False,
+                               preserve_rng_state=True)  # (B, T, C)
+            else:
+                x = block(x, attn_bias, kv_cache, cache_position)  # (B, T, C)
         if kv_cache is not None and not static:
             kv_cache.length += T
         return self.transformer.ln_f(x)  # (B, T, C)
@@ -586,6 +606,13 @@ class GPT(nn.Module):
         weight = self.transformer.wte.weight
         return StaticKVCache(self.config.n_layer, max_len, batch_size, self.config.n_head,
                              self.config.n_embd // self.config.n_head, dtype or weight.dtype, weight.device)
+
+    def gradient_checkpointing_enable(self, enable: bool = True) -> None:
+        """Gradient checkpointing on (or off): in training with gradients on, each block's activations are not kept
+        but recomputed in the backward (torch.utils.checkpoint, non-reentrant, RNG state preserved): the activation
+        memory of one block instead of n_layer, for one more forward of the blocks. Losses and gradients are the
+        plain pass's; eval mode, no_grad and decoding are untouched."""
+        self.gradient_checkpointing = bool(enable)
 
     def set_attn_impl(self, impl: str):
         """Switch every layer between "sdpa" and "reference" attention."""

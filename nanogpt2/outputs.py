@@ -2,9 +2,12 @@
 What a run reports: the progress line, metrics.jsonl, TensorBoard and the plot at the end.
 
 Every record is one JSON line of the run folder's metrics.jsonl (a step's loss, lr, grad_norm, tokens_per_sec,
-mfu, time left; an evaluation's val_loss; the final test_*), the same numbers as TensorBoard scalars
-(`train/<name>`, `val_loss`, `val_ppl`) when tensorboard=True, and on the console the progress line every
-log_interval steps. Only rank 0 writes: the other processes' RunOutputs do nothing.
+samples_per_sec, mfu, time left, the monitor's figures: grad_norms by part of the model and the peak memory (see
+nanogpt2/monitor.py); an evaluation's val_loss; the final test_*), the same numbers as TensorBoard scalars
+(`train/<name>`, `val_loss`, `val_ppl`, `grad_norms/<part>`, `memory/<name>`) when tensorboard=True, and on the
+console the progress line every log_interval steps. Only rank 0 writes: the other processes' RunOutputs do
+nothing. The plot at the end (training_curves.png): loss (train and val), perplexity, learning rate and the
+gradient norms (the global one and each part's), one figure.
 
 On resume, metrics.jsonl keeps the records up to the checkpoint's step (the steps after it are redone) and
 TensorBoard purges its events past that step, so the curves of a resumed run have no doubled stretch.
@@ -30,7 +33,9 @@ from nanogpt2.generate import generate
 from nanogpt2.perf import mfu
 from nanogpt2.rundir import RunDir
 
-TB_KEYS = ("loss", "ppl", "lr", "grad_norm", "tokens_per_sec", "mfu", "val_loss", "val_ppl", "loss_scale")
+TB_KEYS = ("loss", "ppl", "lr", "grad_norm", "tokens_per_sec", "samples_per_sec", "mfu", "val_loss", "val_ppl",
+           "loss_scale")
+MEMORY_KEYS = ("peak_mem_allocated_mib", "peak_mem_reserved_mib", "peak_rss_mib")  # nanogpt2.monitor.peak_memory's
 
 
 def fmt_hours(seconds: float) -> str:
@@ -52,11 +57,13 @@ def time_left(t_start: float, steps_left: int, step_time: float, budget_hours: f
 
 
 class Throughput:
-    """The tokens and seconds of the training steps since the last logged step: tokens/s, MFU (per process,
-    against the device's peak) and the mean step time of that window."""
+    """The tokens and seconds of the training steps since the last logged step: tokens/s, samples/s (rows: windows,
+    examples), MFU (per process, against the device's peak) and the mean step time of that window.
+    samples_per_step: the rows of one optimizer step over all processes."""
 
-    def __init__(self, flops_per_token: float, peak_flops: float, world_size: int):
+    def __init__(self, flops_per_token: float, peak_flops: float, world_size: int, samples_per_step: int = 0):
         self.flops_per_token, self.peak_flops, self.world_size = flops_per_token, peak_flops, world_size
+        self.samples_per_step = samples_per_step
         self.tokens, self.seconds = 0, 0.0
 
     def add(self, tokens: int, seconds: float) -> None:
@@ -64,13 +71,24 @@ class Throughput:
         self.seconds += seconds
 
     def take(self, rec: dict, tokens_per_step: int, last_step_time: float) -> float:
-        """tokens_per_sec and mfu into `rec`; returns the window's mean step time; starts a new window."""
+        """tokens_per_sec, samples_per_sec and mfu into `rec`; returns the window's mean step time; starts a new
+        window."""
         tps = self.tokens / self.seconds if self.seconds > 0 else float("nan")
         rec["tokens_per_sec"] = tps
+        rec["samples_per_sec"] = tps * self.samples_per_step / tokens_per_step
         rec["mfu"] = mfu(self.flops_per_token, tps / self.world_size, self.peak_flops)
         step_time = self.seconds * tokens_per_step / self.tokens if self.tokens else last_step_time
         self.tokens, self.seconds = 0, 0.0
         return step_time
+
+
+def memory_text(rec: dict) -> list:
+    """The progress line's peak memory: `mem 1,234/1,536 MiB` (CUDA: allocated / reserved) or `RSS 1,234 MiB`."""
+    if rec.get("peak_mem_allocated_mib") is not None:
+        return [f"mem {rec['peak_mem_allocated_mib']:,.0f}/{rec['peak_mem_reserved_mib']:,.0f} MiB"]
+    if rec.get("peak_rss_mib") is not None:
+        return [f"RSS {rec['peak_rss_mib']:,.0f} MiB"]
+    return []
 
 
 class RunOutputs:
@@ -116,17 +134,22 @@ class RunOutputs:
         if not self.active:
             return
         self.rundir.append(self.rundir.metrics_path, json.dumps(rec) + "\n", "metrics")
-        if self._tb is not None:
-            for key in (*TB_KEYS, *self.loss_terms):
-                if key in rec and rec[key] is not None and math.isfinite(rec[key]):
-                    self._tb.add_scalar(key if key.startswith("val") else f"train/{key}", rec[key], rec["step"])
+        if self._tb is None:
+            return
+        scalars = {key if key.startswith("val") else f"train/{key}": rec.get(key) for key in (*TB_KEYS, *self.loss_terms)}
+        scalars.update({f"memory/{key}": rec.get(key) for key in MEMORY_KEYS})
+        scalars.update({f"grad_norms/{part}": v for part, v in rec.get("grad_norms", {}).items()})
+        for tag, value in scalars.items():
+            if value is not None and math.isfinite(value):
+                self._tb.add_scalar(tag, value, rec["step"])
 
     def write_sample(self, step: int, text: str) -> None:
         if self.active:
             self.rundir.append(self.rundir.samples_path, f"--- step {step} ---\n{text}\n", "samples")
 
     def progress_line(self, rec: dict, max_steps: int) -> str:
-        """The console line of a logged step: loss, ppl, lr, gradient norm, throughput, MFU, elapsed, ETA, budget."""
+        """The console line of a logged step: loss, ppl, lr, gradient norm, throughput (tokens and samples), MFU, peak
+        memory, elapsed, ETA, budget."""
         budget = rec["budget_left_h"]
         by_budget = budget is not None and rec["step"] < max_steps and rec["eta_h"] >= budget
         parts = [
@@ -137,15 +160,25 @@ class RunOutputs:
             f"lr {rec['lr']:.2e}",
             f"grad {rec['grad_norm']:.3f}",
             f"{rec['tokens_per_sec']:,.0f} tok/s",
+            *([f"{rec['samples_per_sec']:,.2f} samples/s"] if "samples_per_sec" in rec else []),
             f"MFU {100 * rec['mfu']:.2f}%" if math.isfinite(rec["mfu"]) else "MFU n/a",
+            *memory_text(rec),
             f"Elapsed: {fmt_hours(3600 * rec['elapsed_h'])}",
             f"ETA: {fmt_hours(3600 * rec['eta_h'])}" + (" (time limit)" if by_budget else ""),
             f"Budget left: {fmt_hours(3600 * budget)}" if budget is not None else "Budget left: none",
         ]
         return " | ".join(parts)
 
+    @staticmethod
+    def test_line(res: dict) -> str:
+        """The console line of the final test evaluation (nanogpt2.evaluate.evaluate_perplexity's result)."""
+        return (f"test ({res['tokens']:,} tokens, block {res['block_size']}, stride {res['stride']}) | loss "
+                f"{res['loss']:.4f} | ppl {res['ppl']:.2f}"
+                + (f" | {res['bits_per_byte']:.4f} bits/byte" if res.get("bits_per_byte") else ""))
+
     def plot(self) -> Optional[object]:
-        """loss (train and val), perplexity and learning rate against the step, to training_curves.png."""
+        """One figure of the run, to training_curves.png: loss (train and val), perplexity, learning rate and the
+        gradient norms against the step (see plot_run)."""
         path = self.rundir.metrics_path
         if not (self.cfg.plot and self.active and path.exists()):
             return None
@@ -161,23 +194,7 @@ class RunOutputs:
         recs = [r for r in recs if "loss" in r]  # step records (not the final test_* record)
         if not recs:
             return None
-        fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-        train = [(r["step"], r["loss"]) for r in recs if math.isfinite(r["loss"])]
-        val = [(r["step"], r["val_loss"]) for r in recs if "val_loss" in r]
-        for ax, key, title in ((axes[0], None, "loss"), (axes[1], "ppl", "perplexity")):
-            f = (lambda v: v) if key is None else (lambda v: math.exp(min(v, 50)))
-            if train:
-                ax.plot([s for s, _ in train], [f(v) for _, v in train], label="train")
-            if val:
-                ax.plot([s for s, _ in val], [f(v) for _, v in val], "o-", label="val")
-            ax.set_title(title)
-            ax.set_xlabel("step")
-            ax.legend()
-        axes[1].set_yscale("log")
-        axes[2].plot([r["step"] for r in recs], [r["lr"] for r in recs])
-        axes[2].set_title("learning rate")
-        axes[2].set_xlabel("step")
-        fig.tight_layout()
+        fig = plot_run(plt, recs)
         out = self.rundir.plot_path
         fig.savefig(out, dpi=100)
         plt.close(fig)
@@ -188,6 +205,64 @@ class RunOutputs:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+def plot_run(plt, recs: list):
+    """A 2 x 2 figure of step records: loss (train, val), perplexity (log scale), learning rate, gradient norms."""
+    fig, axes = plt.subplots(2, 2, figsize=(13, 8.5))
+    (loss_ax, ppl_ax), (lr_ax, norm_ax) = axes
+    train = [(r["step"], r["loss"]) for r in recs if math.isfinite(r["loss"])]
+    val = [(r["step"], r["val_loss"]) for r in recs if "val_loss" in r]
+    for ax, f, title in ((loss_ax, lambda v: v, "loss"), (ppl_ax, lambda v: math.exp(min(v, 50)), "perplexity")):
+        if train:
+            ax.plot([s for s, _ in train], [f(v) for _, v in train], label="train")
+        if val:
+            ax.plot([s for s, _ in val], [f(v) for _, v in val], "o-", label="val")
+        ax.set_title(title)
+        ax.legend()
+    ppl_ax.set_yscale("log")
+    lr_ax.plot([r["step"] for r in recs], [r["lr"] for r in recs])
+    lr_ax.set_title("learning rate")
+    plot_grad_norms(plt, norm_ax, recs)
+    for ax in axes.flat:
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def plot_grad_norms(plt, ax, recs: list) -> None:
+    """The global gradient norm (before clipping) and each part's (grad_norms): the blocks shaded from the
+    first (dark) to the last (light) with a colour bar, the embeddings and the head in lines of their own."""
+    total = [(r["step"], r["grad_norm"]) for r in recs if r.get("grad_norm") is not None and math.isfinite(r["grad_norm"])]
+    if total:
+        ax.plot(*zip(*total), color="black", linewidth=2, label="global")
+    parts = [part for r in recs for part in r.get("grad_norms", {})]
+    parts = list(dict.fromkeys(parts))  # in order of first appearance: embeddings, block_0, ..., head, other
+    blocks = [p for p in parts if p.startswith("block_")]
+    cmap = plt.get_cmap("viridis")
+    styles = {"embeddings": dict(color="tab:red", linestyle="--"), "head": dict(color="tab:orange", linestyle="--"),
+              "other": dict(color="tab:gray", linestyle=":")}
+    for part in parts:
+        points = [(r["step"], r["grad_norms"][part]) for r in recs
+                  if part in r.get("grad_norms", {}) and math.isfinite(r["grad_norms"][part])]
+        if not points:
+            continue
+        if part.startswith("block_"):
+            i = blocks.index(part)
+            ax.plot(*zip(*points), color=cmap(i / max(1, len(blocks) - 1)), linewidth=1)
+        else:
+            ax.plot(*zip(*points), label=part, linewidth=1.5, **styles[part])
+    if blocks:
+        bar = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, len(blocks) - 1))
+        from matplotlib.ticker import MaxNLocator
+
+        bar = ax.figure.colorbar(bar, ax=ax, label="block")
+        bar.ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # block numbers, not fractions
+    if total and min(v for _, v in total) > 0:
+        ax.set_yscale("log")
+    ax.set_title("gradient norm (before clipping)")
+    ax.legend(fontsize="small")
 
 
 class TrainingSamples:

@@ -5,9 +5,13 @@ fine-tuned model), each with `metrics/metrics.json` and `analysis/` (report.md, 
 classifier, curves PNG when matplotlib is installed), and `summary.md`, baseline vs fine-tuned.
 
     res = Results.new("results", "gpt2")                       # results/gpt2/<timestamp>/
-    res.write_evaluation("test", metrics, "AG News, fine-tuned")
+    res.write_evaluation("test", metrics, "AG News, fine-tuned")          # a classifier's metrics
+    res.write_scores("test", {"splits": {"test": {"loss": 3.1, "ppl": 22.2}}}, "WikiText-2, fine-tuned")  # an LM's
 
-Used by nanogpt2/classify.py; docs/classification.md.
+A classifier's metrics are nanogpt2.classify's (accuracy, macro-F1, per class, confusion matrix); a language
+model's are per split, {"splits": {name: {"loss", "ppl", "tokens", "bits_per_byte", ...}}} (nanogpt2.lm_results).
+Used by nanogpt2/classify.py and nanogpt2/lm_results.py (tasks lm, instruct); docs/classification.md,
+docs/finetuning.md.
 """
 
 import json
@@ -78,7 +82,8 @@ def plot_confusion(metrics: dict, path: Path, title: str) -> Optional[Path]:
 
 
 def plot_curves(history: dict, path: Path) -> Optional[Path]:
-    """Training loss and validation loss against the step; validation accuracy and macro-F1 beside them."""
+    """Training loss and validation loss against the step; beside them validation accuracy and macro-F1 (a
+    classifier) or validation perplexity (a language model)."""
     plt = _pyplot()
     if plt is None:
         return None
@@ -87,9 +92,10 @@ def plot_curves(history: dict, path: Path) -> Optional[Path]:
     left.plot([r["step"] for r in train], [r["loss"] for r in train], label="train")
     left.plot([r["step"] for r in val], [r["loss"] for r in val], "o-", label="val")
     left.set_title("loss")
-    for key in ("accuracy", "macro_f1"):
-        right.plot([r["step"] for r in val], [r[key] for r in val], "o-", label=f"val {key}")
-    right.set_title("validation accuracy")
+    keys = [k for k in ("accuracy", "macro_f1") if any(r.get(k) is not None for r in val)] or ["ppl"]
+    for key in keys:
+        right.plot([r["step"] for r in val], [r.get(key) for r in val], "o-", label=f"val {key}")
+    right.set_title("validation accuracy" if keys != ["ppl"] else "validation perplexity")
     for ax in (left, right):
         ax.set_xlabel("step")
         ax.legend()
@@ -100,12 +106,13 @@ def plot_curves(history: dict, path: Path) -> Optional[Path]:
 
 
 def training_history(metrics_jsonl: Path) -> dict:
-    """The trainer's metrics.jsonl as {"train": [{step, epoch, loss, lr}], "val": [{step, loss, accuracy,
-    macro_f1}]}."""
+    """The trainer's metrics.jsonl as {"train": [{step, epoch, loss, lr}], "val": [{step, loss, ppl, accuracy,
+    macro_f1}]} (a language model's accuracy and macro-F1 are None)."""
     recs = [json.loads(line) for line in metrics_jsonl.read_text().splitlines() if line.strip()]
     return {"train": [{k: r.get(k) for k in ("step", "epoch", "loss", "lr")} for r in recs if "loss" in r],
-            "val": [{"step": r["step"], "loss": r["val_loss"], "accuracy": r.get("val_accuracy"),
-                     "macro_f1": r.get("val_macro_f1")} for r in recs if "val_loss" in r]}
+            "val": [{"step": r["step"], "loss": r["val_loss"], "ppl": r.get("val_ppl"),
+                     "accuracy": r.get("val_accuracy"), "macro_f1": r.get("val_macro_f1")}
+                    for r in recs if "val_loss" in r]}
 
 
 class Results:
@@ -113,6 +120,17 @@ class Results:
 
     def __init__(self, root):
         self.root = Path(root)
+
+    @classmethod
+    def for_run(cls, out_dir, resumed: bool, results_dir, model_name: str, record: str) -> "Results":
+        """The results folder of the run in out_dir: the one out_dir/`record` names when the run resumes (and it is
+        still there), else a new one (`new`), recorded there for a later resume."""
+        path = Path(out_dir) / record
+        if resumed and path.exists() and Path(path.read_text().strip()).is_dir():
+            return cls(path.read_text().strip())
+        results = cls.new(results_dir, model_name)
+        path.write_text(str(results.root.resolve()) + "\n")
+        return results
 
     @classmethod
     def new(cls, results_dir, model_name: str) -> "Results":
@@ -140,6 +158,12 @@ class Results:
         (a / "report.md").write_text(report_markdown(metrics, title), encoding="utf-8")
         plot_confusion(metrics, a / "confusion_matrix.png", title)
 
+    def write_scores(self, stage: str, metrics: dict, title: str) -> None:
+        """metrics/metrics.json and analysis/report.md of a language model's scores ({"splits": {...}})."""
+        m, a = self.dirs(stage)
+        _write_json(m / "metrics.json", metrics)
+        (a / "report.md").write_text(scores_markdown(metrics, title), encoding="utf-8")
+
     def write_training(self, history: dict) -> None:
         m, a = self.dirs("train")
         _write_json(m / "metrics.json", history)
@@ -165,6 +189,41 @@ def summary_markdown(title: str, note: str, run: str, baseline: Optional[dict], 
         base = f"{baseline['per_class'][n]['f1']:.4f}" if baseline is not None else "-"
         c = tuned["per_class"][n]
         lines.append(f"| {n} | {base} | {c['f1']:.4f} | {c['support']:,} |")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(value, fmt: str) -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def scores_markdown(metrics: dict, title: str) -> str:
+    """A language model's scores as markdown: one row per split (tokens scored, loss, perplexity, bits per byte,
+    the windows of a strided evaluation)."""
+    lines = [f"# {title}", "", "| split | tokens scored | loss | perplexity | bits per byte | windows |",
+             "|---|---|---|---|---|---|"]
+    for name, m in metrics["splits"].items():
+        windows = f"{m['block_size']} every {m['stride']}" if m.get("block_size") and m.get("stride") else "-"
+        lines.append(f"| {name} | {_cell(m.get('tokens'), '{:,}')} | {m['loss']:.4f} | {m['ppl']:.3f} | "
+                     f"{_cell(m.get('bits_per_byte'), '{:.4f}')} | {windows} |")
+    return "\n".join(lines) + "\n"
+
+
+def scores_summary_markdown(title: str, note: str, run: str, baseline: Optional[dict], tuned: dict) -> str:
+    """summary.md of a language model: baseline vs fine-tuned loss and perplexity on each split."""
+    lines = [f"# {title}", "", note + ".", "", run, "",
+             "| split | tokens scored | baseline loss | baseline ppl | fine-tuned loss | fine-tuned ppl | ppl change |",
+             "|---|---|---|---|---|---|---|"]
+    for name, m in tuned["splits"].items():
+        b = (baseline or {}).get("splits", {}).get(name)
+        change = f"{(m['ppl'] / b['ppl'] - 1) * 100:+.1f} %" if b else "-"
+        lines.append(f"| {name} | {_cell(m.get('tokens'), '{:,}')} | {_cell(b and b['loss'], '{:.4f}')} | "
+                     f"{_cell(b and b['ppl'], '{:.3f}')} | {m['loss']:.4f} | {m['ppl']:.3f} | {change} |")
+    bpb = [(name, m["bits_per_byte"], ((baseline or {}).get("splits", {}).get(name) or {}).get("bits_per_byte"))
+           for name, m in tuned["splits"].items() if m.get("bits_per_byte") is not None]
+    for name, tuned_bpb, base_bpb in bpb:
+        lines += ["", f"Bits per byte on {name}: {_cell(base_bpb, '{:.4f}')} before, {tuned_bpb:.4f} after."]
+    if baseline is None:
+        lines += ["", "No baseline: baseline_eval was off, or its metrics are missing."]
     return "\n".join(lines) + "\n"
 
 

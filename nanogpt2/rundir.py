@@ -10,23 +10,47 @@ A run folder holds (written by rank 0; the format of each file is in docs/traini
   training_curves.png      the plot at the end (nanogpt2/outputs.py)
   tensorboard/             event files, when tensorboard=True
 
-Its rules: nothing is written before the run's setup succeeded; a checkpoint save killed half-way leaves a
-temp file that the next run removes (and says so); a resume takes the checkpoint of the highest stored step,
-skipping damaged ones with a line each.
+  .lock                    the lock of the run that owns the folder (its PID, host and start time)
+
+Its rules:
+- one owner: a run holds an exclusive OS lock (flock) on out_dir/.lock for its whole life (under torchrun, rank 0);
+  the kernel releases it when the process ends, however it ends, so a killed run leaves no stale lock. A second
+  run into a folder whose owner is alive is refused at once, naming the owner's PID and host;
+- never overwritten by accident: a fresh run (no resume_from) into a folder that holds another run's checkpoints
+  or metrics is refused before anything is written, saying what is there and the ways on (--resume_from auto,
+  another --out_dir, --overwrite, which removes that run's files first and says which);
+- nothing is written before the run's setup succeeded; a checkpoint save killed half-way leaves a temp file that
+  the next run removes (and says so); a resume takes the checkpoint of the highest stored step, skipping damaged
+  ones with a line each.
 
     run = RunDir(cfg.out_dir)
     run.check_writable()                   # before any work: the folder can be made and written
+    run.check_owner(); run.check_fresh_start(cfg)   # a live owner, an earlier run a fresh start would replace
     state = run.find_resume(cfg, log)      # None, or the checkpoint dict to resume from (its path in "_path")
     run.create(cfg, log)                   # mkdir, config.json, stray temp files removed
 """
 
+import json
 import os
+import socket
+import time
 from pathlib import Path
 from typing import Callable, Optional
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; runs are not locked there
+    fcntl = None
 
 from nanogpt2 import checkpoint as ckpt_io
 from nanogpt2.config import RunConfig, save_config
 from nanogpt2.errors import NanoGPT2Error, write_error
+
+LOCK_NAME = ".lock"
+# What an earlier run leaves that a fresh start would replace; --overwrite removes exactly these (and checkpoints).
+RUN_FILES = ("metrics.jsonl", "samples.txt", "training_curves.png")
+RUN_DIRS = ("tensorboard",)
+_HELD: dict = {}  # resolved out_dir -> [open lock file, holders in this process]: re-entrant within a process
 
 
 class RunDir:
@@ -34,6 +58,7 @@ class RunDir:
 
     def __init__(self, path):
         self.path = Path(path)
+        self._holds_lock = False  # this RunDir took the lock (acquire) and has not given it back
 
     # --- what it holds -------------------------------------------------------------------------------
 
@@ -56,6 +81,10 @@ class RunDir:
     @property
     def tensorboard_dir(self) -> Path:
         return self.path / "tensorboard"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path / LOCK_NAME
 
     def checkpoint_path(self, name: str) -> Path:
         """checkpoint_{name}.pt (name: best, final, step_<N>, epoch_<N>, interrupted, time_limit)."""
@@ -87,10 +116,21 @@ class RunDir:
         if why:
             raise NanoGPT2Error(f"cannot write to out_dir={self.path} ({why}: {existing}); pick a folder you can write to")
 
+    def check_start(self, cfg: RunConfig) -> None:
+        """What a run checks before any work, writing nothing: the folder is writable, no live run owns it, and a
+        fresh start would not replace an earlier run."""
+        self.check_writable()
+        self.check_owner()
+        self.check_fresh_start(cfg)
+
     def create(self, cfg: RunConfig, log: Callable[[str], None]) -> None:
-        """Make the folder, write config.json, and remove the temp files of a checkpoint save that was killed."""
+        """Take the folder (its lock), write config.json, and remove the temp files of a checkpoint save that
+        was killed; with --overwrite on a fresh start, the earlier run's files first."""
+        self.acquire()
+        self.check_fresh_start(cfg)  # again, now that it is ours: a run that finished meanwhile is not replaced
         try:
-            self.path.mkdir(parents=True, exist_ok=True)
+            if cfg.overwrite and not (cfg.resume_from or cfg.init_from == "resume"):
+                self.remove_earlier_run(log)
             save_config(cfg, self.config_path)
             for stray in ckpt_io.remove_stray_temp_files(self.path):
                 log(f"removed {stray.name}, left by a checkpoint save that was killed")
@@ -108,17 +148,120 @@ class RunDir:
                               "free some space (the checkpoints so far are intact), then --resume_from auto",
                               any_os_error=True) from None
 
+    # --- one owner ----------------------------------------------------------------------------------------
+
+    def check_owner(self) -> None:
+        """Refuse a folder another live process owns (its lock is held), without writing anything."""
+        key = str(self.path.resolve())
+        if fcntl is None or key in _HELD or not self.lock_path.is_file():
+            return
+        try:
+            with open(self.lock_path, "rb") as f:
+                if not _try_lock(f):
+                    raise NanoGPT2Error(self._in_use())
+        except OSError:
+            return  # an unreadable lock file: acquire() says what is wrong
+
+    def acquire(self) -> None:
+        """Take the folder's lock for this process's life (creating the folder and .lock); refuse when held."""
+        key = str(self.path.resolve())
+        if fcntl is None or self._holds_lock:
+            return
+        if key in _HELD:
+            _HELD[key][1] += 1
+            self._holds_lock = True
+            return
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            f = open(self.lock_path, "a+b")
+        except OSError as e:
+            raise NanoGPT2Error(f"cannot write to out_dir={self.path} ({e.strerror or e}); "
+                                f"pick a folder you can write to") from None
+        if not _try_lock(f):
+            f.close()
+            raise NanoGPT2Error(self._in_use())
+        f.seek(0)
+        f.truncate()
+        f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                            "started": time.strftime("%Y-%m-%d %H:%M:%S")}).encode() + b"\n")
+        f.flush()
+        _HELD[key] = [f, 1]
+        self._holds_lock = True
+
+    def release(self) -> None:
+        """Give the lock back (idempotent; the kernel also releases it when the process ends)."""
+        key = str(self.path.resolve())
+        held = _HELD.get(key)
+        if held is None or not self._holds_lock:
+            return
+        self._holds_lock = False
+        held[1] -= 1
+        if held[1] <= 0:
+            del _HELD[key]
+            held[0].close()  # closing the file releases the flock
+
+    def _in_use(self) -> str:
+        try:
+            owner = json.loads(self.lock_path.read_text())
+            who = f"PID {owner.get('pid')} on {owner.get('host')}, started {owner.get('started')}"
+        except (OSError, ValueError, AttributeError):
+            who = "another process"
+        return (f"out_dir={self.path} is in use by a run that is still going ({who}); wait for it to end, or "
+                f"pick another out_dir")
+
+    # --- an earlier run ------------------------------------------------------------------------------------
+
+    def earlier_run(self) -> Optional[str]:
+        """What an earlier run left here ("step 200, best val loss 3.0160"), or None when the folder holds no
+        checkpoint and no metrics record (absent, empty, or only unrelated files)."""
+        steps, best = [], None
+        if self.metrics_path.is_file():
+            for line in self.metrics_path.read_text(errors="replace").splitlines():
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(rec, dict) and isinstance(rec.get("step"), int):
+                    steps.append(rec["step"])
+                    if isinstance(rec.get("val_loss"), (int, float)):
+                        best = rec["val_loss"] if best is None else min(best, rec["val_loss"])
+        checkpoints = self.checkpoints()
+        if not steps and not checkpoints:
+            return None
+        what = f"step {max(steps)}" if steps else f"{len(checkpoints)} checkpoint(s)"
+        return what + (f", best val loss {best:.4f}" if best is not None else "")
+
+    def check_fresh_start(self, cfg: RunConfig) -> None:
+        """Refuse a fresh run (no resume_from) into a folder holding an earlier run, unless cfg.overwrite."""
+        if cfg.resume_from or cfg.init_from == "resume" or cfg.overwrite:
+            return
+        there = self.earlier_run()
+        if there is not None:
+            raise NanoGPT2Error(f"out_dir={self.path} holds an earlier run ({there}); a fresh run would replace it: "
+                                f"continue it with --resume_from auto, pick another --out_dir, or start over with "
+                                f"--overwrite (removes its checkpoints, metrics, samples and plots)")
+
+    def remove_earlier_run(self, log: Callable[[str], None]) -> None:
+        """--overwrite: delete the earlier run's checkpoints, metrics, samples, plot and TensorBoard events."""
+        import shutil
+
+        doomed = [*self.checkpoints(), *(self.path / f for f in RUN_FILES if (self.path / f).is_file())]
+        for f in doomed:
+            f.unlink(missing_ok=True)
+        dirs = [self.path / d for d in RUN_DIRS if (self.path / d).is_dir()]
+        for d in dirs:
+            shutil.rmtree(d, ignore_errors=True)
+        if doomed or dirs:
+            log(f"overwrite: removed the earlier run's {', '.join(p.name for p in [*doomed, *dirs])} from {self.path}")
+
     # --- the checkpoint to resume from ------------------------------------------------------------------
 
-    def find_resume(self, cfg: RunConfig, log: Callable[[str], None], master: bool = True) -> Optional[dict]:
+    def find_resume(self, cfg: RunConfig, log: Callable[[str], None]) -> Optional[dict]:
         """The checkpoint a run resumes from (its dict, path in "_path"), or None for a fresh run. `resume_from`:
         "auto" (this folder's latest, or a fresh start when it has none), a run folder, or a checkpoint file;
         init_from=resume means resume_from=auto with a checkpoint required."""
         spec = cfg.resume_from or ("auto" if cfg.init_from == "resume" else "")
-        if not spec:
-            if master and self.checkpoints():
-                log(f"note: {self.path} already holds checkpoints from an earlier run; this run starts "
-                    f"fresh (use --resume_from auto to continue it)")
+        if not spec:  # a fresh start (check_fresh_start refused one that would replace an earlier run)
             return None
         if spec == "auto" and not self.checkpoints():
             if cfg.init_from == "resume":
@@ -141,6 +284,15 @@ class RunDir:
             log(f"note: {path} has no checksum (written by an earlier nanogpt2): loaded without verification")
         state["_path"] = str(path)
         return state
+
+
+def _try_lock(f) -> bool:
+    """An exclusive, non-blocking flock on an open file: True when taken."""
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
 
 
 def check_resumable(path, state: dict) -> None:

@@ -1,9 +1,12 @@
 """
-Batches for training and evaluation, drawn from token sequences (a memmap from nanogpt2/data.py, a tensor, a
-list): the language-modelling windows here; the task samplers of fine-tuning sit beside them.
+Batches for training and evaluation, drawn from token sequences (a memmap from nanogpt2/data.py, ids mapped
+from another tool's files by nanogpt2/token_files.py, a tensor, a list): the language-modelling windows here;
+the task samplers of fine-tuning sit beside them.
 
 - `RandomWindowSampler`: nanoGPT-style random windows of block_size + 1 tokens with a counter-based RNG, so a
   batch is a pure function of (seed, step, rank): seeded, resumable without state, sharded by DDP rank.
+- `StridedWindowSampler`: windows every `train_stride` tokens (the small-LM recipe's GPTDatasetV1), shuffled
+  per epoch, as pure a function of (seed, step, rank); `train_sampler` picks one of the two for a run.
 - `eval_windows`: sequential non-overlapping windows (validation during training).
 - `stride_windows`: the strided windows of HF's "Perplexity of fixed-length models" guide (nanogpt2.evaluate).
 
@@ -47,9 +50,12 @@ def _describe(tokens) -> str:
 
 
 def _as_tokens(tokens) -> np.ndarray:
+    """An array of ids; a sequence type that slices into arrays itself (nanogpt2.token_files.MappedTokens, ids
+    over many files) passes as it is: never read whole."""
     if isinstance(tokens, torch.Tensor):
         return tokens.detach().cpu().numpy()
-    if isinstance(tokens, np.ndarray):
+    if isinstance(tokens, np.ndarray) or (hasattr(tokens, "__len__") and hasattr(tokens, "__getitem__")
+                                          and not isinstance(tokens, (list, tuple, range))):
         return tokens
     return np.asarray(tokens)
 
@@ -127,6 +133,9 @@ class RandomWindowSampler:
         except (KeyError, TypeError, ValueError):
             raise NanoGPT2Error(f"not a RandomWindowSampler state: {state!r}") from None
         changes = []
+        if state.get("kind") not in (None, "RandomWindowSampler"):
+            changes.append(f"the saved run drew {state['kind']} batches (train_stride={state.get('stride')}), this "
+                           f"one random windows")
         if state.get("n_tokens") not in (None, len(self.tokens)):
             changes.append(f"the data has {len(self.tokens):,} tokens, the saved run had {state['n_tokens']:,}")
         if state.get("block_size") not in (None, self.block_size):
@@ -138,6 +147,98 @@ class RandomWindowSampler:
             warnings.warn("resuming the batch sampler with different settings (" + "; ".join(changes) +
                           "): the batches will not be those of an uninterrupted run", DataWarning, stacklevel=2)
         self.seed, self.step = seed, step
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Training: strided windows, shuffled per epoch
+# ---------------------------------------------------------------------------------------------------------------
+
+class StridedWindowSampler:
+    """Training windows of block_size + 1 tokens starting every `stride` tokens (overlapping when stride <
+    block_size: the small-LM recipe's GPTDatasetV1, `range(0, len(ids) - max_length, stride)`), each epoch in a
+    new seeded order; seeded, resumable, DDP-sharded.
+
+    The windows start at 0, stride, 2 stride, ... while a window has its block_size + 1 tokens. Epoch e visits
+    them in the order `np.random.default_rng([seed, e]).permutation(n_windows)`, `world_size * batch_size` per
+    call; the windows left over at an epoch's end (fewer than one call's) are dropped, as a DataLoader with
+    shuffle=True, drop_last=True does, so an epoch is `steps_per_epoch = n_windows // (world_size *
+    batch_size)` calls. Call k is a pure function of (seed, k): a resumed run draws exactly the batches of the
+    uninterrupted one, and every rank takes its slice of the same global batch.
+    """
+
+    def __init__(self, tokens, block_size: int, batch_size: int, stride: int, seed: int = 0, rank: int = 0,
+                 world_size: int = 1):
+        self.tokens = _as_tokens(tokens)
+        self.block_size = _check_int("block_size", block_size, 1)
+        self.batch_size = _check_int("batch_size", batch_size, 1)
+        self.stride = _check_int("train_stride", stride, 1)
+        self.seed = _check_int("seed", seed, 0)
+        self.world_size = _check_int("world_size", world_size, 1)
+        self.rank = _check_int("rank", rank, 0)
+        if self.rank >= self.world_size:
+            raise NanoGPT2Error(f"rank must be in [0, world_size={world_size}), got {rank}")
+        check_length(self.tokens, self.block_size)
+        self.n_windows = (len(self.tokens) - self.block_size - 1) // self.stride + 1  # starts s: s + T + 1 <= N
+        rows = self.world_size * self.batch_size
+        self.steps_per_epoch = self.n_windows // rows
+        if self.steps_per_epoch == 0:
+            raise NanoGPT2Error(f"train_stride={stride} gives {self.n_windows:,} training windows of "
+                                f"block_size={block_size}, fewer than one step's {rows:,} rows; lower train_stride "
+                                f"or the rows per step (batch_size x gradient_accumulation_steps)")
+        self.step = 0  # the number of batches drawn so far
+        self._perm = (None, None)  # (epoch, its permutation): one epoch's order kept
+
+    def starts(self, step: int) -> np.ndarray:
+        """The window starts of this rank at call `step` (a pure function of seed and step)."""
+        epoch, j = divmod(step, self.steps_per_epoch)
+        if self._perm[0] != epoch:
+            self._perm = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self.n_windows))
+        rows = self.world_size * self.batch_size
+        picked = self._perm[1][j * rows:(j + 1) * rows]  # (world_size * B,) window numbers of this call
+        return picked[self.rank * self.batch_size:(self.rank + 1) * self.batch_size] * self.stride
+
+    def next_batch(self, device=None):
+        """(x, y): int64 tensors of shape (batch_size, block_size); y[:, t] = x[:, t + 1] of the same window."""
+        starts = self.starts(self.step)
+        self.step += 1
+        T = self.block_size
+        w = np.stack([self.tokens[s:s + T + 1] for s in starts]).astype(np.int64)  # (B, T + 1)
+        return _to_device(np.ascontiguousarray(w[:, :-1]), device), _to_device(np.ascontiguousarray(w[:, 1:]), device)
+
+    def state_dict(self) -> dict:
+        return {"kind": "StridedWindowSampler", "seed": self.seed, "step": self.step, "stride": self.stride,
+                "block_size": self.block_size, "batch_size": self.batch_size, "world_size": self.world_size,
+                "n_tokens": int(len(self.tokens))}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from a saved state: the next batch is the one the saved run would have drawn next."""
+        try:
+            seed, step = int(state["seed"]), int(state["step"])
+        except (KeyError, TypeError, ValueError):
+            raise NanoGPT2Error(f"not a training sampler state: {state!r}") from None
+        changes = []
+        if state.get("kind") != "StridedWindowSampler":
+            changes.append(f"the saved run drew {state.get('kind')} batches, this one strided windows")
+        for key in ("stride", "block_size"):
+            if state.get(key) not in (None, getattr(self, key)):
+                changes.append(f"{'train_stride' if key == 'stride' else key} {state[key]} -> {getattr(self, key)}")
+        if state.get("n_tokens") not in (None, len(self.tokens)):
+            changes.append(f"the data has {len(self.tokens):,} tokens, the saved run had {state['n_tokens']:,}")
+        saved_global = (state.get("batch_size") or 0) * (state.get("world_size") or 0)
+        if saved_global and saved_global != self.batch_size * self.world_size:
+            changes.append(f"global batch {saved_global} -> {self.batch_size * self.world_size}")
+        if changes:
+            warnings.warn("resuming the batch sampler with different settings (" + "; ".join(changes) +
+                          "): the batches will not be those of an uninterrupted run", DataWarning, stacklevel=2)
+        self.seed, self.step = seed, step
+
+
+def train_sampler(tokens, block_size: int, batch_size: int, stride: int = 0, seed: int = 0, rank: int = 0,
+                  world_size: int = 1):
+    """A run's training sampler: random windows (stride 0, nanoGPT's), else strided windows shuffled per epoch."""
+    if stride:
+        return StridedWindowSampler(tokens, block_size, batch_size, stride, seed=seed, rank=rank, world_size=world_size)
+    return RandomWindowSampler(tokens, block_size, batch_size, seed=seed, rank=rank, world_size=world_size)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -8,12 +8,14 @@ What one optimizer step does, in order (`OptimizerStep`):
    them into micro-batches, and for each: forward under autocast, loss / accumulation steps, backward
    (through the GradScaler when float16); under DDP the gradients are all-reduced on the last
    micro-step only (`no_sync` on the others);
-3. unscale, clip the global gradient norm at `grad_clip`, AdamW step (skipped by the GradScaler on an
-   inf/NaN gradient, and by us on a non-finite loss), zero the gradients.
+   (with `gradient_checkpointing`, the model recomputes each block in the backward: GPT.gradient_checkpointing_enable);
+3. unscale; on the logged steps, the gradient norm of each part of the model (nanogpt2/monitor.py); clip the global
+   gradient norm at `grad_clip`, AdamW step (skipped by the GradScaler on an inf/NaN gradient, and by us on a
+   non-finite loss), zero the gradients.
 
 Around the steps: evaluation every `eval_interval` steps and at each epoch end (val loss, perplexity,
 `checkpoint_best.pt`), periodic and epoch checkpoints pruned to `keep_last`, progress lines with
-tokens/s and MFU, `metrics.jsonl`, TensorBoard, samples, a plot at the end; SIGTERM/SIGINT, the
+tokens/s, samples/s, MFU and peak memory, `metrics.jsonl`, TensorBoard, samples, a plot at the end; SIGTERM/SIGINT, the
 wall-clock budget and non-finite losses stop the run cleanly (see docs/training.md).
 
 Accumulation and DDP semantics (nanoGPT's): `gradient_accumulation_steps` is the global number of
@@ -27,6 +29,7 @@ The trainer keeps the loop and the order of its stages; its collaborators each o
   nanogpt2/rundir.py       the run folder: what it holds, the writability check, the checkpoint to resume from
   nanogpt2/loader.py       the model: built from init_from, or rebuilt from the resume checkpoint's spec
   nanogpt2/outputs.py      what the run reports: metrics.jsonl, TensorBoard, the progress line, the plot
+  nanogpt2/monitor.py      the monitor's measurements: gradient norms by part of the model, peak memory
 
 References: Karpathy's nanoGPT `train.py` (loop, schedule, DDP, MFU); PyTorch AMP recipe (GradScaler,
 unscale before clipping); Loshchilov & Hutter, "Decoupled Weight Decay Regularization" (AdamW).
@@ -45,7 +48,8 @@ The optional parts of a Trainer (for finetune.py and tests); each defaults to th
     tokenizer     for samples and checkpoints (default: the dataset's)
     make_sampler  f(trainer) -> sampler with next_batch(device) returning this process's rows of one
                   optimizer step (trainer.rows_per_step rows), state_dict() and load_state_dict()
-                  (default: RandomWindowSampler over cfg.dataset's train split)
+                  (default: cfg.dataset's train split in random windows, or every train_stride tokens:
+                  nanogpt2.samplers.train_sampler)
     eval_fn       f(trainer) -> {"val_loss": float, ...} (default: loss over the validation split)
     loss_fn       f(trainer, model, micro_batch) -> (loss, n_tokens): the micro-batch's mean loss and the
                   number of targets it averages over (default: model(x, y, return_logits=False)[1], the loss
@@ -86,6 +90,7 @@ from nanogpt2.errors import EXIT_INTERRUPTED, NanoGPT2Error
 from nanogpt2.evaluate import loss_only, test_perplexity, validation_loss
 from nanogpt2.loader import build_run_model, check_resume_fits, model_spec
 from nanogpt2.model import GPT, IGNORE_INDEX
+from nanogpt2.monitor import GradNormGroups, peak_memory
 from nanogpt2.optim import make_optimizer, resolve_schedule, run_length, set_lr
 from nanogpt2.outputs import RunOutputs, Throughput, TrainingSamples, fmt_hours, time_left
 from nanogpt2.perf import mfu_denominator
@@ -101,6 +106,11 @@ def resolve_compile(setting: Optional[bool], device: torch.device) -> bool:
     return setting if setting is not None else device.type == "cuda"
 
 
+def logs_step(trainer, n: int) -> bool:
+    """Whether optimizer step n (1-based) gets a progress line: every log_interval steps, the first and the last."""
+    return n % trainer.cfg.log_interval == 0 or n == 1 or n == trainer.max_steps
+
+
 def split_batch(batch, n: int) -> list:
     """Split a batch (a tensor, a tuple/list of tensors or a dict of tensors) into n equal micro-batches."""
     if isinstance(batch, torch.Tensor):
@@ -112,6 +122,16 @@ def split_batch(batch, n: int) -> list:
         return [{k: parts[k][i] for k in parts} for i in range(n)]
     parts = [split_batch(v, n) for v in batch]
     return [type(batch)(p[i] for p in parts) for i in range(n)]
+
+
+def enable_gradient_checkpointing(model: nn.Module, log) -> None:
+    """gradient_checkpointing=true: the model's switch (GPT.gradient_checkpointing_enable; a model without one is
+    refused before the run writes anything)."""
+    if not callable(getattr(model, "gradient_checkpointing_enable", None)):
+        raise NanoGPT2Error(f"gradient_checkpointing=true needs a model with gradient_checkpointing_enable() (a GPT "
+                            f"or the classifier); this {type(model).__name__} has none: set gradient_checkpointing=false")
+    model.gradient_checkpointing_enable()
+    log("gradient checkpointing: each block's activations are recomputed in the backward")
 
 
 def default_optimizer(trainer, model) -> torch.optim.Optimizer:
@@ -138,6 +158,8 @@ class OptimizerStep:
 
     def __init__(self, trainer):
         self.trainer = trainer
+        # log_grad_norms: the parameters of each part of the model, whose gradient norms the logged steps record
+        self.norm_groups = GradNormGroups(trainer.raw_model) if trainer.cfg.log_grad_norms else None
 
     def __call__(self) -> dict:
         """Run optimizer step number trainer.step (0-based); return its metrics."""
@@ -167,15 +189,21 @@ class OptimizerStep:
         loss_sum = means[0]
         t.loss_terms = t.outputs.loss_terms = tuple(terms)
         t.scaler.unscale_(t.optimizer)  # no-op unless float16
+        # The monitor's norms per part of the model, of the unclipped gradients, on the steps that are logged (rank 0)
+        parts = self.norm_groups.norms() if self.norm_groups and t.dist.master and logs_step(t, t.step + 1) else {}
         params = [p for g in t.optimizer.param_groups for p in g["params"]]
         max_norm = t.cfg.grad_clip if t.cfg.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-        loss_val, norm_val, n_val, *term_vals = torch.stack(
-            [loss_sum, grad_norm.float().to(loss_sum.device), n_tokens, *means[1:]]).tolist()
+        loss_val, norm_val, n_val, *rest = torch.stack(  # one read-back (a device sync) for all of them
+            [loss_sum, grad_norm.float().to(loss_sum.device), n_tokens, *means[1:],
+             *(v.to(loss_sum.device) for v in parts.values())]).tolist()
+        term_vals, part_vals = rest[:len(terms)], rest[len(terms):]
         t.last_loss_tokens = int(n_val)
 
         rec = {"step": t.step + 1, "loss": loss_val, **dict(zip(t.loss_terms, term_vals)), "lr": lr,
                "grad_norm": norm_val}
+        if parts:
+            rec["grad_norms"] = dict(zip(parts, part_vals))
         if not math.isfinite(loss_val) or (not t.scaler.is_enabled() and not math.isfinite(norm_val)):
             # A non-finite loss (or gradient without a scaler to catch it): skip the update.
             t.optimizer.zero_grad(set_to_none=True)
@@ -267,7 +295,8 @@ def restore_run_state(trainer, state: dict) -> None:
         t.tokens_seen = int(state.get("tokens_seen", 0))
         t.sampler.load_state_dict(state["sampler"])
     old = state.get("run_config") if isinstance(state.get("run_config"), dict) else {}
-    exactness = ("batch_size", "block_size", "gradient_accumulation_steps", "tokens_per_step", "seed", "dtype")
+    exactness = ("batch_size", "block_size", "gradient_accumulation_steps", "tokens_per_step", "train_stride", "seed",
+                 "dtype")
     changed = [f"{k} {old[k]!r} -> {getattr(t.cfg, k)!r}" for k in exactness if k in old and old[k] != getattr(t.cfg, k)]
     if changed:
         t.log(f"warning: resuming with changed settings ({'; '.join(changed)}): the run continues but "
@@ -376,7 +405,7 @@ class Trainer:
         cfg = self.cfg
         self.device = resolve_device(cfg.device, self.dist.local_rank if self.dist.enabled else None)
         self.dtype = resolve_dtype(cfg.dtype, self.device)
-        self.dist.init_process_group(self.device, cfg.backend)
+        self.dist.init_process_group(self.device, cfg.backend, cfg.dist_timeout)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
             torch.backends.cuda.matmul.allow_tf32 = True
@@ -386,16 +415,17 @@ class Trainer:
         random.seed(cfg.seed + self.dist.rank)
 
     def _setup_batch_geometry(self):
-        geometry = batch_geometry(self.cfg, self.dist.world_size)
-        self.accum_steps = geometry.accum_steps
-        self.micro_steps = geometry.micro_steps  # micro-steps each process runs per optimizer step
-        self.rows_per_step = geometry.rows_per_step  # rows this process gets per step
-        self.tokens_per_step = geometry.tokens_per_step  # global
+        g = batch_geometry(self.cfg, self.dist.world_size)  # global micro-steps, each process's, its rows, global tokens
+        self.accum_steps, self.micro_steps, self.rows_per_step, self.tokens_per_step = \
+            g.accum_steps, g.micro_steps, g.rows_per_step, g.tokens_per_step
+        if g.notice:
+            self.log(g.notice)
 
     def _check_out_dir(self):
-        """Refuse an out_dir that cannot be created or written before any work (data, downloads) starts."""
-        self.dist.together(self.dist.master, self.rundir.check_writable,
-                           f"cannot write to out_dir={self.cfg.out_dir} (see rank 0's error)")
+        """Refuse, before any work (data, downloads) starts and without writing anything, an out_dir that cannot be
+        written, that a live run owns, or whose earlier run a fresh start would replace."""
+        self.dist.together(self.dist.master, lambda: self.rundir.check_start(self.cfg),
+                           f"out_dir={self.cfg.out_dir} refused on rank 0 (see its error)")
 
     def _setup_outputs(self):
         self.log(format_config(self.cfg))
@@ -421,6 +451,8 @@ class Trainer:
             self.cfg, self.tokenizer, model=model, resume_state=resume_state, log=self.log,
             prepare=None if self.prepare_model is None else lambda m: self.prepare_model(self, m))
         self.raw_model.to(device=self.device, dtype=torch.float32)  # fp32 master weights and optimizer state
+        if self.cfg.gradient_checkpointing:
+            enable_gradient_checkpointing(self.raw_model, self.log)
         self.optimizer = self.make_optimizer(self, self.raw_model)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == "float16")
         self._optimizer_step = OptimizerStep(self)
@@ -459,14 +491,16 @@ class Trainer:
 
     def _setup_default_data(self):
         from nanogpt2.data import prepare_run_data
-        from nanogpt2.samplers import RandomWindowSampler
+        from nanogpt2.samplers import train_sampler
 
         cfg = self.cfg
         self.dataset, self.tokenizer, train, val = prepare_run_data(cfg, self.dist, self.tokenizer)
         self.train_tokens = len(train)
         self.val_data = val
-        self.sampler = RandomWindowSampler(train, cfg.block_size, self.rows_per_step, seed=cfg.seed,
-                                           rank=self.dist.rank, world_size=self.dist.world_size)
+        self.sampler = train_sampler(train, cfg.block_size, self.rows_per_step, cfg.train_stride, seed=cfg.seed,
+                                     rank=self.dist.rank, world_size=self.dist.world_size)
+        # strided windows: an epoch is the sampler's (every window once), not train tokens / tokens per step
+        self.steps_per_epoch = self.steps_per_epoch or getattr(self.sampler, "steps_per_epoch", None)
         if self.eval_fn is None:
             self.eval_fn = validation_loss
         self.log(f"data: {cfg.dataset} ({self.tokenizer.name} tokenizer, vocab {self.tokenizer.n_vocab}): "
@@ -474,7 +508,7 @@ class Trainer:
 
     def _find_resume(self):
         """The checkpoint to resume from (or None), checked against this run's tokenizer and block size."""
-        state = self.rundir.find_resume(self.cfg, self.log, master=self.dist.master)
+        state = self.rundir.find_resume(self.cfg, self.log)
         if state is not None:
             check_resume_fits(self.cfg, state, self.tokenizer, self.log)
         return state
@@ -513,9 +547,7 @@ class Trainer:
             return None
         rec = {"step": self.step, "test_loss": res["loss"], "test_ppl": res["ppl"],
                "test_bits_per_byte": res.get("bits_per_byte"), "test_tokens": res["tokens"], "test_stride": res["stride"]}
-        self.log(f"test ({res['tokens']:,} tokens, block {res['block_size']}, stride {res['stride']}) | loss "
-                 f"{res['loss']:.4f} | ppl {res['ppl']:.2f}"
-                 + (f" | {res['bits_per_byte']:.4f} bits/byte" if res.get("bits_per_byte") else ""))
+        self.log(self.outputs.test_line(res))
         self.outputs.write(rec)
         return rec
 
@@ -580,7 +612,7 @@ class Trainer:
     def train(self) -> dict:
         """Train to max_steps (or until a stop); return a summary dict."""
         try:
-            with self.stop_signal.installed():
+            with self.stop_signal.installed(), self.dist.lost_processes():
                 return self._train()
         finally:
             self.close()
@@ -589,6 +621,7 @@ class Trainer:
         """Close the TensorBoard writer and leave the process group (idempotent)."""
         self.outputs.close()
         self.dist.close()
+        self.rundir.release()
 
     def _train(self) -> dict:
         cfg = self.cfg
@@ -607,7 +640,8 @@ class Trainer:
 
         stopped, last_rec = None, None
         self._emit("train_start")
-        self._throughput = Throughput(self.flops_per_token, self.peak_flops, self.dist.world_size)
+        self._throughput = Throughput(self.flops_per_token, self.peak_flops, self.dist.world_size,
+                                      samples_per_step=self.rows_per_step * self.dist.world_size)
         while self.step < self.max_steps:
             rec = self._train_step()
             self.step += 1
@@ -647,13 +681,14 @@ class Trainer:
 
     def _log_step(self, rec: dict, final: bool):
         """Throughput, MFU and time left into the record; the progress line; metrics.jsonl."""
-        cfg = self.cfg
-        if not (self.step % cfg.log_interval == 0 or self.step == 1 or final or "val_loss" in rec):
+        logged = logs_step(self, self.step)
+        if not (logged or "val_loss" in rec):
             return
         step_time = self._throughput.take(rec, self.tokens_per_step, self.last_step_time)
         rec.update(self._time_left(step_time))
         rec["tokens"] = self.tokens_seen
-        if self.step % cfg.log_interval == 0 or self.step == 1 or final:
+        rec.update(peak_memory(self.device))
+        if logged:
             self.log(self._progress_line(rec))
         self.outputs.write(rec)
 

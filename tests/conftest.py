@@ -14,6 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
 SHARED_DATA = ROOT.parent / "shared" / "data"
+SHARED_ORACLES = ROOT.parent / "shared" / "oracles"  # other projects' code (nanoGPT, llm.c), for tests only
 ORACLES = ("transformers", "safetensors", "peft", "tiktoken")
 
 
@@ -48,6 +49,21 @@ def shared_data(relpath: str) -> Path:
     if not p.exists():
         pytest.skip(f"real-data check: {p} is not present (the ../shared folder beside the project)")
     return p
+
+
+def shared_oracle(relpath: str):
+    """Another project's module from ../shared/oracles (e.g. "nanogpt/model.py", "llmc/train_gpt2.py"), imported
+    by path as a test oracle, or skip the test with a reason when it is absent."""
+    import importlib.util
+
+    p = SHARED_ORACLES / relpath
+    if not p.is_file():
+        pytest.skip(f"oracle check: {p} is not present (the ../shared folder beside the project)")
+    name = "oracle_" + relpath.replace("/", "_").removesuffix(".py")
+    spec = importlib.util.spec_from_file_location(name, p)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def one_error_line(res) -> str:

@@ -14,7 +14,8 @@ from typing import ClassVar
 
 import pytest
 
-from nanogpt2.config import (FIELDS, GROUPS, RunConfig, load_config, parse_argv, read_config_file, setting, settings_markdown,
+from nanogpt2.config import (FIELDS, GROUPS, RunConfig, format_config, load_config, parse_argv, read_config_file, setting,
+                             settings_markdown,
                              settings_text)
 from conftest import one_error_line
 from nanogpt2.errors import NanoGPT2Error
@@ -124,6 +125,57 @@ def test_cli_errors(argv, message):
     assert message in str(e.value)
 
 
+# The names the recipes' own scripts use (the issue's list), each answered with ours.
+RECIPE_CASES = [
+    ("d_model", "nanogpt2 calls it n_embd: --n_embd"), ("d_ff", "nanogpt2 calls it n_inner: --n_inner"),
+    ("epochs", "nanogpt2 calls it max_epochs"), ("output_dir", "nanogpt2 calls it out_dir"),
+    ("dataset_path", "nanogpt2 calls it data_path"), ("model_path", "nanogpt2 calls it init_from"),
+    ("checkpoint_dir", "nanogpt2 calls it out_dir"), ("num_layers", "nanogpt2 calls it n_layer"),
+    ("num_heads", "nanogpt2 calls it n_head"), ("stride", "nanogpt2 calls it train_stride"),
+]
+
+
+@pytest.mark.parametrize("key, message", RECIPE_CASES)
+def test_the_recipes_option_names_are_answered_with_ours(key, message):
+    with pytest.raises(NanoGPT2Error) as e:
+        load_config([f"--{key}=1"])
+    assert str(e.value).startswith(f"command line: unknown setting {key!r}; {message}")
+    with pytest.raises(NanoGPT2Error, match=f"unknown setting {key!r}; {message}"):
+        load_config([f"--{key.replace('_', '-')}", "1"])  # --d-ff as well
+
+
+def test_recipe_names_of_finetune_settings(tmp_path):
+    from nanogpt2.finetuning import FinetuneConfig
+
+    with pytest.raises(NanoGPT2Error, match=r"'modification_type'; it is finetune.py's --method \(full \| lora"):
+        load_config(["--modification_type=lora"])  # train.py
+    with pytest.raises(NanoGPT2Error, match="'modification_type'; nanogpt2 calls it method: --method"):
+        load_config(["--modification_type=lora"], cls=FinetuneConfig)
+    with pytest.raises(NanoGPT2Error, match=r"latin.py: unknown setting 'd_model'; nanogpt2 calls it n_embd"):
+        read_config_file(write(tmp_path, "d_model = 64\n", "latin.py"))
+    # every entry names a real setting of train.py, or of the script it says
+    from nanogpt2.config import RECIPE_NAMES, settings_of
+
+    for theirs, (ours, script, _) in RECIPE_NAMES.items():
+        assert theirs not in settings_of(RunConfig)
+        assert ours in settings_of(FinetuneConfig if script == "finetune.py" else RunConfig), theirs
+
+
+def test_n_inner_sets_the_mlp_width_of_a_new_model(tmp_path):
+    from nanogpt2.loader import build_run_model
+    from nanogpt2.tokenizer import get_tokenizer
+
+    cfg = load_config(["--n_layer=1", "--n_head=2", "--n_embd=16", "--n_inner=40", "--block_size=8"])
+    model = build_run_model(cfg, get_tokenizer("gpt2"), log=lambda m: None)
+    mlp = model.transformer.h[0].mlp
+    assert model.config.n_inner == 40
+    assert tuple(mlp.c_fc.weight.shape) == (40, 16) and tuple(mlp.c_proj.weight.shape) == (16, 40)
+    default = build_run_model(cfg.replace(n_inner=None), get_tokenizer("gpt2"), log=lambda m: None)
+    assert tuple(default.transformer.h[0].mlp.c_fc.weight.shape) == (64, 16)  # 4 x n_embd
+    with pytest.raises(NanoGPT2Error, match="n_inner must be >= 1 or none"):
+        load_config(["--n_inner=0"])
+
+
 def test_config_file_type_and_name_errors(tmp_path):
     with pytest.raises(NanoGPT2Error, match=r"unknown setting 'learning_rat'; did you mean learning_rate\?"):
         read_config_file(write(tmp_path, "learning_rat = 1e-3\n"))
@@ -226,6 +278,8 @@ def test_shipped_configs_load_with_the_issue_values():
     assert (configs["finetune_adapter.py"].method, configs["finetune_adapter.py"].adapter_size) == ("adapter", 64)
     sel = configs["finetune_selective.py"]
     assert (sel.method, sel.freeze_layers, sel.layer_lr_scales) == ("selective", "0,1,2,3", "0.1,0.5,1.0")
+    prompt = configs["finetune_prompt.py"]
+    assert (prompt.method, prompt.prompt_length, prompt.block_size) == ("prompt", 50, 1024 - 50)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -240,6 +294,7 @@ def run_train(*args, tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--max_iter=5"], "unknown setting 'max_iter'; did you mean max_iters"),
+    (["--d_model", "64"], "unknown setting 'd_model'; nanogpt2 calls it n_embd: --n_embd"),
     (["--batch_size=four"], "--batch_size must be an integer, not 'four'"),
     (["--dataset=no_such_dataset", "--out_dir=o"], "no_such_dataset"),
 ])
@@ -287,3 +342,63 @@ def test_train_py_help_lists_settings(tmp_path):
     res = run_train("--help", tmp_path=tmp_path)
     assert res.returncode == 0
     assert "--max_training_hours" in res.stdout and "--key=value" in res.stdout
+
+
+# ----------------------------------------------------------------------------------------------------
+# nanoGPT's own config files (tests/fixtures/nanogpt_configs, as published) run unchanged
+
+NANOGPT_CONFIGS = ROOT / "tests" / "fixtures" / "nanogpt_configs"
+NANOGPT_ONLY = {"wandb_log", "wandb_project", "wandb_run_name", "always_save_checkpoint", "decay_lr"}
+TINY_OVERRIDES = ["--init_from", "scratch", "--dataset", "shakespeare_char", "--n_layer", "1", "--n_head", "2",
+                  "--n_embd", "16", "--block_size", "16", "--batch_size", "2", "--gradient_accumulation_steps", "1",
+                  "--max_iters", "4", "--eval_interval", "4", "--eval_iters", "1", "--log_interval", "1",
+                  "--device", "cpu", "--dtype", "float32", "--compile", "false", "--tensorboard", "false",
+                  "--plot", "false", "--sample_interval", "0", "--test_eval", "false", "--out_dir", "o"]
+
+
+def nanogpt_assignments(path):
+    """What nanoGPT's configurator would set from the file: its public names after exec."""
+    namespace = {}
+    exec(path.read_text(), namespace)
+    return {k: v for k, v in namespace.items() if not k.startswith("_") and not hasattr(v, "__name__")}
+
+
+@pytest.mark.parametrize("name", ["train_shakespeare_char.py", "finetune_shakespeare.py", "eval_gpt2.py", "train_gpt2.py"])
+def test_nanogpt_config_files_load_with_one_notice(name):
+    path = NANOGPT_CONFIGS / name
+    theirs = nanogpt_assignments(path)
+    cfg = load_config([str(path)])
+    for key, value in theirs.items():
+        if key not in NANOGPT_ONLY:
+            assert getattr(cfg, key) == value, key  # every name that is ours carries the file's value
+    notices = [line for line in cfg._notices]
+    assert len(notices) == 1 and notices[0].startswith(f"notice: nanoGPT settings in {path}: ")
+    for key in NANOGPT_ONLY & set(theirs):
+        assert key in notices[0], (key, notices[0])
+    assert format_config(cfg).splitlines()[0] == notices[0]
+    if theirs.get("decay_lr") is False:  # nanoGPT: lr = learning_rate on every step, no warmup
+        assert (cfg.lr_schedule, cfg.warmup_iters) == ("constant", 0) and "decay_lr=False -> " in notices[0]
+
+
+def test_nanogpt_only_keys_on_the_command_line():
+    cfg = load_config(["--wandb_log=True", "--wandb_run_name", "mini-gpt", "--decay_lr=false", "--max_iters=5"])
+    assert (cfg.lr_schedule, cfg.warmup_iters, cfg.max_iters) == ("constant", 0, 5)
+    assert cfg._notices == ["notice: nanoGPT settings in the command line: ignored wandb_log, wandb_run_name (no "
+                            "Weights & Biases logging here: metrics go to out_dir/metrics.jsonl and TensorBoard); "
+                            "replaced decay_lr=False -> lr_schedule='constant', warmup_iters=0"]
+    with pytest.raises(NanoGPT2Error, match="--decay_lr must be true or false, not 'maybe'"):
+        load_config(["--decay_lr=maybe"])
+    assert load_config(["--max_iters=5"])._notices == []  # our own settings: no notice
+
+
+def test_train_py_runs_nanogpt_finetune_config_at_constant_lr(tmp_path):
+    import json
+
+    path = NANOGPT_CONFIGS / "finetune_shakespeare.py"
+    res = run_train(str(path), *TINY_OVERRIDES, tmp_path=tmp_path)
+    assert res.returncode == 0, res.stderr
+    notices = [line for line in res.stdout.splitlines() if line.startswith("notice: nanoGPT")]
+    assert len(notices) == 1 and "always_save_checkpoint" in notices[0] and "wandb_log" in notices[0], res.stdout
+    records = [json.loads(line) for line in (tmp_path / "o" / "metrics.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in records if "lr" in r]
+    assert len(lrs) == 4 and all(lr == pytest.approx(3e-5) for lr in lrs), lrs  # the file's learning_rate, constant

@@ -151,8 +151,8 @@ class ToyClassifier(GPT):
 def test_the_hf_export_hook_writes_a_classifier(tmp_path):
     torch.manual_seed(0)
     model = ToyClassifier(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=32, vocab_size=70), 3).eval()
-    (tmp_path / "hf").mkdir()
-    (tmp_path / "hf" / "generation_config.json").write_text("{}")  # from an earlier LM export: removed
+    save_pretrained(random_gpt(n_embd=16, vocab_size=70), tmp_path / "hf")  # an earlier LM export, replaced:
+    assert (tmp_path / "hf" / "generation_config.json").exists()  # its generation_config.json is removed
     folder = save_pretrained(model, tmp_path / "hf")
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
     hf = transformers.GPT2ForSequenceClassification.from_pretrained(folder).eval()
@@ -179,7 +179,7 @@ def test_help(capsys):
         main(["--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    assert "SRC" in out and "--to {hf,nanogpt2}" in out and "124M" in out
+    assert "SRC" in out and "--to {hf,nanogpt2,nanogpt,llmc}" in out and "124M" in out
 
 
 def test_hf_folder_to_pt_to_run_folder_to_hf(tmp_path, capsys):
@@ -219,7 +219,7 @@ def test_destination_checks(tmp_path, capsys):
         main([str(HF_DIR), str(tmp_path / "x"), "--to", "nanogpt2"])
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "pytorch_model.bin").write_bytes(b"")
-    with pytest.raises(NanoGPT2Error, match=r"already holds pytorch_model.bin"):
+    with pytest.raises(NanoGPT2Error, match=r"holds pytorch_model.bin, which loaders would read beside"):
         main([str(HF_DIR), str(tmp_path / "old")])
     model = random_gpt()
     apply_adapters(model, adapter_size=2)

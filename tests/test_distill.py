@@ -60,8 +60,8 @@ def corpus(tmp_path_factory):
 
 
 def cfg_of(out, *overrides):
-    return load_config([TINY, f"--out_dir={out}", "--checkpoint_interval=0", "--test_stride=16", *overrides],
-                       cls=FinetuneConfig)
+    return load_config([TINY, f"--out_dir={out}", "--checkpoint_interval=0", "--test_stride=16",
+                        f"--results_dir={out}-results", *overrides], cls=FinetuneConfig)
 
 
 @pytest.fixture(scope="module")

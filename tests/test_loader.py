@@ -112,3 +112,25 @@ def test_load_model_by_init_from(tmp_path):
         load_model("gtp2")
     with pytest.raises(NanoGPT2Error, match="is not a GPT-2 name"):
         load_model(str(tmp_path / "nothing-here.pt"))
+
+
+def test_init_from_a_smaller_vocabulary_than_the_tokenizer_is_one_error_line(tmp_path):
+    """The OpenAI-layout fixture (vocab 96) under the GPT-2 tokenizer (50,257): one line naming both sizes, and
+    no run folder (it used to die inside the embedding with an IndexError traceback)."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT, one_error_line
+
+    from nanogpt2.data import prepare_dataset
+
+    text = tmp_path / "words.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog. " * 200)
+    prepare_dataset(str(text), val_fraction=0.1, quiet=True)  # tokenized into the cache first: no progress line
+    res = subprocess.run([sys.executable, "train.py", f"--init_from={FIXTURES / 'openai-gpt2-tiny'}",
+                          f"--dataset={text}", "--val_fraction=0.1", "--block_size=16", "--batch_size=2", "--max_iters=2", "--device=cpu",
+                          "--compile=false", f"--out_dir={tmp_path / 'out'}"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
+    line = one_error_line(res)
+    assert "a vocabulary of 96 tokens" in line and "gpt2 tokenizer (50,257)" in line
+    assert not (tmp_path / "out").exists()

@@ -153,25 +153,58 @@ def test_prompt_from_file_empty_prompt_and_compare(hf_folder, capsys, tmp_path):
         assert f"== {label} ==" in out
 
 
-def test_compare_shows_each_strategy_with_the_same_seed(hf_folder, capsys, monkeypatch):
+@pytest.mark.parametrize("spec", [None, "t=0.5,t=1.0,t=1.5,k=10,k=50,p=0.9", "greedy, t=0.8+k=50 ,p=0.5+temperature=2"])
+def test_compare_shows_each_strategy_with_the_same_seed(hf_folder, capsys, monkeypatch, spec):
     """One column per strategy (one per row here: --columns 1 on a very wide terminal, so nothing wraps),
-    each holding the continuation the API gives for that strategy and the seed."""
+    each holding the continuation the API gives for that strategy and the seed: the bare --compare's, the
+    recipe's grid, and strategies of several settings."""
     from nanogpt2.tokenizer import get_tokenizer
 
     monkeypatch.setenv("COLUMNS", "100000")
-    out = run(capsys, "--init_from", hf_folder, "--start", "Once", "--compare", "--columns", 1, "--seed", 5)
+    strategies = sample.COMPARE if spec is None else sample.parse_compare(spec)
+    given = ["--compare"] if spec is None else ["--compare", spec]
+    out = run(capsys, "--init_from", hf_folder, "--start", "Once", *given, "--columns", 1, "--seed", 5)
     prompt_len = len(get_tokenizer("gpt2").encode("Once"))
     cells = [c.strip("\n").split("\n") for c in re.split(r"\n-{20,}\n", out)]
-    cells[0] = cells[0][cells[0].index(f"== {sample.COMPARE[0][0]} =="):]  # after the "prompt:" line
-    assert [c[0] for c in cells] == [f"== {label} ==" for label, _ in sample.COMPARE]
+    cells[0] = cells[0][cells[0].index(f"== {strategies[0][0]} =="):]  # after the "prompt:" line
+    assert [c[0] for c in cells] == [f"== {label} ==" for label, _ in strategies]
     texts = set()
-    for cell, (label, kw) in zip(cells, sample.COMPARE):
+    for cell, (label, kw) in zip(cells, strategies):
         full = api_text(hf_folder, "Once", 5, **kw)
         continuation = full[len("Once"):] if prompt_len else full
         expected = "\n".join(line.rstrip() for line in continuation.split("\n"))
         assert "\n".join(line.rstrip() for line in cell[1:]).strip("\n") == expected.strip("\n"), label
         texts.add(expected)
-    assert len(texts) == len(sample.COMPARE)  # six different strategies, six different texts
+    assert len(texts) == len(strategies)  # as many different strategies, as many different texts
+
+
+def test_compare_strategies_are_parsed_as_written():
+    assert sample.parse_compare("t=0.5,k=10,p=0.9,greedy,t=0.8+k=50") == [
+        ("temperature 0.5", {"temperature": 0.5}), ("top_k 10", {"top_k": 10}), ("top_p 0.9", {"top_p": 0.9}),
+        ("greedy", {"greedy": True}), ("temperature 0.8, top_k 50", {"temperature": 0.8, "top_k": 50})]
+    assert sample.parse_compare("temperature=1.5,top_k=3,top_p=1") == [
+        ("temperature 1.5", {"temperature": 1.5}), ("top_k 3", {"top_k": 3}), ("top_p 1", {"top_p": 1.0})]
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("t=0.5,,k=10", "has an empty strategy"),
+    ("beam=4", "unknown strategy 'beam=4'; use greedy, t=T, k=K, p=P"),
+    ("k=ten", "'k=ten' needs an integer"),
+    ("t=hot", "'t=hot' needs a number"),
+    ("p=1.5", "top_p must be in (0, 1]"),
+    ("t=-1", "temperature must be a finite number >= 0"),
+])
+def test_bad_compare_strategies(spec, message):
+    with pytest.raises(NanoGPT2Error) as e:
+        sample.parse_compare(spec)
+    assert message in str(e.value)
+
+
+def test_a_bad_compare_is_one_line_before_the_model_loads(hf_folder):
+    res = subprocess.run([sys.executable, "sample.py", "--device", "cpu", "--init_from", str(hf_folder),
+                          "--compare", "t=0.5,beam=4"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    line = one_error_line(res)
+    assert "unknown strategy 'beam=4'" in line and "loaded" not in res.stderr, line
 
 
 def test_train_checkpoint_with_char_vocab(tmp_path, capsys):

@@ -286,8 +286,9 @@ def test_real_data_run_with_eval_best_checkpoints_and_sample(tmp_path, capsys):
     assert {"*max_iters=30", "log_interval=10", "seed=1337", "*n_embd=32"} <= set(stdout.split())  # *: not default
     assert "--- sample at step 15 ---" in stdout
     progress = re.compile(r"^step (\d+)/30 \| loss (\d+\.\d{4}) \| ppl (\d+\.\d{2}) \| lr (\d\.\d{2}e-\d\d) \| "
-                          r"grad (\d+\.\d{3}) \| ([\d,]+) tok/s \| MFU (\d+\.\d{2})% \| "
-                          r"Elapsed: (\d+\.\d{2})h \| ETA: (\d+\.\d{2})h \| Budget left: (\d+\.\d{2})h$", re.M)
+                          r"grad (\d+\.\d{3}) \| ([\d,]+) tok/s \| [\d,]+\.\d\d samples/s \| MFU (\d+\.\d{2})% \| "
+                          r"RSS [\d,]+ MiB \| Elapsed: (\d+\.\d{2})h \| ETA: (\d+\.\d{2})h \| "
+                          r"Budget left: (\d+\.\d{2})h$", re.M)
     lines = {int(m.group(1)): m for m in progress.finditer(stdout)}
     assert sorted(lines) == [1, 10, 20, 30]  # log_interval, plus the first and the last step
     out = Path(cfg.out_dir)
@@ -411,10 +412,11 @@ def test_init_from_hf_folder_loads_reference_weights_and_crops(tmp_path):
     assert cropped.raw_model.config.block_size == 16 and cropped.raw_model.transformer.wpe.weight.shape == (16, 16)
     torch.testing.assert_close(cropped.raw_model.eval()(ids[:, :16])[0], want[:, :16], atol=1e-5, rtol=1e-4)
     assert cropped.train()["stopped"] == "done"
+    fresh = cfg.replace(out_dir=str(tmp_path / "another"))  # the cropped run finished in cfg's out_dir
     with pytest.raises(NanoGPT2Error, match="exceeds the model's context of 32 tokens"):
-        Trainer(cfg.replace(block_size=64), make_sampler=lambda t: Ids(t.rows_per_step))
+        Trainer(fresh.replace(block_size=64), make_sampler=lambda t: Ids(t.rows_per_step))
     with pytest.raises(NanoGPT2Error, match="did you mean gpt2"):
-        Trainer(cfg.replace(init_from="gtp2"), make_sampler=lambda t: Ids(t.rows_per_step))
+        Trainer(fresh.replace(init_from="gtp2"), make_sampler=lambda t: Ids(t.rows_per_step))
 
 
 def test_init_from_gpt2_name_downloads_once_from_the_hub_endpoint(tmp_path, monkeypatch):
