@@ -5,7 +5,7 @@ Fine-tune a GPT-2: LoRA, Houlsby adapters, selective freezing or all weights, on
     python finetune.py configs/finetune_lora.py --init_from out-shakespeare --dataset shakespeare
     python finetune.py configs/finetune_adapter.py --adapter_size 32
     python finetune.py configs/finetune_selective.py --freeze_layers 0,1,2,3
-    torchrun --nproc_per_node=2 finetune.py configs/finetune_lora.py   # processes divide gradient_accumulation_steps (2)
+    torchrun --nproc_per_node=4 finetune.py configs/finetune_lora.py
     python finetune.py --help                                         # every setting with its default
 
 The methods and tasks live in nanogpt2/finetuning.py (and nanogpt2/peft.py); docs in docs/finetuning.md.

@@ -3,7 +3,7 @@ Train a GPT-2: from scratch, from pretrained weights, or resumed, on one process
 
     python train.py                                   # configs/shakespeare.py: a small char model on CPU
     python train.py configs/wikitext2.py --max_iters=5000 --batch_size 16
-    torchrun --nproc_per_node=4 train.py configs/wikitext2.py   # processes must divide gradient_accumulation_steps
+    torchrun --nproc_per_node=8 train.py configs/wikitext2.py
     python train.py configs/wikitext2.py --resume_from auto
     python train.py --help                            # every setting with its default
 

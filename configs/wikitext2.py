@@ -2,8 +2,7 @@
 # AdamW lr 3e-4, betas (0.9, 0.95), eps 1e-8, weight decay 0.01; 2,000 warmup steps, then cosine to 0;
 # clip 1.0; block 1024; evaluation every 500 steps, checkpoint every 1,000.
 #   python train.py configs/wikitext2.py
-#   torchrun --nproc_per_node=4 train.py configs/wikitext2.py   # 1, 2 or 4 processes share the 4 micro-steps
-#   torchrun --nproc_per_node=8 train.py configs/wikitext2.py --gradient_accumulation_steps 8   # 8 GPUs
+#   torchrun --nproc_per_node=8 train.py configs/wikitext2.py
 # WikiText-2 is small for a 124M model: expect the validation loss to bottom out and rise again
 # (checkpoint_best.pt keeps the best); dropout 0.1 delays that.
 out_dir = "out-wikitext2"

@@ -1,7 +1,7 @@
 # Fine-tune pretrained GPT-2 small on WikiText-2: lr 5e-5, linear warmup over the first 10% of the steps,
 # then linear decay to 1e-7. Three epochs of the 2.4M train tokens.
 #   python train.py configs/wikitext2_finetune.py
-#   torchrun --nproc_per_node=2 train.py configs/wikitext2_finetune.py   # processes divide the 2 micro-steps
+#   torchrun --nproc_per_node=4 train.py configs/wikitext2_finetune.py
 out_dir = "out-wikitext2-finetune"
 dataset = "wikitext2"
 tokenizer = "gpt2"

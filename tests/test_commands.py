@@ -137,7 +137,7 @@ README = {  # README.md's "The scripts", every command -> (added arguments, what
             # the one error line of a command that needs the network; torchrun and bench.py have tests of their own)
     "python train.py configs/wikitext2.py": ((), OFFLINE_WIKITEXT),
     "python train.py configs/wikitext2.py --batch_size=4 --max_iters 2000": ((), OFFLINE_WIKITEXT),
-    "torchrun --nproc_per_node=4 train.py configs/wikitext2.py": ((), "torchrun"),
+    "torchrun --nproc_per_node=8 train.py configs/wikitext2.py": ((), "torchrun"),
     "python train.py configs/wikitext2_finetune.py": ((), OFFLINE_WIKITEXT),
     "python train.py configs/wikitext2.py --resume_from auto": ((), OFFLINE_WIKITEXT),
     "python finetune.py configs/finetune_lora.py": ((), OFFLINE_WIKITEXT),
@@ -211,7 +211,7 @@ def test_the_card_bench_runs_every_benchmark_and_sums_up(tmp_path_factory):
 def test_the_readme_torchrun_command_stops_every_process_with_the_download_error(tmp_path_factory):
     """Eight processes (gloo on a CPU); the first cannot download WikiText-2, the others stop with it, none hangs.
     torchrun itself exits 1 and reports its children's failure."""
-    res = run(workdir(tmp_path_factory, "torchrun"), "torchrun --nproc_per_node=4 train.py configs/wikitext2.py",
+    res = run(workdir(tmp_path_factory, "torchrun"), "torchrun --nproc_per_node=8 train.py configs/wikitext2.py",
               timeout=600)
     assert res.returncode != 0
     assert "error: could not download dataset 'wikitext2'" in res.stderr
