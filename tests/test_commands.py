@@ -20,10 +20,12 @@ import os
 import re
 import resource
 import shlex
+import shutil
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from conftest import ROOT, one_error_line
@@ -143,6 +145,10 @@ README = {  # README.md's "The scripts", every command -> (added arguments, what
     "python finetune.py configs/finetune_lora.py": ((), OFFLINE_WIKITEXT),
     "python sample.py --init_from out-shakespeare --top_p 0.9": (("--max_new_tokens", "20", "--num_samples", "1"), "ok"),
     'python sample.py --init_from gpt2 --start "Hello" --stream --top_p 0.9': ((), ("model 'gpt2'", "--init_from")),
+    # a nanoGPT checkout beside the run (nanogpt_checkout: its char run folder, an openwebtext train.bin / val.bin)
+    "python sample.py --init_from nanoGPT/out-shakespeare-char --greedy": (("--max_new_tokens", "20"), "ok"),
+    "python train.py --dataset nanoGPT/data/openwebtext --init_from gpt2 --out_dir out-owt": ((), ("model 'gpt2'",)),
+    "python -m nanogpt2.convert out-shakespeare out-nanogpt --to nanogpt": ((), "ok"),
     "python -m nanogpt2.convert 124M out/gpt2-hf": ((), ("124M",)),
     "python -m nanogpt2.evaluate --init_from out-shakespeare": ((), "ok"),
     "python -m nanogpt2.evaluate --init_from gpt2 --dataset wikitext2 --split test": ((), ("model 'gpt2'",)),
@@ -150,6 +156,17 @@ README = {  # README.md's "The scripts", every command -> (added arguments, what
     'python -m nanogpt2.tokenizer "some text"': ((), "ok"),
     "python bench.py": ((), "the card's"),
 }
+
+
+def nanogpt_checkout(where) -> None:
+    """What README's nanoGPT commands name: nanoGPT's own char run folder (tests/fixtures, written by nanoGPT) and a
+    data folder of its train.bin / val.bin (uint16 GPT-2 ids, nanoGPT's prepare.py layout)."""
+    shutil.copytree(ROOT / "tests" / "fixtures" / "nanogpt-char-run", where / "nanoGPT" / "out-shakespeare-char")
+    data = where / "nanoGPT" / "data" / "openwebtext"
+    data.mkdir(parents=True)
+    ids = np.random.default_rng(0).integers(0, 50257, size=30_000, dtype=np.uint16)
+    ids[:27_000].tofile(data / "train.bin")
+    ids[27_000:].tofile(data / "val.bin")
 
 
 def test_the_readme_scripts_block_is_this_list():
@@ -174,6 +191,7 @@ def test_the_quick_start_then_the_card_and_every_readme_script_in_one_folder(tmp
     assert "block_size=1024 is longer than the context of out-shakespeare (64 tokens): using block_size=64" in res.stdout
     offline(res, *OFFLINE_WIKITEXT)
 
+    nanogpt_checkout(where)
     for command, (extra, want) in README.items():
         if want in ("torchrun", "the card's"):
             continue  # below, each in a test of its own
@@ -183,6 +201,7 @@ def test_the_quick_start_then_the_card_and_every_readme_script_in_one_folder(tmp
         else:
             offline(res, *want)
     assert not (where / "out" / "gpt2-hf").exists()  # a refused conversion writes nothing
+    assert (where / "out-nanogpt" / "ckpt.pt").is_file()  # --to nanogpt: nanoGPT's checkpoint file
 
     convert, = in_doc("docs/conversion.md", "python -m nanogpt2.convert out-shakespeare out/hf")
     assert "sha256:" in ok(run(where, convert)).stdout and (where / "out" / "hf" / "model.safetensors").is_file()
@@ -201,9 +220,10 @@ def test_the_card_bench_runs_every_benchmark_and_sums_up(tmp_path_factory):
     res = ok(run(workdir(tmp_path_factory, "bench"), CARD[3], "--steps", "1", "--warmup", "0", "--repeats", "1",
                  "--attn_block_time", "0.02"))
     assert "note: running every benchmark (attention, train, classify, generate, tokenizer, finetune, instruct, " \
-           "distill) sized for a CPU" in res.stdout
+           "distill, monitor) sized for a CPU" in res.stdout
     summary = res.stdout[res.stdout.index("== summary"):].splitlines()
-    for name in ("attention", "train", "classify", "generate", "tokenizer", "finetune", "instruct", "distill"):
+    for name in ("attention", "train", "classify", "generate", "tokenizer", "finetune", "instruct", "distill",
+                 "monitor"):
         assert any(line.startswith(name + " ") for line in summary), summary
 
 
