@@ -90,7 +90,7 @@ BENCH_PRESETS = {"shakespeare-char": dict(n_layer=6, n_head=6, n_embd=384, vocab
                  "gpt2-6x384": dict(n_layer=6, n_head=6, n_embd=384, vocab_size=50257, block_size=256)}
 MiB = 2 ** 20
 # How long a bare `python bench.py` (every benchmark, the device's default sizes) takes, measured (docs/benchmarks.md)
-ALL_MINUTES = {"cpu": "about 1.5 minutes on a quiet 2-core CPU (several times that when other jobs load it)",
+ALL_MINUTES = {"cpu": "about 1.5-2.5 minutes on a 2-core CPU (several times that when other jobs load it)",
                "cuda": "not yet run on a GPU, so not yet timed"}
 
 # ----------------------------------------------------------------------------------------------------
