@@ -224,6 +224,19 @@ def frozen_blocks(text: str) -> list:
     return blocks
 
 
+def check_frozen_blocks(blocks: list, n_layer: int, text: str) -> None:
+    """Refuse a freeze list the model is too shallow for: a block past its last, or every block (a recipe's list,
+    configs/finetune_selective.py's 0-3 of GPT-2 small's 12, on a 4-layer model would leave no block to train)."""
+    keep = ",".join(map(str, range(n_layer // 2)))
+    fix = f"--freeze_layers {keep} (the lower half)" if keep else "--freeze_layers ''"
+    if blocks and blocks[-1] >= n_layer:
+        raise NanoGPT2Error(f"freeze_layers={text!r} names block {blocks[-1]}, but this model has {n_layer} blocks "
+                            f"(0-{n_layer - 1}): it is shallower than the freeze list; give blocks it has, e.g. {fix}")
+    if n_layer and len(blocks) == n_layer:
+        raise NanoGPT2Error(f"freeze_layers={text!r} freezes every block of this {n_layer}-block model, so only the "
+                            f"embeddings and the head would train; freeze fewer, e.g. {fix}")
+
+
 # ----------------------------------------------------------------------------------------------------
 # Tasks
 
@@ -330,9 +343,7 @@ def set_trainable(model: nn.Module, cfg: FinetuneConfig, head_patterns, modules_
     n_layer = len(model.transformer.h)
     if cfg.method == "selective":
         blocks = frozen_blocks(cfg.freeze_layers)
-        if blocks and blocks[-1] >= n_layer:
-            raise NanoGPT2Error(f"freeze_layers={cfg.freeze_layers!r} names block {blocks[-1]}, but the model has "
-                                f"{n_layer} blocks (0-{n_layer - 1})")
+        check_frozen_blocks(blocks, n_layer, cfg.freeze_layers)
         for name, p in model.named_parameters():
             embedding = cfg.freeze_embeddings and re.search(r"(^|\.)(wte|wpe)\.", name) is not None
             head = cfg.freeze_head and _matches(name, head_patterns)
@@ -440,15 +451,16 @@ def save_adapter(model: nn.Module, folder, overwrite: bool = False, log=None, ba
 
 
 def export_merged(model: nn.Module, folder, tokenizer=None, log=None, overwrite: bool = False,
-                  reserved: dict = None) -> str:
+                  reserved: dict = None, base: str = "") -> str:
     """An HF GPT-2 folder of the fine-tuned model (nanogpt2.convert.save_pretrained: LoRA merged on a copy, the
     run's model stays unmerged); a prefix cannot merge into GPT-2's weights, so it is exported as an HF peft
-    PREFIX_TUNING folder. Where: the export rule of nanogpt2/export_dir.py."""
+    PREFIX_TUNING folder naming `base` (peft_base) as its base model. Where: the export rule of
+    nanogpt2/export_dir.py."""
     from nanogpt2.convert import save_pretrained
 
     name = "merge_and_export"
     if getattr(model, "prefix_config", None) is not None:
-        return str(save_peft_adapter(model, folder, overwrite=overwrite, log=log, reserved=reserved, name=name)) + \
+        return str(save_peft_adapter(model, folder, base, overwrite=overwrite, log=log, reserved=reserved, name=name)) + \
             " (peft prefix-tuning folder; the base model is init_from)"
     return str(save_pretrained(model, folder, tokenizer=tokenizer, log=log, overwrite=overwrite, reserved=reserved,
                                name=name)) + " (HF folder)"
@@ -494,7 +506,8 @@ def save_weights(trainer, folder) -> str:
         return f"{save_model_checkpoint(trainer, folder)} (nanogpt2 checkpoint: Houlsby adapters have no HF GPT-2 form)"
     if getattr(trainer.tokenizer, "name", "gpt2") != "gpt2":
         return f"{save_model_checkpoint(trainer, folder)} (nanogpt2 checkpoint: it holds the {trainer.tokenizer.name} vocabulary)"
-    return export_merged(model, folder, trainer.tokenizer, trainer.log)
+    base = peft_base(trainer.cfg.init_from) if getattr(model, "prefix_config", None) is not None else ""
+    return export_merged(model, folder, trainer.tokenizer, trainer.log, base=base)
 
 
 def write_outputs(trainer) -> None:
@@ -502,13 +515,13 @@ def write_outputs(trainer) -> None:
     cfg, model = trainer.cfg, trainer.raw_model
     if not trainer.dist.master:
         return
+    peft = getattr(model, "lora_config", None) is not None or getattr(model, "prefix_config", None) is not None
+    base = peft_base(cfg.init_from, trainer.log) if peft else ""  # out_dir/adapter's and a prefix export's
     if cfg.method not in ("full", "selective"):
-        lora = getattr(model, "lora_config", None) is not None or getattr(model, "prefix_config", None) is not None
-        base = peft_base(cfg.init_from, trainer.log) if lora else ""
         trainer.log(f"adapter weights: {save_adapter(model, trainer.out_dir / 'adapter', cfg.overwrite, trainer.log, base)}")
     if cfg.merge_and_export:
         where = export_merged(model, cfg.merge_and_export, trainer.tokenizer, trainer.log, cfg.overwrite,
-                              export_reserved(cfg))
+                              export_reserved(cfg), base)
         trainer.log(f"exported to {where}")
 
 

@@ -38,8 +38,16 @@ TB_KEYS = ("loss", "ppl", "lr", "grad_norm", "tokens_per_sec", "samples_per_sec"
 MEMORY_KEYS = ("peak_mem_allocated_mib", "peak_mem_reserved_mib", "peak_rss_mib")  # nanogpt2.monitor.peak_memory's
 
 
-def fmt_hours(seconds: float) -> str:
-    return f"{seconds / 3600:.2f}h"
+def fmt_duration(seconds: float) -> str:
+    """A time span in the units that fit: `42s`, `5m07s`, `1h05m`, `3d04h` (rounded down to the unit shown)."""
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
 
 
 def time_left(t_start: float, steps_left: int, step_time: float, budget_hours: float) -> dict:
@@ -163,9 +171,9 @@ class RunOutputs:
             *([f"{rec['samples_per_sec']:,.2f} samples/s"] if "samples_per_sec" in rec else []),
             f"MFU {100 * rec['mfu']:.2f}%" if math.isfinite(rec["mfu"]) else "MFU n/a",
             *memory_text(rec),
-            f"Elapsed: {fmt_hours(3600 * rec['elapsed_h'])}",
-            f"ETA: {fmt_hours(3600 * rec['eta_h'])}" + (" (time limit)" if by_budget else ""),
-            f"Budget left: {fmt_hours(3600 * budget)}" if budget is not None else "Budget left: none",
+            f"elapsed {fmt_duration(3600 * rec['elapsed_h'])}",
+            f"ETA {fmt_duration(3600 * rec['eta_h'])}" + (" (time limit)" if by_budget else ""),
+            f"budget left {fmt_duration(3600 * budget)}" if budget is not None else "budget left none",
         ]
         return " | ".join(parts)
 

@@ -92,7 +92,7 @@ from nanogpt2.loader import build_run_model, check_resume_fits, model_spec
 from nanogpt2.model import GPT, IGNORE_INDEX
 from nanogpt2.monitor import GradNormGroups, peak_memory
 from nanogpt2.optim import make_optimizer, resolve_schedule, run_length, set_lr
-from nanogpt2.outputs import RunOutputs, Throughput, TrainingSamples, fmt_hours, time_left
+from nanogpt2.outputs import RunOutputs, Throughput, TrainingSamples, fmt_duration, time_left
 from nanogpt2.perf import mfu_denominator
 from nanogpt2.rundir import RunDir
 from nanogpt2.runtime import autocast, resolve_device, resolve_dtype
@@ -731,7 +731,7 @@ class Trainer:
         if time_up:
             path = self.save("time_limit")
             self.log(f"wall-clock limit max_training_hours={self.cfg.max_training_hours} reached after step {self.step} "
-                     f"(Elapsed: {fmt_hours(elapsed)}): saved {path}; continue with --resume_from auto")
+                     f"(elapsed {fmt_duration(elapsed)}): saved {path}; continue with --resume_from auto")
             return "time_limit"
         return None
 
@@ -740,7 +740,7 @@ class Trainer:
         test_rec = None
         if stopped is None:
             path = self.save("final")
-            self.log(f"done: {self.step} steps in {fmt_hours(time.time() - self.t_start)}; saved {path}; "
+            self.log(f"done: {self.step} steps in {fmt_duration(time.time() - self.t_start)}; saved {path}; "
                      f"best val loss {self.best_val_loss:.4f}")
             stopped = "done"
             try:
