@@ -51,6 +51,7 @@ from nanogpt2.losses import KEY_TOKEN_FORMULAS, key_token_entries
 from nanogpt2.optim import make_adamw, param_groups
 from nanogpt2.peft import (apply_adapters, apply_lora, apply_prefix, lora_layers, save_adapter_weights, save_peft_adapter,
                            trainable_report)
+from nanogpt2.task_metrics import TaskMetrics
 from nanogpt2.trainer import Trainer
 
 METHODS = ("full", "lora", "adapter", "prefix", "selective")
@@ -67,7 +68,8 @@ class FinetuneConfig(RunConfig):
     script = "finetune.py"
     groups = MappingProxyType({**RunConfig.groups, "method": "Fine-tuning method", "task": "Task"})
     choices = MappingProxyType({**RunConfig.choices, "method": METHODS, "task": tuple(TASKS),
-                                "student_init": ("teacher", "scratch"), "key_token_formula": KEY_TOKEN_FORMULAS})
+                                "student_init": ("teacher", "scratch"), "key_token_formula": KEY_TOKEN_FORMULAS,
+                                "test_on": ("best", "final")})
 
     # --- defaults that differ from train.py's: the fine-tuning recipe of the configs (GPT-2 small, WikiText-2:
     # 3 epochs of 16,384-token steps, linear warmup over 10 % then linear decay to 1e-7, weight decay 0.01, AdamW
@@ -138,6 +140,9 @@ class FinetuneConfig(RunConfig):
                                   "perplexity; instruct: the held-out response loss)", "task")
     results_dir: str = setting("results", "classify / lm / instruct: the results tree goes to "
                                "results_dir/<model>/<timestamp>/", "task")
+    test_on: str = setting("best", "classify: the weights the final test scores, and the results tree and exports "
+                           "hold: best (checkpoint_best.pt's, by validation accuracy, as HF's load_best_model_at_end; "
+                           "the final ones when there is none) | final", "task")
 
     # --- task instruct ---
     template: str = setting(
@@ -259,6 +264,7 @@ class TaskParts:
     modules_to_save: tuple = ()  # new parameters of the task (a classifier's score): trainable under every method
     before_train: Optional[Callable] = None      # f(trainer): e.g. a baseline evaluation
     after_train: Optional[Callable] = None       # f(trainer, summary): e.g. the test evaluation
+    metrics: Optional[TaskMetrics] = None        # how the loss and metrics are reported, what judges the best (None: LM)
 
 
 def task(cfg: FinetuneConfig) -> TaskParts:
@@ -545,7 +551,8 @@ def run(cfg: FinetuneConfig, hooks=()) -> dict:
         all_hooks.insert(0, HeadOnlyPhase(head_patterns, cfg.head_only_steps, cfg.head_only_epochs))
     trainer = Trainer(cfg, model=model, tokenizer=parts.tokenizer, make_sampler=parts.make_sampler,
                       eval_fn=parts.eval_fn, loss_fn=parts.loss_fn, steps_per_epoch=parts.steps_per_epoch,
-                      hooks=all_hooks, make_optimizer=make_finetune_optimizer(head_patterns, tuple(parts.modules_to_save)), prepare_model=prepare)
+                      hooks=all_hooks, make_optimizer=make_finetune_optimizer(head_patterns, tuple(parts.modules_to_save)),
+                      prepare_model=prepare, metrics=parts.metrics)
     if parts.before_train is not None:
         parts.before_train(trainer)
     summary = trainer.train()

@@ -567,7 +567,8 @@ def test_tensorboard_events_when_installed(tmp_path):
     loss = [(e.step, e.value) for e in events.Scalars("train/loss")]
     assert [s for s, _ in loss] == list(range(1, 7))
     assert [v for _, v in loss] == pytest.approx([r["loss"] for r in records(cfg)], rel=1e-6)
-    assert [e.step for e in events.Scalars("val_loss")] == [3, 6]
+    assert [e.step for e in events.Scalars("val/loss")] == [3, 6]  # one tag scheme: train/..., val/...
+    assert "val_loss" not in events.Tags()["scalars"]
 
 
 def test_plot_png_when_matplotlib_installed(tmp_path):
