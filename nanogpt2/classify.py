@@ -292,7 +292,7 @@ class ClassifyTask:
     def test_at_end(self, trainer, event: str):
         """A trainer hook: at train_end of a finished run, the test evaluation (every process scores its share) of
         the weights test_on names (test_weights)."""
-        if event == "train_end" and trainer.finished:
+        if event == "train_end" and (trainer.step >= trainer.max_steps or trainer.early_stop):  # a finished run
             self.tested = test_weights(trainer, self.cfg.test_on)
             self.test = self.evaluate(trainer, "test")
             trainer.log(f"test on {self.tested}: accuracy {self.test['accuracy']:.4f} | macro-F1 "

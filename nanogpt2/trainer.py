@@ -331,6 +331,28 @@ def restore_rng(trainer, rng: dict, path=None) -> None:
             ckpt_io.set_rng_state(rng)
 
 
+def judge_evaluation(trainer, res: dict) -> tuple:
+    """An evaluation's verdict: the best val loss; a new best by the task's metric (trainer.metrics.best) saves
+    checkpoint_best.pt (save_best); early_stopping_patience evaluations in a row without one set trainer.early_stop.
+    Returns (improved, saved)."""
+    t = trainer
+    t.best_val_loss = min(t.best_val_loss, res["val_loss"])
+    score = res.get(t.metrics.best)
+    improved = score is not None and t.metrics.improved(score, t.best_score)
+    saved = improved and t.cfg.save_best and not t.cfg.eval_only
+    if improved:
+        t.best_score, t.evals_since_best = score, 0
+        if saved:
+            t.save("best")
+    else:
+        t.evals_since_best += 1
+    patience = t.cfg.early_stopping_patience
+    if patience and t.evals_since_best >= patience and not t.cfg.eval_only:
+        t.early_stop = (f"early stopping after step {t.step}: {t.evals_since_best} evaluations without a better "
+                        f"{t.metrics.best_label} (early_stopping_patience={patience}; best {t.best_score:.4f})")
+    return improved, saved
+
+
 # ----------------------------------------------------------------------------------------------------
 # Signals
 
@@ -476,9 +498,8 @@ class Trainer:
         self.step = 0
         self.epoch = 0
         self.best_val_loss = float("inf")
-        self.best_score = self.metrics.worst  # the best evaluation by self.metrics.best
-        self.evals_since_best = 0  # evaluations since it (early_stopping_patience)
-        self.early_stop = None  # why the run stops early (a line), once early_stopping_patience ran out
+        # the best evaluation by metrics.best, the evaluations since it, and why the run stops early (judge_evaluation)
+        self.best_score, self.evals_since_best, self.early_stop = self.metrics.worst, 0, None
         self.tokens_seen = 0
         self.bad_steps_in_row = 0
         self.bad_steps_total = 0
@@ -576,29 +597,11 @@ class Trainer:
         res = self.eval_fn(self)
         self.raw_model.train()
         rec.update(res)
-        self.best_val_loss = min(self.best_val_loss, res["val_loss"])
-        score = res.get(self.metrics.best)
-        improved = score is not None and self.metrics.improved(score, self.best_score)
-        saved = improved and self.cfg.save_best and not self.cfg.eval_only
-        if improved:
-            self.best_score, self.evals_since_best = score, 0
-            if saved:
-                self.save("best")
-        else:
-            self.evals_since_best += 1
+        improved, saved = judge_evaluation(self, res)
         self.log(self.outputs.eval_line(self.step, reason, res, improved, saved))
-        patience = self.cfg.early_stopping_patience
-        if patience and self.evals_since_best >= patience and not self.cfg.eval_only:
-            self.early_stop = (f"early stopping after step {self.step}: {self.evals_since_best} evaluations without a "
-                               f"better {self.metrics.best_label} (early_stopping_patience={patience}; best "
-                               f"{self.best_score:.4f})")
+        if self.early_stop:
             self.log(self.early_stop)
         self._emit("eval_end")
-
-    @property
-    def finished(self) -> bool:
-        """The run went to its end: max_steps, or an early stop (not a signal or the time limit)."""
-        return self.step >= self.max_steps or self.early_stop is not None
 
     # --- samples ----------------------------------------------------------------------------------------
 
