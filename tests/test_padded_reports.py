@@ -195,3 +195,26 @@ def test_the_distillation_plot_shows_kd_and_clm_beside_the_val_loss():
     assert list(lines["train clm_loss"].get_ydata()) == [r["clm_loss"] for r in recs]  # unweighted, in nats
     assert list(lines["val"].get_xdata()) == [5, 10] and loss_ax.get_yscale() == "log"  # one axis for all
     plt.close(fig)
+
+
+@pytest.mark.slow
+def test_two_processes_count_the_real_tokens_of_both(tmp_path):
+    """torchrun, 2 CPU processes (gloo) x 1 micro-step of 4 rows = 1 process x 2 of 4: the same rows each step
+    (the sampler's union over ranks), so the same real tokens, summed over the processes."""
+    from test_ddp import free_port
+
+    args = [*CLASSIFY, "--block_size=128", "--batch_size=4", "--gradient_accumulation_steps=2", "--max_iters=4",
+            "--eval_interval=0", "--baseline_eval=false", "--dropout=0.0", "--classifier_dropout=0.0"]
+    (tmp_path / "single").mkdir()
+    single = finetune(tmp_path / "single", *args)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+                          f"--master_port={free_port()}", str(ROOT / "finetune.py"), TINY, *args,
+                          f"--out_dir={tmp_path / 'ddp' / 'out'}", f"--results_dir={tmp_path / 'ddp' / 'results'}"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert "2 process(es) on cpu" in ddp.stdout and single.returncode == 0
+    a, b = ([r for r in records(tmp_path / run / "out") if "loss" in r] for run in ("single", "ddp"))
+    assert [r["tokens"] for r in a] == [r["tokens"] for r in b] and a[-1]["tokens"] < 4 * 8 * 128
+    for ra, rb in zip(a, b):
+        assert ra["loss"] == pytest.approx(rb["loss"], abs=1e-5) and ra["accuracy"] == pytest.approx(rb["accuracy"])
