@@ -348,7 +348,8 @@ def judge_evaluation(trainer, res: dict) -> tuple:
         t.evals_since_best += 1
     patience = t.cfg.early_stopping_patience
     if patience and t.evals_since_best >= patience and not t.cfg.eval_only:
-        t.early_stop = (f"early stopping after step {t.step}: {t.evals_since_best} evaluations without a better "
+        n = t.evals_since_best
+        t.early_stop = (f"early stopping after step {t.step}: {n} evaluation{'s' * (n > 1)} without a better "
                         f"{t.metrics.best_label} (early_stopping_patience={patience}; best {t.best_score:.4f})")
     return improved, saved
 

@@ -113,6 +113,19 @@ def test_early_stopping_after_patience_evaluations_without_a_better_accuracy(tmp
     assert "early stopping after step 6" in summary_md.read_text()
 
 
+def test_early_stopping_of_a_language_model_by_its_validation_loss(tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    res = subprocess.run([sys.executable, str(ROOT / "train.py"), TINY, "--learning_rate=0", "--min_lr=0",
+                          "--eval_interval=2", "--early_stopping_patience=1", "--max_iters=20", "--checkpoint_interval=0",
+                          f"--out_dir={tmp_path / 'run'}"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "early stopping after step 4: 1 evaluation without a better val loss (early_stopping_patience=1; " \
+           "best " in res.stdout
+    assert "done: 4 steps" in res.stdout
+    assert torch.load(tmp_path / "run" / "checkpoint_final.pt", weights_only=True)["step"] == 4
+
+
 def test_test_on_best_scores_checkpoint_best_and_final_the_last_weights(tmp_path):
     scores = {}
     for test_on in ("best", "final"):
