@@ -187,7 +187,7 @@ class RunOutputs:
         parts = [
             f"step {rec['step']}/{max_steps}",
             f"{self.metrics.loss_name} {rec['loss']:.4f}",
-            *(f"{label(name)} {rec[name]:.4f}" for name in self.loss_terms if name in rec),
+            *(f"{name} {rec[name]:.4f}" for name in self.loss_terms if name in rec),
             *([f"ppl {rec['ppl']:.2f}"] if "ppl" in rec else []),
             f"lr {rec['lr']:.2e}",
             f"grad {rec['grad_norm']:.3f}",

@@ -194,20 +194,48 @@ def test_an_instruct_run_reports_its_response_loss_and_real_tokens(tmp_path, gpt
     check_throughput(steps, real, rows=8, lm_tokens=8 * 256)
 
 
-def test_the_distillation_plot_shows_kd_and_clm_beside_the_val_loss():
-    matplotlib = pytest.importorskip("matplotlib")
+def test_a_distillation_run_plots_its_terms(tmp_path):
+    pytest.importorskip("matplotlib")
+    text = (ROOT / "nanogpt2" / "assets" / "tinyshakespeare.txt").read_text()
+    (tmp_path / "corpus").mkdir()
+    for split, (begin, end) in dict(train=(0, 40_000), val=(40_000, 44_000)).items():
+        (tmp_path / "corpus" / f"{split}.txt").write_text(text[begin:end])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    common = [TINY, f"--dataset={tmp_path / 'corpus'}", "--tokenizer=char", "--checkpoint_interval=0", "--eval_interval=3",
+              "--max_iters=6", "--test_eval=false"]
+    for script, args in (("train.py", ["--out_dir=teacher"]),
+                         ("finetune.py", ["--task=distill", "--method=full", "--teacher=teacher", "--student_layers=0",
+                                          "--out_dir=student", "--plot=true", "--results_dir=results"])):
+        res = subprocess.run([sys.executable, str(ROOT / script), *common, *args], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr[-3000:]
+    assert "| kd_loss " in res.stdout and "| clm_loss " in res.stdout  # the progress line's terms
+    assert (tmp_path / "student" / "training_curves.png").stat().st_size > 0
+    # the run's plot is plot_run of its records with its terms: KD and CLM beside the val loss
+    check_distill_figure([r for r in records(tmp_path / "student") if "loss" in r])
+
+
+def check_distill_figure(recs):
+    import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    recs = [{"step": s, "loss": 0.5 * (9.0 / s) + 0.5 * (4.0 - s / 10), "kd_loss": 9.0 / s, "clm_loss": 4.0 - s / 10,
-             "lr": 1e-3, "grad_norm": 1.0, **({"val_loss": 4.1 - s / 10} if s % 5 == 0 else {})} for s in range(1, 11)]
     fig = plot_run(plt, recs, terms=("kd_loss", "clm_loss"))
     loss_ax = fig.axes[0]
     lines = {line.get_label(): line for line in loss_ax.get_lines()}
     assert set(lines) == {"train (weighted sum)", "train kd_loss", "train clm_loss", "val"}
     assert list(lines["train clm_loss"].get_ydata()) == [r["clm_loss"] for r in recs]  # unweighted, in nats
-    assert list(lines["val"].get_xdata()) == [5, 10] and loss_ax.get_yscale() == "log"  # one axis for all
+    assert list(lines["val"].get_xdata()) == [r["step"] for r in recs if "val_loss" in r]
+    assert loss_ax.get_yscale() == "log"  # one axis for all
     plt.close(fig)
+
+
+def test_the_distillation_plot_shows_kd_and_clm_beside_the_val_loss():
+    pytest.importorskip("matplotlib")
+    recs = [{"step": s, "loss": 0.5 * (9.0 / s) + 0.5 * (4.0 - s / 10), "kd_loss": 9.0 / s, "clm_loss": 4.0 - s / 10,
+             "lr": 1e-3, "grad_norm": 1.0, **({"val_loss": 4.1 - s / 10} if s % 5 == 0 else {})} for s in range(1, 11)]
+    check_distill_figure(recs)
 
 
 @pytest.mark.slow
