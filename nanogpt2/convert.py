@@ -80,6 +80,8 @@ def _refuse_unexportable(model, fmt: str = "a plain HF GPT-2 folder") -> None:
                                 "out_dir/adapter/adapter_weights.pt (nanogpt2.peft.load_adapter_weights onto the "
                                 "base). merge_and_export cannot merge adapters either"),
              "prefix_config": ("prefix tuning", f"{keep}, or write an HF peft prefix-tuning folder (finetune.py "
+                               "--merge_and_export DIR, nanogpt2.peft.save_peft_adapter)"),
+             "prompt_config": ("prompt tuning", f"{keep}, or write an HF peft prompt-tuning folder (finetune.py "
                                "--merge_and_export DIR, nanogpt2.peft.save_peft_adapter)")}
     for m in model.modules():
         for attr, (what, instead) in works.items():
