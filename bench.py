@@ -15,10 +15,11 @@ Sub-benchmarks (pick one, or `all`):
              `transformers.GPT2ForSequenceClassification` loaded from our weights, on the same batch and padding,
              interleaved with ours (the first losses must agree).
   generate   KV-cache decoding (`nanogpt2.benchmarks.decode.benchmark_decode`).
-  finetune   a fine-tuning step (`--method lora|adapter|full`, LoRA r/alpha/targets as finetune.py's) of `GPT`;
-             `--vs peft` times transformers' GPT2LMHeadModel wrapped by HF peft with the same LoRA config, batch,
-             dtype and optimizer (ours), both eager or both compiled (--compile), interleaved: tokens/s and
-             step peak memory ratios (`ratio_tokens_per_sec`, `ratio_peak_memory`).
+  finetune   a fine-tuning step (`--method lora|adapter|prompt|full`, LoRA r/alpha/targets and prompt_length as
+             finetune.py's) of `GPT`; `--vs peft` times transformers' GPT2LMHeadModel wrapped by HF peft with the
+             same LoRA or prompt-tuning config, batch, dtype and optimizer (ours), both eager or both compiled
+             (--compile), interleaved: tokens/s and step peak memory ratios (`ratio_tokens_per_sec`,
+             `ratio_peak_memory`). With prompt tuning a row holds block_size - prompt_length real tokens.
              train and finetune with `--gradient_checkpointing`: our step with each block recomputed in the
              backward (GPT.gradient_checkpointing_enable) beside the same model's step without it ("plain"),
              interleaved: the time and step peak memory ratios (checkpointed / plain).
@@ -128,11 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vs", default=None, choices=["hf", "peft"],
                    help="train: hf times transformers' GPT2LMHeadModel; classify: hf times GPT2ForSequenceClassification; "
                         "finetune: peft times transformers + HF peft LoRA")
-    p.add_argument("--method", default="lora", choices=["lora", "adapter", "full"], help="finetune: the method (default %(default)s)")
+    p.add_argument("--method", default="lora", choices=["lora", "adapter", "prompt", "full"], help="finetune: the method (default %(default)s)")
     p.add_argument("--lora_rank", type=int, default=8, help="finetune: LoRA rank (default %(default)s)")
     p.add_argument("--lora_alpha", type=float, default=16.0, help="finetune: LoRA alpha (default %(default)s)")
     p.add_argument("--lora_targets", default="c_attn", help="finetune: LoRA targets, comma-separated (default %(default)s)")
     p.add_argument("--adapter_size", type=int, default=64, help="finetune: adapter bottleneck (default %(default)s)")
+    p.add_argument("--prompt_length", type=int, default=20, help="finetune: prompt tuning's virtual tokens (default %(default)s)")
     p.add_argument("--gradient_checkpointing", action="store_true",
                    help="train, finetune: time our step with gradient checkpointing beside the same step without it "
                         "(interleaved; time and peak-memory ratios); excludes --vs")
@@ -676,36 +678,43 @@ def bench_train(args) -> dict:
 
 
 def build_peft(args, hf):
-    """transformers' model wrapped by HF peft with our LoRA settings (None, reason when peft is missing)."""
+    """transformers' model wrapped by HF peft with our LoRA or prompt-tuning settings (None, reason when peft is
+    missing)."""
     try:
         import peft
     except ImportError as e:
         return None, f"peft is not installed ({e}); pip install peft to compare"
+    if args.method == "prompt":
+        config = peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=args.prompt_length)
+        return peft.get_peft_model(hf, config), f"peft {peft.__version__} PromptTuningConfig(num_virtual_tokens={args.prompt_length})"
     config = peft.LoraConfig(r=args.lora_rank, lora_alpha=args.lora_alpha, lora_dropout=0.0, fan_in_fan_out=True,
                              target_modules=args.lora_targets.split(","), bias="none")
     return peft.get_peft_model(hf, config), f"peft {peft.__version__} LoraConfig(r={args.lora_rank}, alpha={args.lora_alpha})"
 
 
 def _finetune_model(args) -> GPT:
-    """A new model of the run's shape with --method applied (LoRA, adapters; full: as it is)."""
-    from nanogpt2.peft import apply_adapters, apply_lora
+    """A new model of the run's shape with --method applied (LoRA, adapters, a prompt; full: as it is)."""
+    from nanogpt2.peft import apply_adapters, apply_lora, apply_prompt
 
     model = new_model(args)
     if args.method == "lora":
         apply_lora(model, args.lora_rank, args.lora_alpha, args.lora_targets.split(","))
     elif args.method == "adapter":
         apply_adapters(model, args.adapter_size)
+    elif args.method == "prompt":
+        apply_prompt(model, args.prompt_length)
     return model
 
 
 def bench_finetune(args) -> dict:
-    """A fine-tuning step of `--method` (LoRA, adapters or all weights) on our GPT; `--vs peft` (LoRA) times
-    transformers + peft with the same config, batch, dtype and optimizer (ours, fused AdamW over the
+    """A fine-tuning step of `--method` (LoRA, adapters, a prompt or all weights) on our GPT; `--vs peft` (LoRA,
+    prompt) times transformers + peft with the same config, batch, dtype and optimizer (ours, fused AdamW over the
     trainable parameters), compiled when --compile, interleaved with ours."""
     device, cfg = args.device, args.model_config
     B, T = args.batch_size, args.block_size
     torch.manual_seed(args.seed)
     model = _finetune_model(args).to(device)
+    T = min(T, model.context_length)  # real tokens a row: a prompt's virtual tokens fill the rest of the context
     model.train()
     model.gradient_checkpointing_enable(args.gradient_checkpointing)
     optimizer, optim_source = configure_optimizer(model, args)
@@ -719,8 +728,9 @@ def bench_finetune(args) -> dict:
     info = {"ours": dict(model=f"nanogpt2 GPT + method {args.method} ({compiled}), chunked loss (return_logits=False)"
                                + _ckpt_note(args), params=model.param_counts()["total"],
                          trainable=trainable, optimizer=f"{optim_source}: {_describe_optimizer(optimizer)}")}
-    # Frozen weights need no weight gradient: 4N + 8LTC FLOPs per token instead of 6N + 12LTC (2/3 of training).
-    flops = model.flops_per_token(T) * (1.0 if args.method == "full" else 2 / 3)
+    # Frozen weights need no weight gradient: 4N + 8LTC FLOPs per token instead of 6N + 12LTC (2/3 of training);
+    # per real token, a prompt's virtual positions counted in.
+    flops = model.flops_per_token(args.block_size) * (1.0 if args.method == "full" else 2 / 3) * args.block_size / T
     if args.gradient_checkpointing:
         steps["plain"], info["plain"] = _plain_twin(args, lambda: _finetune_model(args), x, y, info["ours"]["model"])
         out = _measure(steps, info, args, int(flops), B * T, other="plain")
@@ -728,7 +738,8 @@ def bench_finetune(args) -> dict:
         return out
     skipped = None
     if args.vs == "peft":
-        hf, note = build_hf(args) if args.method == "lora" else (None, "--vs peft compares LoRA (--method lora)")
+        hf, note = (build_hf(args) if args.method in ("lora", "prompt")
+                    else (None, "--vs peft compares LoRA and prompt tuning (--method lora | prompt)"))
         theirs, peft_note = build_peft(args, hf) if hf is not None else (None, note)
         if theirs is None:
             skipped = peft_note

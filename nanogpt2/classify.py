@@ -193,7 +193,8 @@ class ClassifyTask:
         self.cfg, self.master = cfg, dist_from_env().master
         self.tokenizer = get_tokenizer("gpt2")
         self.model = given_classifier(cfg)
-        context = self.model.config.block_size if self.model is not None else cfg.block_size
+        spent = cfg.prompt_length if cfg.method == "prompt" else 0  # the positions a prompt takes
+        context = self.model.config.block_size - spent if self.model is not None else cfg.block_size
         self.max_length = resolve_max_length(cfg.max_length, context)
         data = load_data(cfg.dataset, cfg.data_path or None, quiet=not self.master)
         splits, self.note = make_splits(data, cfg.val_fraction or DEFAULT_VAL_FRACTION, cfg.test_fraction,
@@ -325,13 +326,15 @@ class ClassifyTask:
 
     def _save_weights(self, trainer, folder: Path) -> str:
         """The fine-tuned classifier: an HF GPT2ForSequenceClassification folder (LoRA merged), or with Houlsby
-        adapters, which HF GPT-2 cannot hold, a checkpoint the loader reads (checkpoint_final.pt)."""
+        adapters or a tuned prompt, which HF GPT-2 cannot hold, a checkpoint the loader reads (checkpoint_final.pt)."""
         from nanogpt2.finetuning import save_model_checkpoint
 
         model = trainer.raw_model
-        if getattr(model, "adapter_config", None) is None:
+        what = next((w for a, w in (("adapter_config", "Houlsby adapters"), ("prompt_config", "a tuned prompt"))
+                     if getattr(model, a, None) is not None), None)
+        if what is None:
             return f"{model.save_pretrained(folder)} (HF GPT2ForSequenceClassification folder)"
-        return f"{save_model_checkpoint(trainer, folder)} (nanogpt2 checkpoint: Houlsby adapters have no HF GPT-2 form)"
+        return f"{save_model_checkpoint(trainer, folder)} (nanogpt2 checkpoint: HF GPT-2 cannot hold {what})"
 
 
 def test_weights(trainer, test_on: str) -> str:
@@ -425,7 +428,7 @@ def evaluate_main(argv=None) -> dict:
     data = load_data(s["dataset"], s["data_path"] or None)
     splits, note = make_splits(data, s["val_fraction"], s["test_fraction"], s["max_examples"], s["seed"])
     names = label_set(0, data, splits, model)
-    max_length = resolve_max_length(s["max_length"], model.config.block_size)
+    max_length = resolve_max_length(s["max_length"], getattr(model, "context_length", model.config.block_size))
     enc = encode(splits[args.split], get_tokenizer("gpt2"), max_length)
     pad = model.pad_token_id if model.pad_token_id is not None else get_tokenizer("gpt2").eot_token
     t0 = time.perf_counter()

@@ -11,6 +11,8 @@ Methods (`method`):
   adapter     Houlsby adapters of `adapter_size` in every block (nanogpt2.peft.apply_adapters)
   prefix      prefix tuning: `prefix_length` learned keys/values per layer (nanogpt2.peft.apply_prefix); the
               windows (`block_size`) must leave those positions free in the model's context
+  prompt      prompt tuning: `prompt_length` learned input embeddings before the tokens' (nanogpt2.peft.apply_prompt),
+              random or from `prompt_init_text`; like a prefix, they take positions of the model's context
   selective   full, but the blocks of `freeze_layers` (and the embeddings / head with `freeze_embeddings` /
               `freeze_head`) stay frozen
 For every method: `layer_lr_scales` gives the blocks contiguous groups with their own multiple of the scheduled
@@ -45,16 +47,18 @@ import torch.nn as nn
 from nanogpt2.config import RunConfig, load_config, new_default, setting, settings_text, wants_help
 from nanogpt2.errors import EXIT_INTERRUPTED, NanoGPT2Error
 from nanogpt2.export_dir import ADAPTER_WEIGHTS, HF_MODEL, PEFT_ADAPTER, ExportDir
+from nanogpt2.inspect import trainability_table
 from nanogpt2.lm_results import LMResults, lm_scores
 from nanogpt2.loader import model_spec
 from nanogpt2.losses import KEY_TOKEN_FORMULAS, key_token_entries
-from nanogpt2.optim import make_adamw, param_groups
-from nanogpt2.peft import (apply_adapters, apply_lora, apply_prefix, lora_layers, save_adapter_weights, save_peft_adapter,
-                           trainable_report)
+from nanogpt2.model import GPT
+from nanogpt2.optim import block_of, frozen_blocks, make_adamw, matches, param_groups, set_trainable
+from nanogpt2.peft import (PromptTuned, apply_adapters, apply_lora, apply_prefix, apply_prompt, lora_layers,
+                           save_adapter_weights, save_peft_adapter)
 from nanogpt2.task_metrics import TaskMetrics
 from nanogpt2.trainer import Trainer
 
-METHODS = ("full", "lora", "adapter", "prefix", "selective")
+METHODS = ("full", "lora", "adapter", "prefix", "prompt", "selective")
 # task name -> module whose `task(cfg)` returns its TaskParts (imported when the task is chosen)
 TASKS = {"lm": "nanogpt2.finetuning", "classify": "nanogpt2.classify", "instruct": "nanogpt2.instruct",
          "distill": "nanogpt2.distill"}
@@ -95,7 +99,7 @@ class FinetuneConfig(RunConfig):
     sample_interval: int = new_default(RunConfig, "sample_interval", 200)
 
     # --- the method ---
-    method: str = setting("lora", "full | lora | adapter | prefix | selective (see docs/finetuning.md)", "method")
+    method: str = setting("lora", "full | lora | adapter | prefix | prompt | selective (see docs/finetuning.md)", "method")
     lora_rank: int = setting(8, "LoRA rank r", "method")
     lora_alpha: float = setting(16.0, "LoRA alpha: the update is scaled by alpha / r (alpha / sqrt(r) with use_rslora)", "method")
     lora_dropout: float = setting(0.0, "dropout on the LoRA branch's input", "method")
@@ -109,6 +113,10 @@ class FinetuneConfig(RunConfig):
     prefix_projection: int = setting(
         0, "prefix tuning: hidden size of the reparameterisation MLP used in training (0: learn the table directly); "
         "collapsed to the table at the end of the run", "method")
+    prompt_length: int = setting(20, "prompt tuning: learned input embeddings (virtual tokens) before the real tokens", "method")
+    prompt_init_text: str = setting(
+        "", "prompt tuning: start the virtual tokens from this text's token embeddings, cut or repeated to "
+        "prompt_length (peft's prompt_tuning_init=TEXT); '': random N(0, 1), peft's RANDOM", "method")
     freeze_layers: str = setting("", "method=selective: comma-separated block indices to freeze, e.g. 0,1,2,3", "method")
     freeze_embeddings: bool = setting(False, "method=selective: freeze the token and position embeddings (a tied LM "
                                       "head shares the token embedding, so it freezes too)", "method")
@@ -176,7 +184,7 @@ class FinetuneConfig(RunConfig):
 
     def validate(self) -> "FinetuneConfig":
         super().validate()
-        positive = ["lora_rank", "adapter_size", "prefix_length"]
+        positive = ["lora_rank", "adapter_size", "prefix_length", "prompt_length"]
         for key in positive:
             if getattr(self, key) < 1:
                 raise NanoGPT2Error(f"{key} must be >= 1, not {getattr(self, key)}")
@@ -204,6 +212,9 @@ class FinetuneConfig(RunConfig):
         if self.merge_and_export and self.method == "adapter":
             raise NanoGPT2Error("Houlsby adapters cannot be merged into GPT-2 weights, so merge_and_export cannot "
                                 "write an HF GPT-2 folder; share out_dir/adapter/ instead, or use method=lora")
+        if self.merge_and_export and self.method == "prompt" and self.task == "classify":
+            raise NanoGPT2Error("a classifier's prompt cannot be merged into its weights, so merge_and_export cannot "
+                                "write an HF folder; share out_dir/adapter/ instead, or use method=lora")
         return self
 
 
@@ -216,30 +227,6 @@ def layer_scales(text: str) -> list:
     if any(not (math.isfinite(s) and s >= 0) for s in scales):
         raise NanoGPT2Error(f"layer_lr_scales must be finite numbers >= 0, not {text!r}")
     return scales
-
-
-def frozen_blocks(text: str) -> list:
-    """`freeze_layers` as sorted block indices ('' -> [])."""
-    try:
-        blocks = sorted({int(s) for s in text.split(",")}) if text.strip() else []
-    except ValueError:
-        raise NanoGPT2Error(f"freeze_layers must be comma-separated block indices, e.g. 0,1,2,3, not {text!r}") from None
-    if blocks and blocks[0] < 0:
-        raise NanoGPT2Error(f"freeze_layers holds a negative block index: {text!r}")
-    return blocks
-
-
-def check_frozen_blocks(blocks: list, n_layer: int, text: str) -> None:
-    """Refuse a freeze list the model is too shallow for: a block past its last, or every block (a recipe's list,
-    configs/finetune_selective.py's 0-3 of GPT-2 small's 12, on a 4-layer model would leave no block to train)."""
-    keep = ",".join(map(str, range(n_layer // 2)))
-    fix = f"--freeze_layers {keep} (the lower half)" if keep else "--freeze_layers ''"
-    if blocks and blocks[-1] >= n_layer:
-        raise NanoGPT2Error(f"freeze_layers={text!r} names block {blocks[-1]}, but this model has {n_layer} blocks "
-                            f"(0-{n_layer - 1}): it is shallower than the freeze list; give blocks it has, e.g. {fix}")
-    if n_layer and len(blocks) == n_layer:
-        raise NanoGPT2Error(f"freeze_layers={text!r} freezes every block of this {n_layer}-block model, so only the "
-                            f"embeddings and the head would train; freeze fewer, e.g. {fix}")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -294,8 +281,9 @@ def load_task(name: str) -> Callable:
 # The method: what trains, at what rate
 
 
-def apply_method(model: nn.Module, cfg: FinetuneConfig) -> nn.Module:
-    """The method's modules (recorded in the model spec, so checkpoints rebuild them)."""
+def apply_method(model: nn.Module, cfg: FinetuneConfig, tokenizer=None) -> nn.Module:
+    """The method's modules (recorded in the model spec, so checkpoints rebuild them); `tokenizer` encodes
+    prompt_init_text."""
     if cfg.method == "lora":
         apply_lora(model, cfg.lora_rank, cfg.lora_alpha, [t.strip() for t in cfg.lora_targets.split(",") if t.strip()],
                    cfg.lora_dropout, cfg.use_rslora)
@@ -305,6 +293,13 @@ def apply_method(model: nn.Module, cfg: FinetuneConfig) -> nn.Module:
         apply_adapters(model, cfg.adapter_size, cfg.adapter_train_layernorms)
     elif cfg.method == "prefix":
         model = apply_prefix(model, cfg.prefix_length, cfg.prefix_projection or None)
+    elif cfg.method == "prompt":
+        init = None
+        if cfg.prompt_init_text:
+            if tokenizer is None:
+                raise NanoGPT2Error("prompt_init_text needs the run's tokenizer; this task gives none")
+            init = tokenizer.encode_ordinary(cfg.prompt_init_text)  # plain text: no special tokens
+        model = apply_prompt(model, cfg.prompt_length, init)
     return model
 
 
@@ -331,35 +326,6 @@ def lora_warnings(model: nn.Module) -> list:
     return lines
 
 
-def _block_of(name: str) -> Optional[int]:
-    m = re.search(r"(?:^|\.)h\.(\d+)\.", name)
-    return int(m.group(1)) if m else None
-
-
-def _matches(name: str, patterns) -> bool:
-    from fnmatch import fnmatchcase
-
-    return any(fnmatchcase(name, p) for p in patterns)
-
-
-def set_trainable(model: nn.Module, cfg: FinetuneConfig, head_patterns, modules_to_save=()) -> None:
-    """requires_grad by the method: full trains everything, selective all but its frozen blocks (and embeddings /
-    head); the PEFT methods froze the base when they were applied, and the task's `modules_to_save` (a new head)
-    train with them."""
-    n_layer = len(model.transformer.h)
-    if cfg.method == "selective":
-        blocks = frozen_blocks(cfg.freeze_layers)
-        check_frozen_blocks(blocks, n_layer, cfg.freeze_layers)
-        for name, p in model.named_parameters():
-            embedding = cfg.freeze_embeddings and re.search(r"(^|\.)(wte|wpe)\.", name) is not None
-            head = cfg.freeze_head and _matches(name, head_patterns)
-            p.requires_grad_(not (_block_of(name) in blocks or embedding or head))
-    elif cfg.method != "full":
-        for name, p in model.named_parameters():
-            if _matches(name, modules_to_save):
-                p.requires_grad_(True)
-
-
 def lr_scale_fn(cfg: FinetuneConfig, n_layer: int) -> Optional[Callable[[str], float]]:
     """name -> the multiple of the learning rate its group gets: block i of n in group i * k // n of the k scales;
     the embeddings take the first scale, everything else outside the blocks the last. None: all 1.0."""
@@ -370,7 +336,7 @@ def lr_scale_fn(cfg: FinetuneConfig, n_layer: int) -> Optional[Callable[[str], f
         raise NanoGPT2Error(f"layer_lr_scales has {len(scales)} groups but the model has {n_layer} blocks")
 
     def scale(name: str) -> float:
-        block = _block_of(name)
+        block = block_of(name)
         if block is not None:
             return scales[block * len(scales) // n_layer]
         return scales[0] if re.search(r"(^|\.)(wte|wpe)\.", name) else scales[-1]
@@ -383,11 +349,12 @@ def make_finetune_optimizer(head_patterns, modules_to_save=()):
     matrices only). Called on fresh runs and on resume alike, so the groups always match."""
     def make(trainer, model):
         cfg = trainer.cfg
-        set_trainable(model, cfg, head_patterns, modules_to_save)
+        set_trainable(model, cfg.method, head_patterns, modules_to_save, cfg.freeze_layers, cfg.freeze_embeddings,
+                      cfg.freeze_head)
         groups = param_groups(model, cfg.weight_decay, cfg.decay_pos_emb, lr_scale=lr_scale_fn(cfg, len(model.transformer.h)))
         if not any(g["params"] for g in groups):
             raise NanoGPT2Error(f"method={cfg.method} leaves nothing to train; freeze fewer parts")
-        trainer.log(trainable_report(model))
+        trainer.log(trainability_table(model, grouped=True))  # what trains, then peft's totals line
         return make_adamw(groups, cfg.learning_rate, (cfg.beta1, cfg.beta2), cfg.eps, trainer.device.type)
 
     return make
@@ -414,7 +381,7 @@ class HeadOnlyPhase:
             self.steps += self.epochs * (trainer.steps_per_epoch or 0)
             if self.epochs and not trainer.steps_per_epoch:
                 raise NanoGPT2Error("head_only_epochs needs the epoch length; use head_only_steps")
-            head = {n for n in self.trainable if _matches(n, self.head_patterns)}
+            head = {n for n in self.trainable if matches(n, self.head_patterns)}
             if not head:
                 raise NanoGPT2Error("head_only_steps: this task's head has no trainable parameter under "
                                     f"method={trainer.cfg.method}")
@@ -422,7 +389,7 @@ class HeadOnlyPhase:
                         f"{len(self.trainable)} tensors")
         head_phase = trainer.step < self.steps
         for n, p in model.named_parameters():
-            p.requires_grad_(n in self.trainable and (not head_phase or _matches(n, self.head_patterns)))
+            p.requires_grad_(n in self.trainable and (not head_phase or matches(n, self.head_patterns)))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -447,11 +414,12 @@ def peft_base(init_from: str, log=None) -> str:
 
 
 def save_adapter(model: nn.Module, folder, overwrite: bool = False, log=None, base: str = "") -> str:
-    """The trainable weights alone, for sharing: an HF peft folder for LoRA (when peft can express it) and prefix
-    tuning, naming `base` (peft_base) as its base model, else `adapter_weights.pt`
-    (nanogpt2.peft.save_adapter_weights). Returns what was written."""
+    """The trainable weights alone, for sharing: an HF peft folder for LoRA (when peft can express it), prefix
+    tuning and a language model's prompt tuning, naming `base` (peft_base) as its base model, else
+    `adapter_weights.pt` (nanogpt2.peft.save_adapter_weights). Returns what was written."""
     lora = getattr(model, "lora_config", None) is not None and not any(l.partial for l in lora_layers(model).values())
-    if lora or getattr(model, "prefix_config", None) is not None:
+    prompt = isinstance(model, PromptTuned) and isinstance(model, GPT)
+    if lora or prompt or getattr(model, "prefix_config", None) is not None:
         return str(save_peft_adapter(model, folder, base, overwrite=overwrite, log=log, name="out_dir/adapter"))
     return str(save_adapter_weights(model, folder, model_spec(model), overwrite, log))
 
@@ -459,15 +427,16 @@ def save_adapter(model: nn.Module, folder, overwrite: bool = False, log=None, ba
 def export_merged(model: nn.Module, folder, tokenizer=None, log=None, overwrite: bool = False,
                   reserved: dict = None, base: str = "") -> str:
     """An HF GPT-2 folder of the fine-tuned model (nanogpt2.convert.save_pretrained: LoRA merged on a copy, the
-    run's model stays unmerged); a prefix cannot merge into GPT-2's weights, so it is exported as an HF peft
-    PREFIX_TUNING folder naming `base` (peft_base) as its base model. Where: the export rule of
+    run's model stays unmerged); a prefix or a prompt cannot merge into GPT-2's weights, so it is exported as an HF
+    peft PREFIX_TUNING / PROMPT_TUNING folder naming `base` (peft_base) as its base model. Where: the export rule of
     nanogpt2/export_dir.py."""
     from nanogpt2.convert import save_pretrained
 
     name = "merge_and_export"
-    if getattr(model, "prefix_config", None) is not None:
-        return str(save_peft_adapter(model, folder, base, overwrite=overwrite, log=log, reserved=reserved, name=name)) + \
-            " (peft prefix-tuning folder; the base model is init_from)"
+    for attr, what in (("prefix_config", "prefix-tuning"), ("prompt_config", "prompt-tuning")):
+        if getattr(model, attr, None) is not None:
+            return str(save_peft_adapter(model, folder, base, overwrite=overwrite, log=log, reserved=reserved,
+                                         name=name)) + f" (peft {what} folder; the base model is init_from)"
     return str(save_pretrained(model, folder, tokenizer=tokenizer, log=log, overwrite=overwrite, reserved=reserved,
                                name=name)) + " (HF folder)"
 
@@ -478,11 +447,12 @@ def export_plans(cfg: FinetuneConfig) -> list:
     out = Path(cfg.out_dir)
     plans = []
     if cfg.method not in ("full", "selective"):
-        peft_ok = cfg.method == "prefix" or (cfg.method == "lora" and "c_attn." not in cfg.lora_targets)
+        prompt_ok = cfg.method == "prompt" and cfg.task != "classify"  # a classifier's prompt: adapter_weights.pt
+        peft_ok = cfg.method == "prefix" or prompt_ok or (cfg.method == "lora" and "c_attn." not in cfg.lora_targets)
         plans.append(ExportDir.check(out / "adapter", PEFT_ADAPTER if peft_ok else ADAPTER_WEIGHTS, cfg.overwrite,
                                      name="out_dir/adapter"))
     if cfg.merge_and_export:
-        plans.append(ExportDir.check(cfg.merge_and_export, PEFT_ADAPTER if cfg.method == "prefix" else HF_MODEL,
+        plans.append(ExportDir.check(cfg.merge_and_export, PEFT_ADAPTER if cfg.method in ("prefix", "prompt") else HF_MODEL,
                                      cfg.overwrite, export_reserved(cfg), "merge_and_export"))
     return plans
 
@@ -512,7 +482,8 @@ def save_weights(trainer, folder) -> str:
         return f"{save_model_checkpoint(trainer, folder)} (nanogpt2 checkpoint: Houlsby adapters have no HF GPT-2 form)"
     if getattr(trainer.tokenizer, "name", "gpt2") != "gpt2":
         return f"{save_model_checkpoint(trainer, folder)} (nanogpt2 checkpoint: it holds the {trainer.tokenizer.name} vocabulary)"
-    base = peft_base(trainer.cfg.init_from) if getattr(model, "prefix_config", None) is not None else ""
+    prefix_or_prompt = any(getattr(model, a, None) is not None for a in ("prefix_config", "prompt_config"))
+    base = peft_base(trainer.cfg.init_from) if prefix_or_prompt else ""
     return export_merged(model, folder, trainer.tokenizer, trainer.log, base=base)
 
 
@@ -521,8 +492,8 @@ def write_outputs(trainer) -> None:
     cfg, model = trainer.cfg, trainer.raw_model
     if not trainer.dist.master:
         return
-    peft = getattr(model, "lora_config", None) is not None or getattr(model, "prefix_config", None) is not None
-    base = peft_base(cfg.init_from, trainer.log) if peft else ""  # out_dir/adapter's and a prefix export's
+    peft = any(getattr(model, a, None) is not None for a in ("lora_config", "prefix_config", "prompt_config"))
+    base = peft_base(cfg.init_from, trainer.log) if peft else ""  # out_dir/adapter's and a prefix / prompt export's
     if cfg.method not in ("full", "selective"):
         trainer.log(f"adapter weights: {save_adapter(model, trainer.out_dir / 'adapter', cfg.overwrite, trainer.log, base)}")
     if cfg.merge_and_export:
@@ -543,9 +514,9 @@ def run(cfg: FinetuneConfig, hooks=()) -> dict:
 
     def prepare(trainer, base):
         model = parts.prepare_model(trainer, base) if parts.prepare_model is not None else base
-        return apply_method(model, cfg)
+        return apply_method(model, cfg, trainer.tokenizer)
 
-    model = apply_method(parts.model, cfg) if parts.model is not None else None
+    model = apply_method(parts.model, cfg, parts.tokenizer) if parts.model is not None else None
     all_hooks = [*parts.hooks, *hooks]
     if cfg.head_only_steps or cfg.head_only_epochs:
         all_hooks.insert(0, HeadOnlyPhase(head_patterns, cfg.head_only_steps, cfg.head_only_epochs))

@@ -15,7 +15,8 @@ over int labels, ignoring -100, with optional `label_smoothing` (HF's model has 
 same way). The head starts from a truncated normal (std 0.02, cut at 2 std).
 
 Its parameter names are the GPT's (`transformer.h.0.attn.c_attn.weight`, ...) plus `score.weight`, and it has
-`.config` and `.transformer`, so nanogpt2.peft (LoRA, adapters) and finetune.py's methods apply to it unchanged.
+`.config`, `.transformer` and GPT's `body`, so nanogpt2.peft (LoRA, adapters, prompt tuning) and finetune.py's
+methods apply to it unchanged.
 Checkpoints record `model_spec()` (kind "gpt_classifier": the GPT config, num_labels, pad id, label names, and the
 PEFT method of the body), which nanogpt2.loader rebuilds.
 
@@ -106,6 +107,11 @@ class GPTForSequenceClassification(nn.Module):
 
     # --- forward ---------------------------------------------------------------------------------------
 
+    # GPT's own body and context surgery on our transformer: they read nothing but .config and .transformer (and a
+    # PEFT method that changes the body, prompt tuning, overrides `body` as it does a GPT's).
+    body = GPT.body
+    crop_block_size = GPT.crop_block_size
+
     def last_token_index(self, idx: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """(B,) position of each row's rightmost non-pad token (see the module docstring)."""
         B, T = idx.shape
@@ -122,8 +128,7 @@ class GPTForSequenceClassification(nn.Module):
                 labels: Optional[torch.Tensor] = None):
         """idx (B, T) token ids, attention_mask (B, T) 1 real / 0 padding, labels (B,) -> (logits (B, num_labels),
         loss or None)."""
-        # GPT's own body on our transformer: it reads nothing but .config and .transformer.
-        hidden = GPT.body(self, idx, attention_mask)  # (B, T, C)
+        hidden = self.body(idx, attention_mask)  # (B, T, C)
         last = self.last_token_index(idx, attention_mask)  # (B,)
         pooled = hidden[torch.arange(idx.size(0), device=idx.device), last]  # (B, C)
         logits = self.score(self.dropout(pooled))  # (B, num_labels)

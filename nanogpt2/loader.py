@@ -70,7 +70,7 @@ HF_ARCHITECTURES = {"GPT2ForSequenceClassification": "nanogpt2.heads"}  # module
 
 def model_spec(model: nn.Module) -> dict:
     """What a checkpoint records about `model` so that `build_model` can rebuild it (before its weights): for a
-    GPT its config and its PEFT method (`method_spec`: `"lora"`, `"adapters"` or `"prefix"`)."""
+    GPT its config and its PEFT method (`method_spec`: `"lora"`, `"adapters"`, `"prefix"` or `"prompt"`)."""
     own = getattr(model, "model_spec", None)
     if callable(own):
         return own()

@@ -230,6 +230,12 @@ def _bias(q_pos: torch.Tensor, S: int, attention_mask: Optional[torch.Tensor], d
 
 
 class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention. `keep_attention = True` (off by default) makes the forward take the
+    explicit path and keep the probabilities it computes, `last_attention` (B, nh, T, S) after the softmax and
+    before dropout, detached: a window to look through (attention maps), costing nothing when off."""
+
+    keep_attention = False
+
     def __init__(self, config: GPTConfig, layer_idx: int):
         super().__init__()
         self.config = config  # shared with the model, so `attn_impl` can be switched on a live model
@@ -264,7 +270,7 @@ class CausalSelfAttention(nn.Module):
         if attn_bias is not None:
             attn_bias = attn_bias.to(q.dtype)
 
-        if self.config.attn_impl == "sdpa":
+        if self.config.attn_impl == "sdpa" and not self.keep_attention:
             # Flash / memory-efficient kernels when they apply; is_causal only when no explicit bias is needed.
             y = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=attn_bias, dropout_p=dropout_p,
@@ -278,6 +284,8 @@ class CausalSelfAttention(nn.Module):
                 causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
                 att = att.masked_fill(~causal, float("-inf"))
             att = F.softmax(att.float(), dim=-1).to(q.dtype)  # softmax in fp32 under autocast
+            if self.keep_attention:
+                self.last_attention = att.detach()  # (B, nh, T, S)
             att = self.attn_dropout(att)
             y = att @ v  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): heads side by side again
@@ -516,7 +524,7 @@ class GPT(nn.Module):
         return (logits if return_logits else None), loss  # a head replaced by another module: the plain loss
 
     def body(self, idx, attention_mask=None, position_ids=None, kv_cache: Optional[KVCache] = None,
-             cache_position: Optional[torch.Tensor] = None) -> torch.Tensor:
+             cache_position: Optional[torch.Tensor] = None, inputs_embeds: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The transformer without its head: (B, T) ids -> the final hidden states (B, T, C), after `ln_f`.
 
         What a classification head or a distillation loss reads; `forward` puts the LM head on top.
@@ -524,9 +532,11 @@ class GPT(nn.Module):
         position_ids: (B, T), default past..past+T-1. kv_cache: a KVCache to read from and append to
         (incremental decoding). With a StaticKVCache instead: cache_position (T,) int64, the cache slots of
         the T inputs (also their positions unless position_ids is given), and attention_mask, if any, covers
-        all max_len slots.
+        all max_len slots. inputs_embeds: (B, T, C) vectors taken in place of the token embeddings (idx is then
+        None; HF's name), e.g. learned ones; the position embeddings are added to them as to any token's.
         """
-        B, T = idx.size()
+        B, T = idx.size() if inputs_embeds is None else inputs_embeds.shape[:2]
+        device = idx.device if inputs_embeds is None else inputs_embeds.device
         static = isinstance(kv_cache, StaticKVCache)
         if static:  # slots and positions come as a tensor: no Python count that would change the graph
             if cache_position is None:
@@ -539,9 +549,9 @@ class GPT(nn.Module):
             if past + T > self.config.block_size:
                 raise ValueError(f"cannot forward {past + T} positions: block_size is {self.config.block_size}")
             if position_ids is None:
-                position_ids = torch.arange(past, past + T, dtype=torch.long, device=idx.device)[None]  # (1, T)
+                position_ids = torch.arange(past, past + T, dtype=torch.long, device=device)[None]  # (1, T)
 
-        tok_emb = self.transformer.wte(idx)  # (B, T, C)
+        tok_emb = self.transformer.wte(idx) if inputs_embeds is None else inputs_embeds  # (B, T, C)
         pos_emb = self.transformer.wpe(position_ids)  # (1 or B, T, C)
         x = self.transformer.drop(tok_emb + pos_emb)  # (B, T, C)
 

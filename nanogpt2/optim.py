@@ -8,7 +8,8 @@ Optimization pieces of the one training loop: the learning-rate schedule, AdamW 
   group["lr_scale"]` (`set_lr`), so per-group learning rates (a head at 10x, lower layers at 0.1x) are one
   number per group. The default groups have scale 1.0: the plain schedule.
 - `freeze(model, patterns)` / `unfreeze(...)` switch `requires_grad` by parameter name (fnmatch patterns);
-  frozen parameters are left out of the groups.
+  frozen parameters are left out of the groups. `set_trainable(model, method, ...)`: what a fine-tuning method
+  trains (finetune.py's `selective` freezing by block, embeddings and head; a task's new head under PEFT).
 
 References: Loshchilov & Hutter 2019 (AdamW); Karpathy's nanoGPT `configure_optimizers` and `get_lr`.
 
@@ -18,6 +19,7 @@ References: Loshchilov & Hutter 2019 (AdamW); Karpathy's nanoGPT `configure_opti
 """
 
 import math
+import re
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Callable, Optional
@@ -146,6 +148,59 @@ def unfreeze(model: nn.Module, patterns=("*",)) -> int:
     for _, p in hits:
         p.requires_grad_(True)
     return len(hits)
+
+
+def block_of(name: str) -> Optional[int]:
+    """The block index of a parameter name (`transformer.h.3.attn...` -> 3), None outside the blocks."""
+    m = re.search(r"(?:^|\.)h\.(\d+)\.", name)
+    return int(m.group(1)) if m else None
+
+
+def matches(name: str, patterns) -> bool:
+    return any(fnmatchcase(name, p) for p in patterns)
+
+
+def frozen_blocks(text: str) -> list:
+    """`freeze_layers` as sorted block indices ('' -> [])."""
+    try:
+        blocks = sorted({int(s) for s in text.split(",")}) if text.strip() else []
+    except ValueError:
+        raise NanoGPT2Error(f"freeze_layers must be comma-separated block indices, e.g. 0,1,2,3, not {text!r}") from None
+    if blocks and blocks[0] < 0:
+        raise NanoGPT2Error(f"freeze_layers holds a negative block index: {text!r}")
+    return blocks
+
+
+def check_frozen_blocks(blocks: list, n_layer: int, text: str) -> None:
+    """Refuse a freeze list the model is too shallow for: a block past its last, or every block (a recipe's list,
+    configs/finetune_selective.py's 0-3 of GPT-2 small's 12, on a 4-layer model would leave no block to train)."""
+    keep = ",".join(map(str, range(n_layer // 2)))
+    fix = f"--freeze_layers {keep} (the lower half)" if keep else "--freeze_layers ''"
+    if blocks and blocks[-1] >= n_layer:
+        raise NanoGPT2Error(f"freeze_layers={text!r} names block {blocks[-1]}, but this model has {n_layer} blocks "
+                            f"(0-{n_layer - 1}): it is shallower than the freeze list; give blocks it has, e.g. {fix}")
+    if n_layer and len(blocks) == n_layer:
+        raise NanoGPT2Error(f"freeze_layers={text!r} freezes every block of this {n_layer}-block model, so only the "
+                            f"embeddings and the head would train; freeze fewer, e.g. {fix}")
+
+
+def set_trainable(model: nn.Module, method: str, head_patterns=(), modules_to_save=(), freeze_layers: str = "",
+                  freeze_embeddings: bool = False, freeze_head: bool = False) -> None:
+    """requires_grad by a fine-tuning method: "full" trains everything, "selective" all but the blocks of
+    `freeze_layers` (and the embeddings / the `head_patterns` with `freeze_embeddings` / `freeze_head`); the PEFT
+    methods froze the base when they were applied, and `modules_to_save` (a task's new head) train with them."""
+    n_layer = len(model.transformer.h)
+    if method == "selective":
+        blocks = frozen_blocks(freeze_layers)
+        check_frozen_blocks(blocks, n_layer, freeze_layers)
+        for name, p in model.named_parameters():
+            embedding = freeze_embeddings and re.search(r"(^|\.)(wte|wpe)\.", name) is not None
+            head = freeze_head and matches(name, head_patterns)
+            p.requires_grad_(not (block_of(name) in blocks or embedding or head))
+    elif method != "full":
+        for name, p in model.named_parameters():
+            if matches(name, modules_to_save):
+                p.requires_grad_(True)
 
 
 # ----------------------------------------------------------------------------------------------------

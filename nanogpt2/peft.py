@@ -1,7 +1,8 @@
 """
-Parameter-efficient fine-tuning, hand-rolled: LoRA, Houlsby adapters and prefix tuning, with HF peft's LoRA and
-prefix folders read and written both ways. The model file knows nothing of it: these are plain modules and functions
-over a `GPT` (and, for the prefix, a GPT subclass whose body puts the prefix in front of the caller's cache).
+Parameter-efficient fine-tuning, hand-rolled: LoRA, Houlsby adapters, prefix tuning and prompt tuning, with HF
+peft's LoRA, prefix and prompt folders read and written both ways. The model file knows nothing of it: these are
+plain modules and functions over a `GPT` (and, for a prefix or a prompt, a subclass whose body puts the virtual
+tokens' keys/values in front of the caller's cache: `VirtualPrefix`).
 
 LoRA (Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models"): a frozen linear layer W gets a
 trainable low-rank update, y = W x + b + s * B (A dropout(x)), with A (r, in) Kaiming-uniform(a=sqrt(5)), B
@@ -35,14 +36,24 @@ by `collapse_prefix`. The table (P, n_layer * 2 * n_embd) is peft's `prompt_embe
 (P, 2 * n_layer, n_head, head_size), permutes to (2 * n_layer, B, n_head, P, head_size) and splits it in pairs
 (layer i: key 2i, value 2i + 1).
 
-References: Hu et al. 2021; Houlsby et al. 2019; Li & Liang 2021; HF peft `tuners/lora` (key names, config fields),
-`tuners/prefix_tuning` and `PeftModel.get_prompt` (the prefix layout); torchtune / litgpt `LoRALinear`.
+Prompt tuning (Lester et al. 2021, "The Power of Scale for Parameter-Efficient Prompt Tuning"): P learned input
+embeddings before the real tokens' (peft's PromptEmbedding; initialised N(0, 1) or from a text's token embeddings,
+peft's RANDOM / TEXT), the model frozen. `apply_prompt` turns a GPT into a `PromptGPT` (a classifier into a
+`PromptGPTForSequenceClassification`) in place. The virtual tokens sit at positions 0..P-1 and come first, so their
+keys/values at every layer depend on the prompt and the frozen weights alone: `PromptTuned.virtual_kv` computes them
+with the base body and the prefix machinery above takes them from there (real tokens at P, P+1, ..., as in peft's
+concatenation of inputs_embeds; the caller's cache holds real tokens only).
 
-    from nanogpt2.peft import apply_lora, apply_prefix, collapse_prefix, trainable_report
+References: Hu et al. 2021; Houlsby et al. 2019; Li & Liang 2021; Lester et al. 2021; HF peft `tuners/lora` (key
+names, config fields), `tuners/prefix_tuning`, `tuners/prompt_tuning` and `PeftModel.get_prompt` (the layouts);
+torchtune / litgpt `LoRALinear`.
+
+    from nanogpt2.peft import apply_lora, apply_prefix, apply_prompt, collapse_prefix, trainable_report
     apply_lora(model, rank=8, alpha=16, targets=["c_attn"])   # base frozen, only A and B train
     print(trainable_report(model))
     apply_prefix(other, prefix_length=20, projection_hidden=512)   # another GPT: only the prefix (and its MLP) trains
     collapse_prefix(other)                                         # after training: the plain table, no MLP
+    apply_prompt(third, prompt_length=20, init_ids=tok.encode_ordinary("Summarize:"))  # only the 20 embeddings train
 """
 
 import json
@@ -329,34 +340,38 @@ class _PrefixedStaticCache(StaticKVCache):
         return self.joined._join(layer, k, v)  # (B, nh, P + max_len, hs)
 
 
-class PrefixGPT(GPT):
-    """A GPT whose attention sees `prefix_length` learned virtual tokens before the real ones (apply_prefix turns a
-    GPT into one). Callers use it as a GPT: `body` adds the prefix's keys/values before the caller's cache, puts P
-    ones before an attention_mask and P onto explicit position ids, so the real tokens are numbered P, P+1, ... as
-    HF peft numbers them; a sequence holds at most block_size - P real tokens (`context_length`)."""
+class VirtualPrefix:
+    """A mixin for a model with a GPT body (`.config`, `.transformer`, `body`) whose attention sees `virtual_length`
+    (P) virtual positions before the real tokens: their keys and values come from `virtual_kv(batch_size)` (prefix
+    tuning: a learned table; prompt tuning: what the frozen body makes of learned input embeddings). Callers use the
+    model as before: `body` adds the P keys/values before the caller's cache, puts P ones before an attention_mask
+    and P onto explicit position ids, so the real tokens are numbered P, P+1, ... as HF peft numbers them; a
+    sequence holds at most block_size - P real tokens (`context_length`)."""
 
-    prefix_config: dict
-    prefix_encoder: PrefixEncoder
+    @property
+    def virtual_length(self) -> int:
+        raise NotImplementedError
+
+    def virtual_kv(self, batch_size: int):
+        """Each layer's keys and values of the P virtual positions: two lists of (B, nh, P, hs)."""
+        raise NotImplementedError
 
     @property
     def context_length(self) -> int:
-        return self.config.block_size - self.prefix_config["prefix_length"]
+        return self.config.block_size - self.virtual_length
 
-    def prefix_kv(self, batch_size: int):
-        """Each layer's prefix keys and values, two lists of (B, nh, P, hs) (expanded views, no copies)."""
-        cfg, P = self.config, self.prefix_config["prefix_length"]
-        table = self.prefix_encoder()  # (P, 2LC)
-        kv = table.view(P, cfg.n_layer, 2, cfg.n_head, cfg.n_embd // cfg.n_head).permute(1, 2, 3, 0, 4)  # (L, 2, nh, P, hs)
-        kv = kv[:, :, None].expand(-1, -1, batch_size, -1, -1, -1)  # (L, 2, B, nh, P, hs)
-        return list(kv[:, 0]), list(kv[:, 1])
+    def base_body(self, *args, **kwargs):
+        """The wrapped model's own body (GPT.body), blind to the virtual positions."""
+        return super().body(*args, **kwargs)
 
     def body(self, idx, attention_mask=None, position_ids=None, kv_cache=None, cache_position=None):
-        """GPT.body with the prefix in front (see the class docstring); the arguments mean what they mean there."""
-        P = self.prefix_config["prefix_length"]
-        if P == 0:  # the cheap path: no prefix, the base model exactly
-            return super().body(idx, attention_mask, position_ids, kv_cache, cache_position)
+        """GPT.body with the virtual positions in front (see the class docstring); the arguments mean what they mean
+        there."""
+        P = self.virtual_length
+        if P == 0:  # the cheap path: no virtual tokens, the base model exactly
+            return self.base_body(idx, attention_mask, position_ids, kv_cache, cache_position)
         B, T = idx.size()
-        keys, values = self.prefix_kv(B)
+        keys, values = self.virtual_kv(B)
         if isinstance(kv_cache, StaticKVCache):
             if cache_position is None:
                 raise ValueError("a StaticKVCache needs cache_position, the (T,) slots of the inputs")
@@ -374,7 +389,30 @@ class PrefixGPT(GPT):
             attention_mask = torch.cat([ones, attention_mask], dim=1)  # (B, P + S)
         if position_ids is not None:
             position_ids = position_ids + P  # (B|1, T)
-        return super().body(idx, attention_mask, position_ids, view, cache_position)
+        return self.base_body(idx, attention_mask, position_ids, view, cache_position)
+
+
+class PrefixGPT(VirtualPrefix, GPT):
+    """A GPT whose attention sees `prefix_length` learned virtual keys/values before the real tokens (apply_prefix
+    turns a GPT into one; VirtualPrefix says how they enter the forward)."""
+
+    prefix_config: dict
+    prefix_encoder: PrefixEncoder
+
+    @property
+    def virtual_length(self) -> int:
+        return self.prefix_config["prefix_length"]
+
+    def virtual_kv(self, batch_size: int):
+        return self.prefix_kv(batch_size)
+
+    def prefix_kv(self, batch_size: int):
+        """Each layer's prefix keys and values, two lists of (B, nh, P, hs) (expanded views, no copies)."""
+        cfg, P = self.config, self.prefix_config["prefix_length"]
+        table = self.prefix_encoder()  # (P, 2LC)
+        kv = table.view(P, cfg.n_layer, 2, cfg.n_head, cfg.n_embd // cfg.n_head).permute(1, 2, 3, 0, 4)  # (L, 2, nh, P, hs)
+        kv = kv[:, :, None].expand(-1, -1, batch_size, -1, -1, -1)  # (L, 2, B, nh, P, hs)
+        return list(kv[:, 0]), list(kv[:, 1])
 
 
 def apply_prefix(model: GPT, prefix_length: int, projection_hidden=None) -> PrefixGPT:
@@ -421,6 +459,133 @@ def collapse_prefix(model: PrefixGPT) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------
+# Prompt tuning
+
+
+class PromptEmbedding(nn.Module):
+    """The P learned input embeddings of prompt tuning, `embedding.weight` (P, n_embd): HF peft's PromptEmbedding
+    (same name; peft saves the weight as `prompt_embeddings`)."""
+
+    def __init__(self, prompt_length: int, n_embd: int, device=None, dtype=None):
+        super().__init__()
+        self.embedding = nn.Embedding(prompt_length, n_embd, device=device, dtype=dtype)  # (P, C), N(0, 1) as peft's
+
+    def forward(self) -> torch.Tensor:
+        return self.embedding.weight  # (P, C)
+
+
+class _KeptKV(KVCache):
+    """A cache with no storage that keeps each layer's keys and values as the body computes them: the virtual
+    tokens' own (B, nh, P, hs), read back by PromptTuned.virtual_kv."""
+
+    def __init__(self, n_layer: int):
+        super().__init__(n_layer, 0)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        self.k[layer], self.v[layer] = k, v  # (B, nh, P, hs) each
+        return k, v
+
+
+class PromptTuned(VirtualPrefix):
+    """Prompt tuning (a mixin; apply_prompt makes a GPT a PromptGPT, another model with a GPT body, e.g. the
+    classifier of nanogpt2.heads, a Prompt<its class>): P learned input embeddings before the real tokens' at
+    positions 0..P-1, the real tokens at P, P+1, ... — peft's concatenation of inputs_embeds, computed without
+    holding the virtual tokens in the caller's cache: the virtual tokens come first, so causally they see only each
+    other, and every layer's keys/values for them are a function of the embeddings and the frozen weights alone.
+    `virtual_kv` runs the base body over the P embeddings (batch 1, or the batch when dropout is live in training,
+    so each row draws its own) and hands those keys/values to VirtualPrefix.body, as a prefix's. The hidden states
+    returned are the real tokens' only. In eager inference (eval mode, no grad) the keys/values are kept and reused
+    while no weight changes (each tensor's storage and version) and autocast stays as it was: a decoding step then
+    costs what a prefixed model's does, not a P-token forward more."""
+
+    prompt_config: dict
+    prompt_encoder: PromptEmbedding
+
+    @property
+    def virtual_length(self) -> int:
+        return self.prompt_config["prompt_length"]
+
+    def virtual_kv(self, batch_size: int):
+        if self.training or torch.is_grad_enabled() or torch.compiler.is_compiling():
+            keys, values = self._prompt_kv(batch_size if self.training and self.config.dropout > 0 else 1)
+        else:  # eager inference: reuse the kept keys/values while what they depend on stays as it was
+            key, kept = self._prompt_kv_key(), self.__dict__.get("_kept_prompt_kv")
+            if kept is None or kept[0] != key:
+                kept = self.__dict__["_kept_prompt_kv"] = (key, self._prompt_kv(1))
+            keys, values = kept[1]
+        return ([k.expand(batch_size, -1, -1, -1) for k in keys],  # (B, nh, P, hs) per layer
+                [v.expand(batch_size, -1, -1, -1) for v in values])
+
+    def _prompt_kv(self, n: int):
+        """The virtual tokens' keys and values, two lists of (n, nh, P, hs): the base body over the embeddings."""
+        prompt = self.prompt_encoder()  # (P, C)
+        kept = _KeptKV(self.config.n_layer)
+        self.base_body(None, kv_cache=kept, inputs_embeds=prompt[None].expand(n, -1, -1))  # (n, P, C) discarded
+        return kept.k, kept.v
+
+    def _prompt_kv_key(self) -> tuple:
+        """What the kept keys/values depend on: every weight (storage, in-place version) and the autocast state."""
+        device = self.prompt_encoder.embedding.weight.device.type
+        autocast = (torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
+        return autocast, tuple((p.data_ptr(), p._version) for p in self.parameters())
+
+
+class PromptGPT(PromptTuned, GPT):
+    """A GPT with prompt tuning (see PromptTuned)."""
+
+
+_PROMPT_CLASSES = {GPT: PromptGPT}  # model class -> its prompt-tuned class
+
+
+def _prompt_class(cls: type) -> type:
+    if cls not in _PROMPT_CLASSES:
+        _PROMPT_CLASSES[cls] = type(f"Prompt{cls.__name__}", (PromptTuned, cls), {"__module__": cls.__module__})
+    return _PROMPT_CLASSES[cls]
+
+
+def prompt_init_ids(token_ids, prompt_length: int) -> list:
+    """peft's prompt_tuning_init=TEXT: the text's token ids cut to P, or repeated until they fill P."""
+    ids = list(token_ids)
+    if not ids:
+        raise NanoGPT2Error("prompt_init_text encodes to no tokens; give some text, or '' for a random init")
+    return (ids * math.ceil(prompt_length / len(ids)))[:prompt_length]
+
+
+def apply_prompt(model: nn.Module, prompt_length: int, init_ids=None) -> nn.Module:
+    """Prompt tuning (Lester et al. 2021): freeze `model` (a GPT, or a model with a GPT body such as the classifier)
+    and put `prompt_length` learned input embeddings before the real tokens' (a PromptEmbedding, `prompt_encoder`).
+    init_ids: token ids whose embeddings (wte) start the prompt, cut or repeated to P (prompt_init_ids; peft's TEXT
+    init); None: N(0, 1), peft's RANDOM. The model changes class in place (returned too); its spec records
+    `"prompt": {prompt_length}`. prompt_length 0 is the base model."""
+    if not (hasattr(model, "transformer") and hasattr(model, "config") and callable(getattr(model, "body", None))):
+        raise NanoGPT2Error(f"prompt tuning applies to a GPT or a model with a GPT body, not a {type(model).__name__}")
+    if isinstance(model, VirtualPrefix):
+        raise NanoGPT2Error("the model already has virtual tokens (a prompt or a prefix); start from the base model")
+    if getattr(model, "lora_config", None) is not None or getattr(model, "adapter_config", None) is not None:
+        raise NanoGPT2Error("the model already has LoRA layers or adapters; apply one method per model")
+    if isinstance(prompt_length, bool) or not isinstance(prompt_length, int) or prompt_length < 0:
+        raise NanoGPT2Error(f"prompt_length must be an integer >= 0 (virtual tokens), not {prompt_length!r}")
+    if prompt_length >= model.config.block_size:
+        raise NanoGPT2Error(f"prompt_length {prompt_length} leaves no room for real tokens in a context of "
+                            f"{model.config.block_size}; use fewer than {model.config.block_size}")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    wte = model.transformer.wte.weight
+    encoder = PromptEmbedding(prompt_length, model.config.n_embd, device=wte.device, dtype=wte.dtype)
+    if init_ids is not None:
+        ids = torch.as_tensor(prompt_init_ids(init_ids, prompt_length), dtype=torch.long, device=wte.device)
+        if int(ids.max()) >= wte.size(0):
+            raise NanoGPT2Error(f"prompt_init_text has token id {int(ids.max())}, beyond the model's vocabulary of "
+                                f"{wte.size(0)}; use the model's tokenizer")
+        with torch.no_grad():
+            encoder.embedding.weight.copy_(wte[ids])  # (P, C)
+    model.__class__ = _prompt_class(type(model))  # surgery in place: the same module and weights, its body now
+    model.prompt_encoder = encoder                # runs the virtual tokens first
+    model.prompt_config = {"prompt_length": prompt_length}
+    return model
+
+
+# ----------------------------------------------------------------------------------------------------
 # HF peft adapter folders
 
 
@@ -437,9 +602,9 @@ def _read_adapter_config(folder: Path, modules_to_save: tuple = ()) -> dict:
         raise NanoGPT2Error(f"{folder} is not a peft adapter folder: no adapter_config.json") from None
     except (OSError, ValueError) as e:
         raise NanoGPT2Error(f"cannot read {path}: {e}") from None
-    if config.get("peft_type") not in ("LORA", "PREFIX_TUNING"):
-        raise NanoGPT2Error(f"{path}: peft_type {config.get('peft_type')!r} is not supported here (LORA and "
-                            f"PREFIX_TUNING only)")
+    if config.get("peft_type") not in ("LORA", "PREFIX_TUNING", "PROMPT_TUNING"):
+        raise NanoGPT2Error(f"{path}: peft_type {config.get('peft_type')!r} is not supported here (LORA, "
+                            f"PREFIX_TUNING and PROMPT_TUNING only)")
     if config["peft_type"] == "LORA":
         if config.get("bias", "none") != "none":
             raise NanoGPT2Error(f"{path}: bias={config['bias']!r} is not supported (only 'none')")
@@ -472,8 +637,8 @@ def read_peft_folder(folder, modules_to_save: tuple = ()) -> tuple[dict, dict]:
 
 def load_peft_adapter(model: nn.Module, folder) -> list:
     """Apply an HF peft adapter folder to `model` (a GPT with GPT-2 module names): LoRA (returns the wrapped module
-    names; the layout of GPT-2's Conv1D is decided by the module, not by `fan_in_fan_out`) or PREFIX_TUNING (returns
-    ["prefix_encoder"]; see _load_peft_prefix)."""
+    names; the layout of GPT-2's Conv1D is decided by the module, not by `fan_in_fan_out`), PREFIX_TUNING (returns
+    ["prefix_encoder"]; see _load_peft_prefix) or PROMPT_TUNING (returns ["prompt_encoder"]; see _load_peft_prompt)."""
     config, tensors = read_peft_folder(folder)
     return apply_peft_adapter(model, config, tensors, Path(folder))
 
@@ -483,6 +648,8 @@ def apply_peft_adapter(model: nn.Module, config: dict, tensors: dict, folder: Pa
     the method's."""
     if config["peft_type"] == "PREFIX_TUNING":
         return _load_peft_prefix(model, folder, config, tensors)
+    if config["peft_type"] == "PROMPT_TUNING":
+        return _load_peft_prompt(model, folder, config, tensors)
     targets = config.get("target_modules") or []
     targets = [targets] if isinstance(targets, str) else list(targets)
     wrapped = apply_lora(model, int(config["r"]), float(config["lora_alpha"]), targets,
@@ -505,7 +672,10 @@ def apply_peft_adapter(model: nn.Module, config: dict, tensors: dict, folder: Pa
 
 
 def peft_adapter_parts(model: nn.Module, base_model_name_or_path: str = "") -> tuple[dict, dict]:
-    """(adapter_config.json, {name: tensor}) of an HF peft folder of the model's LoRA layers, or of its prefix."""
+    """(adapter_config.json, {name: tensor}) of an HF peft folder of the model's LoRA layers, its prefix or its
+    prompt."""
+    if isinstance(model, PromptTuned):
+        return _peft_prompt_parts(model, base_model_name_or_path)
     if isinstance(model, PrefixGPT):
         if lora_layers(model):
             raise NanoGPT2Error("the model has both LoRA layers and a prefix; a peft folder holds one method")
@@ -546,12 +716,27 @@ def write_peft_folder(folder, peft_config: dict, tensors: dict, overwrite: bool 
 
 def save_peft_adapter(model: nn.Module, folder, base_model_name_or_path: str = "", overwrite: bool = False,
                       log=None, reserved: dict = None, name: str = "the adapter folder") -> Path:
-    """Write the model's LoRA layers, or its prefix, as an HF peft folder (adapter_config.json +
+    """Write the model's LoRA layers, its prefix or its prompt as an HF peft folder (adapter_config.json +
     adapter_model.safetensors), where nanogpt2/export_dir.py's rule allows (an earlier peft folder is replaced,
     said through `log`; `overwrite` replaces only those two files in a folder holding others)."""
     ExportDir.check(folder, PEFT_ADAPTER, overwrite, reserved, name)
     peft_config, tensors = peft_adapter_parts(model, base_model_name_or_path)
     return write_peft_folder(folder, peft_config, tensors, overwrite, log, reserved, name)
+
+
+def _check_virtual_config(model: nn.Module, folder: Path, config: dict, what: str) -> int:
+    """num_virtual_tokens of a peft prompt-learning config, its model fields checked against `model`."""
+    cfg = model.config
+    want = {"num_layers": cfg.n_layer, "token_dim": cfg.n_embd, "num_attention_heads": cfg.n_head,
+            "num_transformer_submodules": 1}
+    for key, value in want.items():
+        if config.get(key, value) != value:
+            raise NanoGPT2Error(f"{folder}: the {what} does not fit this model ({key}={config.get(key)!r}, this model "
+                                f"needs {value}); was it made for another base model?")
+    P = config.get("num_virtual_tokens")
+    if isinstance(P, bool) or not isinstance(P, int) or P < 1:
+        raise NanoGPT2Error(f"{folder}: num_virtual_tokens must be an integer >= 1, not {P!r}")
+    return P
 
 
 def _load_peft_prefix(model: nn.Module, folder: Path, config: dict, tensors: dict) -> list:
@@ -561,13 +746,7 @@ def _load_peft_prefix(model: nn.Module, folder: Path, config: dict, tensors: dic
     if not isinstance(model, GPT):
         raise NanoGPT2Error(f"a peft prefix applies to a GPT, not a {type(model).__name__}")
     cfg = model.config
-    want = {"num_layers": cfg.n_layer, "token_dim": cfg.n_embd, "num_attention_heads": cfg.n_head,
-            "num_transformer_submodules": 1}
-    for key, value in want.items():
-        if config.get(key, value) != value:
-            raise NanoGPT2Error(f"{folder}: the prefix does not fit this model ({key}={config.get(key)!r}, this model "
-                                f"needs {value}); was it made for another base model?")
-    P = config.get("num_virtual_tokens")
+    P = _check_virtual_config(model, folder, config, "prefix")
     table = tensors.get("prompt_embeddings")
     shape = (P, cfg.n_layer * 2 * cfg.n_embd)
     if table is None or set(tensors) != {"prompt_embeddings"} or tuple(table.shape) != shape:
@@ -596,13 +775,49 @@ def _peft_prefix_parts(model: "PrefixGPT", base_model_name_or_path: str) -> tupl
     return peft_config, {"prompt_embeddings": table}
 
 
+def _load_peft_prompt(model: nn.Module, folder: Path, config: dict, tensors: dict) -> list:
+    """A peft PROMPT_TUNING folder: one tensor `prompt_embeddings` (P, n_embd), the learned input embeddings
+    (whatever prompt_tuning_init says: the init only matters before training, and peft skips it when loading)."""
+    if not isinstance(model, GPT):
+        raise NanoGPT2Error(f"a peft prompt-tuning folder applies to a GPT here, not a {type(model).__name__}")
+    P = _check_virtual_config(model, folder, config, "prompt")
+    table = tensors.get("prompt_embeddings")
+    shape = (P, model.config.n_embd)
+    if table is None or set(tensors) != {"prompt_embeddings"} or tuple(table.shape) != shape:
+        found = {k: tuple(v.shape) for k, v in tensors.items()}
+        raise NanoGPT2Error(f"{folder}: expected one tensor prompt_embeddings of shape {shape} (num_virtual_tokens x "
+                            f"n_embd), found {found}; was it made for another base model?")
+    apply_prompt(model, P)
+    with torch.no_grad():
+        model.prompt_encoder.embedding.weight.copy_(table)
+    return ["prompt_encoder"]
+
+
+def _peft_prompt_parts(model: "PromptTuned", base_model_name_or_path: str) -> tuple[dict, dict]:
+    """The prompt as a peft PROMPT_TUNING folder (CAUSAL_LM): `prompt_embeddings` (P, n_embd). prompt_tuning_init is
+    written RANDOM whatever started the prompt: peft skips the init when it loads a folder for inference, and with
+    TEXT it would fetch a tokenizer to initialise weights it then overwrites."""
+    if not isinstance(model, GPT):
+        raise NanoGPT2Error(f"a peft prompt-tuning folder holds a language model's prompt; this {type(model).__name__} "
+                            f"is shared as adapter_weights.pt (nanogpt2.peft.save_adapter_weights)")
+    cfg = model.config
+    peft_config = {
+        "peft_type": "PROMPT_TUNING", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model_name_or_path,
+        "num_virtual_tokens": model.virtual_length, "token_dim": cfg.n_embd, "num_layers": cfg.n_layer,
+        "num_attention_heads": cfg.n_head, "num_transformer_submodules": 1, "prompt_tuning_init": "RANDOM",
+        "prompt_tuning_init_text": None, "tokenizer_name_or_path": None, "inference_mode": True,
+        "modules_to_save": None,
+    }
+    return peft_config, {"prompt_embeddings": model.prompt_encoder().detach().contiguous()}
+
+
 # ----------------------------------------------------------------------------------------------------
 # The method as model-spec keys (what checkpoints record; nanogpt2.loader rebuilds it)
 
 
 def apply_method_spec(model: nn.Module, spec: dict) -> nn.Module:
-    """The PEFT method a model spec (nanogpt2.loader) records ("adapters", "lora", "prefix"), applied to a freshly built model with GPT-2
-    blocks."""
+    """The PEFT method a model spec (nanogpt2.loader) records ("adapters", "lora", "prefix", "prompt"), applied to a
+    freshly built model with GPT-2 blocks."""
     adapters = spec.get("adapters")
     if adapters is not None:
         apply_adapters(model, int(adapters["adapter_size"]), bool(adapters.get("train_layernorms", True)))
@@ -613,13 +828,16 @@ def apply_method_spec(model: nn.Module, spec: dict) -> nn.Module:
     prefix = spec.get("prefix")
     if prefix is not None:
         apply_prefix(model, int(prefix["prefix_length"]), prefix.get("projection_hidden"))
+    prompt = spec.get("prompt")
+    if prompt is not None:
+        apply_prompt(model, int(prompt["prompt_length"]))
     return model
 
 
 def method_spec(model: nn.Module) -> dict:
     """The PEFT method applied to a model's blocks as spec keys: `"lora": {rank, alpha, targets, dropout,
-    use_rslora}`, `"adapters": {adapter_size, train_layernorms}`, `"prefix": {prefix_length, projection_hidden}`
-    ({} for none)."""
+    use_rslora}`, `"adapters": {adapter_size, train_layernorms}`, `"prefix": {prefix_length, projection_hidden}`,
+    `"prompt": {prompt_length}` ({} for none)."""
     spec = {}
     if getattr(model, "lora_config", None) is not None:
         if any(layer.merged for layer in lora_layers(model).values()):
@@ -629,6 +847,8 @@ def method_spec(model: nn.Module) -> dict:
         spec["adapters"] = dict(model.adapter_config)
     if getattr(model, "prefix_config", None) is not None:
         spec["prefix"] = dict(model.prefix_config)  # projection_hidden None once collapsed: the weights say so too
+    if getattr(model, "prompt_config", None) is not None:
+        spec["prompt"] = dict(model.prompt_config)
     return spec
 
 

@@ -175,6 +175,19 @@ def test_finetune_lora_vs_peft_gives_both_ratios(tmp_path):
     assert "ours/peft" in proc.stdout
 
 
+def test_finetune_prompt_vs_peft_trains_the_same_prompt_on_rows_that_fill_the_context(tmp_path):
+    oracle("transformers")
+    oracle("peft")
+    proc, report = run_bench(["finetune", *TINY, "--steps", "1", "--warmup", "1", "--repeats", "2", "--vs", "peft",
+                              "--method", "prompt", "--prompt_length", "5"], tmp_path)
+    res = report["results"]["finetune"]
+    ours, theirs = res["ours"], res["peft"]
+    assert res["method"] == "prompt" and "PromptTuningConfig(num_virtual_tokens=5)" in theirs["model"]
+    assert ours["trainable"] == theirs["trainable"] == 5 * 64 and ours["params"] == theirs["params"]
+    assert value(ours["first_loss"]) == pytest.approx(value(theirs["first_loss"]), rel=0.05)  # both near log(256)
+    assert "ours/peft" in proc.stdout
+
+
 # ----------------------------------------------------------------------------------------------------
 # bench.py attention
 

@@ -467,6 +467,42 @@ def test_methods_train_the_head_too(tmp_path, method, extra, trained):
         assert torch.equal(final["score.weight"], steps[-1]["score.weight"])
 
 
+def test_prompt_tuning_trains_the_prompt_and_the_head_and_its_weights_load_back(tmp_path, capsys):
+    """--method prompt on a classifier: the prompt (initialised from a text) and the head train, nothing else; the
+    weights are a nanogpt2 checkpoint (HF GPT-2 cannot hold a prompt) that the loader and evaluate read. The base
+    is a GPT-2 folder of 48 positions: the run's 44-token rows and the 4 virtual tokens fill them."""
+    from nanogpt2.convert import save_pretrained
+    from nanogpt2.evaluate_cli import main as evaluate
+    from nanogpt2.model import GPT
+    from nanogpt2.peft import PromptTuned
+
+    torch.manual_seed(0)
+    save_pretrained(GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=48)), tmp_path / "gpt")
+    seen = {}
+
+    def snap(trainer, event):
+        if event in ("train_start", "train_end"):
+            seen[event] = {n: p.detach().clone() for n, p in trainer.raw_model.named_parameters()}
+
+    run(cls_cfg(tmp_path, f"--init_from={tmp_path / 'gpt'}", "--block_size=44", "--method=prompt",
+                "--prompt_length=4", "--prompt_init_text=News:", "--max_iters=4", "--eval_interval=0",
+                "--baseline_eval=false"), hooks=[snap])
+    start, end = seen["train_start"], seen["train_end"]
+    wte = start["transformer.wte.weight"]
+    news = get_tokenizer("gpt2").encode("News:")
+    assert torch.equal(start["prompt_encoder.embedding.weight"], wte[(news * 4)[:4]])
+    assert {n for n in start if not torch.equal(start[n], end[n])} == {"prompt_encoder.embedding.weight", "score.weight"}
+    root, = (tmp_path / "results" / "gpt").iterdir()
+    model, info = load_model(str(root / "train" / "weights"))
+    assert isinstance(model, PromptTuned) and isinstance(model, GPTForSequenceClassification)
+    assert info["spec"]["prompt"] == {"prompt_length": 4} and model.context_length == 44
+    assert all(torch.equal(p, end[n]) for n, p in model.named_parameters())
+    capsys.readouterr()
+    res = evaluate(["--task", "classify", "--init_from", str(tmp_path / "out"), "--device", "cpu", "--json"])
+    test = json.loads((root / "test" / "metrics" / "metrics.json").read_text())
+    assert res["accuracy"] == test["accuracy"] and res["loss"] == pytest.approx(test["loss"], abs=1e-5)
+
+
 def test_an_hf_classifier_as_init_from_keeps_its_head_and_takes_the_datas_names(tmp_path):
     cfg = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=16, n_positions=48, num_labels=4, pad_token_id=50256)
     torch.manual_seed(0)

@@ -278,6 +278,8 @@ def test_shipped_configs_load_with_the_issue_values():
     assert (configs["finetune_adapter.py"].method, configs["finetune_adapter.py"].adapter_size) == ("adapter", 64)
     sel = configs["finetune_selective.py"]
     assert (sel.method, sel.freeze_layers, sel.layer_lr_scales) == ("selective", "0,1,2,3", "0.1,0.5,1.0")
+    prompt = configs["finetune_prompt.py"]
+    assert (prompt.method, prompt.prompt_length, prompt.block_size) == ("prompt", 50, 1024 - 50)
 
 
 # ----------------------------------------------------------------------------------------------------

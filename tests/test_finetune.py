@@ -76,6 +76,7 @@ def losses(out: Path) -> list:
     ("adapter", ("--adapter_size=8", "--adapter_train_layernorms=false"), lambda n: ".adapter." in n),
     ("selective", ("--freeze_layers=0", "--freeze_embeddings=true"), lambda n: ".h.1." in n or "ln_f" in n),
     ("prefix", ("--prefix_length=4", "--prefix_projection=8", "--block_size=28", "BASE"), lambda n: "prefix_encoder" in n),
+    ("prompt", ("--prompt_length=4", "--block_size=28", "BASE"), lambda n: "prompt_encoder" in n),
 ])
 def test_each_method_trains_exactly_its_parameters_and_the_run_loads_back(tmp_path, base_run, method, extra, trained):
     snap = Snapshot()
@@ -90,9 +91,47 @@ def test_each_method_trains_exactly_its_parameters_and_the_run_loads_back(tmp_pa
     model, info = load_model(str(tmp_path / method))  # the run folder, as sample.py / evaluate load it
     weights = dict(model.named_parameters())
     assert all(torch.equal(weights[n], end[n]) for n in end)
-    if method in ("lora", "adapter", "prefix"):
-        assert info["spec"][{"lora": "lora", "adapter": "adapters", "prefix": "prefix"}[method]]
+    if method in ("lora", "adapter", "prefix", "prompt"):
+        assert info["spec"][{"lora": "lora", "adapter": "adapters", "prefix": "prefix", "prompt": "prompt"}[method]]
         assert (tmp_path / method / "adapter").is_dir()
+
+
+def test_prompt_run_resumes_exactly_samples_and_shares_a_peft_folder(tmp_path, base_run):
+    """--method prompt from a text: the virtual tokens start as the text's embeddings; a run stopped at step 3 and
+    resumed gives the uninterrupted run's losses bit for bit; sample.py continues from the run folder; out_dir/adapter
+    is a peft PROMPT_TUNING folder that load_peft_adapter puts back on the base with the run's logits."""
+    from nanogpt2.peft import load_peft_adapter
+
+    args = ("--method=prompt", "--prompt_length=5", "--prompt_init_text=ROMEO:", "--block_size=27",
+            f"--init_from={base_run}", "--eval_interval=0", "--dropout=0.1")
+    snap = Snapshot()
+    run(ft_cfg(tmp_path / "whole", *args), hooks=[snap])
+    base, _ = load_model(str(base_run))
+    from nanogpt2.data import prepare_dataset
+
+    romeo = prepare_dataset("shakespeare_char", quiet=True).tokenizer().encode("ROMEO:")
+    assert torch.equal(snap.start["prompt_encoder.embedding.weight"], base.transformer.wte.weight[(romeo * 2)[:5]])
+
+    def stop_at_3(trainer, event):
+        if event == "step_end" and trainer.step == 3:
+            trainer._stop_signal = "SIGTERM"
+
+    assert run(ft_cfg(tmp_path / "cut", *args), hooks=[stop_at_3])["stopped"] == "signal"
+    run(ft_cfg(tmp_path / "cut", *args, "--resume_from=auto"))
+    assert losses(tmp_path / "cut") == losses(tmp_path / "whole")
+    model, info = load_model(str(tmp_path / "whole"))
+    assert info["spec"]["prompt"] == {"prompt_length": 5} and model.context_length == 27
+    assert json.loads((tmp_path / "whole" / "adapter" / "adapter_config.json").read_text())["peft_type"] == "PROMPT_TUNING"
+    assert load_peft_adapter(base, tmp_path / "whole" / "adapter") == ["prompt_encoder"]
+    x = torch.randint(0, 65, (2, 27))
+    with torch.no_grad():
+        assert torch.equal(base.eval()(x)[0], model.eval()(x)[0])
+    res = subprocess.run([sys.executable, str(ROOT / "sample.py"), f"--init_from={tmp_path / 'whole'}", "--start=ROMEO",
+                          "--max_new_tokens=40", "--num_samples=1", "--device=cpu", "--seed=1"],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    text = res.stdout.split("\n---")[0]  # the sample, then a separator line
+    assert text.startswith("ROMEO") and len(text) == len("ROMEO") + 40
 
 
 def test_adapter_folder_holds_only_the_trained_tensors_and_loads_back(tmp_path):
@@ -183,6 +222,9 @@ def test_lora_head_only_has_no_head_to_train(tmp_path):
     (["--method=adapter", "--merge_and_export=x"], "cannot be merged"),
     (["--task=chat"], "task must be one of"),
     (["--method=prefix", "--prefix_length=8"], "block_size=32 exceeds the model's context of 24 tokens"),
+    (["--method=prompt", "--prompt_length=8"], "block_size=32 exceeds the model's context of 24 tokens"),
+    (["--method=prompt", "--prompt_length=0"], "prompt_length must be >= 1"),
+    (["--method=prompt", "--task=classify", "--merge_and_export=x"], "a classifier's prompt cannot be merged"),
 ])
 def test_bad_settings_are_one_error_line(tmp_path, args, message):
     from nanogpt2.data import prepare_dataset

@@ -3,7 +3,7 @@ Gradient checkpointing (`gradient_checkpointing`, `GPT.gradient_checkpointing_en
 the backward instead of keeping its activations. The losses and gradients equal the plain pass's (dropout 0: to
 1e-6; with dropout the RNG state of the forward is replayed, so the masks are the same too); the blocks really
 run twice and keep far fewer saved tensors; eval, no_grad and decoding are untouched. It works with LoRA,
-adapters, prefix tuning and the classifier, under torch.compile, in the trainer (train.py and every finetune.py
+adapters, prefix and prompt tuning and the classifier, under torch.compile, in the trainer (train.py and every finetune.py
 method and task; with dropout a stopped run resumes bit for bit) and under DDP (2 processes, gloo).
 
     python -m pytest -q tests/test_gradient_checkpointing.py
@@ -23,7 +23,7 @@ from nanogpt2.errors import NanoGPT2Error
 from nanogpt2.finetuning import FinetuneConfig, run
 from nanogpt2.heads import GPTForSequenceClassification
 from nanogpt2.model import GPT, GPTConfig
-from nanogpt2.peft import apply_adapters, apply_lora, apply_prefix
+from nanogpt2.peft import apply_adapters, apply_lora, apply_prefix, apply_prompt
 from nanogpt2.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -137,7 +137,7 @@ def test_eval_no_grad_and_decoding_do_not_recompute():
     calls.remove()
 
 
-@pytest.mark.parametrize("method", ["lora", "adapter", "prefix", "prefix_projection", "classifier"])
+@pytest.mark.parametrize("method", ["lora", "adapter", "prefix", "prefix_projection", "prompt", "classifier"])
 def test_peft_methods_and_the_classifier(method):
     model = tiny_gpt(dropout=0.1)
     if method == "lora":
@@ -147,6 +147,8 @@ def test_peft_methods_and_the_classifier(method):
         apply_adapters(model, 8)
     elif method.startswith("prefix"):
         apply_prefix(model, 4, 16 if method == "prefix_projection" else None)
+    elif method == "prompt":  # the body runs over the prompt's embeddings too: those blocks are recomputed as well
+        apply_prompt(model, 4)
     else:
         model = GPTForSequenceClassification.from_gpt(model, num_labels=3)
     kw = {}
@@ -255,9 +257,10 @@ def ft_cfg(tmp_path, *overrides):
     ("adapter", ("--adapter_size=8",)),
     ("selective", ("--freeze_layers=0",)),
     ("prefix", ("--prefix_length=4", "--prefix_projection=8", "--block_size=28", "BASE")),
+    ("prompt", ("--prompt_length=4", "--block_size=28", "BASE")),
 ])
 def test_finetune_methods(tmp_path, method, extra):
-    if "BASE" in extra:  # a prefix needs positions beyond the windows: a base model of block 32 for windows of 28
+    if "BASE" in extra:  # a prefix or a prompt needs positions beyond the windows: a base model of block 32 for windows of 28
         base = tmp_path / "base"
         Trainer(load_config([TINY, f"--out_dir={base}", "--max_iters=1", "--eval_interval=0", "--test_eval=false"])).train()
         extra = [f"--init_from={base}" if e == "BASE" else e for e in extra]

@@ -425,6 +425,30 @@ def test_lora_run_resumes_exactly_and_answers_the_fixed_instructions(tmp_path, m
     assert _losses(tmp_path / "cut") == _losses(tmp_path / "whole")
 
 
+def test_prompt_tuning_instruct_run_trains_the_prompt_only_and_answers(tmp_path, monkeypatch):
+    """--task instruct --method prompt from a base run of 260 positions: 4 virtual tokens and 256-token rows; only
+    the prompt trains, the answers file is written, the run folder rebuilds with its prompt."""
+    from nanogpt2.loader import load_model
+
+    run(instruct_cfg(tmp_path / "base", SLICE, monkeypatch, "--method=full", "--block_size=260", "--max_iters=1",
+                     "--eval_interval=0", "--sample_interval=0"))
+    seen = {}
+
+    def snap(trainer, event):
+        if event in ("train_start", "train_end"):
+            seen[event] = {n: p.detach().clone() for n, p in trainer.raw_model.named_parameters()}
+
+    args = ("--method=prompt", "--prompt_length=4", "--prompt_init_text=### Response:", f"--init_from={tmp_path / 'base'}",
+            "--max_iters=3", "--eval_interval=3", "--sample_interval=3", "--sample_tokens=2", "--learning_rate=1e-2")
+    summary = run(instruct_cfg(tmp_path / "p", SLICE, monkeypatch, *args), hooks=[snap])
+    assert summary["stopped"] == "done" and math.isfinite(summary["best_val_loss"])
+    start, end = seen["train_start"], seen["train_end"]
+    assert {n for n in start if not torch.equal(start[n], end[n])} == {"prompt_encoder.embedding.weight"}
+    assert (tmp_path / "p" / "answers.txt").read_text().count("greedy: ") == 3
+    model, info = load_model(str(tmp_path / "p"))
+    assert info["spec"]["prompt"] == {"prompt_length": 4} and model.context_length == 256
+
+
 def test_lm_task_with_key_tokens_uses_the_weighted_loss(tmp_path):
     seen = {}
 

@@ -565,3 +565,18 @@ def test_from_pretrained_404_names_the_model(tmp_path, monkeypatch):
         with pytest.raises(NanoGPT2Error, match="model 'gpt2-medium'"):
             GPT.from_pretrained("gpt2-medium", quiet=True)
     assert not list((tmp_path / "cache").rglob("*.safetensors"))
+
+
+def test_body_takes_inputs_embeds_as_transformers_does(tmp_path):
+    """body(None, inputs_embeds=E): E in place of the token embeddings, positions added as to tokens'; equal to
+    transformers' inputs_embeds, and body(idx) is body(None, inputs_embeds=wte(idx))."""
+    hf, folder = make_hf(tmp_path, "plain")
+    ours = load_pretrained(str(folder)).eval()
+    g = torch.Generator().manual_seed(3)
+    embeds = torch.randn(2, 7, ours.config.n_embd, generator=g)  # (B, T, C) vectors no token has
+    idx = torch.randint(0, ours.config.vocab_size, (2, 7), generator=g)
+    with torch.no_grad():
+        want = hf(inputs_embeds=embeds).logits
+        got = ours.lm_head(ours.body(None, inputs_embeds=embeds))
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        assert torch.equal(ours.body(None, inputs_embeds=ours.transformer.wte(idx)), ours.body(idx))
