@@ -87,7 +87,8 @@ def evaluate_perplexity(
     model.eval()
     nll_sum = torch.zeros((), dtype=torch.float64)
     scored, done = 0, 0
-    t0 = time.time()
+    t0 = shown = time.time()
+    tty = sys.stderr.isatty()
     try:
         for batch_number, group in enumerate(_window_groups(windows, batch_size)):
             done += len(group)
@@ -100,12 +101,14 @@ def evaluate_perplexity(
                 _, loss = model(x, y, return_logits=False)
             nll_sum += loss.double().cpu() * n_scored
             scored += n_scored
-            if progress:
-                print(f"\r{done}/{len(windows)} windows, running ppl {math.exp(nll_sum.item() / scored):.3f}",
-                      end="", file=sys.stderr, flush=True)
+            # on a terminal one line redrawn with \r; in a log (not a tty) a line every 10 s and the last
+            if progress and (tty or done == len(windows) or time.time() - shown >= 10):
+                shown = time.time()
+                line = f"{done}/{len(windows)} windows, running ppl {math.exp(nll_sum.item() / scored):.3f}"
+                print("\r" + line if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
     finally:
         model.train(was_training)
-    if progress:
+    if progress and tty:
         print(file=sys.stderr)
     if all_reduce is not None:
         totals = torch.tensor([nll_sum.item(), float(scored)], dtype=torch.float64, device=device)  # (2,)

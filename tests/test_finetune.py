@@ -216,7 +216,7 @@ def test_lora_head_only_has_no_head_to_train(tmp_path):
     (["--method=dora"], "method must be one of full, lora"),
     (["--lora_rank=0"], "lora_rank must be >= 1"),
     (["--lora_targets=q_proj"], "lora targets"),
-    (["--method=selective", "--freeze_layers=0,7"], "names block 7, but the model has 2 blocks"),
+    (["--method=selective", "--freeze_layers=0,7"], "names block 7, but this model has 2 blocks"),
     (["--freeze_layers=0"], "add --method selective"),
     (["--layer_lr_scales=a,b"], "layer_lr_scales must be comma-separated numbers"),
     (["--method=adapter", "--merge_and_export=x"], "cannot be merged"),
