@@ -95,7 +95,7 @@ def test_training_progress_in_a_log_has_no_carriage_returns_and_h_m_s_times(scri
     assert all(" | elapsed " in s and " | ETA " in s and "ETA:" not in s and "0.00h" not in s for s in steps)
     assert re.search(r"\| elapsed \d+s \| ETA 0s \| budget left 11h5\dm$", steps[-1]), steps[-1]  # 12 h budget
     scored = script("nanogpt2.evaluate", "--init_from", tmp_path / "run", "--dataset", "shakespeare_char",
-                    "--split", "all", "--stride", 16, "--max_tokens", 400, "--device", "cpu")
+                    "--split", "val", "--stride", 16, "--max_tokens", 400, "--device", "cpu")
     assert scored.returncode == 0, scored.stderr
     assert "\r" not in res.stdout + res.stderr + scored.stdout + scored.stderr  # not a terminal: no redrawn lines
     assert re.search(r"^\d+/\d+ windows, running ppl \d", scored.stderr, re.M)  # the last one, as a line
