@@ -89,6 +89,9 @@ BENCH_PRESETS = {"shakespeare-char": dict(n_layer=6, n_head=6, n_embd=384, vocab
                  # GPT-2-shaped (its vocabulary) at shakespeare-char's size: the CPU fine-tuning benchmark
                  "gpt2-6x384": dict(n_layer=6, n_head=6, n_embd=384, vocab_size=50257, block_size=256)}
 MiB = 2 ** 20
+# How long a bare `python bench.py` (every benchmark, the device's default sizes) takes, measured (docs/benchmarks.md)
+ALL_MINUTES = {"cpu": "about 1.5-2.5 minutes on a 2-core CPU (several times that when other jobs load it)",
+               "cuda": "not yet run on a GPU, so not yet timed"}
 
 # ----------------------------------------------------------------------------------------------------
 # Options
@@ -99,8 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="nanogpt2 benchmarks: fused attention, training throughput and MFU (optionally vs "
                     "transformers), decoding, tokenizer. Defaults are sized for the device; "
                     "see docs/benchmarks.md.", allow_abbrev=False)
-    p.add_argument("which", nargs="*", default=["all"], choices=BENCHMARKS + ("all",),
-                   help="benchmarks to run, in this order (default: all)")
+    # No argparse `choices` here: Python 3.11+ checks a nargs="*" positional's list default against them and
+    # refuses a bare `python bench.py`; the names are checked in resolve() instead.
+    p.add_argument("which", nargs="*", default=[], metavar="BENCHMARK",
+                   help=f"benchmarks to run, in this order: {', '.join(BENCHMARKS)} or all (default: all, sized for "
+                        f"the device)")
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
     p.add_argument("--preset", default=None, choices=sorted(PRESETS) + sorted(BENCH_PRESETS),
                    help="model size (default: gpt2 on a GPU, shakespeare-char on a CPU)")
@@ -118,12 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="timed iterations per repeat (default 20 GPU, 2 CPU)")
     p.add_argument("--warmup", type=int, default=None, help="untimed iterations first (default 5 GPU, 1 CPU)")
     p.add_argument("--repeats", type=int, default=None,
-                   help="interleaved timed blocks per variant; the median is reported (default 5)")
+                   help="interleaved timed blocks per variant; the median is reported (default 5; every benchmark on "
+                        "a CPU: 3)")
     p.add_argument("--tokenizer_text", default=None, metavar="FILE",
                    help="tokenizer: the UTF-8 text to encode (default: the bundled Tiny Shakespeare; the figures in "
                         "docs/benchmarks.md use WikiText-2's wiki.test.raw)")
     p.add_argument("--seq_lens", default=None,
-                   help="attention sweep, comma-separated (default 128..4096 GPU, 128..1024 CPU)")
+                   help="attention sweep, comma-separated (default 128..4096 GPU, 128..1024 CPU, 128..512 for every "
+                        "benchmark on a CPU)")
     p.add_argument("--attn_block_time", type=float, default=None,
                    help="attention: seconds per timed block, iterations calibrated to it (default 0.1 GPU, 0.25 CPU)")
     p.add_argument("--vs", default=None, choices=["hf", "peft"],
@@ -167,6 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve(args) -> argparse.Namespace:
     """Fill the device-dependent defaults; validate."""
+    unknown = [w for w in args.which if w not in BENCHMARKS + ("all",)]
+    if unknown:
+        raise NanoGPT2Error(f"unknown benchmark {unknown[0]!r}; pick from {', '.join(BENCHMARKS)} or all "
+                            f"(none: all)")
+    args.run_all = not args.which or "all" in args.which
+    args.which = BENCHMARKS if args.run_all else tuple(dict.fromkeys(args.which))
     device = resolve_device(args.device or "auto")
     gpu = device.type == "cuda"
     args.device = device
@@ -192,7 +206,9 @@ def resolve(args) -> argparse.Namespace:
         raise NanoGPT2Error(f"--compile_mode {args.compile_mode} needs --compile (compiling is off on a CPU by default)")
     args.steps = args.steps if args.steps is not None else (20 if gpu else 2)
     args.warmup = args.warmup if args.warmup is not None else (5 if gpu else 1)
-    args.repeats = args.repeats if args.repeats is not None else 5
+    # every benchmark on a CPU: fewer repeats, a shorter attention sweep, decoding at batch 1 only (minutes, not 25)
+    overview = args.overview = args.run_all and not gpu
+    args.repeats = args.repeats if args.repeats is not None else (3 if overview else 5)
     if args.steps < 1 or args.repeats < 1 or args.warmup < 0:
         raise NanoGPT2Error("--steps and --repeats must be >= 1 and --warmup >= 0")
     if args.seq_lens:
@@ -201,7 +217,7 @@ def resolve(args) -> argparse.Namespace:
         except ValueError:
             raise NanoGPT2Error(f"--seq_lens must be comma-separated integers, e.g. 128,256,512 (got {args.seq_lens!r})")
     else:
-        args.seq_lens = [128, 256, 512, 1024, 2048, 4096] if gpu else [128, 256, 512, 1024]
+        args.seq_lens = [128, 256, 512, 1024, 2048, 4096] if gpu else [128, 256, 512] if overview else [128, 256, 512, 1024]
     try:
         args.model_config = GPTConfig(dropout=args.dropout, **model_kw)
     except ValueError as e:
@@ -1033,7 +1049,8 @@ def bench_generate(args) -> dict:
         new_tokens = min(32, args.block_size - prompt_len)  # prompt + new tokens must fit the context
         return benchmark_decode(model=model, device=str(args.device), dtype=args.dtype, seed=args.seed,
                                 repeats=args.repeats, prompt_len=prompt_len, new_tokens=new_tokens, quiet=True,
-                                compile=args.compile, compile_mode=args.compile_mode)
+                                compile=args.compile, compile_mode=args.compile_mode,
+                                batch_sizes=(1,) if args.overview else (1, 8))
     return _external(decode.benchmark_decode, decode.format_benchmark, call)
 
 
@@ -1317,6 +1334,103 @@ def print_external(name, res):
 
 
 # ----------------------------------------------------------------------------------------------------
+# Running them, the summary
+
+
+def run_benchmark(name: str, args) -> dict:
+    """One sub-benchmark: its results, its table printed."""
+    if name == "attention":
+        res = bench_attention(args)
+        print_attention(res)
+    elif name == "train":
+        res = bench_train(args)
+        print_train(res, args, other="plain" if args.gradient_checkpointing else "hf")
+    elif name == "finetune":
+        res = bench_finetune(args)
+        print_train(res, args, other="plain" if args.gradient_checkpointing else "peft",
+                    title=f"finetune ({res['method']})")
+    elif name == "classify":
+        res = bench_classify(args)
+        print_classify(res, args)
+    elif name == "instruct":
+        res = bench_instruct(args)
+        print_instruct(res, args)
+    elif name == "distill":
+        res = bench_distill(args)
+        print_distill(res)
+    elif name == "monitor":
+        res = bench_monitor(args)
+        print_monitor(res, args)
+    else:
+        res = bench_generate(args) if name == "generate" else bench_tokenizer(args)
+        print_external(name, res)
+    return res
+
+
+def all_notice(args) -> str:
+    """What a bare `python bench.py` (or `all`) runs, and how long it takes here."""
+    where = "a GPU" if args.device.type == "cuda" else "a CPU"
+    took = ALL_MINUTES["cuda" if args.device.type == "cuda" else "cpu"]
+    return (f"running every benchmark ({', '.join(BENCHMARKS)}) sized for {where}: model {args.preset}, batch "
+            f"{args.batch_size} x {args.block_size} tokens, {args.repeats} repeats of {args.steps} steps; {took} "
+            f"(docs/benchmarks.md); name one or more to run only those, e.g. python bench.py train")
+
+
+def _ratio(res: dict, key: str, other: str) -> str:
+    value = (res.get(key) or {}).get("value")
+    return f", {value:.2f}x {other}" if value is not None else ""
+
+
+def headline(name: str, res: dict) -> str:
+    """The figure of one benchmark that the summary shows (the tables above hold the rest)."""
+    if str(res.get("status", "ok")) != "ok":
+        return res["status"]
+    if name == "attention":
+        top = [s for s in res["summary"] if s["mode"] == "forward+backward"][-1]
+        return f"sdpa {top['speedup']['value']:.2f}x as fast as reference (T={top['seq_len']}, forward+backward)"
+    if name in ("train", "finetune"):
+        ours = res["ours"]
+        other = "plain" if "plain" in res else "peft" if name == "finetune" else "hf"
+        return (f"{ours['tokens_per_sec']['value']:,.0f} tokens/s, MFU {ours['mfu']['value']:.2f} %"
+                + _ratio(res, "ratio_tokens_per_sec", other))
+    if name == "classify":
+        return f"{res['ours']['examples_per_sec']['value']:,.1f} examples/s" + _ratio(res, "ratio_examples_per_sec", "hf")
+    if name == "generate":
+        row = res["figures"]["rows"][0]
+        return (f"{row['cache_tok_s']:,.0f} tokens/s with the KV cache (batch {row['batch']}), "
+                f"{row['cache_vs_no_cache']:.2f}x without it")
+    if name == "tokenizer":
+        f = res["figures"]
+        return f"tiktoken {f['tiktoken_warm_mbps']:.2f} MB/s, python {f['python_warm_mbps']:.2f} MB/s"
+    if name == "instruct":
+        base = res["no mask"]["ms_per_iter"]["value"]
+        return (f"the padding mask takes {res['with mask']['ms_per_iter']['value'] / base:.2f}x the time, static "
+                f"padding {res['static padding']['ms_per_iter']['value'] / base:.2f}x")
+    if name == "monitor":
+        return (f"the monitor's work {res['cost_per_step']['value']:.3f} % of a training step at log_interval "
+                f"{res['log_interval']}")
+    return (f"distillation step {res['step_cost']['value']:.2f}x the plain step; the student decodes "
+            f"{res['decode_speedup']['value']:.2f}x as fast as the teacher")
+
+
+def print_summary(report: dict) -> None:
+    """One row per benchmark that ran: its headline figure and the time it took."""
+    if not report["results"]:
+        return
+    print(f"\n== summary ({report['device'].get('name', report['device'].get('type'))})")
+    print(f"{'benchmark':<11}{'wall s':>8}{'CPU s':>8}   result")
+    for name, res in report["results"].items():
+        t = report["timings"][name]
+        try:
+            line = headline(name, res)
+        except (KeyError, TypeError, IndexError, ZeroDivisionError):
+            line = "see its table above"
+        print(f"{name:<11}{t['wall']['value']:>8.1f}{t['cpu']['value']:>8.1f}   {line}")
+    total = sum(t["wall"]["value"] for t in report["timings"].values())
+    print(f"{'total':<11}{total:>8.1f}")
+
+
+# ----------------------------------------------------------------------------------------------------
 # Main
 
 
@@ -1333,45 +1447,22 @@ def main(argv=None):
                     hf_optim=args.hf_optim, hf_compile=args.hf_compile, lr=args.lr, betas=[args.beta1, args.beta2],
                     weight_decay=args.weight_decay, grad_clip=args.grad_clip, seed=args.seed, num_labels=args.num_labels,
                     tokenizer_text=args.tokenizer_text, gradient_checkpointing=args.gradient_checkpointing),
-        results={},
+        results={}, timings={},
     )
     print_header(report)
     load = report["device"].get("load_average_at_start")
     if load and load[0] > 0.5 * (os.cpu_count() or 1):
         print(f"note: load average {load[0]:.1f} on {os.cpu_count()} cores: other processes compete for the CPU, so the "
               f"timings are noisy (the paired ratios are the robust figures; --threads 1 avoids thread stalls)")
-    which = BENCHMARKS if "all" in args.which else tuple(dict.fromkeys(args.which))
-    for name in which:
-        if name == "attention":
-            res = bench_attention(args)
-            print_attention(res)
-        elif name == "train":
-            res = bench_train(args)
-            print_train(res, args, other="plain" if args.gradient_checkpointing else "hf")
-        elif name == "finetune":
-            res = bench_finetune(args)
-            print_train(res, args, other="plain" if args.gradient_checkpointing else "peft",
-                        title=f"finetune ({res['method']})")
-        elif name == "classify":
-            res = bench_classify(args)
-            print_classify(res, args)
-        elif name == "generate":
-            res = bench_generate(args)
-            print_external(name, res)
-        elif name == "instruct":
-            res = bench_instruct(args)
-            print_instruct(res, args)
-        elif name == "distill":
-            res = bench_distill(args)
-            print_distill(res)
-        elif name == "monitor":
-            res = bench_monitor(args)
-            print_monitor(res, args)
-        else:
-            res = bench_tokenizer(args)
-            print_external(name, res)
+    if args.run_all:
+        print(f"note: {all_notice(args)}")
+    for name in args.which:
+        t0, c0 = time.perf_counter(), time.process_time()
+        res = run_benchmark(name, args)
         report["results"][name] = res
+        report["timings"][name] = dict(wall=fig(time.perf_counter() - t0, "s"), cpu=fig(time.process_time() - c0, "s"))
         sys.stdout.flush()
+    print_summary(report)
     if "load_average_at_start" in report["device"]:
         report["device"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     if args.json:

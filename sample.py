@@ -31,6 +31,7 @@ from nanogpt2.runtime import autocast, resolve_device, resolve_dtype
 from nanogpt2.tokenizer import ENDOFTEXT
 
 # The strategies a bare --compare shows (the recipes' grid is a --compare "t=0.5,t=1.0,t=1.5,k=10,k=50,p=0.9" away)
+DEFAULT_NUM_SAMPLES = 3
 DEFAULT_COMPARE = "greedy,t=0.7,t=1.3,k=5,k=200,p=0.9"
 # a --compare key -> (generate keyword, its type, the label's name)
 COMPARE_KEYS = {"t": ("temperature", float, "temperature"), "temperature": ("temperature", float, "temperature"),
@@ -88,7 +89,8 @@ def parse_args(argv):
     ap.add_argument("--input", default="", help="the instruction's input (with --instruction; empty: none)")
     ap.add_argument("--template", default=None,
                     help="prompt template of --instruction: alpaca (the default), a file, or text with {instruction} and {input}")
-    ap.add_argument("--num_samples", type=int, default=3, help="samples to draw")
+    ap.add_argument("--num_samples", type=int, default=None, help="samples to draw (default: 3; 1 with --greedy or "
+                    "--temperature 0, whose samples would all be the same)")
     ap.add_argument("--max_new_tokens", type=int, default=200, help="tokens generated per sample")
     ap.add_argument("--temperature", type=float, default=0.8, help="< 1 sharper, > 1 more random; 0 = greedy")
     ap.add_argument("--top_k", type=int, default=200, help="keep the k most likely tokens (0: no top-k)")
@@ -172,6 +174,8 @@ def main(argv=None):
     strategies = parse_compare(args.compare) if args.compare is not None else None  # checked before the model loads
     if args.compile_mode and not args.compile:
         raise NanoGPT2Error(f"--compile_mode {args.compile_mode} needs --compile")
+    if args.num_samples is None:  # greedy decoding gives every seed the same text: one sample unless asked
+        args.num_samples = 1 if args.greedy or args.temperature == 0 else DEFAULT_NUM_SAMPLES
     if args.num_samples < 1:
         raise NanoGPT2Error(f"--num_samples must be >= 1, got {args.num_samples}")
     device = resolve_device(args.device)

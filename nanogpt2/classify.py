@@ -38,6 +38,12 @@ from nanogpt2.errors import NanoGPT2Error
 from nanogpt2.heads import GPTForSequenceClassification, classification_loss
 from nanogpt2.model import IGNORE_INDEX
 from nanogpt2.results import Results, model_name, report_markdown, summary_markdown, training_history
+from nanogpt2.task_metrics import TaskMetrics
+
+# The reports and the best checkpoint of a classifier: no perplexity (the loss is over classes, not tokens), the
+# training batches' accuracy beside the loss, validation accuracy and macro-F1; the best is the most accurate.
+METRICS = TaskMetrics(perplexity=False, train_metrics=("accuracy",), val_metrics=("val_accuracy", "val_macro_f1"),
+                      best="val_accuracy", higher_is_better=True)
 
 DEFAULT_VAL_FRACTION = 0.1
 MAX_DEFAULT_LENGTH = 1024
@@ -213,7 +219,7 @@ class ClassifyTask:
             raise NanoGPT2Error(f"the train split has {len(self.enc['train']):,} examples, fewer than one step's "
                                 f"batch (batch_size x gradient_accumulation_steps = {rows}); lower them or use more "
                                 f"data")
-        self.results, self.baseline, self.test = None, None, None
+        self.results, self.baseline, self.test, self.tested = None, None, None, None
         self._log(f"{self.note} (from {self.source})")
         self._log(f"{len(self.names)} classes ({', '.join(self.names)}); max_length {self.max_length}: " + ", ".join(
             f"{s} {e.truncated:,} truncated" for s, e in self.enc.items()))
@@ -229,7 +235,8 @@ class ClassifyTask:
         return TaskParts(model=self.model, prepare_model=self.prepare_model, tokenizer=self.tokenizer,
                          make_sampler=self.make_sampler, eval_fn=self.eval_fn, loss_fn=self.loss_fn,
                          steps_per_epoch=self.steps_per_epoch, hooks=[self.test_at_end], head_patterns=head,
-                         modules_to_save=head, before_train=self.before_train, after_train=self.after_train)
+                         modules_to_save=head, before_train=self.before_train, after_train=self.after_train,
+                         metrics=METRICS)
 
     # --- what the trainer calls ------------------------------------------------------------------------
 
@@ -242,10 +249,14 @@ class ClassifyTask:
                              rank=trainer.dist.rank, world_size=trainer.dist.world_size)
 
     def loss_fn(self, trainer, model, batch):
-        """The micro-batch's mean cross-entropy (label-smoothed as set) and the number of labelled rows."""
+        """The micro-batch's mean cross-entropy (label-smoothed as set), the number of labelled rows, and its
+        accuracy (logged as the training `accuracy`)."""
         logits, _ = model(batch["idx"], batch["attention_mask"])  # (b, K)
         labels = batch["labels"]  # (b,)
-        return classification_loss(logits, labels, self.cfg.label_smoothing), (labels != IGNORE_INDEX).sum()
+        scored = labels != IGNORE_INDEX  # (b,)
+        correct = (logits.detach().argmax(-1) == labels) & scored  # (b,)
+        accuracy = correct.sum() / scored.sum().clamp(min=1)
+        return classification_loss(logits, labels, self.cfg.label_smoothing), scored.sum(), {"accuracy": accuracy}
 
     def evaluate(self, trainer, split: str, max_batches: Optional[int] = None) -> dict:
         """A split's metrics on every process's share of the batches (all-reduced)."""
@@ -255,9 +266,9 @@ class ClassifyTask:
                                    world_size=trainer.dist.world_size, all_reduce=trainer.dist.all_reduce)
 
     def eval_fn(self, trainer) -> dict:
-        m = self.evaluate(trainer, "val", self.cfg.eval_iters or None)
-        trainer.log(f"val accuracy {m['accuracy']:.4f} | macro-F1 {m['macro_f1']:.4f} ({m['examples']:,} examples)")
-        return {"val_loss": m["loss"], "val_accuracy": m["accuracy"], "val_macro_f1": m["macro_f1"]}
+        m = self.evaluate(trainer, "val", self.cfg.eval_iters or None)  # the trainer's line reports it (METRICS)
+        return {"val_loss": m["loss"], "val_accuracy": m["accuracy"], "val_macro_f1": m["macro_f1"],
+                "val_examples": m["examples"]}
 
     def before_train(self, trainer):
         """The results folder (a resumed run keeps its own), and the baseline: the model before any step."""
@@ -280,12 +291,13 @@ class ClassifyTask:
                                "classify_results.txt")
 
     def test_at_end(self, trainer, event: str):
-        """A trainer hook: the test evaluation of the final weights, at train_end of a finished run (every process
-        scores its share)."""
-        if event == "train_end" and trainer.step >= trainer.max_steps:
+        """A trainer hook: at train_end of a finished run, the test evaluation (every process scores its share) of
+        the weights test_on names (test_weights)."""
+        if event == "train_end" and (trainer.step >= trainer.max_steps or trainer.early_stop):  # a finished run
+            self.tested = test_weights(trainer, self.cfg.test_on)
             self.test = self.evaluate(trainer, "test")
-            trainer.log(f"test: accuracy {self.test['accuracy']:.4f} | macro-F1 {self.test['macro_f1']:.4f} | "
-                        f"loss {self.test['loss']:.4f}")
+            trainer.log(f"test on {self.tested}: accuracy {self.test['accuracy']:.4f} | macro-F1 "
+                        f"{self.test['macro_f1']:.4f} | loss {self.test['loss']:.4f}")
 
     def after_train(self, trainer, summary):
         """Rank 0: the test metrics, the training history, the weights, summary.md; with LoRA, the head joins the
@@ -304,7 +316,9 @@ class ClassifyTask:
         baseline = self.baseline or _read_metrics(res.root / "baseline" / "metrics" / "metrics.json")
         run = (f"init_from={cfg.init_from}, method={cfg.method}, {trainer.step} steps ({trainer.epoch} epochs) of "
                f"{cfg.batch_size * cfg.gradient_accumulation_steps} rows, learning_rate={cfg.learning_rate:g}, "
-               f"label_smoothing={cfg.label_smoothing:g}, max_length={self.max_length}; out_dir {cfg.out_dir}")
+               f"label_smoothing={cfg.label_smoothing:g}, max_length={self.max_length}; out_dir {cfg.out_dir}. "
+               f"Tested, and saved in train/weights: {self.tested}" + (f"; {trainer.early_stop}" if trainer.early_stop
+                                                                       else ""))
         (res.root / "summary.md").write_text(summary_markdown(
             f"{self.dataset}: {model_name(cfg.init_from)} fine-tuned for classification", self.note, run, baseline,
             self.test), encoding="utf-8")
@@ -321,6 +335,30 @@ class ClassifyTask:
         if what is None:
             return f"{model.save_pretrained(folder)} (HF GPT2ForSequenceClassification folder)"
         return f"{save_model_checkpoint(trainer, folder)} (nanogpt2 checkpoint: HF GPT-2 cannot hold {what})"
+
+
+def test_weights(trainer, test_on: str) -> str:
+    """test_on=best: checkpoint_best.pt's weights into the model, as HF's load_best_model_at_end (the test, the
+    results tree's weights and the exports then hold them; checkpoint_final.pt keeps the last step's). Returns
+    which weights the model now holds, in words."""
+    from nanogpt2 import checkpoint as ckpt_io
+
+    final = f"the final weights (step {trainer.step})"
+    path = trainer.rundir.checkpoint_path("best")
+    if test_on != "best":
+        return final
+    if not path.exists():
+        return f"{final}: test_on=best, but no checkpoint_best.pt was saved (save_best=false, or no evaluation)"
+    state = ckpt_io.load_checkpoint(path, map_location=trainer.device)
+    model = trainer.raw_model
+    missing, unexpected = model.load_state_dict(ckpt_io.strip_prefixes(state["model"]), strict=False)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    if unexpected or trainable & set(missing):  # a checkpoint of trainable tensors alone may leave the frozen out
+        raise NanoGPT2Error(f"{path} does not hold this run's model ({len(unexpected)} unexpected, "
+                            f"{len(trainable & set(missing))} missing tensors); test it with --test_on final")
+    score = state.get("best_score")
+    by = f", {METRICS.best_label} {score:.4f}" if score is not None else ""
+    return f"the best checkpoint (checkpoint_best.pt, step {state['step']}{by})"
 
 
 def _read_metrics(path: Path) -> Optional[dict]:

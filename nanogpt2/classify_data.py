@@ -464,6 +464,12 @@ class BucketSampler:
         self.step += 1
         return batch
 
+    @staticmethod
+    def real_tokens(batch: dict) -> torch.Tensor:
+        """The non-pad tokens of a (micro-)batch, which the model runs on (its attention mask's ones): what the
+        trainer's tokens/s and MFU count."""
+        return batch["attention_mask"].sum()
+
     def state_dict(self) -> dict:
         return {"kind": "bucket", "seed": self.seed, "step": self.step}
 

@@ -107,7 +107,8 @@ class RunConfig:
         3, "how many of the checkpoints a run writes again and again (step_N, epoch_N, interrupted, time_limit, "
         "together) to keep, the newest by step, as HF's save_total_limit; checkpoint_best.pt, checkpoint_final.pt and "
         "the newest resumable checkpoint are never deleted, nor another run's files (0: keep all)", "output")
-    save_best: bool = setting(True, "save checkpoint_best.pt whenever the validation loss reaches a new best", "output")
+    save_best: bool = setting(True, "save checkpoint_best.pt whenever the validation loss (classify: the validation "
+                              "accuracy) reaches a new best", "output")
     max_training_hours: float = setting(
         12.0, "wall-clock budget of this process: stop before exceeding it, save checkpoint_time_limit.pt, exit 0 (0: none)",
         "output")
@@ -116,6 +117,9 @@ class RunConfig:
     eval_interval: int = setting(500, "evaluate every this many steps, also at each epoch end and at the end (0: only those)", "logging")
     eval_iters: int = setting(200, "validation batches per evaluation (0: the whole validation split)", "logging")
     eval_only: bool = setting(False, "evaluate once and exit (no training)", "logging")
+    early_stopping_patience: int = setting(
+        0, "stop (a finished run: final checkpoint, test, exports) after this many evaluations in a row without a "
+        "better task metric: the validation loss, classify's validation accuracy (0: never)", "logging")
     test_eval: bool = setting(True, "after the last step, strided perplexity on the dataset's test split when it has one (nanogpt2.evaluate)", "logging")
     test_stride: int = setting(512, "stride of that test evaluation (HF's perplexity guide; block_size: disjoint windows)", "logging")
     log_interval: int = setting(10, "print a progress line and append to metrics.jsonl every this many steps", "logging")
@@ -413,6 +417,7 @@ def validate(cfg: RunConfig) -> RunConfig:
             raise NanoGPT2Error(f"{key} must be >= 1, not {getattr(cfg, key)}")
     non_negative = ["max_iters", "max_epochs", "warmup_iters", "warmup_ratio", "lr_decay_iters", "min_lr", "weight_decay",
                     "grad_clip", "eval_interval", "eval_iters", "checkpoint_interval", "keep_last", "sample_interval",
+                    "early_stopping_patience",
                     "sample_tokens", "sample_top_k", "tokens_per_step", "train_stride", "max_training_hours", "learning_rate", "eps",
                     "sample_temperature"]
     for key in non_negative:

@@ -73,15 +73,21 @@ def _note(msg: str):
 
 def _refuse_unexportable(model, fmt: str = "a plain HF GPT-2 folder") -> None:
     """HF GPT-2 (and nanoGPT, llm.c) has no adapter layers, no learned prefix or prompt: such a model cannot become
-    a plain HF folder (`fmt`)."""
+    a plain HF folder (`fmt`). The refusal names what does hold it."""
+    keep = ("keep it as a nanogpt2 .pt checkpoint, which sample.py --init_from and python -m nanogpt2.evaluate "
+            "--init_from load (the run's checkpoint_final.pt, or python -m nanogpt2.convert SRC DST.pt)")
+    works = {"adapter_config": ("Houlsby adapters", f"{keep}; share the adapters alone as the run's "
+                                "out_dir/adapter/adapter_weights.pt (nanogpt2.peft.load_adapter_weights onto the "
+                                "base). merge_and_export cannot merge adapters either"),
+             "prefix_config": ("prefix tuning", f"{keep}, or write an HF peft prefix-tuning folder (finetune.py "
+                               "--merge_and_export DIR, nanogpt2.peft.save_peft_adapter)"),
+             "prompt_config": ("prompt tuning", f"{keep}, or write an HF peft prompt-tuning folder (finetune.py "
+                               "--merge_and_export DIR, nanogpt2.peft.save_peft_adapter)")}
     for m in model.modules():
-        for attr, what in (("adapter_config", "Houlsby adapters"), ("prefix_config", "prefix tuning"),
-                           ("prompt_config", "prompt tuning")):
+        for attr, (what, instead) in works.items():
             if getattr(m, attr, None) is not None:
-                raise NanoGPT2Error(
-                    f"this model has {what} ({attr}={getattr(m, attr)!r}), which {fmt} cannot "
-                    f"express. Keep it as a nanogpt2 checkpoint (python -m nanogpt2.convert SRC DST.pt), or export "
-                    f"what peft supports with nanogpt2.peft.save_peft_adapter / finetune.py --merge_and_export")
+                raise NanoGPT2Error(f"this model has {what} ({attr}={getattr(m, attr)!r}), which {fmt} cannot "
+                                    f"express: {instead}")
 
 
 def _merged_copy(model):
@@ -104,9 +110,9 @@ def save_pretrained(model, out_dir, tokenizer=None, log=_note, overwrite: bool =
       source) and foreign files are refused, `overwrite` replaces only these three files). Each file is written
       atomically, config.json last.
     - LoRA is merged first, on a copy (the HF folder is plain GPT-2; `model` stays unmerged).
-    - Houlsby adapters (`adapter_config`), prefix and prompt tuning (`prefix_config`, `prompt_config`) are refused,
-      with a message pointing to the peft export (nanogpt2.peft.save_peft_adapter, finetune.py --merge_and_export)
-      and the .pt format.
+    - Houlsby adapters (`adapter_config`), prefix and prompt tuning (`prefix_config`, `prompt_config`) are refused
+      with a message naming what holds them: the .pt format (sample.py and evaluate load it), adapter_weights.pt for
+      adapters, the peft prefix- / prompt-tuning folder (finetune.py --merge_and_export) for a prefix or a prompt.
     - GPT-2's tokenizer files go beside the weights (nanogpt2/hf_tokenizer.py; a character model: one line saying
       no HF tokenizer exists for it).
     - A vocabulary padded past the `tokenizer` (e.g. 50304 rows for 50257 ids) is kept as it is and said so

@@ -52,8 +52,8 @@ from nanogpt2.tokenizer import ASSETS, ENDOFTEXT, CharTokenizer, get_tokenizer
 
 __all__ = [
     "DATASETS", "DatasetSpec", "Remote", "register_dataset", "list_datasets", "DataWarning",
-    "prepare_dataset", "PreparedDataset", "get_split_text", "default_cache_root",
-    "main",
+    "prepare_dataset", "PreparedDataset", "get_split_text", "own_splits", "split_name", "run_dataset",
+    "default_cache_root", "main",
 ]
 
 # --- constants ------------------------------------------------------------------------------------------------
@@ -727,7 +727,8 @@ def _fingerprint(files, previous=None):
 # The prepared dataset
 # ---------------------------------------------------------------------------------------------------------------
 
-def _split_name(split: str) -> str:
+def split_name(split: str) -> str:
+    """The canonical name of a split: "train", "val" (also valid, validation), "test" or "all"."""
     s = _SPLIT_ALIASES.get(str(split).lower())
     if s is None:
         raise NanoGPT2Error(f"unknown split {split!r}; use 'train', 'val' or 'test'")
@@ -748,7 +749,7 @@ class PreparedDataset:
 
     def tokens(self, split: str) -> np.ndarray:
         """The token ids of a split as a read-only np.memmap (uint16 or uint32); "train", "val" or "test"."""
-        s = _split_name(split)
+        s = split_name(split)
         if s not in self.meta["splits"]:
             raise NanoGPT2Error(f"dataset {self.name} has no {s!r} split; it has {', '.join(self.splits)}")
         info = self.meta["splits"][s]
@@ -1186,20 +1187,23 @@ def _split_by_fraction(tmp: Path, info: dict, val_fraction: float, tok, dtype, n
 # Raw text of a split
 # ---------------------------------------------------------------------------------------------------------------
 
+def run_dataset(cfg, quiet: bool = False) -> PreparedDataset:
+    """The dataset of a run's settings (a RunConfig's dataset, tokenizer, data_path, val_fraction), prepared: the
+    tokens train.py trains and validates on (`python -m nanogpt2.evaluate --init_from RUN` scores them too)."""
+    return prepare_dataset(cfg.dataset, tokenizer=None if cfg.tokenizer == "auto" else cfg.tokenizer,
+                           data_path=cfg.data_path or None, val_fraction=cfg.val_fraction, quiet=quiet)
+
+
 def prepare_run_data(cfg, dist, tokenizer=None):
     """A training run's data: (dataset, tokenizer, train tokens, val tokens) for a RunConfig's dataset,
     data_path, tokenizer and val_fraction. Under torchrun the first process of each machine prepares it
     (downloads, tokenizes, writes the cache) while the others wait, stopping with it when it fails
     (`dist.together`), then read the cache. A `tokenizer` given (the model's) must be the dataset's; both
     splits must hold at least one window of block_size + 1 tokens."""
-    def prepare(quiet):
-        return prepare_dataset(cfg.dataset, tokenizer=None if cfg.tokenizer == "auto" else cfg.tokenizer,
-                               data_path=cfg.data_path or None, val_fraction=cfg.val_fraction, quiet=quiet)
-
-    ds = dist.together(dist.local_master, lambda: prepare(quiet=not dist.master),
+    ds = dist.together(dist.local_master, lambda: run_dataset(cfg, quiet=not dist.master),
                        "preparing the dataset failed on another process (see its error)")
     if not dist.local_master:
-        ds = prepare(quiet=True)
+        ds = run_dataset(cfg, quiet=True)
     if tokenizer is None:
         tokenizer = ds.tokenizer()
     elif tokenizer_info(tokenizer) != tokenizer_info(ds.tokenizer()):
@@ -1215,12 +1219,20 @@ def prepare_run_data(cfg, dist, tokenizer=None):
     return ds, tokenizer, train, val
 
 
+def own_splits(name_or_path) -> tuple:
+    """The splits a dataset's raw text has of its own: ("train", "val", "test") for WikiText, ("all",) for a text
+    without split files (Tiny Shakespeare, most local files), whose val split is the last val_fraction of its
+    tokens (`prepare_dataset(...).tokens("val")`). Nothing is downloaded."""
+    spec, local_path, _ = _resolve(name_or_path)
+    return tuple(spec.splits) if spec is not None else tuple(_local_source(local_path).splits)
+
+
 def get_split_text(name_or_path, split, data_path=None, cache_root=None, quiet=False) -> str:
     """The raw text of one split, e.g. get_split_text("wikitext2", "test") for published-comparable
     perplexity. Documents are joined with "\\n\\n". Datasets without their own splits (shakespeare, local
     files) have only "all" (their val split is a cut of the tokens: use prepare_dataset(...).tokens("val"))."""
     spec, local_path, _ = _resolve(name_or_path)
-    s = _split_name(split)
+    s = split_name(split)
     if spec is not None:
         if s not in spec.splits:
             have = ", ".join(sorted(spec.splits))

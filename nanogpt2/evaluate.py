@@ -33,7 +33,8 @@ import torch
 
 from nanogpt2.errors import NanoGPT2Error, run_cli
 from nanogpt2.model import GPT, IGNORE_INDEX
-from nanogpt2.loader import load_model_and_tokenizer
+from nanogpt2.config import RunConfig, settings_of
+from nanogpt2.loader import load_for_inference
 from nanogpt2.runtime import DTYPES, autocast, resolve_device, resolve_dtype
 from nanogpt2.samplers import eval_windows, stride_windows
 
@@ -86,7 +87,8 @@ def evaluate_perplexity(
     model.eval()
     nll_sum = torch.zeros((), dtype=torch.float64)
     scored, done = 0, 0
-    t0 = time.time()
+    t0 = shown = time.time()
+    tty = sys.stderr.isatty()
     try:
         for batch_number, group in enumerate(_window_groups(windows, batch_size)):
             done += len(group)
@@ -99,12 +101,14 @@ def evaluate_perplexity(
                 _, loss = model(x, y, return_logits=False)
             nll_sum += loss.double().cpu() * n_scored
             scored += n_scored
-            if progress:
-                print(f"\r{done}/{len(windows)} windows, running ppl {math.exp(nll_sum.item() / scored):.3f}",
-                      end="", file=sys.stderr, flush=True)
+            # on a terminal one line redrawn with \r; in a log (not a tty) a line every 10 s and the last
+            if progress and (tty or done == len(windows) or time.time() - shown >= 10):
+                shown = time.time()
+                line = f"{done}/{len(windows)} windows, running ppl {math.exp(nll_sum.item() / scored):.3f}"
+                print("\r" + line if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
     finally:
         model.train(was_training)
-    if progress:
+    if progress and tty:
         print(file=sys.stderr)
     if all_reduce is not None:
         totals = torch.tensor([nll_sum.item(), float(scored)], dtype=torch.float64, device=device)  # (2,)
@@ -169,19 +173,28 @@ def evaluate_dataset(model, tokenizer, dataset: str = "wikitext2", split: str = 
                      max_tokens: Optional[int] = None, **kwargs) -> dict:
     """Strided perplexity on a dataset split by name (e.g. the training loop's final test evaluation).
 
-    The text is `nanogpt2.data.get_split_text(dataset, split, data_path)` (documents joined by "\\n\\n",
-    as the guide joins wikitext's rows); `max_tokens` keeps only the first that many tokens (quick checks;
-    bits per byte then counts the bytes of those tokens)."""
-    from nanogpt2.data import get_split_text
+    A split the dataset's text has of its own is `nanogpt2.data.get_split_text(dataset, split, data_path)`
+    (documents joined by "\\n\\n", as the guide joins wikitext's rows); the train / val split of a text without
+    split files (Tiny Shakespeare, a local file) is the cut by val_fraction that train.py makes, the tokens of
+    `prepare_dataset(dataset, tokenizer).tokens(split)`. `max_tokens` keeps only the first that many tokens
+    (quick checks; bits per byte then counts the bytes of those tokens)."""
+    from nanogpt2.data import get_split_text, own_splits, prepare_dataset, split_name
 
     if max_tokens is not None and max_tokens < 2:
         raise NanoGPT2Error(f"max_tokens must be >= 2 (perplexity needs two tokens) or None, not {max_tokens}")
-    text = get_split_text(dataset, split, data_path=data_path)
-    ids = tokenizer.encode_ordinary(text)
-    n_bytes = len(text.encode("utf-8"))
+    s, have = split_name(split), own_splits(dataset)
+    if s in have or "all" not in have:  # a split of its own (or none: get_split_text says which there are)
+        text = get_split_text(dataset, split, data_path=data_path)
+        ids, n_bytes = tokenizer.encode_ordinary(text), len(text.encode("utf-8"))
+    elif s in ("train", "val"):
+        ds = prepare_dataset(dataset, tokenizer=tokenizer, data_path=data_path)
+        ids, n_bytes = ds.tokens(s), ds.meta["splits"][s].get("text_bytes")
+    else:
+        raise NanoGPT2Error(f"{dataset} has no {s} split: its text is one stream that train.py cuts into train and val "
+                            f"by val_fraction; score split val (--split val)")
     if max_tokens is not None and max_tokens < len(ids):
         ids = ids[:max_tokens]
-        n_bytes = len(tokenizer.decode_bytes(ids))
+        n_bytes = len(tokenizer.decode_bytes(list(map(int, ids))))
     res = evaluate_perplexity(model, np.asarray(ids, dtype=np.int64), n_bytes=n_bytes, **kwargs)
     res.update(dataset=dataset, split=split)
     return res
@@ -197,30 +210,49 @@ def loss_only(model) -> dict:
 
 
 @torch.no_grad()
-def validation_loss(trainer) -> dict:
-    """A run's default `eval_fn`: the mean loss over `eval_iters` validation batches (0: the whole split) of
-    non-overlapping windows, each process taking every world_size-th batch; token-weighted and all-reduced.
-    Returns val_loss, val_ppl."""
-    cfg, dist, device = trainer.cfg, trainer.dist, trainer.device
-    model = trainer.eval_model
+def windows_loss(model, tokens, block_size: int, batch_size: int, max_batches: Optional[int] = None, device=None,
+                 dtype=None, *, rank: int = 0, world_size: int = 1,
+                 all_reduce: Optional[Callable[[torch.Tensor], torch.Tensor]] = None, forward_kwargs=None) -> dict:
+    """The mean loss over the windows a run's validation scores (nanogpt2.samplers.eval_windows): non-overlapping
+    windows of block_size + 1 tokens in batches of batch_size, the first `max_batches` batches (None: all), each
+    target scored once; process `rank` takes every world_size-th batch and `all_reduce` (an in-place sum) combines
+    the sums. Token-weighted. Returns {"loss", "ppl", "tokens" (scored), "windows"}."""
+    device = torch.device(next(model.parameters()).device if device is None else device)
+    was_training = model.training
     model.eval()
     total = torch.zeros(2, device=device, dtype=torch.float64)  # (sum of token losses, tokens)
-    # The first eval_iters batches of the split (built on the CPU); this process takes every world_size-th.
-    batches = eval_windows(trainer.val_data, cfg.block_size, cfg.batch_size, max_batches=cfg.eval_iters or None)
-    for i, (x, y) in enumerate(batches):
-        if i % dist.world_size != dist.rank:
-            continue
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with trainer.autocast():
-            _, loss = model(x, y, **loss_only(trainer.raw_model))  # the loss alone: no (B, T, vocab) logits
-        n = (y != IGNORE_INDEX).sum()
-        total += torch.stack([loss.double() * n, n.double()])
-    dist.all_reduce(total)
+    windows, t0 = 0, time.time()
+    # The first max_batches batches of the split (built on the CPU); this process takes every world_size-th.
+    try:
+        for i, (x, y) in enumerate(eval_windows(tokens, block_size, batch_size, max_batches=max_batches)):
+            windows += len(x)
+            if i % world_size != rank:
+                continue
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)  # (B, T), (B, T)
+            with autocast(device, dtype):
+                _, loss = model(x, y, **(forward_kwargs or {}))  # the loss alone: no (B, T, vocab) logits
+            n = (y != IGNORE_INDEX).sum()
+            total += torch.stack([loss.double() * n, n.double()])
+    finally:
+        model.train(was_training)
+    if all_reduce is not None:
+        all_reduce(total)
     loss_sum, count = total.tolist()
     if count == 0:
         raise NanoGPT2Error("the validation split yields no full window; lower block_size")
-    val_loss = loss_sum / count
-    return {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 700.0))}
+    loss = loss_sum / count
+    return {"loss": loss, "ppl": math.exp(min(loss, 700.0)), "tokens": int(count), "windows": windows,
+            "seconds": time.time() - t0}
+
+
+def validation_loss(trainer) -> dict:
+    """A run's default `eval_fn`: `windows_loss` over `eval_iters` validation batches (0: the whole split), all
+    processes together. Returns val_loss, val_ppl."""
+    cfg, dist = trainer.cfg, trainer.dist
+    res = windows_loss(trainer.eval_model, trainer.val_data, cfg.block_size, cfg.batch_size, cfg.eval_iters or None,
+                       trainer.device, trainer.dtype, rank=dist.rank, world_size=dist.world_size,
+                       all_reduce=dist.all_reduce, forward_kwargs=loss_only(trainer.raw_model))
+    return {"val_loss": res["loss"], "val_ppl": res["ppl"]}
 
 
 @torch.no_grad()
@@ -240,39 +272,107 @@ def test_perplexity(trainer) -> Optional[dict]:
 
 
 # ----------------------------------------------------------------------------------------------------
+# A run's own data (`python -m nanogpt2.evaluate --init_from RUN`)
+
+LM_TASKS = ("lm", "distill")  # finetune.py tasks that train on a token stream (train.py's runs have no task)
+
+
+def run_config(info: dict, dataset: Optional[str] = None) -> Optional[RunConfig]:
+    """The settings of the run a checkpoint comes from (load_model's info) when the data to score is the run's own
+    (`dataset` None or the run's): None for another dataset or a model without a run (a GPT-2 name, an HF or
+    OpenAI folder, an old checkpoint)."""
+    saved = info.get("config") or {}
+    if not isinstance(saved, dict) or "dataset" not in saved or dataset not in (None, saved["dataset"]):
+        return None
+    if saved.get("task", "lm") not in LM_TASKS:
+        if dataset is not None:
+            return None
+        raise NanoGPT2Error(f"{info['path']} is a finetune.py --task {saved['task']} run, not a language model of a "
+                            f"token stream: score it with --task {saved['task']} (if it has one), or name --dataset")
+    known = settings_of(RunConfig)
+    return RunConfig.from_dict({k: v for k, v in saved.items() if k in known}, where=f"the run settings in {info['path']}")
+
+
+def evaluate_run(model, tokenizer, cfg: RunConfig, split: str = "val", *, stride: Optional[int] = None,
+                 block_size: Optional[int] = None, batch_size: Optional[int] = None, eval_iters: Optional[int] = None,
+                 max_tokens: Optional[int] = None, device=None, dtype=None, progress: bool = False) -> dict:
+    """A run's model scored on its own data (`cfg`: its RunConfig): the tokens train.py made from its dataset,
+    tokenizer, data_path and val_fraction (`nanogpt2.data.run_dataset`). Without `stride`, `val` / `train` are
+    scored on the windows of the run's validation (`windows_loss`: block_size, batch_size, the first eval_iters
+    batches; 0: all), so the loss is the one train.py reported for the same weights, and `test` as the run's final
+    test evaluation (strided, test_stride); with `stride`, strided perplexity over the whole split. The other
+    arguments override the run's settings."""
+    from nanogpt2.checkpoint import tokenizer_info
+    from nanogpt2.data import run_dataset, split_name
+
+    ds = run_dataset(cfg)
+    if tokenizer_info(tokenizer) != tokenizer_info(ds.tokenizer()):
+        raise NanoGPT2Error(f"the run's data ({cfg.dataset}) is tokenized with {ds.tokenizer().name!r}, its model "
+                            f"with {tokenizer.name!r}; name the data to score with --dataset")
+    s = split_name(split)
+    if s not in ds.splits:
+        raise NanoGPT2Error(f"the run's dataset {cfg.dataset} has no {s} split (it has {', '.join(ds.splits)}); "
+                            f"pick --split {' or --split '.join(ds.splits)}")
+    ids = ds.tokens(s)
+    n_bytes = ds.meta["splits"][s].get("text_bytes")
+    if max_tokens is not None and max_tokens < len(ids):
+        ids, n_bytes = ids[:max_tokens], None
+    batch = batch_size or cfg.batch_size
+    if stride is None and s != "test":  # the run's validation windows
+        block = block_size or cfg.block_size
+        if block > model.context_length:
+            raise NanoGPT2Error(f"--block_size {block} is longer than the model's context ({model.context_length} tokens)")
+        batches = cfg.eval_iters if eval_iters is None else eval_iters
+        res = windows_loss(model, ids, block, batch, batches or None, device, dtype)
+        res.update(block_size=block, stride=None, batch_size=batch, eval_iters=batches, tokens_total=len(ids))
+    else:
+        block = block_size or min(cfg.block_size, model.context_length)
+        res = evaluate_perplexity(model, ids, block_size=block, stride=stride or min(cfg.test_stride, block),
+                                  batch_size=batch, device=device, dtype=dtype, n_bytes=n_bytes, progress=progress)
+    res.update(dataset=cfg.dataset, split=s, tokenizer=tokenizer.name)
+    return res
+
+
+# ----------------------------------------------------------------------------------------------------
 # CLI
 
 
-def main(argv=None):
-    """The perplexity command (`--task lm`; nanogpt2.evaluate_cli dispatches the other tasks)."""
-    argv = sys.argv[1:] if argv is None else list(argv)
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python -m nanogpt2.evaluate",
-        description="Strided perplexity (HF's method) and bits per byte of a model on a dataset split.")
+        description="Loss and perplexity of a model on a dataset split: a run folder on its own data and validation "
+                    "windows by default, else strided perplexity (HF's method) and bits per byte.")
     ap.add_argument("--task", default="lm", choices=("lm", "classify"),
                     help="lm: perplexity (this command); classify: a classifier's accuracy (--task classify --help)")
     ap.add_argument("--init_from", default="gpt2", help="GPT-2 name, OpenAI size (124M, ...), HF or OpenAI folder, "
                     "train.py out_dir or checkpoint file, nanoGPT ckpt.pt or out_dir, llm.c model .bin")
     ap.add_argument("--meta_pkl", default=None, help="the meta.pkl of a nanoGPT character model (default: beside its "
                     "ckpt.pt, or data/<dataset>/meta.pkl)")
-    ap.add_argument("--dataset", default="wikitext2", help="dataset name (see nanogpt2.data.DATASETS) or a text file")
-    ap.add_argument("--split", default="test", help="split to score (wikitext: train/validation/test)")
-    ap.add_argument("--data_path", default=None, help="local copy of the dataset (skips the download)")
-    ap.add_argument("--stride", type=int, default=512, help="tokens between window starts (<= block_size)")
-    ap.add_argument("--block_size", type=int, default=None, help="window length (default: the model's context)")
-    ap.add_argument("--batch_size", type=int, default=1, help="windows per forward pass")
+    ap.add_argument("--dataset", default=None,
+                    help="dataset name (see nanogpt2.data.DATASETS) or a text file (default: a run's own, else wikitext2)")
+    ap.add_argument("--split", default=None,
+                    help="train, val or test (default: val for a run on its own data, the split it validated on; else test)")
+    ap.add_argument("--data_path", default=None, help="local copy of the dataset (skips the download; default: a run's own)")
+    ap.add_argument("--stride", type=int, default=None,
+                    help="tokens between window starts, <= block_size (default 512; a run's val / train split: its "
+                         "validation windows unless given, its test split: its test_stride)")
+    ap.add_argument("--block_size", type=int, default=None, help="window length (default: the run's, else the model's context)")
+    ap.add_argument("--batch_size", type=int, default=None, help="windows per forward pass (default: the run's, else 1)")
+    ap.add_argument("--eval_iters", type=int, default=None,
+                    help="a run's validation windows: batches scored (default: the run's eval_iters; 0: the whole split)")
     ap.add_argument("--max_tokens", type=int, default=None, help="score only the first N tokens (quick checks)")
     ap.add_argument("--device", default="auto", help="auto (cuda, else mps, else cpu), cpu, cuda, cuda:1, mps")
     ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                     help="autocast dtype; auto = bfloat16 on a GPU that supports it (else float16), float32 elsewhere")
     ap.add_argument("--json", action="store_true", help="print the result as one JSON line")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def _check_args(args) -> None:
+    """The options' ranges, before the model is loaded (or downloaded) and the text tokenized."""
     if args.task != "lm":
         raise NanoGPT2Error(f"nanogpt2.evaluate.main scores --task lm; --task {args.task} goes through the command "
                             f"(python -m nanogpt2.evaluate, nanogpt2.evaluate_cli.main)")
-    # Checked before the model is loaded (or downloaded) and the text tokenized.
-    device = resolve_device(args.device)
-    dtype = resolve_dtype(args.dtype, device)
     if args.max_tokens is not None and args.max_tokens < 2:
         raise NanoGPT2Error(f"--max_tokens must be >= 2 (perplexity needs two tokens), not {args.max_tokens}; "
                             f"leave it out to score the whole split")
@@ -280,19 +380,49 @@ def main(argv=None):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise NanoGPT2Error(f"--{name} must be >= 1, not {value}")
+    if args.eval_iters is not None and args.eval_iters < 0:
+        raise NanoGPT2Error(f"--eval_iters must be >= 0 (0: the whole split), not {args.eval_iters}")
 
-    model, tok, desc = load_model_and_tokenizer(args.init_from, device, meta_pkl=args.meta_pkl)
-    res = evaluate_dataset(model, tok, args.dataset, args.split, data_path=args.data_path, max_tokens=args.max_tokens,
-                           block_size=args.block_size, stride=args.stride, batch_size=args.batch_size,
+
+def _describe(res: dict, own: bool) -> str:
+    """The line saying what was scored."""
+    what = (f"{res['dataset']} {res['split']}" + (" (the run's own data)" if own else "") + f": {res['tokens']:,} "
+            f"tokens scored of {res['tokens_total']:,}, {res['windows']} windows of {res['block_size']}")
+    if res.get("stride") is not None:
+        return f"{what}, stride {res['stride']}"
+    batches = f"at most {res['eval_iters']} batches" if res["eval_iters"] else "every batch"
+    return (f"{what} ({batches} of {res['batch_size']}: the run's validation; --stride N for strided perplexity, "
+            f"--eval_iters 0 for the whole split)")
+
+
+def main(argv=None):
+    """The perplexity command (`--task lm`; nanogpt2.evaluate_cli dispatches the other tasks)."""
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
+    _check_args(args)
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+
+    model, tok, info = load_for_inference(args.init_from, device, meta_pkl=args.meta_pkl)
+    cfg = run_config(info, args.dataset)
+    if cfg is not None:  # the run's own data: its tokens, its validation windows
+        if args.data_path is not None:
+            cfg = cfg.replace(data_path=args.data_path)
+        res = evaluate_run(model, tok, cfg, args.split or "val", stride=args.stride, block_size=args.block_size,
+                           batch_size=args.batch_size, eval_iters=args.eval_iters, max_tokens=args.max_tokens,
                            device=device, dtype=dtype, progress=not args.json)
-    res["model"] = desc
+    else:
+        if args.eval_iters is not None:
+            raise NanoGPT2Error("--eval_iters picks a run's validation windows, on its own data; here use --stride")
+        res = evaluate_dataset(model, tok, args.dataset or "wikitext2", args.split or "test", data_path=args.data_path,
+                               max_tokens=args.max_tokens, block_size=args.block_size, stride=args.stride or 512,
+                               batch_size=args.batch_size or 1, device=device, dtype=dtype, progress=not args.json)
+    res["model"] = info["description"]
     if args.json:
         print(json.dumps(res))
     else:
-        print(f"model {desc}\n{args.dataset} {args.split}: {res['tokens']:,} tokens scored of {res['tokens_total']:,}, "
-              f"{res['windows']} windows of {res['block_size']}, stride {res['stride']}")
-        print(f"loss {res['loss']:.4f}  perplexity {res['ppl']:.3f}  bits/byte {res.get('bits_per_byte', float('nan')):.4f}  "
-              f"({res['seconds']:.1f}s)")
+        print(f"model {res['model']}\n{_describe(res, cfg is not None)}")
+        bpb = f"  bits/byte {res['bits_per_byte']:.4f}" if res.get("bits_per_byte") is not None else ""
+        print(f"loss {res['loss']:.4f}  perplexity {res['ppl']:.3f}{bpb}  ({res['seconds']:.1f}s)")
     return res
 
 

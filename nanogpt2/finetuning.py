@@ -47,15 +47,17 @@ import torch.nn as nn
 
 from nanogpt2.config import RunConfig, load_config, new_default, setting, settings_text, wants_help
 from nanogpt2.errors import EXIT_INTERRUPTED, NanoGPT2Error
+from nanogpt2.distributed import dist_from_env
 from nanogpt2.export_dir import ADAPTER_WEIGHTS, HF_MODEL, PEFT_ADAPTER, ExportDir
 from nanogpt2.inspect import trainability_table
 from nanogpt2.lm_results import LMResults, lm_scores
-from nanogpt2.loader import model_spec
+from nanogpt2.loader import model_context, model_spec
 from nanogpt2.losses import KEY_TOKEN_FORMULAS, key_token_entries
 from nanogpt2.model import GPT
 from nanogpt2.optim import block_of, frozen_blocks, make_adamw, matches, param_groups, set_trainable
 from nanogpt2.peft import (PromptTuned, apply_adapters, apply_lora, apply_prefix, apply_prompt, lora_layers,
                            save_adapter_weights, save_peft_adapter)
+from nanogpt2.task_metrics import TaskMetrics
 from nanogpt2.trainer import Trainer
 
 METHODS = ("full", "lora", "adapter", "prefix", "prompt", "selective")
@@ -72,7 +74,8 @@ class FinetuneConfig(RunConfig):
     script = "finetune.py"
     groups = MappingProxyType({**RunConfig.groups, "method": "Fine-tuning method", "task": "Task"})
     choices = MappingProxyType({**RunConfig.choices, "method": METHODS, "task": tuple(TASKS),
-                                "student_init": ("teacher", "scratch"), "key_token_formula": KEY_TOKEN_FORMULAS})
+                                "student_init": ("teacher", "scratch"), "key_token_formula": KEY_TOKEN_FORMULAS,
+                                "test_on": ("best", "final")})
 
     # --- defaults that differ from train.py's: the fine-tuning recipe of the configs (GPT-2 small, WikiText-2:
     # 3 epochs of 16,384-token steps, linear warmup over 10 % then linear decay to 1e-7, weight decay 0.01, AdamW
@@ -147,6 +150,9 @@ class FinetuneConfig(RunConfig):
                                   "perplexity; instruct: the held-out response loss)", "task")
     results_dir: str = setting("results", "classify / lm / instruct: the results tree goes to "
                                "results_dir/<model>/<timestamp>/", "task")
+    test_on: str = setting("best", "classify: the weights the final test scores, and the results tree and exports "
+                           "hold: best (checkpoint_best.pt's, by validation accuracy, as HF's load_best_model_at_end; "
+                           "the final ones when there is none) | final", "task")
 
     # --- task instruct ---
     template: str = setting(
@@ -247,6 +253,7 @@ class TaskParts:
     modules_to_save: tuple = ()  # new parameters of the task (a classifier's score): trainable under every method
     before_train: Optional[Callable] = None      # f(trainer): e.g. a baseline evaluation
     after_train: Optional[Callable] = None       # f(trainer, summary): e.g. the test evaluation
+    metrics: Optional[TaskMetrics] = None        # how the loss and metrics are reported, what judges the best (None: LM)
 
 
 def task(cfg: FinetuneConfig) -> TaskParts:
@@ -420,17 +427,18 @@ def save_adapter(model: nn.Module, folder, overwrite: bool = False, log=None, ba
 
 
 def export_merged(model: nn.Module, folder, tokenizer=None, log=None, overwrite: bool = False,
-                  reserved: dict = None) -> str:
+                  reserved: dict = None, base: str = "") -> str:
     """An HF GPT-2 folder of the fine-tuned model (nanogpt2.convert.save_pretrained: LoRA merged on a copy, the
     run's model stays unmerged); a prefix or a prompt cannot merge into GPT-2's weights, so it is exported as an HF
-    peft PREFIX_TUNING / PROMPT_TUNING folder. Where: the export rule of nanogpt2/export_dir.py."""
+    peft PREFIX_TUNING / PROMPT_TUNING folder naming `base` (peft_base) as its base model. Where: the export rule of
+    nanogpt2/export_dir.py."""
     from nanogpt2.convert import save_pretrained
 
     name = "merge_and_export"
     for attr, what in (("prefix_config", "prefix-tuning"), ("prompt_config", "prompt-tuning")):
         if getattr(model, attr, None) is not None:
-            return str(save_peft_adapter(model, folder, overwrite=overwrite, log=log, reserved=reserved, name=name)) \
-                + f" (peft {what} folder; the base model is init_from)"
+            return str(save_peft_adapter(model, folder, base, overwrite=overwrite, log=log, reserved=reserved,
+                                         name=name)) + f" (peft {what} folder; the base model is init_from)"
     return str(save_pretrained(model, folder, tokenizer=tokenizer, log=log, overwrite=overwrite, reserved=reserved,
                                name=name)) + " (HF folder)"
 
@@ -476,7 +484,9 @@ def save_weights(trainer, folder) -> str:
         return f"{save_model_checkpoint(trainer, folder)} (nanogpt2 checkpoint: Houlsby adapters have no HF GPT-2 form)"
     if getattr(trainer.tokenizer, "name", "gpt2") != "gpt2":
         return f"{save_model_checkpoint(trainer, folder)} (nanogpt2 checkpoint: it holds the {trainer.tokenizer.name} vocabulary)"
-    return export_merged(model, folder, trainer.tokenizer, trainer.log)
+    prefix_or_prompt = any(getattr(model, a, None) is not None for a in ("prefix_config", "prompt_config"))
+    base = peft_base(trainer.cfg.init_from) if prefix_or_prompt else ""
+    return export_merged(model, folder, trainer.tokenizer, trainer.log, base=base)
 
 
 def write_outputs(trainer) -> None:
@@ -484,13 +494,13 @@ def write_outputs(trainer) -> None:
     cfg, model = trainer.cfg, trainer.raw_model
     if not trainer.dist.master:
         return
+    peft = any(getattr(model, a, None) is not None for a in ("lora_config", "prefix_config", "prompt_config"))
+    base = peft_base(cfg.init_from, trainer.log) if peft else ""  # out_dir/adapter's and a prefix / prompt export's
     if cfg.method not in ("full", "selective"):
-        lora = getattr(model, "lora_config", None) is not None or getattr(model, "prefix_config", None) is not None
-        base = peft_base(cfg.init_from, trainer.log) if lora else ""
         trainer.log(f"adapter weights: {save_adapter(model, trainer.out_dir / 'adapter', cfg.overwrite, trainer.log, base)}")
     if cfg.merge_and_export:
         where = export_merged(model, cfg.merge_and_export, trainer.tokenizer, trainer.log, cfg.overwrite,
-                              export_reserved(cfg))
+                              export_reserved(cfg), base)
         trainer.log(f"exported to {where}")
 
 
@@ -498,9 +508,29 @@ def write_outputs(trainer) -> None:
 # finetune.py
 
 
+def cap_block_size(cfg: FinetuneConfig, log: Callable[[str], None] = print) -> FinetuneConfig:
+    """block_size is the recipe's longest window, not a demand: a base model (`init_from`) of a shorter context
+    trains at its context, less a prefix's or a prompt's positions, said in one line. (A distillation's teacher bounds the
+    student's windows itself: nanogpt2.distill.)"""
+    base = cfg.init_from
+    context = None if cfg.task == "distill" else model_context(base)
+    if context is None:
+        return cfg
+    virtual = {"prefix": cfg.prefix_length, "prompt": cfg.prompt_length}.get(cfg.method, 0)
+    room = context - virtual
+    if not 1 <= room < cfg.block_size:
+        return cfg  # fits (or a prefix longer than the context: the method says so)
+    log(f"block_size={cfg.block_size} is longer than the context of {base} ({context} tokens"
+        + (f", {virtual} of them for the {cfg.method}" if virtual else "") + f"): using block_size={room}")
+    capped = cfg.replace(block_size=room)
+    capped._sources = getattr(cfg, "_sources", None)  # the config files, for the config line
+    return capped
+
+
 def run(cfg: FinetuneConfig, hooks=()) -> dict:
     """One fine-tuning run: the task's parts, the method on its model, the trainer."""
     export_plans(cfg)  # refused exports stop the run here, before anything is loaded or written
+    cfg = cap_block_size(cfg, log=print if dist_from_env().master else (lambda msg: None))
     parts = load_task(cfg.task)(cfg)
     head_patterns = tuple(parts.head_patterns)
 
@@ -514,7 +544,8 @@ def run(cfg: FinetuneConfig, hooks=()) -> dict:
         all_hooks.insert(0, HeadOnlyPhase(head_patterns, cfg.head_only_steps, cfg.head_only_epochs))
     trainer = Trainer(cfg, model=model, tokenizer=parts.tokenizer, make_sampler=parts.make_sampler,
                       eval_fn=parts.eval_fn, loss_fn=parts.loss_fn, steps_per_epoch=parts.steps_per_epoch,
-                      hooks=all_hooks, make_optimizer=make_finetune_optimizer(head_patterns, tuple(parts.modules_to_save)), prepare_model=prepare,
+                      hooks=all_hooks, make_optimizer=make_finetune_optimizer(head_patterns, tuple(parts.modules_to_save)),
+                      prepare_model=prepare, metrics=parts.metrics,
                       trainable_checkpoints=cfg.method not in ("full", "selective"))  # PEFT: the base by reference
     if parts.before_train is not None:
         parts.before_train(trainer)

@@ -59,6 +59,7 @@ from nanogpt2.lm_results import LMResults, eval_scores
 from nanogpt2.losses import (course_key_token_loss, key_counts, key_token_weighted_loss, masked_mean_loss,
                              parse_key_tokens)
 from nanogpt2.model import IGNORE_INDEX
+from nanogpt2.task_metrics import TaskMetrics
 from nanogpt2.tokenizer import get_tokenizer
 
 DEFAULT_MAX_LENGTH = 512        # tokens per example when max_length=0 (Alpaca's model_max_length)
@@ -500,6 +501,13 @@ class InstructSampler:
         self.step += 1
         return device_batch(collate([self.data.example(i) for i in idx], self.pad_id), device)
 
+    @staticmethod
+    def real_tokens(batch: dict) -> int:
+        """The non-pad tokens a (micro-)batch runs the model on: each row's tokens but its last (only a target),
+        within the longest row (the loss trims the batch to it): what the trainer's tokens/s and MFU count."""
+        lengths = batch["lengths"]  # (B,) on the CPU
+        return int(lengths.clamp(max=int(lengths.max()) - 1).sum())
+
     def state_dict(self) -> dict:
         return {"kind": "InstructSampler", "seed": self.seed, "step": self.step, "n_examples": len(self.data),
                 "batch_size": self.batch_size, "world_size": self.world_size}
@@ -713,10 +721,12 @@ def task(cfg):
 
     results = LMResults(cfg, "instruct", lambda trainer: eval_scores(trainer, HELD_OUT), save_weights, note,
                         val_name=HELD_OUT)
+    metrics = TaskMetrics(loss_name="loss" if cfg.train_on_input else "response loss")  # best: the held-out one
     return TaskParts(tokenizer=tok, make_sampler=make_sampler, eval_fn=eval_fn,
                      loss_fn=make_loss_fn(key_ids, cfg.key_token_alpha, cfg.key_token_formula),
                      steps_per_epoch=math.ceil(len(train) / global_rows(cfg)),
-                     hooks=[Answers(tok, template)], before_train=results.before_train, after_train=results.after_train)
+                     hooks=[Answers(tok, template)], before_train=results.before_train, after_train=results.after_train,
+                     metrics=metrics)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -33,16 +33,18 @@ import importlib
 import json
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import torch.nn as nn
 
 from nanogpt2 import checkpoint as ckpt_io
 from nanogpt2 import llmc, nanogpt_format
 from nanogpt2.base_ref import BaseTrace, complete
+from nanogpt2.download import DownloadError
 from nanogpt2.errors import NanoGPT2Error
 from nanogpt2.model import GPT, GPTConfig
 from nanogpt2.peft import apply_method_spec, collapse_prefix, method_spec
+from nanogpt2.rundir import run_folders
 
 # ----------------------------------------------------------------------------------------------------
 # Model specs
@@ -258,15 +260,34 @@ def load_model(init_from: str, device="cpu", dropout=None, log=_warn, config: GP
     return model.to(device), info
 
 
-def load_model_and_tokenizer(init_from: str, device="cpu", meta_pkl=None):
-    """(model in eval mode on `device`, its tokenizer, a description) for sample.py and evaluation. A prefix
+def load_for_inference(init_from: str, device="cpu", meta_pkl=None):
+    """(model in eval mode on `device`, its tokenizer, load_model's info) for sample.py and evaluation. A prefix
     trained through its reparameterisation MLP is collapsed to its table (the same outputs, no MLP per step).
     `meta_pkl`: as for load_model."""
-    model, info = load_model(init_from, device=device, meta_pkl=meta_pkl)
+    try:
+        model, info = load_model(init_from, device=device, meta_pkl=meta_pkl)
+    except DownloadError as e:  # a GPT-2 name, offline: name what loads without a download
+        raise DownloadError(f"{e} {offline_alternative()}") from None
     if (getattr(model, "prefix_config", None) or {}).get("projection_hidden") is not None:
         collapse_prefix(model)
     tok = ckpt_io.tokenizer_from_info(info["tokenizer"], path=info["path"] if "step" in info else None)
-    return model.eval(), tok, info["description"]
+    return model.eval(), tok, info
+
+
+def offline_alternative(where=".") -> str:
+    """What to pass instead of a model that cannot be downloaded: the run folders in `where` (a train.py out_dir
+    loads offline), or how to make one."""
+    runs = run_folders(where)
+    if runs:
+        return f"Offline, a run folder here loads without a download: {' or '.join(f'--init_from {p.name}' for p in runs[:3])}."
+    return ("Offline, train a model first (python train.py writes out-shakespeare, on a CPU too) and pass "
+            "--init_from out-shakespeare.")
+
+
+def load_model_and_tokenizer(init_from: str, device="cpu", meta_pkl=None):
+    """(model in eval mode on `device`, its tokenizer, a description): `load_for_inference` without the info."""
+    model, tok, info = load_for_inference(init_from, device, meta_pkl)
+    return model, tok, info["description"]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -324,6 +345,29 @@ def build_traced_run_model(cfg, tokenizer, *, model: nn.Module = None, resume_st
     return model, base
 
 
+def model_context(init_from: str) -> Optional[int]:
+    """The context (positions for real tokens) of the model `init_from` names, found without a download: a run
+    folder's or checkpoint's model, an HF folder's config.json, an OpenAI folder's hparams.json; None for a name
+    or size (GPT-2's 1024, downloaded later), scratch, and what the loader will refuse anyway."""
+    from nanogpt2.openai_checkpoint import is_openai_folder
+
+    path = Path(init_from)
+    try:
+        if init_from == "scratch" or not path.exists():
+            return None
+        if is_checkpoint(path) and not is_hf_folder(path):
+            model, _ = load_checkpoint_model(path, log=lambda msg: None)  # the run's own load says what it skips
+            return getattr(model, "context_length", None)
+        if is_hf_folder(path):
+            hf = json.loads((path / "config.json").read_text())
+            return int(hf.get("n_positions", hf.get("n_ctx", 1024)))
+        if is_openai_folder(path):
+            return int(json.loads((path / "hparams.json").read_text())["n_ctx"])
+    except (NanoGPT2Error, OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None  # loading it for the run says what is wrong
+    return None
+
+
 def fit_context(model: nn.Module, block_size: int) -> None:
     """Crop the positional table to the run's windows (nanoGPT's model surgery: GPT-2's 1024 -> block_size),
     keeping the positions a method spends on itself (a prefix: context_length = block_size - P)."""
@@ -346,9 +390,11 @@ def _init_model(cfg, tokenizer, log) -> tuple:
                          meta_pkl=getattr(cfg, "meta_pkl", "") or None)
     mine = ckpt_io.tokenizer_info(tokenizer) if tokenizer is not None else None
     if mine is not None and info["tokenizer"] != mine:
+        own = (info.get("config") or {}).get("dataset")  # a run folder's: data in its tokenizer
+        fix = (f"fine-tune it on data in its tokenizer (--dataset {own}, its own)" if own
+               else "use the same tokenizer (tokenizer=gpt2 for GPT-2 weights)")
         raise NanoGPT2Error(f"init_from={cfg.init_from} was trained with tokenizer {info['tokenizer'].get('name')!r} "
-                            f"(another vocabulary than this run's {mine['name']!r}); use the same tokenizer "
-                            f"(tokenizer=gpt2 for GPT-2 weights)")
+                            f"(another vocabulary than this run's {mine['name']!r}, dataset {cfg.dataset}); {fix}")
     if not isinstance(m, GPT):
         raise NanoGPT2Error(f"init_from={cfg.init_from} holds a {type(m).__name__} ({info['spec'].get('kind')}); "
                             f"train.py starts from a GPT: resume that run with --resume_from instead")

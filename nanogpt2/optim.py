@@ -171,6 +171,19 @@ def frozen_blocks(text: str) -> list:
     return blocks
 
 
+def check_frozen_blocks(blocks: list, n_layer: int, text: str) -> None:
+    """Refuse a freeze list the model is too shallow for: a block past its last, or every block (a recipe's list,
+    configs/finetune_selective.py's 0-3 of GPT-2 small's 12, on a 4-layer model would leave no block to train)."""
+    keep = ",".join(map(str, range(n_layer // 2)))
+    fix = f"--freeze_layers {keep} (the lower half)" if keep else "--freeze_layers ''"
+    if blocks and blocks[-1] >= n_layer:
+        raise NanoGPT2Error(f"freeze_layers={text!r} names block {blocks[-1]}, but this model has {n_layer} blocks "
+                            f"(0-{n_layer - 1}): it is shallower than the freeze list; give blocks it has, e.g. {fix}")
+    if n_layer and len(blocks) == n_layer:
+        raise NanoGPT2Error(f"freeze_layers={text!r} freezes every block of this {n_layer}-block model, so only the "
+                            f"embeddings and the head would train; freeze fewer, e.g. {fix}")
+
+
 def set_trainable(model: nn.Module, method: str, head_patterns=(), modules_to_save=(), freeze_layers: str = "",
                   freeze_embeddings: bool = False, freeze_head: bool = False) -> None:
     """requires_grad by a fine-tuning method: "full" trains everything, "selective" all but the blocks of
@@ -179,9 +192,7 @@ def set_trainable(model: nn.Module, method: str, head_patterns=(), modules_to_sa
     n_layer = len(model.transformer.h)
     if method == "selective":
         blocks = frozen_blocks(freeze_layers)
-        if blocks and blocks[-1] >= n_layer:
-            raise NanoGPT2Error(f"freeze_layers={freeze_layers!r} names block {blocks[-1]}, but the model has "
-                                f"{n_layer} blocks (0-{n_layer - 1})")
+        check_frozen_blocks(blocks, n_layer, freeze_layers)
         for name, p in model.named_parameters():
             embedding = freeze_embeddings and re.search(r"(^|\.)(wte|wpe)\.", name) is not None
             head = freeze_head and matches(name, head_patterns)

@@ -3,11 +3,15 @@ What a run reports: the progress line, metrics.jsonl, TensorBoard and the plot a
 
 Every record is one JSON line of the run folder's metrics.jsonl (a step's loss, lr, grad_norm, tokens_per_sec,
 samples_per_sec, mfu, time left, the monitor's figures: grad_norms by part of the model and the peak memory (see
-nanogpt2/monitor.py); an evaluation's val_loss; the final test_*), the same numbers as TensorBoard scalars
-(`train/<name>`, `val_loss`, `val_ppl`, `grad_norms/<part>`, `memory/<name>`) when tensorboard=True, and on the
-console the progress line every log_interval steps. Only rank 0 writes: the other processes' RunOutputs do
-nothing. The plot at the end (training_curves.png): loss (train and val), perplexity, learning rate and the
-gradient norms (the global one and each part's), one figure.
+nanogpt2/monitor.py), the loss_fn's terms (a distillation's kd_loss, a classifier's accuracy); an evaluation's
+val_loss and the task's val_* metrics; the final test_*), the same numbers as TensorBoard scalars under one tag
+scheme when tensorboard=True (`train/<name>`, `val/<name>` for val_<name>, `test/<name>`, `grad_norms/<part>`,
+`memory/<name>`), and on the console the progress line every log_interval steps and a line per evaluation. The
+task's TaskMetrics (nanogpt2/task_metrics.py) names its loss and says whether exp(loss) is a perplexity: a
+classifier's records, lines and plot have no ppl. Throughput counts the tokens the model ran on: a padded task's
+real (non-pad) tokens. Only rank 0 writes: the other processes' RunOutputs do nothing. The plot at the end
+(training_curves.png): the losses (train, its terms beside the val loss), perplexity or the task's metrics,
+learning rate and the gradient norms (the global one and each part's), one figure.
 
 On resume, metrics.jsonl keeps the records up to the checkpoint's step (the steps after it are redone) and
 TensorBoard purges its events past that step, so the curves of a resumed run have no doubled stretch.
@@ -32,14 +36,23 @@ from nanogpt2.errors import NanoGPT2Error
 from nanogpt2.generate import generate
 from nanogpt2.perf import mfu
 from nanogpt2.rundir import RunDir
+from nanogpt2.task_metrics import LM, TaskMetrics, label
 
-TB_KEYS = ("loss", "ppl", "lr", "grad_norm", "tokens_per_sec", "samples_per_sec", "mfu", "val_loss", "val_ppl",
-           "loss_scale")
+TB_TRAIN_KEYS = ("loss", "ppl", "lr", "grad_norm", "tokens_per_sec", "samples_per_sec", "mfu", "loss_scale")
+TB_SPLITS = ("val", "test")  # rec["val_loss"] -> val/loss, rec["test_ppl"] -> test/ppl
 MEMORY_KEYS = ("peak_mem_allocated_mib", "peak_mem_reserved_mib", "peak_rss_mib")  # nanogpt2.monitor.peak_memory's
 
 
-def fmt_hours(seconds: float) -> str:
-    return f"{seconds / 3600:.2f}h"
+def fmt_duration(seconds: float) -> str:
+    """A time span in the units that fit: `42s`, `5m07s`, `1h05m`, `3d04h` (rounded down to the unit shown)."""
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
 
 
 def time_left(t_start: float, steps_left: int, step_time: float, budget_hours: float) -> dict:
@@ -57,29 +70,45 @@ def time_left(t_start: float, steps_left: int, step_time: float, budget_hours: f
 
 
 class Throughput:
-    """The tokens and seconds of the training steps since the last logged step: tokens/s, samples/s (rows: windows,
-    examples), MFU (per process, against the device's peak) and the mean step time of that window.
+    """The tokens, steps and seconds of the training steps since the last logged step: tokens/s, samples/s (rows:
+    windows, examples), MFU (per process, against the device's peak) and the mean step time of that window.
+    The tokens are the ones the model ran on: batch x block_size for language modelling, the real (non-pad)
+    tokens of a padded task's batches (the sampler's `real_tokens`, see nanogpt2.trainer).
     samples_per_step: the rows of one optimizer step over all processes."""
 
     def __init__(self, flops_per_token: float, peak_flops: float, world_size: int, samples_per_step: int = 0):
         self.flops_per_token, self.peak_flops, self.world_size = flops_per_token, peak_flops, world_size
         self.samples_per_step = samples_per_step
-        self.tokens, self.seconds = 0, 0.0
+        self.tokens, self.steps, self.seconds = 0, 0, 0.0
 
     def add(self, tokens: int, seconds: float) -> None:
+        """One optimizer step of `tokens` (over all processes) that took `seconds`."""
         self.tokens += tokens
+        self.steps += 1
         self.seconds += seconds
 
-    def take(self, rec: dict, tokens_per_step: int, last_step_time: float) -> float:
+    def take(self, rec: dict, last_step_time: float) -> float:
         """tokens_per_sec, samples_per_sec and mfu into `rec`; returns the window's mean step time; starts a new
         window."""
-        tps = self.tokens / self.seconds if self.seconds > 0 else float("nan")
+        per_sec = (lambda n: n / self.seconds) if self.seconds > 0 else (lambda n: float("nan"))
+        tps = per_sec(self.tokens)
         rec["tokens_per_sec"] = tps
-        rec["samples_per_sec"] = tps * self.samples_per_step / tokens_per_step
+        rec["samples_per_sec"] = per_sec(self.samples_per_step * self.steps)
         rec["mfu"] = mfu(self.flops_per_token, tps / self.world_size, self.peak_flops)
-        step_time = self.seconds * tokens_per_step / self.tokens if self.tokens else last_step_time
-        self.tokens, self.seconds = 0, 0.0
+        step_time = self.seconds / self.steps if self.steps else last_step_time
+        self.tokens, self.steps, self.seconds = 0, 0, 0.0
         return step_time
+
+
+def tensorboard_scalars(rec: dict, terms: Sequence[str] = ()) -> dict:
+    """{tag: value} of a record's numbers under one scheme: `train/<key>` for a step's (TB_TRAIN_KEYS and the
+    loss_fn's terms), `val/<name>` and `test/<name>` for val_<name> / test_<name>."""
+    scalars = {f"train/{key}": rec.get(key) for key in (*TB_TRAIN_KEYS, *terms)}
+    for key, value in rec.items():
+        split, _, name = key.partition("_")
+        if split in TB_SPLITS and name:
+            scalars[f"{split}/{name}"] = value
+    return scalars
 
 
 def memory_text(rec: dict) -> list:
@@ -94,11 +123,13 @@ def memory_text(rec: dict) -> list:
 class RunOutputs:
     """metrics.jsonl, TensorBoard, the progress line and the plot of one run (rank 0; inactive elsewhere)."""
 
-    def __init__(self, rundir: RunDir, cfg: RunConfig, active: bool, log: Callable[[str], None]):
+    def __init__(self, rundir: RunDir, cfg: RunConfig, active: bool, log: Callable[[str], None],
+                 metrics: TaskMetrics = LM):
         self.rundir = rundir
         self.cfg = cfg
         self.active = active
         self.log = log
+        self.metrics = metrics  # how the task's loss and metrics are named and shown (nanogpt2/task_metrics.py)
         self.loss_terms: Sequence[str] = ()  # extra loss terms of the records (a distillation loss's KD and CLM)
         self._tb = None
 
@@ -136,11 +167,11 @@ class RunOutputs:
         self.rundir.append(self.rundir.metrics_path, json.dumps(rec) + "\n", "metrics")
         if self._tb is None:
             return
-        scalars = {key if key.startswith("val") else f"train/{key}": rec.get(key) for key in (*TB_KEYS, *self.loss_terms)}
+        scalars = tensorboard_scalars(rec, self.loss_terms)
         scalars.update({f"memory/{key}": rec.get(key) for key in MEMORY_KEYS})
         scalars.update({f"grad_norms/{part}": v for part, v in rec.get("grad_norms", {}).items()})
         for tag, value in scalars.items():
-            if value is not None and math.isfinite(value):
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
                 self._tb.add_scalar(tag, value, rec["step"])
 
     def write_sample(self, step: int, text: str) -> None:
@@ -148,25 +179,39 @@ class RunOutputs:
             self.rundir.append(self.rundir.samples_path, f"--- step {step} ---\n{text}\n", "samples")
 
     def progress_line(self, rec: dict, max_steps: int) -> str:
-        """The console line of a logged step: loss, ppl, lr, gradient norm, throughput (tokens and samples), MFU, peak
-        memory, elapsed, ETA, budget."""
+        """The console line of a logged step: the loss (the task's name for it), its terms and the task's training
+        metrics, ppl (when the loss is a token-level cross-entropy), lr, gradient norm, throughput (tokens and
+        samples), MFU, peak memory, elapsed, ETA, budget."""
         budget = rec["budget_left_h"]
         by_budget = budget is not None and rec["step"] < max_steps and rec["eta_h"] >= budget
         parts = [
             f"step {rec['step']}/{max_steps}",
-            f"loss {rec['loss']:.4f}",
+            f"{self.metrics.loss_name} {rec['loss']:.4f}",
             *(f"{name} {rec[name]:.4f}" for name in self.loss_terms if name in rec),
-            f"ppl {rec['ppl']:.2f}",
+            *([f"ppl {rec['ppl']:.2f}"] if "ppl" in rec else []),
             f"lr {rec['lr']:.2e}",
             f"grad {rec['grad_norm']:.3f}",
             f"{rec['tokens_per_sec']:,.0f} tok/s",
             *([f"{rec['samples_per_sec']:,.2f} samples/s"] if "samples_per_sec" in rec else []),
             f"MFU {100 * rec['mfu']:.2f}%" if math.isfinite(rec["mfu"]) else "MFU n/a",
             *memory_text(rec),
-            f"Elapsed: {fmt_hours(3600 * rec['elapsed_h'])}",
-            f"ETA: {fmt_hours(3600 * rec['eta_h'])}" + (" (time limit)" if by_budget else ""),
-            f"Budget left: {fmt_hours(3600 * budget)}" if budget is not None else "Budget left: none",
+            f"elapsed {fmt_duration(3600 * rec['elapsed_h'])}",
+            f"ETA {fmt_duration(3600 * rec['eta_h'])}" + (" (time limit)" if by_budget else ""),
+            f"budget left {fmt_duration(3600 * budget)}" if budget is not None else "budget left none",
         ]
+        return " | ".join(parts)
+
+    def eval_line(self, step: int, reason: str, res: dict, improved: bool, saved: bool) -> str:
+        """The console line of an evaluation: val loss, val ppl (when the loss is a perplexity's), the task's
+        validation metrics (val accuracy, val macro-F1), and whether it is a new best by the task's best key."""
+        val = res["val_loss"]
+        parts = [f"eval step {step} ({reason})", f"val loss {val:.4f}"]
+        if self.metrics.perplexity:
+            parts.append(f"val ppl {res.get('val_ppl', math.exp(min(val, 700))):.2f}")
+        parts += [f"{label(key)} {res[key]:.4f}" for key in self.metrics.val_metrics if res.get(key) is not None]
+        if improved:
+            by = "" if self.metrics.best == "val_loss" else f" ({self.metrics.best_label})"
+            parts.append(f"new best{by}" + (" (saved checkpoint_best.pt)" if saved else ""))
         return " | ".join(parts)
 
     @staticmethod
@@ -194,7 +239,7 @@ class RunOutputs:
         recs = [r for r in recs if "loss" in r]  # step records (not the final test_* record)
         if not recs:
             return None
-        fig = plot_run(plt, recs)
+        fig = plot_run(plt, recs, self.metrics, self.loss_terms)
         out = self.rundir.plot_path
         fig.savefig(out, dpi=100)
         plt.close(fig)
@@ -207,20 +252,28 @@ class RunOutputs:
             self._tb = None
 
 
-def plot_run(plt, recs: list):
-    """A 2 x 2 figure of step records: loss (train, val), perplexity (log scale), learning rate, gradient norms."""
+def plot_run(plt, recs: list, metrics: TaskMetrics = LM, terms: Sequence[str] = ()):
+    """A 2 x 2 figure of step records: the losses (plot_losses), perplexity (log scale) or, for a task whose loss
+    is no perplexity's, its metrics (a classifier's train and val accuracy, val macro-F1), learning rate, gradient
+    norms."""
     fig, axes = plt.subplots(2, 2, figsize=(13, 8.5))
     (loss_ax, ppl_ax), (lr_ax, norm_ax) = axes
-    train = [(r["step"], r["loss"]) for r in recs if math.isfinite(r["loss"])]
-    val = [(r["step"], r["val_loss"]) for r in recs if "val_loss" in r]
-    for ax, f, title in ((loss_ax, lambda v: v, "loss"), (ppl_ax, lambda v: math.exp(min(v, 50)), "perplexity")):
-        if train:
-            ax.plot([s for s, _ in train], [f(v) for _, v in train], label="train")
-        if val:
-            ax.plot([s for s, _ in val], [f(v) for _, v in val], "o-", label="val")
-        ax.set_title(title)
-        ax.legend()
-    ppl_ax.set_yscale("log")
+    plot_losses(loss_ax, recs, [t for t in terms if t not in metrics.train_metrics])
+    if metrics.perplexity:
+        train = [(r["step"], math.exp(min(r["loss"], 50))) for r in recs if math.isfinite(r["loss"])]
+        val = [(r["step"], math.exp(min(r["val_loss"], 50))) for r in recs if "val_loss" in r]
+        series = [("train", train, "-"), ("val", val, "o-")]
+        ppl_ax.set_title("perplexity")
+    else:
+        series = [(f"train {label(k)}", [(r["step"], r[k]) for r in recs if k in r], "-") for k in metrics.train_metrics]
+        series += [(label(k), [(r["step"], r[k]) for r in recs if r.get(k) is not None], "o-") for k in metrics.val_metrics]
+        ppl_ax.set_title("task metrics")
+    for name, points, style in series:
+        if points:
+            ppl_ax.plot(*zip(*points), style, label=name)
+    if metrics.perplexity:
+        ppl_ax.set_yscale("log")
+    ppl_ax.legend()
     lr_ax.plot([r["step"] for r in recs], [r["lr"] for r in recs])
     lr_ax.set_title("learning rate")
     plot_grad_norms(plt, norm_ax, recs)
@@ -229,6 +282,27 @@ def plot_run(plt, recs: list):
         ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def plot_losses(ax, recs: list, terms: Sequence[str]) -> None:
+    """The training loss, its terms (a distillation's kd_loss and clm_loss: each unweighted, in nats like the
+    validation loss, so the student's train CLM and its val loss are the same measure; a log scale keeps a
+    larger KD term on the same axes) and the validation loss, against the step."""
+    train = [(r["step"], r["loss"]) for r in recs if math.isfinite(r["loss"])]
+    if train:
+        ax.plot(*zip(*train), label="train (weighted sum)" if terms else "train")
+    for name in terms:
+        points = [(r["step"], r[name]) for r in recs if name in r and math.isfinite(r[name])]
+        if points:
+            ax.plot(*zip(*points), linewidth=1, label=f"train {name}")
+    val = [(r["step"], r["val_loss"]) for r in recs if "val_loss" in r]
+    if val:
+        ax.plot(*zip(*val), "o-", label="val")
+    values = [v for _, v in train + val] + [r[n] for r in recs for n in terms if n in r]
+    if terms and values and min(values) > 0:
+        ax.set_yscale("log")
+    ax.set_title("loss (nats)" if terms else "loss")
+    ax.legend()
 
 
 def plot_grad_norms(plt, ax, recs: list) -> None:

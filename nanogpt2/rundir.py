@@ -303,3 +303,12 @@ def check_resumable(path, state: dict) -> None:
         if key not in state:
             raise NanoGPT2Error(f"{path} has no {key!r}: it holds weights only and cannot be resumed; "
                                 f"use --init_from={path} to start a new run from its weights")
+
+
+def run_folders(where=".") -> list:
+    """The run folders directly inside `where` (folders holding a checkpoint), sorted by name; [] when it
+    cannot be read."""
+    try:
+        return sorted(p for p in Path(where).iterdir() if p.is_dir() and ckpt_io.list_checkpoints(p))
+    except OSError:
+        return []

@@ -77,20 +77,16 @@ def _check_int(name, v, lo):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Training: random windows
+# Training samplers: what both share
 # ---------------------------------------------------------------------------------------------------------------
 
-class RandomWindowSampler:
-    """Random training windows of block_size + 1 tokens, nanoGPT style; seeded, resumable, DDP-sharded.
+class _TrainingWindows:
+    """The settings, batches and resume check both training samplers share; a subclass says where call k's
+    windows start (`starts`) and what else its state holds."""
 
-    Call k draws `world_size * batch_size` window starts from `np.random.default_rng([seed, k])` (uniform over
-    every start that leaves room for block_size + 1 tokens) and returns this rank's slice
-    `[rank * batch_size, (rank + 1) * batch_size)`. The draw depends only on (seed, k): the state is one
-    counter, a resumed run draws exactly the batches the uninterrupted run would have, and the union over ranks
-    of call k is the same for any world size with the same global batch.
-    """
+    kind = "training sampler"
 
-    def __init__(self, tokens, block_size: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1):
+    def _setup(self, tokens, block_size, batch_size, seed, rank, world_size) -> None:
         self.tokens = _as_tokens(tokens)
         self.block_size = _check_int("block_size", block_size, 1)
         self.batch_size = _check_int("batch_size", batch_size, 1)
@@ -103,57 +99,84 @@ class RandomWindowSampler:
         self.step = 0  # the number of batches drawn so far
 
     def starts(self, step: int) -> np.ndarray:
-        """The window starts of this rank at call `step` (a pure function of seed and step)."""
-        rng = np.random.default_rng([self.seed, step])
-        n_starts = len(self.tokens) - self.block_size  # starts 0 .. N - T - 1: room for T + 1 tokens
-        all_starts = rng.integers(0, n_starts, size=self.world_size * self.batch_size)
-        return all_starts[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+        raise NotImplementedError
 
     def next_batch(self, device=None):
         """(x, y): int64 tensors of shape (batch_size, block_size); y[:, t] = x[:, t + 1] of the same window."""
         starts = self.starts(self.step)
         self.step += 1
         T = self.block_size
-        x = np.empty((len(starts), T), dtype=np.int64)  # (B, T)
-        y = np.empty((len(starts), T), dtype=np.int64)  # (B, T)
-        for i, s in enumerate(starts):
-            w = self.tokens[s:s + T + 1]
-            x[i] = w[:-1]
-            y[i] = w[1:]
-        return _to_device(x, device), _to_device(y, device)
+        w = np.stack([self.tokens[s:s + T + 1] for s in starts]).astype(np.int64)  # (B, T + 1)
+        return _to_device(np.ascontiguousarray(w[:, :-1]), device), _to_device(np.ascontiguousarray(w[:, 1:]), device)
 
-    def state_dict(self) -> dict:
-        return {"kind": "RandomWindowSampler", "seed": self.seed, "step": self.step, "block_size": self.block_size,
-                "batch_size": self.batch_size, "world_size": self.world_size, "n_tokens": int(len(self.tokens))}
+    def _state(self, **extra) -> dict:
+        return {"kind": type(self).__name__, "seed": self.seed, "step": self.step, **extra,
+                "block_size": self.block_size, "batch_size": self.batch_size, "world_size": self.world_size,
+                "n_tokens": int(len(self.tokens))}
 
-    def load_state_dict(self, state: dict) -> None:
-        """Continue from a saved state: the next batch is the one the saved run would have drawn next."""
+    def _resume(self, state: dict, changes: list) -> None:
+        """Take a saved state's seed and step, warning once when the data or the batch changed (`changes`: the
+        subclass's own differences)."""
         try:
             seed, step = int(state["seed"]), int(state["step"])
         except (KeyError, TypeError, ValueError):
-            raise NanoGPT2Error(f"not a RandomWindowSampler state: {state!r}") from None
-        changes = []
-        if state.get("kind") not in (None, "RandomWindowSampler"):
-            changes.append(f"the saved run drew {state['kind']} batches (train_stride={state.get('stride')}), this "
-                           f"one random windows")
-        if state.get("n_tokens") not in (None, len(self.tokens)):
-            changes.append(f"the data has {len(self.tokens):,} tokens, the saved run had {state['n_tokens']:,}")
+            raise NanoGPT2Error(f"not a {self.kind} state: {state!r}") from None
         if state.get("block_size") not in (None, self.block_size):
             changes.append(f"block_size {state['block_size']} -> {self.block_size}")
+        if state.get("n_tokens") not in (None, len(self.tokens)):
+            changes.append(f"the data has {len(self.tokens):,} tokens, the saved run had {state['n_tokens']:,}")
         saved_global = (state.get("batch_size") or 0) * (state.get("world_size") or 0)
         if saved_global and saved_global != self.batch_size * self.world_size:
             changes.append(f"global batch {saved_global} -> {self.batch_size * self.world_size}")
         if changes:
             warnings.warn("resuming the batch sampler with different settings (" + "; ".join(changes) +
-                          "): the batches will not be those of an uninterrupted run", DataWarning, stacklevel=2)
+                          "): the batches will not be those of an uninterrupted run", DataWarning, stacklevel=3)
         self.seed, self.step = seed, step
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Training: random windows
+# ---------------------------------------------------------------------------------------------------------------
+
+class RandomWindowSampler(_TrainingWindows):
+    """Random training windows of block_size + 1 tokens, nanoGPT style; seeded, resumable, DDP-sharded.
+
+    Call k draws `world_size * batch_size` window starts from `np.random.default_rng([seed, k])` (uniform over
+    every start that leaves room for block_size + 1 tokens) and returns this rank's slice
+    `[rank * batch_size, (rank + 1) * batch_size)`. The draw depends only on (seed, k): the state is one
+    counter, a resumed run draws exactly the batches the uninterrupted run would have, and the union over ranks
+    of call k is the same for any world size with the same global batch.
+    """
+
+    kind = "RandomWindowSampler"
+
+    def __init__(self, tokens, block_size: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1):
+        self._setup(tokens, block_size, batch_size, seed, rank, world_size)
+
+    def starts(self, step: int) -> np.ndarray:
+        """The window starts of this rank at call `step` (a pure function of seed and step)."""
+        rng = np.random.default_rng([self.seed, step])
+        n_starts = len(self.tokens) - self.block_size  # starts 0 .. N - T - 1: room for T + 1 tokens
+        all_starts = rng.integers(0, n_starts, size=self.world_size * self.batch_size)
+        return all_starts[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+
+    def state_dict(self) -> dict:
+        return self._state()
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from a saved state: the next batch is the one the saved run would have drawn next."""
+        changes = []
+        if state.get("kind") not in (None, "RandomWindowSampler"):
+            changes.append(f"the saved run drew {state['kind']} batches (train_stride={state.get('stride')}), this "
+                           f"one random windows")
+        self._resume(state, changes)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Training: strided windows, shuffled per epoch
 # ---------------------------------------------------------------------------------------------------------------
 
-class StridedWindowSampler:
+class StridedWindowSampler(_TrainingWindows):
     """Training windows of block_size + 1 tokens starting every `stride` tokens (overlapping when stride <
     block_size: the small-LM recipe's GPTDatasetV1, `range(0, len(ids) - max_length, stride)`), each epoch in a
     new seeded order; seeded, resumable, DDP-sharded.
@@ -168,16 +191,8 @@ class StridedWindowSampler:
 
     def __init__(self, tokens, block_size: int, batch_size: int, stride: int, seed: int = 0, rank: int = 0,
                  world_size: int = 1):
-        self.tokens = _as_tokens(tokens)
-        self.block_size = _check_int("block_size", block_size, 1)
-        self.batch_size = _check_int("batch_size", batch_size, 1)
+        self._setup(tokens, block_size, batch_size, seed, rank, world_size)
         self.stride = _check_int("train_stride", stride, 1)
-        self.seed = _check_int("seed", seed, 0)
-        self.world_size = _check_int("world_size", world_size, 1)
-        self.rank = _check_int("rank", rank, 0)
-        if self.rank >= self.world_size:
-            raise NanoGPT2Error(f"rank must be in [0, world_size={world_size}), got {rank}")
-        check_length(self.tokens, self.block_size)
         self.n_windows = (len(self.tokens) - self.block_size - 1) // self.stride + 1  # starts s: s + T + 1 <= N
         rows = self.world_size * self.batch_size
         self.steps_per_epoch = self.n_windows // rows
@@ -185,7 +200,6 @@ class StridedWindowSampler:
             raise NanoGPT2Error(f"train_stride={stride} gives {self.n_windows:,} training windows of "
                                 f"block_size={block_size}, fewer than one step's {rows:,} rows; lower train_stride "
                                 f"or the rows per step (batch_size x gradient_accumulation_steps)")
-        self.step = 0  # the number of batches drawn so far
         self._perm = (None, None)  # (epoch, its permutation): one epoch's order kept
 
     def starts(self, step: int) -> np.ndarray:
@@ -197,40 +211,17 @@ class StridedWindowSampler:
         picked = self._perm[1][j * rows:(j + 1) * rows]  # (world_size * B,) window numbers of this call
         return picked[self.rank * self.batch_size:(self.rank + 1) * self.batch_size] * self.stride
 
-    def next_batch(self, device=None):
-        """(x, y): int64 tensors of shape (batch_size, block_size); y[:, t] = x[:, t + 1] of the same window."""
-        starts = self.starts(self.step)
-        self.step += 1
-        T = self.block_size
-        w = np.stack([self.tokens[s:s + T + 1] for s in starts]).astype(np.int64)  # (B, T + 1)
-        return _to_device(np.ascontiguousarray(w[:, :-1]), device), _to_device(np.ascontiguousarray(w[:, 1:]), device)
-
     def state_dict(self) -> dict:
-        return {"kind": "StridedWindowSampler", "seed": self.seed, "step": self.step, "stride": self.stride,
-                "block_size": self.block_size, "batch_size": self.batch_size, "world_size": self.world_size,
-                "n_tokens": int(len(self.tokens))}
+        return self._state(stride=self.stride)
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from a saved state: the next batch is the one the saved run would have drawn next."""
-        try:
-            seed, step = int(state["seed"]), int(state["step"])
-        except (KeyError, TypeError, ValueError):
-            raise NanoGPT2Error(f"not a training sampler state: {state!r}") from None
         changes = []
         if state.get("kind") != "StridedWindowSampler":
             changes.append(f"the saved run drew {state.get('kind')} batches, this one strided windows")
-        for key in ("stride", "block_size"):
-            if state.get(key) not in (None, getattr(self, key)):
-                changes.append(f"{'train_stride' if key == 'stride' else key} {state[key]} -> {getattr(self, key)}")
-        if state.get("n_tokens") not in (None, len(self.tokens)):
-            changes.append(f"the data has {len(self.tokens):,} tokens, the saved run had {state['n_tokens']:,}")
-        saved_global = (state.get("batch_size") or 0) * (state.get("world_size") or 0)
-        if saved_global and saved_global != self.batch_size * self.world_size:
-            changes.append(f"global batch {saved_global} -> {self.batch_size * self.world_size}")
-        if changes:
-            warnings.warn("resuming the batch sampler with different settings (" + "; ".join(changes) +
-                          "): the batches will not be those of an uninterrupted run", DataWarning, stacklevel=2)
-        self.seed, self.step = seed, step
+        if state.get("stride") not in (None, self.stride):
+            changes.append(f"train_stride {state['stride']} -> {self.stride}")
+        self._resume(state, changes)
 
 
 def train_sampler(tokens, block_size: int, batch_size: int, stride: int = 0, seed: int = 0, rank: int = 0,

@@ -71,6 +71,10 @@ The optional parts of a Trainer (for finetune.py and tests); each defaults to th
                   (finetune.py's PEFT methods; nanogpt2/base_ref.py)
     hooks         callables hook(trainer, event), event in "train_start" (before the first step of this
                   process, after a resume), "step_end", "eval_end", "train_end"
+    metrics       a nanogpt2.task_metrics.TaskMetrics: how the reports name the loss and the task's metrics, and
+                  the evaluation key that judges checkpoint_best.pt and `early_stopping_patience` (default: LM,
+                  val_loss). A padded task's sampler may define real_tokens(micro_batch): the non-pad tokens the
+                  model runs on, which tokens/s, MFU and `tokens` then count instead of batch x block_size.
 """
 
 import contextlib
@@ -97,10 +101,11 @@ from nanogpt2.loader import build_traced_run_model, check_resume_fits, checkpoin
 from nanogpt2.model import GPT, IGNORE_INDEX
 from nanogpt2.monitor import GradNormGroups, peak_memory
 from nanogpt2.optim import make_optimizer, resolve_schedule, run_length, set_lr
-from nanogpt2.outputs import RunOutputs, Throughput, TrainingSamples, fmt_hours, time_left
+from nanogpt2.outputs import RunOutputs, Throughput, TrainingSamples, fmt_duration, time_left
 from nanogpt2.perf import mfu_denominator
 from nanogpt2.rundir import RunDir
 from nanogpt2.runtime import autocast, resolve_device, resolve_dtype
+from nanogpt2.task_metrics import LM, TaskMetrics
 
 # ----------------------------------------------------------------------------------------------------
 # Small helpers
@@ -174,8 +179,10 @@ class OptimizerStep:
         set_lr(t.optimizer, lr)  # times each group's lr_scale
         t.model.train()
         micro_batches = split_batch(t.sampler.next_batch(t.device), t.micro_steps)
+        count_real = getattr(t.sampler, "real_tokens", None)  # a padded task's non-pad tokens (else B x T)
         loss_sum = torch.zeros((), device=t.device)
         n_tokens = torch.zeros((), device=t.device)
+        n_real = torch.zeros((), device=t.device)
         terms = {}  # the loss_fn's extra terms to log, summed like the loss
         for i, mb in enumerate(micro_batches):
             last = i == len(micro_batches) - 1
@@ -187,10 +194,13 @@ class OptimizerStep:
                 t.scaler.scale(loss).backward()
             loss_sum += loss.detach().float()
             n_tokens += n
+            if count_real is not None:
+                n_real += count_real(mb)
             for name, value in (more[0] if more else {}).items():
                 terms[name] = terms.get(name, 0.0) + value.detach().float() / t.micro_steps
-        # The loss (and its terms), averaged over every micro-batch of every process: one all-reduce.
-        means = t.dist.all_reduce(torch.stack([loss_sum, *terms.values()])) / t.dist.world_size  # (1 + terms,)
+        # The loss (and its terms), averaged over every micro-batch of every process, and the real tokens: one
+        # all-reduce.
+        means = t.dist.all_reduce(torch.stack([loss_sum, n_real, *terms.values()])) / t.dist.world_size  # (2 + terms,)
         loss_sum = means[0]
         t.loss_terms = t.outputs.loss_terms = tuple(terms)
         t.scaler.unscale_(t.optimizer)  # no-op unless float16
@@ -199,11 +209,12 @@ class OptimizerStep:
         params = [p for g in t.optimizer.param_groups for p in g["params"]]
         max_norm = t.cfg.grad_clip if t.cfg.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-        loss_val, norm_val, n_val, *rest = torch.stack(  # one read-back (a device sync) for all of them
+        loss_val, norm_val, n_val, real_val, *rest = torch.stack(  # one read-back (a device sync) for all of them
             [loss_sum, grad_norm.float().to(loss_sum.device), n_tokens, *means[1:],
              *(v.to(loss_sum.device) for v in parts.values())]).tolist()
         term_vals, part_vals = rest[:len(terms)], rest[len(terms):]
         t.last_loss_tokens = int(n_val)
+        t.last_step_tokens = round(real_val * t.dist.world_size) if count_real is not None else t.tokens_per_step
 
         rec = {"step": t.step + 1, "loss": loss_val, **dict(zip(t.loss_terms, term_vals)), "lr": lr,
                "grad_norm": norm_val}
@@ -273,6 +284,8 @@ def run_state(trainer) -> dict:
         "step": t.step,
         "epoch": t.epoch,
         "best_val_loss": t.best_val_loss,
+        "best_score": t.best_score,  # by t.metrics.best (val_loss, or a task's metric)
+        "evals_since_best": t.evals_since_best,
         "tokens_seen": t.tokens_seen,
         "sampler": t.sampler.state_dict(),
         "rng": rng,
@@ -317,6 +330,8 @@ def restore_run_state(trainer, state: dict) -> None:
         t.step = int(state["step"])
         t.epoch = int(state.get("epoch", 0))
         t.best_val_loss = float(state.get("best_val_loss", float("inf")))
+        t.best_score = float(state.get("best_score", t.best_val_loss if t.metrics.best == "val_loss" else t.best_score))
+        t.evals_since_best = int(state.get("evals_since_best", 0))
         t.tokens_seen = int(state.get("tokens_seen", 0))
         t.sampler.load_state_dict(state["sampler"])
     old = state.get("run_config") if isinstance(state.get("run_config"), dict) else {}
@@ -354,6 +369,29 @@ def restore_rng(trainer, rng: dict, path=None) -> None:
             if dist.world_size > 1 or per_rank:
                 trainer.log("warning: the checkpoint was written with another number of processes; RNG streams differ")
             ckpt_io.set_rng_state(rng)
+
+
+def judge_evaluation(trainer, res: dict) -> tuple:
+    """An evaluation's verdict: the best val loss; a new best by the task's metric (trainer.metrics.best) saves
+    checkpoint_best.pt (save_best); early_stopping_patience evaluations in a row without one set trainer.early_stop.
+    Returns (improved, saved)."""
+    t = trainer
+    t.best_val_loss = min(t.best_val_loss, res["val_loss"])
+    score = res.get(t.metrics.best)
+    improved = score is not None and t.metrics.improved(score, t.best_score)
+    saved = improved and t.cfg.save_best and not t.cfg.eval_only
+    if improved:
+        t.best_score, t.evals_since_best = score, 0
+        if saved:
+            t.save("best")
+    else:
+        t.evals_since_best += 1
+    patience = t.cfg.early_stopping_patience
+    if patience and t.evals_since_best >= patience and not t.cfg.eval_only:
+        n = t.evals_since_best
+        t.early_stop = (f"early stopping after step {t.step}: {n} evaluation{'s' * (n > 1)} without a better "
+                        f"{t.metrics.best_label} (early_stopping_patience={patience}; best {t.best_score:.4f})")
+    return improved, saved
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -403,8 +441,9 @@ class Trainer:
                  make_sampler: Optional[Callable] = None, eval_fn: Optional[Callable] = None,
                  loss_fn: Optional[Callable] = None, steps_per_epoch: Optional[int] = None, hooks=(),
                  make_optimizer: Optional[Callable] = None, prepare_model: Optional[Callable] = None,
-                 trainable_checkpoints: bool = False):
+                 metrics: Optional[TaskMetrics] = None, trainable_checkpoints: bool = False):
         self.cfg = cfg
+        self.metrics = metrics or LM
         self.trainable_checkpoints = trainable_checkpoints
         self.prepare_model = prepare_model
         self.make_optimizer = make_optimizer or default_optimizer
@@ -417,7 +456,7 @@ class Trainer:
         self.out_dir = Path(cfg.out_dir)
         self.rundir = RunDir(cfg.out_dir)
         self.dist = dist_from_env()
-        self.outputs = RunOutputs(self.rundir, cfg, active=self.dist.master, log=self.log)
+        self.outputs = RunOutputs(self.rundir, cfg, active=self.dist.master, log=self.log, metrics=self.metrics)
         self.stop_signal = StopSignal(self.dist.master)
         try:
             # Setup, in the one order that works: each stage needs the ones above it.
@@ -503,12 +542,15 @@ class Trainer:
         self.step = 0
         self.epoch = 0
         self.best_val_loss = float("inf")
+        # the best evaluation by metrics.best, the evaluations since it, and why the run stops early (judge_evaluation)
+        self.best_score, self.evals_since_best, self.early_stop = self.metrics.worst, 0, None
         self.tokens_seen = 0
         self.bad_steps_in_row = 0
         self.bad_steps_total = 0
         self.overflow_steps = 0
         self.last_step_time = 0.0
         self.last_loss_tokens = 0  # targets the latest step's loss averaged over, on this process
+        self.last_step_tokens = 0  # tokens the latest step ran on, all processes (a padded task's: the real ones)
         self.loss_terms = ()  # names of the extra terms the loss_fn returned at the latest step
         self.last_record = None  # metrics of the latest step (for hooks)
         if resume_state is not None:
@@ -599,15 +641,10 @@ class Trainer:
         res = self.eval_fn(self)
         self.raw_model.train()
         rec.update(res)
-        val = res["val_loss"]
-        msg = f"eval step {self.step} ({reason}) | val loss {val:.4f} | val ppl {res.get('val_ppl', math.exp(min(val, 700))):.2f}"
-        if val < self.best_val_loss:
-            self.best_val_loss = val
-            msg += " | new best"
-            if self.cfg.save_best and not self.cfg.eval_only:
-                self.save("best")
-                msg += " (saved checkpoint_best.pt)"
-        self.log(msg)
+        improved, saved = judge_evaluation(self, res)
+        self.log(self.outputs.eval_line(self.step, reason, res, improved, saved))
+        if self.early_stop:
+            self.log(self.early_stop)
         self._emit("eval_end")
 
     # --- samples ----------------------------------------------------------------------------------------
@@ -690,14 +727,15 @@ class Trainer:
         while self.step < self.max_steps:
             rec = self._train_step()
             self.step += 1
-            self.tokens_seen += self.tokens_per_step
-            self._throughput.add(self.tokens_per_step, self.last_step_time)
+            self.tokens_seen += self.last_step_tokens
+            self._throughput.add(self.last_step_tokens, self.last_step_time)
             self._optimizer_step.check_bad_steps(rec)
             epoch_end = bool(self.steps_per_epoch) and self.step % self.steps_per_epoch == 0
             if epoch_end:
                 self.epoch += 1
             rec["epoch"] = self.epoch
-            rec["ppl"] = math.exp(min(rec["loss"], 700.0)) if math.isfinite(rec["loss"]) else float("nan")
+            if self.metrics.perplexity:
+                rec["ppl"] = math.exp(min(rec["loss"], 700.0)) if math.isfinite(rec["loss"]) else float("nan")
             final = self.step == self.max_steps
             self._evaluate_if_due(rec, epoch_end, final)
             self._log_step(rec, final)
@@ -705,7 +743,7 @@ class Trainer:
             self._periodic_outputs(epoch_end, final)
             self._emit("step_end")
             sig, time_up, elapsed = self._agreed_stops()  # every process calls it every step (a collective)
-            if final:
+            if final or self.early_stop:
                 break
             stopped = self._stop(sig, time_up, elapsed)
             if stopped:
@@ -729,7 +767,7 @@ class Trainer:
         logged = logs_step(self, self.step)
         if not (logged or "val_loss" in rec):
             return
-        step_time = self._throughput.take(rec, self.tokens_per_step, self.last_step_time)
+        step_time = self._throughput.take(rec, self.last_step_time)
         rec.update(self._time_left(step_time))
         rec["tokens"] = self.tokens_seen
         rec.update(peak_memory(self.device))
@@ -772,7 +810,7 @@ class Trainer:
         if time_up:
             path = self.save("time_limit")
             self.log(f"wall-clock limit max_training_hours={self.cfg.max_training_hours} reached after step {self.step} "
-                     f"(Elapsed: {fmt_hours(elapsed)}): saved {path}; continue with --resume_from auto")
+                     f"(elapsed {fmt_duration(elapsed)}): saved {path}; continue with --resume_from auto")
             return "time_limit"
         return None
 
@@ -781,8 +819,8 @@ class Trainer:
         test_rec = None
         if stopped is None:
             path = self.save("final")
-            self.log(f"done: {self.step} steps in {fmt_hours(time.time() - self.t_start)}; saved {path}; "
-                     f"best val loss {self.best_val_loss:.4f}")
+            self.log(f"done: {self.step} steps in {fmt_duration(time.time() - self.t_start)}; saved {path}; "
+                     f"best {self.metrics.best_label} {self.best_score:.4f}")
             stopped = "done"
             try:
                 test_rec = self.evaluate_test()
@@ -795,7 +833,7 @@ class Trainer:
         # Every rank gets here (stops are agreed on by all-reduce): leave together, so that no rank tears its
         # process group down while rank 0 is still writing (gloo's threads could abort the early leaver).
         self.dist.barrier()
-        return {"step": self.step, "stopped": stopped, "best_val_loss": self.best_val_loss,
+        return {"step": self.step, "stopped": stopped, "early_stop": self.early_stop, "best_val_loss": self.best_val_loss,
                 "last": last_rec, "test": test_rec, "bad_steps": self.bad_steps_total, "overflow_steps": self.overflow_steps}
 
 # ----------------------------------------------------------------------------------------------------

@@ -230,6 +230,15 @@ def test_generate_and_tokenizer_sub_benchmarks(tmp_path):
     assert tok["status"] == "ok" and tok["source"] == "nanogpt2.benchmarks.tokenizer.benchmark_tokenizer"
     assert tok["figures"]["text"] == str(text) and report["config"]["tokenizer_text"] == str(text)
     assert tok["figures"]["ids_equal"] is True and "tiktoken" in tok["table"]
+    # the summary at the end: one row per benchmark that ran, its headline figure from the report, its times
+    rows = proc.stdout[proc.stdout.index("== summary"):].splitlines()
+    gen_row = next(r for r in rows if r.startswith("generate "))
+    assert f"{gen['figures']['rows'][0]['cache_tok_s']:,.0f} tokens/s with the KV cache (batch 1)" in gen_row
+    tok_row = next(r for r in rows if r.startswith("tokenizer "))
+    assert f"tiktoken {tok['figures']['tiktoken_warm_mbps']:.2f} MB/s" in tok_row
+    wall, cpu = (report["timings"]["tokenizer"][k]["value"] for k in ("wall", "cpu"))
+    assert tok_row.split()[1:3] == [f"{wall:.1f}", f"{cpu:.1f}"] and wall > 0 and cpu > 0
+    assert "running every benchmark" not in proc.stdout  # only a bare run (or `all`) says so
 
 
 def test_distill_sub_benchmark_times_both_steps_and_both_decoders(tmp_path):
@@ -268,6 +277,24 @@ def test_failing_sub_benchmark_is_reported():
 
     res = bench._external(broken, str, lambda f: f())
     assert res["status"] == "failed: RuntimeError: boom" and res["source"].endswith(".broken")
+
+
+def test_no_argument_means_every_benchmark_sized_for_the_device():
+    """A bare `python bench.py` (Python 3.11+ once refused it: argparse checked the list default against choices):
+    every benchmark, in order; on a CPU 3 repeats, a sweep to 512 and decoding at batch 1 unless given."""
+    sys.path.insert(0, str(ROOT))
+    import bench
+
+    args = bench.resolve(bench.build_parser().parse_args(["--device", "cpu"]))
+    assert args.run_all and args.overview and args.which == bench.BENCHMARKS
+    assert (args.repeats, args.seq_lens, args.preset) == (3, [128, 256, 512], "shakespeare-char")
+    assert "sized for a CPU" in bench.all_notice(args) and "about 1.5-2.5 minutes" in bench.all_notice(args)
+    args = bench.resolve(bench.build_parser().parse_args(["all", "--device", "cpu", "--repeats", "2"]))
+    assert args.run_all and args.repeats == 2
+    args = bench.resolve(bench.build_parser().parse_args(["train", "train", "attention", "--device", "cpu"]))
+    assert not args.run_all and not args.overview and args.which == ("train", "attention") and args.repeats == 5
+    with pytest.raises(NanoGPT2Error, match="unknown benchmark 'trian'; pick from attention, train"):
+        bench.resolve(bench.build_parser().parse_args(["trian", "--device", "cpu"]))
 
 
 def test_bad_option_is_one_line_error():

@@ -405,7 +405,7 @@ STAGE_FILES = ["metrics/metrics.json", "analysis/report.md", "analysis/confusion
 
 
 def test_classify_run_writes_the_results_tree_and_evaluate_scores_it(tmp_path, capsys):
-    summary = run(cls_cfg(tmp_path, "--max_iters=0", "--max_epochs=2"))  # 8 steps an epoch
+    summary = run(cls_cfg(tmp_path, "--max_iters=0", "--max_epochs=2", "--test_on=final"))  # 8 steps an epoch
     assert summary["stopped"] == "done" and summary["step"] == 16
     root, = (tmp_path / "results" / "scratch").iterdir()
     files = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}

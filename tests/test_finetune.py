@@ -216,7 +216,7 @@ def test_lora_head_only_has_no_head_to_train(tmp_path):
     (["--method=dora"], "method must be one of full, lora"),
     (["--lora_rank=0"], "lora_rank must be >= 1"),
     (["--lora_targets=q_proj"], "lora targets"),
-    (["--method=selective", "--freeze_layers=0,7"], "names block 7, but the model has 2 blocks"),
+    (["--method=selective", "--freeze_layers=0,7"], "names block 7, but this model has 2 blocks"),
     (["--freeze_layers=0"], "add --method selective"),
     (["--layer_lr_scales=a,b"], "layer_lr_scales must be comma-separated numbers"),
     (["--method=adapter", "--merge_and_export=x"], "cannot be merged"),
@@ -235,6 +235,42 @@ def test_bad_settings_are_one_error_line(tmp_path, args, message):
     assert res.returncode == 2, res.stderr
     assert message in one_error_line(res)
     assert not (tmp_path / "out" / "checkpoint_final.pt").exists()
+
+
+@pytest.mark.parametrize("method, extra, block, note", [
+    ("lora", (), 32, "32 tokens"),
+    ("prefix", ("--prefix_length=4",), 28, "32 tokens, 4 of them for the prefix"),
+])
+def test_the_recipes_block_size_is_capped_at_the_base_models_context(tmp_path, base_run, method, extra, block, note):
+    """configs/finetune_lora.py keeps finetune.py's block_size=1024; on a base of 32 positions the run trains at 32
+    (a prefix: 32 less its positions), one line says so, and the run folder records the block_size it used."""
+    from nanogpt2.data import prepare_dataset
+
+    prepare_dataset("shakespeare_char", quiet=True)
+    out = tmp_path / "out"
+    res = subprocess.run([sys.executable, str(ROOT / "finetune.py"), str(ROOT / "configs" / "finetune_lora.py"),
+                          f"--init_from={base_run}", "--dataset=shakespeare_char", f"--method={method}", *extra,
+                          "--max_iters=2", "--max_epochs=0", "--eval_interval=0", "--eval_iters=1", "--test_eval=false",
+                          "--sample_interval=0", f"--out_dir={out}"], capture_output=True, text=True, cwd=tmp_path)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    lines = res.stdout.splitlines()
+    assert f"block_size=1024 is longer than the context of {base_run} ({note}): using block_size={block}" in lines
+    assert json.loads((out / "config.json").read_text())["block_size"] == block
+    model, _ = load_model(str(out))
+    assert model.context_length == block
+
+
+def test_a_run_of_another_tokenizer_is_pointed_at_its_own_dataset(tmp_path, base_run):
+    """A char-level base on GPT-2-tokenized data cannot work: the one line names the base run's own dataset."""
+    from nanogpt2.data import prepare_dataset
+
+    prepare_dataset("shakespeare", quiet=True)
+    res = subprocess.run([sys.executable, str(ROOT / "finetune.py"), str(ROOT / "configs" / "finetune_lora.py"),
+                          f"--init_from={base_run}", "--dataset=shakespeare", "--max_iters=2",
+                          f"--out_dir={tmp_path / 'out'}"], capture_output=True, text=True, cwd=tmp_path)
+    line = one_error_line(res)
+    assert "tokenizer 'char'" in line and "--dataset shakespeare_char, its own" in line
+    assert not (tmp_path / "out").exists()
 
 
 def test_finetune_help_lists_the_methods_and_docs_table_matches():

@@ -247,7 +247,8 @@ def ft_cfg(tmp_path, *overrides):
     def make(name, *extra):
         return load_config([TINY, f"--out_dir={tmp_path / name}", "--init_from=scratch", "--max_iters=4",
                             "--eval_interval=2", "--checkpoint_interval=0", "--learning_rate=1e-2", "--test_eval=false",
-                            "--dropout=0.0", "--sample_interval=0", *overrides, *extra], cls=FinetuneConfig)
+                            "--dropout=0.0", "--sample_interval=0", f"--results_dir={tmp_path / 'results'}", *overrides,
+                            *extra], cls=FinetuneConfig)  # the results tree under tmp, not the current folder
     return make
 
 

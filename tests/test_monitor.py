@@ -127,7 +127,7 @@ def test_logged_steps_carry_the_norms_memory_and_samples_per_second(tmp_path, ca
     assert len(lines) == 4
     for line, r in zip(lines, logged):
         assert f"| {r['samples_per_sec']:,.2f} samples/s | MFU " in line
-        assert re.search(rf"\| RSS {r['peak_rss_mib']:,.0f} MiB \| Elapsed: ", line), line
+        assert re.search(rf"\| RSS {r['peak_rss_mib']:,.0f} MiB \| elapsed ", line), line
 
 
 def test_log_grad_norms_false_leaves_them_out(tmp_path):

@@ -30,6 +30,7 @@ from nanogpt2.model import GPT, GPTConfig
 from nanogpt2.perf import measured_matmul_flops
 from nanogpt2.tokenizer import CharTokenizer
 from nanogpt2.optim import get_lr, make_optimizer, param_groups, resolve_schedule
+from nanogpt2.outputs import fmt_duration
 from nanogpt2.trainer import Trainer, resolve_compile, split_batch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -287,8 +288,7 @@ def test_real_data_run_with_eval_best_checkpoints_and_sample(tmp_path, capsys):
     assert "--- sample at step 15 ---" in stdout
     progress = re.compile(r"^step (\d+)/30 \| loss (\d+\.\d{4}) \| ppl (\d+\.\d{2}) \| lr (\d\.\d{2}e-\d\d) \| "
                           r"grad (\d+\.\d{3}) \| ([\d,]+) tok/s \| [\d,]+\.\d\d samples/s \| MFU (\d+\.\d{2})% \| "
-                          r"RSS [\d,]+ MiB \| Elapsed: (\d+\.\d{2})h \| ETA: (\d+\.\d{2})h \| "
-                          r"Budget left: (\d+\.\d{2})h$", re.M)
+                          r"RSS [\d,]+ MiB \| elapsed (\w+) \| ETA (\w+) \| budget left (\w+)$", re.M)
     lines = {int(m.group(1)): m for m in progress.finditer(stdout)}
     assert sorted(lines) == [1, 10, 20, 30]  # log_interval, plus the first and the last step
     out = Path(cfg.out_dir)
@@ -305,8 +305,8 @@ def test_real_data_run_with_eval_best_checkpoints_and_sample(tmp_path, capsys):
         assert 0 < r["mfu"] == pytest.approx(tr.flops_per_token * r["tokens_per_sec"] / tr.peak_flops, rel=1e-9)
         assert m.group(7) == f"{100 * r['mfu']:.2f}"
         # the time fields: elapsed, ETA to the last step, what is left of max_training_hours (12h here)
-        assert (m.group(8), m.group(9), m.group(10)) == (
-            f"{r['elapsed_h']:.2f}", f"{r['eta_h']:.2f}", f"{r['budget_left_h']:.2f}")
+        assert (m.group(8), m.group(9), m.group(10)) == tuple(
+            fmt_duration(3600 * r[k]) for k in ("elapsed_h", "eta_h", "budget_left_h"))
         assert r["budget_left_h"] == pytest.approx(12.0 - r["elapsed_h"], abs=1e-6)
         assert 0 <= r["eta_h"] < r["budget_left_h"] and (r["eta_h"] == 0) == (r["step"] == 30)
     evals = [r for r in recs if "val_loss" in r]
@@ -334,19 +334,19 @@ def test_progress_line_eta_is_steps_left_times_step_time_within_the_budget(tmp_p
     """ETA = steps left x recent step time, or what is left of the budget when that ends first (labelled);
     the budget is shown as such ("Budget left"), and "none" without max_training_hours."""
     tr = tiny_trainer(cfg_for(tmp_path, "--max_iters=100", "--max_training_hours=1"))
-    tr.step, tr.t_start = 40, time.time() - 1800  # 40 of 100 steps done, half of the hour used
+    tr.step, tr.t_start = 40, time.time() - 1800.5  # 40 of 100 steps done, half of the hour used (+ 0.5 s: whole seconds shown)
     rec = {"step": 40, "loss": 2.0, "ppl": math.exp(2.0), "lr": 1e-3, "grad_norm": 0.5, "tokens_per_sec": 1000.0,
            "mfu": 0.01}
     rec.update(tr._time_left(step_time=10.0))  # 60 steps x 10 s = 600 s, well within the 1800 s left
     assert rec["eta_h"] == pytest.approx(600 / 3600) and rec["budget_left_h"] == pytest.approx(0.5, abs=1e-3)
-    assert tr._progress_line(rec).endswith("| Elapsed: 0.50h | ETA: 0.17h | Budget left: 0.50h")
+    assert tr._progress_line(rec).endswith("| elapsed 30m00s | ETA 10m00s | budget left 29m59s")
     rec.update(tr._time_left(step_time=60.0))  # 3600 s of steps: the budget ends first
     assert rec["eta_h"] == rec["budget_left_h"] == pytest.approx(0.5, abs=1e-3)
-    assert tr._progress_line(rec).endswith("| ETA: 0.50h (time limit) | Budget left: 0.50h")
+    assert tr._progress_line(rec).endswith("| ETA 29m59s (time limit) | budget left 29m59s")
     tr.cfg = tr.cfg.replace(max_training_hours=0.0)  # no budget: the steps alone
     rec.update(tr._time_left(step_time=60.0))
     assert rec["eta_h"] == pytest.approx(1.0) and rec["budget_left_h"] is None
-    assert tr._progress_line(rec).endswith("| ETA: 1.00h | Budget left: none")
+    assert tr._progress_line(rec).endswith("| ETA 1h00m | budget left none")
 
 
 def test_unencodable_sample_prompt_is_refused_at_start(tmp_path):
@@ -567,7 +567,8 @@ def test_tensorboard_events_when_installed(tmp_path):
     loss = [(e.step, e.value) for e in events.Scalars("train/loss")]
     assert [s for s, _ in loss] == list(range(1, 7))
     assert [v for _, v in loss] == pytest.approx([r["loss"] for r in records(cfg)], rel=1e-6)
-    assert [e.step for e in events.Scalars("val_loss")] == [3, 6]
+    assert [e.step for e in events.Scalars("val/loss")] == [3, 6]  # one tag scheme: train/..., val/...
+    assert "val_loss" not in events.Tags()["scalars"]
 
 
 def test_plot_png_when_matplotlib_installed(tmp_path):
