@@ -132,7 +132,8 @@ def test_a_lora_classifier_checkpoint_holds_lora_and_its_new_head(tmp_path, base
     cfg = load_config([TINY, "--task=classify", "--dataset=ag_news", f"--data_path={data}", f"--init_from={base}",
                        f"--out_dir={tmp_path / 'out'}", f"--results_dir={tmp_path / 'results'}", "--max_length=32",
                        "--batch_size=8", "--max_iters=4", "--eval_interval=2", "--checkpoint_interval=0",
-                       "--gradient_accumulation_steps=1", "--baseline_eval=false", *LORA], cls=FinetuneConfig)
+                       "--gradient_accumulation_steps=1", "--baseline_eval=false", "--test_on=final", *LORA],
+                      cls=FinetuneConfig)  # test_on=final: the model keeps the last step's weights
     run(cfg, hooks=[final])
     state = ckpt_io.load_checkpoint(tmp_path / "out" / "checkpoint_final.pt")
     lora = {f"transformer.h.{i}.attn.c_attn.lora_{ab}" for i in (0, 1) for ab in "AB"}
@@ -157,7 +158,7 @@ def test_sample_evaluate_convert_and_init_from_rebuild_from_base_plus_checkpoint
     scores = []
     for folder in ("lora", "whole"):
         ev = subprocess.run([sys.executable, "-m", "nanogpt2.evaluate", "--init_from", str(tmp_path / folder),
-                             "--dataset", "shakespeare", "--split", "all", "--stride", "16", "--max_tokens", "200",
+                             "--dataset", "shakespeare", "--split", "val", "--stride", "16", "--max_tokens", "200",
                              "--device", "cpu"], capture_output=True, text=True, cwd=tmp_path)
         assert ev.returncode == 0, ev.stderr[-2000:]
         scores.append([line.split("(")[0] for line in ev.stdout.splitlines() if line.startswith("loss ")])
