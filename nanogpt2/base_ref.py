@@ -30,7 +30,6 @@ is compared with the base's values (a tensor that is not an exact slice of the b
     full = complete(state, path, load_base)                                           # and back
 """
 
-import hashlib
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
@@ -38,21 +37,12 @@ import torch
 import torch.nn as nn
 
 from nanogpt2.checkpoint import strip_prefixes
+from nanogpt2.download import file_sha256
 from nanogpt2.errors import NanoGPT2Error
 
 # The files of a model folder its weights are read from (HF, OpenAI's TensorFlow release); a file base is itself.
 MODEL_FILES = ("config.json", "hparams.json", "*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin",
                "*.bin.index.json", "model.ckpt*")
-HASH_CHUNK = 1 << 22  # 4 MiB reads
-
-
-def sha256_file(path: Path) -> str:
-    """The sha256 (hex) of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(HASH_CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def crop(t: torch.Tensor, shape) -> torch.Tensor:
@@ -104,7 +94,7 @@ class BaseRef:
     def record(self) -> dict:
         """The checkpoint's `base` entry (see the module docstring); the files are hashed on the first call only."""
         if self._record is None:
-            files = [{"path": str(p), "sha256": sha256_file(p), "bytes": p.stat().st_size}
+            files = [{"path": str(p), "sha256": file_sha256(p), "bytes": p.stat().st_size}
                      for p in model_files(self.load_from)]
             self._record = {"init_from": self.init_from, "load_from": self.load_from, "files": files,
                             "tensors": {k: [bk, list(shape)] for k, (bk, shape) in self.tensors.items()}}
@@ -154,7 +144,7 @@ def check_files(record: dict, path) -> None:
             raise NanoGPT2Error(f"{path} holds only the trained tensors of a run on the base model init_from="
                                 f"{init_from}, and the base's file {f['path']} is missing; put it back (the same "
                                 f"bytes: sha256 {f['sha256'][:16]}...) to load this checkpoint")
-        if file.stat().st_size != f["bytes"] or sha256_file(file) != f["sha256"]:
+        if file.stat().st_size != f["bytes"] or file_sha256(file) != f["sha256"]:
             raise NanoGPT2Error(f"{path} holds only the trained tensors of a run on the base model init_from="
                                 f"{init_from}, and the base's file {file} has changed since (sha256 "
                                 f"{f['sha256'][:16]}... then): the trained tensors belong to the old weights; "

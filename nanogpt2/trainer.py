@@ -433,6 +433,13 @@ class StopSignal:
 # The trainer
 
 
+def seed_everything(seed: int) -> None:
+    """torch's, numpy's and Python's random generators, from one seed (a process's: the run's seed + its rank)."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
 class Trainer:
     """One training run. `Trainer(cfg).train()` is all train.py does; the optional parts finetune.py and tests
     give it are listed in the module docstring ("Reuse")."""
@@ -468,9 +475,7 @@ class Trainer:
             resume_state = self._find_resume()         # before the model: a checkpoint holds its architecture
             self.own_checkpoints = own_checkpoints(self.out_dir, resume_state)  # what keep_last may prune
             self._setup_model(model, resume_state)     # model, optimizer, scaler, counters (restored on resume)
-            self._setup_outputs()                      # the config line, out_dir, config.json (rank 0): written
-                                                       # only once everything above passed (a refused run
-                                                       # leaves out_dir as it was)
+            self._setup_outputs()                      # config line, config.json: only now (a refusal writes nothing)
             self._setup_wrappers()                     # torch.compile, DDP (checkpoints come from raw_model)
             self._setup_mfu()
             if resume_state is not None:  # last: model init and the MFU probe above draw random numbers
@@ -492,9 +497,7 @@ class Trainer:
             torch.cuda.set_device(self.device)
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        torch.manual_seed(cfg.seed + self.dist.rank)
-        np.random.seed((cfg.seed + self.dist.rank) % 2**32)
-        random.seed(cfg.seed + self.dist.rank)
+        seed_everything(cfg.seed + self.dist.rank)
 
     def _setup_batch_geometry(self):
         g = batch_geometry(self.cfg, self.dist.world_size)  # global micro-steps, each process's, its rows, global tokens
@@ -504,8 +507,7 @@ class Trainer:
             self.log(g.notice)
 
     def _check_out_dir(self):
-        """Refuse, before any work (data, downloads) starts and without writing anything, an out_dir that cannot be
-        written, that a live run owns, or whose earlier run a fresh start would replace."""
+        """Refuse, before any work and writing nothing, an out_dir unwritable, owned by a live run, or holding a run."""
         self.dist.together(self.dist.master, lambda: self.rundir.check_start(self.cfg),
                            f"out_dir={self.cfg.out_dir} refused on rank 0 (see its error)")
 
